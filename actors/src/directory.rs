@@ -1,0 +1,324 @@
+//! The directory: starts Room actors on demand, spreads them over the room arbiters, and keeps
+//! the census of sessions that connection limits and shutdown need.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::durability::Durability;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::room::{Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped, Request, SessionId};
+use crate::room_key::{Namespace, RoomKey};
+use crate::store::Store;
+
+const KIND: &str = "directory";
+
+/// Asks a session to close with a WebSocket close code.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+/// The address of a room's actor, started if it is not running.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<Room>, RoomError>")]
+pub struct Checkout {
+    pub key: RoomKey,
+}
+
+/// Why a connection is turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("Too many connections")]
+    TooManyForUser,
+    #[error("Too many connections")]
+    TooMany,
+}
+
+/// A session announces itself; refused past the connection limits.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Register {
+    pub id: SessionId,
+    pub namespace: Namespace,
+    /// The user the per-user limit counts; `None` when auth is off.
+    pub user: Option<String>,
+    pub closer: Recipient<CloseSession>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub id: SessionId,
+}
+
+/// Closes every session (graceful shutdown); answers how many were asked to close.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    pub code: u16,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Census {
+    pub rooms_active: usize,
+    pub sessions_total: usize,
+    pub sessions: HashMap<&'static str, usize>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Census")]
+pub struct GetCensus;
+
+/// A room's status: from its actor when running, from disk otherwise; `None` if never stored.
+#[derive(Message)]
+#[rtype(result = "Result<Option<RoomStatus>, RoomError>")]
+pub struct GetRoomStatus {
+    pub key: RoomKey,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+}
+
+struct SessionEntry {
+    namespace: Namespace,
+    user: Option<String>,
+    closer: Recipient<CloseSession>,
+}
+
+pub struct Directory {
+    rooms: HashMap<RoomKey, Addr<Room>>,
+    arbiters: Vec<ArbiterHandle>,
+    store: Store,
+    models: HashMap<Namespace, Arc<dyn Model>>,
+    durability: Option<Addr<Durability>>,
+    metrics: Arc<Metrics>,
+    idle_timeout: Duration,
+    limits: ConnectionLimits,
+    sessions: HashMap<SessionId, SessionEntry>,
+    per_user: HashMap<String, usize>,
+}
+
+pub struct DirectoryParts {
+    pub arbiters: Vec<ArbiterHandle>,
+    pub store: Store,
+    pub models: HashMap<Namespace, Arc<dyn Model>>,
+    pub durability: Option<Addr<Durability>>,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    pub limits: ConnectionLimits,
+}
+
+impl Directory {
+    pub fn new(parts: DirectoryParts) -> Directory {
+        Directory {
+            rooms: HashMap::new(),
+            arbiters: parts.arbiters,
+            store: parts.store,
+            models: parts.models,
+            durability: parts.durability,
+            metrics: parts.metrics,
+            idle_timeout: parts.idle_timeout,
+            limits: parts.limits,
+            sessions: HashMap::new(),
+            per_user: HashMap::new(),
+        }
+    }
+
+    fn live_room(&self, key: &RoomKey) -> Option<Addr<Room>> {
+        self.rooms.get(key).filter(|a| a.connected()).cloned()
+    }
+
+    fn start_room(&mut self, key: RoomKey, ctx: &Context<Self>) -> Result<Addr<Room>, RoomError> {
+        let meta = self
+            .store
+            .room_meta(&key)
+            .map_err(|e| RoomError::Storage(e.to_string()))?
+            .unwrap_or_default();
+        let model = self
+            .models
+            .get(&key.namespace)
+            .cloned()
+            .ok_or(RoomError::Gone)?;
+        let cx = RoomContext {
+            store: self.store.clone(),
+            model,
+            durability: self.durability.clone(),
+            metrics: self.metrics.clone(),
+            idle_timeout: self.idle_timeout,
+            directory: ctx.address().recipient(),
+        };
+        // Rooms are pinned to an arbiter by their key so that merges use every core.
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
+        let room_key = key.clone();
+        let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(room_key, meta, cx));
+        self.rooms.insert(key, addr.clone());
+        Ok(addr)
+    }
+}
+
+impl Actor for Directory {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1 << 14);
+        self.metrics.actors.with_label_values(&[KIND]).inc();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.metrics.actors.with_label_values(&[KIND]).dec();
+    }
+}
+
+impl Handler<Checkout> for Directory {
+    type Result = Result<Addr<Room>, RoomError>;
+
+    fn handle(&mut self, msg: Checkout, ctx: &mut Context<Self>) -> Self::Result {
+        self.metrics.handled(KIND);
+        match self.live_room(&msg.key) {
+            Some(addr) => Ok(addr),
+            None => self.start_room(msg.key, ctx),
+        }
+    }
+}
+
+impl Handler<RoomStopped> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomStopped, _: &mut Context<Self>) {
+        self.metrics.handled(KIND);
+        // A replacement may already be running under the same key; keep that one.
+        if self.rooms.get(&msg.key).is_some_and(|a| !a.connected()) {
+            self.rooms.remove(&msg.key);
+        }
+    }
+}
+
+impl Handler<Register> for Directory {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
+        self.metrics.handled(KIND);
+        if self.sessions.len() >= self.limits.max_connections {
+            return Err(Refusal::TooMany);
+        }
+        if let Some(user) = &msg.user {
+            let count = self.per_user.entry(user.clone()).or_default();
+            if *count >= self.limits.max_connections_per_user {
+                return Err(Refusal::TooManyForUser);
+            }
+            *count += 1;
+        }
+        self.metrics
+            .sessions
+            .with_label_values(&[msg.namespace.as_str()])
+            .inc();
+        self.sessions.insert(
+            msg.id,
+            SessionEntry {
+                namespace: msg.namespace,
+                user: msg.user,
+                closer: msg.closer,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Handler<Unregister> for Directory {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        self.metrics.handled(KIND);
+        let Some(entry) = self.sessions.remove(&msg.id) else {
+            return;
+        };
+        self.metrics
+            .sessions
+            .with_label_values(&[entry.namespace.as_str()])
+            .dec();
+        if let Some(user) = entry.user
+            && let Some(count) = self.per_user.get_mut(&user)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_user.remove(&user);
+            }
+        }
+    }
+}
+
+impl Handler<CloseAll> for Directory {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        self.metrics.handled(KIND);
+        for entry in self.sessions.values() {
+            entry.closer.do_send(CloseSession {
+                code: msg.code,
+                reason: msg.reason.clone(),
+            });
+        }
+        self.sessions.len()
+    }
+}
+
+impl Handler<GetCensus> for Directory {
+    type Result = MessageResult<GetCensus>;
+
+    fn handle(&mut self, _: GetCensus, _: &mut Context<Self>) -> Self::Result {
+        self.metrics.handled(KIND);
+        let mut sessions: HashMap<&'static str, usize> =
+            Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
+        for entry in self.sessions.values() {
+            *sessions.entry(entry.namespace.as_str()).or_default() += 1;
+        }
+        MessageResult(Census {
+            rooms_active: self.rooms.values().filter(|a| a.connected()).count(),
+            sessions_total: self.sessions.len(),
+            sessions,
+        })
+    }
+}
+
+impl Handler<GetRoomStatus> for Directory {
+    type Result = ResponseFuture<Result<Option<RoomStatus>, RoomError>>;
+
+    fn handle(&mut self, msg: GetRoomStatus, _: &mut Context<Self>) -> Self::Result {
+        self.metrics.handled(KIND);
+        if let Some(addr) = self.live_room(&msg.key) {
+            self.metrics.queued("room");
+            let ask = addr.send(Request {
+                session: None,
+                body: RoomRequest::Status,
+            });
+            return Box::pin(async move {
+                match ask.await {
+                    Ok(Ok(RoomReply::Status(s))) => Ok(Some(s)),
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(RoomError::Gone),
+                }
+            });
+        }
+        let at_rest = self
+            .store
+            .room_meta(&msg.key)
+            .map(|m| m.map(|meta| RoomStatus::at_rest(&msg.key, &meta)))
+            .map_err(|e| RoomError::Storage(e.to_string()));
+        Box::pin(async move { at_rest })
+    }
+}

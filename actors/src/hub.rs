@@ -1,0 +1,238 @@
+//! The assembled hub: storage, the durability and directory actors, the room arbiters, and the
+//! handles the HTTP layer needs. Build one with [`Hub::start`] inside an actix system.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::directory::{Checkout, CloseAll, ConnectionLimits, Directory, DirectoryParts};
+use crate::durability::{Durability, FlushAll};
+use crate::identity::TokenVerifier;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::pocket::{PocketLimits, PocketModel};
+use crate::room::{Request, RoomError, RoomReply, RoomRequest, SessionId};
+use crate::room_key::{Namespace, RoomKey};
+use crate::session::SessionSettings;
+use crate::store::{StorageError, Store};
+
+/// Everything the hub needs to start, already validated by the caller.
+#[derive(Clone)]
+pub struct HubSettings {
+    pub data_dir: PathBuf,
+    /// Ack before the flush (`storage.durability = "relaxed"`).
+    pub relaxed: bool,
+    /// A fixed node id; empty: generated once and kept in the data directory.
+    pub node_id: String,
+    pub pocket: PocketModel,
+    pub pocket_limits: PocketLimits,
+    pub session: SessionSettings,
+    pub connections: ConnectionLimits,
+    /// A room with no sessions and no traffic for this long stops (its state stays on disk).
+    pub room_idle_timeout: Duration,
+    /// Threads that run room actors; 0 means one per core.
+    pub room_threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("cannot open storage in {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: StorageError,
+    },
+}
+
+struct Inner {
+    settings: HubSettings,
+    store: Store,
+    directory: Addr<Directory>,
+    durability: Addr<Durability>,
+    metrics: Arc<Metrics>,
+    verifier: Option<Arc<dyn TokenVerifier>>,
+    node_id: String,
+    started: Instant,
+    storage_healthy: Arc<AtomicBool>,
+    next_session: AtomicU64,
+    arbiters: Vec<Arbiter>,
+}
+
+/// A cheap handle to the running hub.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+fn generated_node_id() -> String {
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&now.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&(&h as *const _ as usize).to_le_bytes());
+    h.finalize().to_hex()[..16].to_owned()
+}
+
+impl Hub {
+    /// Opens storage and starts the hub's actors. Must run inside an actix system.
+    pub fn start(
+        settings: HubSettings,
+        verifier: Option<Arc<dyn TokenVerifier>>,
+    ) -> Result<Hub, HubError> {
+        let storage_error = |source| HubError::Storage {
+            path: settings.data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+            storage_error(StorageError::Sled(sled::Error::Io(e)))
+        })?;
+        let store = Store::open(&settings.data_dir).map_err(storage_error)?;
+        let node_id = if settings.node_id.is_empty() {
+            match store.node_value("node_id").map_err(storage_error)? {
+                Some(id) => id,
+                None => {
+                    let id = generated_node_id();
+                    store.set_node_value("node_id", &id).map_err(storage_error)?;
+                    id
+                }
+            }
+        } else {
+            settings.node_id.clone()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let storage_healthy = Arc::new(AtomicBool::new(true));
+        let durability =
+            Durability::new(store.clone(), metrics.clone(), storage_healthy.clone()).start();
+        let threads = match settings.room_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
+        models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
+        let directory = Directory::new(DirectoryParts {
+            arbiters: arbiters.iter().map(|a| a.handle()).collect(),
+            store: store.clone(),
+            models,
+            durability: (!settings.relaxed).then(|| durability.clone()),
+            metrics: metrics.clone(),
+            idle_timeout: settings.room_idle_timeout,
+            limits: settings.connections,
+        })
+        .start();
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                settings,
+                store,
+                directory,
+                durability,
+                metrics,
+                verifier,
+                node_id,
+                started: Instant::now(),
+                storage_healthy,
+                next_session: AtomicU64::new(1),
+                arbiters,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.inner.settings
+    }
+
+    pub fn session_settings(&self) -> SessionSettings {
+        self.inner.settings.session.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn directory(&self) -> &Addr<Directory> {
+        &self.inner.directory
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn verifier(&self) -> Option<&Arc<dyn TokenVerifier>> {
+        self.inner.verifier.as_ref()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    pub fn next_session_id(&self) -> SessionId {
+        SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether storage works: the last flush succeeded and the database answers.
+    pub fn storage_healthy(&self) -> bool {
+        self.inner.storage_healthy.load(Ordering::Relaxed) && self.inner.store.probe().is_ok()
+    }
+
+    /// Sends one request to a room outside any session (HTTP transport, admin endpoints).
+    /// A room that stops between checkout and delivery is started again.
+    pub async fn call(&self, key: &RoomKey, body: RoomRequest) -> Result<RoomReply, RoomError> {
+        for _ in 0..3 {
+            let addr = self
+                .inner
+                .directory
+                .send(Checkout { key: key.clone() })
+                .await
+                .map_err(|_| RoomError::Gone)??;
+            self.inner.metrics.queued("room");
+            match addr
+                .send(Request {
+                    session: None,
+                    body: body.clone(),
+                })
+                .await
+            {
+                Ok(reply) => return reply,
+                Err(_) => {
+                    self.inner.metrics.backlog.with_label_values(&["room"]).dec();
+                    continue;
+                }
+            }
+        }
+        Err(RoomError::Gone)
+    }
+
+    /// Graceful shutdown, after the listener stopped accepting: closes every session with
+    /// 1001 and makes every write durable.
+    pub async fn shutdown(&self) {
+        let closing = self
+            .inner
+            .directory
+            .send(CloseAll {
+                code: crate::session::close_code::GOING_AWAY,
+                reason: "Server shutting down".into(),
+            })
+            .await
+            .unwrap_or(0);
+        log::info!("closing {closing} session(s)");
+        match self.inner.durability.send(FlushAll).await {
+            Ok(Ok(())) => log::info!("storage flushed"),
+            Ok(Err(e)) => log::error!("final flush failed: {e}"),
+            Err(e) => log::error!("final flush not run: {e}"),
+        }
+        for arbiter in &self.inner.arbiters {
+            arbiter.stop();
+        }
+    }
+}

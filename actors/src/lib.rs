@@ -1,0 +1,25 @@
+//! The actor system of synchub.
+//!
+//! - [`session`]: one actor per WebSocket connection, speaking its dialect through a codec;
+//! - [`room`]: one actor per `(namespace, room)`, ordering, storing and relaying its changes;
+//! - [`directory`]: starts rooms on demand and keeps the census of sessions;
+//! - [`durability`]: group commit, one flush shared by every change written before it;
+//! - [`store`]: the change logs and materialised state in sled;
+//! - [`model`]: the seam where a dialect's merge rules meet the room engine;
+//! - [`pocket`]: the Pocket dialect (codec, conflict rules, model).
+
+pub mod directory;
+pub mod durability;
+pub mod hub;
+pub mod identity;
+pub mod metrics;
+pub mod model;
+pub mod pocket;
+pub mod room;
+pub mod room_key;
+pub mod session;
+pub mod store;
+
+pub use hub::{Hub, HubError, HubSettings};
+pub use identity::{AuthError, Identity, Permissions, TokenVerifier};
+pub use room_key::{Namespace, RoomKey};

@@ -1,0 +1,147 @@
+//! The hub's counters, kept in a prometheus registry: `/metrics` renders the registry and
+//! `/stats` reads the same values back, so the two never disagree.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// The actor kinds whose counts and traffic are tracked.
+pub const ACTOR_KINDS: [&str; 4] = ["session", "room", "directory", "durability"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Open sessions by dialect.
+    pub sessions: IntGaugeVec,
+    /// Live actors by kind.
+    pub actors: IntGaugeVec,
+    /// Messages handled by actor kind.
+    pub messages: IntCounterVec,
+    /// Messages sent to actors of a kind and not yet handled.
+    pub backlog: IntGaugeVec,
+    /// Changes accepted (logged) by namespace.
+    pub changes: IntCounterVec,
+    /// Frames received and sent by dialect.
+    pub frames_in: IntCounterVec,
+    pub frames_out: IntCounterVec,
+    pub flushes: IntCounter,
+    pub flush_errors: IntCounter,
+    /// Commit requests covered by one flush.
+    pub flush_batch: Histogram,
+    pub flush_seconds: Histogram,
+    pub rooms_started: IntCounter,
+    pub rooms_stopped: IntCounter,
+    pub connections_refused: IntCounterVec,
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric name");
+    g
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric name");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric name");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new_custom(Some("synchub".into()), None).expect("static prefix");
+        let m = Metrics {
+            sessions: gauge_vec(&r, "sessions", "Open sessions by dialect", "dialect"),
+            actors: gauge_vec(&r, "actors", "Live actors by kind", "kind"),
+            messages: counter_vec(&r, "actor_messages_total", "Messages handled", "kind"),
+            backlog: gauge_vec(&r, "actor_backlog", "Messages queued, not handled", "kind"),
+            changes: counter_vec(&r, "changes_total", "Changes accepted", "namespace"),
+            frames_in: counter_vec(&r, "frames_in_total", "Frames received", "dialect"),
+            frames_out: counter_vec(&r, "frames_out_total", "Frames sent", "dialect"),
+            flushes: counter(&r, "flushes_total", "Storage flushes completed"),
+            flush_errors: counter(&r, "flush_errors_total", "Storage flushes that failed"),
+            flush_batch: histogram(
+                &r,
+                "flush_batch_size",
+                "Commits covered by one flush",
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+            ),
+            flush_seconds: histogram(
+                &r,
+                "flush_seconds",
+                "Flush latency",
+                prometheus::exponential_buckets(0.000_05, 2.0, 16).expect("static buckets"),
+            ),
+            rooms_started: counter(&r, "rooms_started_total", "Room actors started"),
+            rooms_stopped: counter(&r, "rooms_stopped_total", "Room actors stopped when idle"),
+            connections_refused: counter_vec(
+                &r,
+                "connections_refused_total",
+                "Connections refused by reason",
+                "reason",
+            ),
+            registry: r,
+        };
+        // Make every series visible from the start, not only once it moved.
+        for kind in ACTOR_KINDS {
+            m.actors.with_label_values(&[kind]);
+            m.messages.with_label_values(&[kind]);
+            m.backlog.with_label_values(&[kind]);
+        }
+        for ns in crate::room_key::Namespace::ALL {
+            m.sessions.with_label_values(&[ns.as_str()]);
+            m.changes.with_label_values(&[ns.as_str()]);
+        }
+        m
+    }
+
+    /// Counts one handled message of an actor kind.
+    pub fn handled(&self, kind: &str) {
+        self.messages.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts a message that was queued with [`Metrics::queued`] and is now being handled.
+    pub fn dequeued(&self, kind: &str) {
+        self.backlog.with_label_values(&[kind]).dec();
+        self.handled(kind);
+    }
+
+    pub fn queued(&self, kind: &str) {
+        self.backlog.with_label_values(&[kind]).inc();
+    }
+
+    /// Renders the registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,45 @@
+//! The seam between the Room engine and a dialect's data model.
+//!
+//! A Room orders, stores, acknowledges and broadcasts changes without knowing what they mean;
+//! its namespace's [`Model`] decides how one incoming change meets the current state of the
+//! record it addresses.
+
+use serde_json::Value;
+
+/// One change as a codec hands it to a room: what it addresses and what it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingChange {
+    /// Sub-stream inside the room (a Pocket collection); empty where a dialect has none.
+    pub stream: String,
+    /// The state record addressed (a document id, a field, a cell).
+    pub key: String,
+    /// The change, already validated by the codec.
+    pub body: Value,
+}
+
+/// What a change does to the room.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Merge {
+    /// The change alters the state: `state` is the record's new value and `logged` the change as
+    /// it is logged and sent to peers (before the room stamps its sequence number into it).
+    Apply { state: Value, logged: Value },
+    /// The change loses against the stored state; `report` tells the sender why.
+    Reject { report: Value },
+    /// The change leaves the state as it is (a resend, an equal write).
+    Unchanged,
+}
+
+/// A dialect's merge rules. One instance serves every room of a namespace.
+pub trait Model: Send + Sync + 'static {
+    /// Decides what `incoming` does to `current` (the record's stored value, if any).
+    fn merge(&self, current: Option<&Value>, incoming: &IncomingChange) -> Merge;
+
+    /// Writes the room's sequence number into a logged change.
+    fn stamp(&self, logged: &mut Value, seq: u64);
+
+    /// Whether a stored record is a tombstone whose retention ended at `now_ms`: compaction then
+    /// drops its log entry (the record itself stays, to keep answering conflicts).
+    fn tombstone_expired(&self, _state: &Value, _now_ms: i64) -> bool {
+        false
+    }
+}

@@ -1,0 +1,11 @@
+//! The `pocket` dialect: `@pocket/sync`'s JSON push/pull protocol with checkpoints.
+
+pub mod conflict;
+mod dialect;
+mod model;
+pub mod wire;
+
+pub use conflict::Strategy;
+pub use dialect::{PocketDialect, Tag};
+pub use model::{PocketModel, tombstone};
+pub use wire::PocketLimits;

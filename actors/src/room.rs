@@ -1,0 +1,573 @@
+//! The Room actor: one per `(namespace, room)`. It merges the changes of its room one at a time,
+//! gives each accepted change the next sequence number, and releases acks and broadcasts only
+//! once the change is durable.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use crate::durability::{Dirty, Durability, Flushed};
+use crate::metrics::Metrics;
+use crate::model::{IncomingChange, Merge, Model};
+use crate::room_key::RoomKey;
+use crate::store::{CommitBatch, CompactReport, LogEntry, RoomMeta, StateRecord, Store, state_hash};
+
+const KIND: &str = "room";
+
+/// Identifies one session on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoomError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the room is not running")]
+    Gone,
+}
+
+/// Which streams of a room a session follows.
+#[derive(Debug, Clone)]
+pub enum Streams {
+    All,
+    Some(HashSet<String>),
+}
+
+impl Streams {
+    fn covers(&self, stream: &str) -> bool {
+        match self {
+            Streams::All => true,
+            Streams::Some(set) => set.contains(stream),
+        }
+    }
+}
+
+/// Accepted changes, sent to the room's sessions once durable. Each session's codec decides
+/// what of it its client sees (its subscriptions, whether the origin hears its own change).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct RoomEvent {
+    pub room: RoomKey,
+    pub origin: Option<SessionId>,
+    pub entries: Arc<Vec<LogEntry>>,
+    /// For each stream in `entries`, its last sequence number before them.
+    pub heads_before: Arc<HashMap<String, u64>>,
+}
+
+/// A session enters the room to receive its events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub session: SessionId,
+    pub events: Recipient<RoomEvent>,
+    pub streams: Streams,
+    /// Raised when the room drops the session for not keeping up; the session then closes.
+    pub evicted: Arc<AtomicBool>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub session: SessionId,
+}
+
+/// A command for a room, as every dialect's codec produces them.
+#[derive(Debug, Clone)]
+pub enum RoomRequest {
+    /// Merge these changes, in order, as one atomic batch.
+    Submit { changes: Vec<IncomingChange> },
+    /// Read the log of some streams after a position; optionally follow them from now on.
+    Fetch {
+        streams: Vec<(String, u64)>,
+        limit: usize,
+        subscribe: bool,
+    },
+    Subscribe { streams: Vec<String> },
+    Compact,
+    Status,
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<RoomReply, RoomError>")]
+pub struct Request {
+    pub session: Option<SessionId>,
+    pub body: RoomRequest,
+}
+
+#[derive(Debug, Clone)]
+pub enum RoomReply {
+    Submitted(Submitted),
+    Fetched(Fetched),
+    Compacted(CompactReport),
+    Status(RoomStatus),
+    Done,
+}
+
+/// The answer to a submit, given once the accepted changes are durable.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub accepted: Arc<Vec<LogEntry>>,
+    /// What the model said of the changes that lost.
+    pub rejected: Vec<Value>,
+    /// For each stream the submit touched, its last sequence number before the submit.
+    pub heads_before: Arc<HashMap<String, u64>>,
+    /// The room's sequence number after the submit.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamPage {
+    pub stream: String,
+    pub entries: Vec<LogEntry>,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub pages: Vec<StreamPage>,
+    /// The room's durable sequence number when the fetch ran.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomStatus {
+    pub namespace: String,
+    pub room: String,
+    pub seq: u64,
+    pub durable_seq: u64,
+    pub digest: String,
+    pub sessions: usize,
+    pub records: u64,
+    pub log_len: u64,
+    pub pending: usize,
+    pub live: bool,
+}
+
+impl RoomStatus {
+    /// The status of a room that is on disk but has no actor running.
+    pub fn at_rest(key: &RoomKey, meta: &RoomMeta) -> RoomStatus {
+        RoomStatus {
+            namespace: key.namespace.to_string(),
+            room: key.room.clone(),
+            seq: meta.seq,
+            durable_seq: meta.seq,
+            digest: meta.digest.to_hex(),
+            sessions: 0,
+            records: meta.records,
+            log_len: meta.log_len,
+            pending: 0,
+            live: false,
+        }
+    }
+}
+
+/// Tells the directory a room actor has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomStopped {
+    pub key: RoomKey,
+}
+
+/// What a room needs from the node.
+#[derive(Clone)]
+pub struct RoomContext {
+    pub store: Store,
+    pub model: Arc<dyn Model>,
+    /// `None` in relaxed durability: acks go out before the flush.
+    pub durability: Option<Addr<Durability>>,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    pub directory: Recipient<RoomStopped>,
+}
+
+struct Member {
+    events: Recipient<RoomEvent>,
+    streams: Streams,
+    evicted: Arc<AtomicBool>,
+}
+
+/// A reply held back until the flush covering `token` completes.
+struct Pending {
+    token: u64,
+    reply: oneshot::Sender<Result<RoomReply, RoomError>>,
+    submitted: Submitted,
+    origin: Option<SessionId>,
+}
+
+pub struct Room {
+    key: RoomKey,
+    cx: RoomContext,
+    meta: RoomMeta,
+    /// The highest sequence number known to be durable; readers see nothing beyond it.
+    durable_seq: u64,
+    members: HashMap<SessionId, Member>,
+    pending: VecDeque<Pending>,
+    /// The commit token of the last write registered with the durability actor.
+    last_token: u64,
+    last_activity: Instant,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Room {
+    pub fn new(key: RoomKey, meta: RoomMeta, cx: RoomContext) -> Room {
+        Room {
+            key,
+            durable_seq: meta.seq,
+            meta,
+            cx,
+            members: HashMap::new(),
+            pending: VecDeque::new(),
+            last_token: 0,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn status(&self) -> RoomStatus {
+        RoomStatus {
+            sessions: self.members.len(),
+            pending: self.pending.len(),
+            durable_seq: self.durable_seq,
+            live: true,
+            ..RoomStatus::at_rest(&self.key, &self.meta)
+        }
+    }
+
+    /// Merges the changes and writes the accepted ones atomically; nothing is acked yet.
+    fn apply(&mut self, changes: Vec<IncomingChange>) -> Result<Submitted, RoomError> {
+        let storage = |e: crate::store::StorageError| RoomError::Storage(e.to_string());
+        let mut meta = self.meta.clone();
+        let mut batch = CommitBatch::default();
+        let mut rejected = Vec::new();
+        let mut heads_before = HashMap::new();
+        // Later changes of one batch must see the earlier ones' effect.
+        let mut overlay: HashMap<(String, String), Value> = HashMap::new();
+        for change in changes {
+            if !heads_before.contains_key(&change.stream) {
+                let head = self
+                    .cx
+                    .store
+                    .stream_head(&self.key, &change.stream)
+                    .map_err(storage)?;
+                heads_before.insert(change.stream.clone(), head);
+            }
+            let addr = (change.stream.clone(), change.key.clone());
+            let current = match overlay.get(&addr) {
+                Some(v) => Some(v.clone()),
+                None => self
+                    .cx
+                    .store
+                    .state(&self.key, &change.stream, &change.key)
+                    .map_err(storage)?
+                    .map(|r| r.value),
+            };
+            match self.cx.model.merge(current.as_ref(), &change) {
+                Merge::Unchanged => {}
+                Merge::Reject { report } => rejected.push(report),
+                Merge::Apply { state, mut logged } => {
+                    meta.seq += 1;
+                    meta.log_len += 1;
+                    match &current {
+                        Some(old) => meta
+                            .digest
+                            .toggle(&state_hash(&change.stream, &change.key, old)),
+                        None => meta.records += 1,
+                    }
+                    meta.digest
+                        .toggle(&state_hash(&change.stream, &change.key, &state));
+                    self.cx.model.stamp(&mut logged, meta.seq);
+                    batch.states.push((
+                        change.stream.clone(),
+                        change.key.clone(),
+                        StateRecord {
+                            seq: meta.seq,
+                            value: state.clone(),
+                        },
+                    ));
+                    batch.entries.push(LogEntry {
+                        seq: meta.seq,
+                        stream: change.stream,
+                        key: change.key,
+                        body: logged,
+                    });
+                    overlay.insert(addr, state);
+                }
+            }
+        }
+        if !batch.entries.is_empty() {
+            self.cx
+                .store
+                .commit(&self.key, &meta, &batch)
+                .map_err(storage)?;
+            self.cx
+                .metrics
+                .changes
+                .with_label_values(&[self.key.namespace.as_str()])
+                .inc_by(batch.entries.len() as u64);
+            self.meta = meta;
+        }
+        Ok(Submitted {
+            accepted: Arc::new(batch.entries),
+            rejected,
+            heads_before: Arc::new(heads_before),
+            seq: self.meta.seq,
+        })
+    }
+
+    /// Acks and broadcasts a submit whose changes are durable.
+    fn release(&mut self, submitted: Submitted, origin: Option<SessionId>) -> RoomReply {
+        if let Some(last) = submitted.accepted.last() {
+            self.durable_seq = self.durable_seq.max(last.seq);
+            self.broadcast(RoomEvent {
+                room: self.key.clone(),
+                origin,
+                entries: submitted.accepted.clone(),
+                heads_before: submitted.heads_before.clone(),
+            });
+        }
+        RoomReply::Submitted(submitted)
+    }
+
+    fn broadcast(&mut self, event: RoomEvent) {
+        let mut dropped = Vec::new();
+        for (id, member) in &self.members {
+            if !event.entries.iter().any(|e| member.streams.covers(&e.stream)) {
+                continue;
+            }
+            match member.events.try_send(event.clone()) {
+                Ok(()) => self.cx.metrics.queued("session"),
+                Err(SendError::Full(_)) => {
+                    // The session is not keeping up: drop it rather than grow without bound.
+                    member.evicted.store(true, Ordering::Relaxed);
+                    dropped.push(*id);
+                }
+                Err(SendError::Closed(_)) => dropped.push(*id),
+            }
+        }
+        for id in dropped {
+            self.members.remove(&id);
+        }
+    }
+
+    fn submit(
+        &mut self,
+        ctx: &mut Context<Self>,
+        origin: Option<SessionId>,
+        changes: Vec<IncomingChange>,
+    ) -> ResponseFuture<Result<RoomReply, RoomError>> {
+        let submitted = match self.apply(changes) {
+            Ok(s) => s,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let wrote = !submitted.accepted.is_empty();
+        let token = match (&self.cx.durability, wrote) {
+            (Some(durability), true) => {
+                self.last_token += 1;
+                self.cx.metrics.queued("durability");
+                durability.do_send(Dirty {
+                    room: ctx.address().recipient(),
+                    token: self.last_token,
+                });
+                Some(self.last_token)
+            }
+            // Nothing new to flush, but an earlier write it may depend on (a resend of a
+            // change whose first copy is still in flight) must be durable before the answer.
+            (Some(_), false) if !self.pending.is_empty() => Some(self.last_token),
+            _ => None,
+        };
+        match token {
+            None => {
+                let reply = self.release(submitted, origin);
+                Box::pin(async move { Ok(reply) })
+            }
+            Some(token) => {
+                let (tx, rx) = oneshot::channel();
+                self.pending.push_back(Pending {
+                    token,
+                    reply: tx,
+                    submitted,
+                    origin,
+                });
+                Box::pin(async move { rx.await.unwrap_or(Err(RoomError::Gone)) })
+            }
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        session: Option<SessionId>,
+        streams: Vec<(String, u64)>,
+        limit: usize,
+        subscribe: bool,
+    ) -> Result<RoomReply, RoomError> {
+        if subscribe
+            && let Some(member) = session.and_then(|s| self.members.get_mut(&s))
+            && let Streams::Some(set) = &mut member.streams
+        {
+            set.extend(streams.iter().map(|(s, _)| s.clone()));
+        }
+        let mut pages = Vec::with_capacity(streams.len());
+        for (stream, after) in streams {
+            let (entries, more) = self
+                .cx
+                .store
+                .stream_entries(&self.key, &stream, after, self.durable_seq, limit)
+                .map_err(|e| RoomError::Storage(e.to_string()))?;
+            pages.push(StreamPage {
+                stream,
+                entries,
+                more,
+            });
+        }
+        Ok(RoomReply::Fetched(Fetched {
+            pages,
+            seq: self.durable_seq,
+        }))
+    }
+
+    fn compact(&mut self) -> Result<CompactReport, RoomError> {
+        let now = now_ms();
+        let model = self.cx.model.clone();
+        let report = self
+            .cx
+            .store
+            .compact(&self.key, &mut self.meta, |state| {
+                model.tombstone_expired(state, now)
+            })
+            .map_err(|e| RoomError::Storage(e.to_string()))?;
+        if report.removed > 0 {
+            log::info!(
+                "compacted {}: removed {} log entries, kept {}",
+                self.key,
+                report.removed,
+                report.kept
+            );
+        }
+        Ok(report)
+    }
+
+    /// Compaction is worth it when most of the log is superseded history.
+    fn worth_compacting(&self) -> bool {
+        self.meta.log_len > 64 && self.meta.log_len > 2 * self.meta.records
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        self.cx.metrics.actors.with_label_values(&[KIND]).inc();
+        self.cx.metrics.rooms_started.inc();
+        let tick = (self.cx.idle_timeout / 2).max(Duration::from_millis(50));
+        ctx.run_interval(tick, |room, ctx| {
+            let idle = room.members.is_empty()
+                && room.pending.is_empty()
+                && room.last_activity.elapsed() >= room.cx.idle_timeout;
+            if idle {
+                if room.worth_compacting()
+                    && let Err(e) = room.compact()
+                {
+                    log::warn!("compaction of {} failed: {e}", room.key);
+                }
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.cx.metrics.actors.with_label_values(&[KIND]).dec();
+        self.cx.metrics.rooms_stopped.inc();
+        let _ = self.cx.directory.try_send(RoomStopped {
+            key: self.key.clone(),
+        });
+        for p in self.pending.drain(..) {
+            let _ = p.reply.send(Err(RoomError::Gone));
+        }
+    }
+}
+
+impl Handler<Request> for Room {
+    type Result = ResponseFuture<Result<RoomReply, RoomError>>;
+
+    fn handle(&mut self, msg: Request, ctx: &mut Context<Self>) -> Self::Result {
+        self.cx.metrics.dequeued(KIND);
+        self.last_activity = Instant::now();
+        let reply = match msg.body {
+            RoomRequest::Submit { changes } => return self.submit(ctx, msg.session, changes),
+            RoomRequest::Fetch {
+                streams,
+                limit,
+                subscribe,
+            } => self.fetch(msg.session, streams, limit, subscribe),
+            RoomRequest::Subscribe { streams } => {
+                if let Some(member) = msg.session.and_then(|s| self.members.get_mut(&s))
+                    && let Streams::Some(set) = &mut member.streams
+                {
+                    set.extend(streams);
+                }
+                Ok(RoomReply::Done)
+            }
+            RoomRequest::Compact => self.compact().map(RoomReply::Compacted),
+            RoomRequest::Status => Ok(RoomReply::Status(self.status())),
+        };
+        Box::pin(async move { reply })
+    }
+}
+
+impl Handler<Flushed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flushed, _: &mut Context<Self>) {
+        self.cx.metrics.handled(KIND);
+        while self.pending.front().is_some_and(|p| p.token <= msg.token) {
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            let reply = if msg.ok {
+                Ok(self.release(p.submitted, p.origin))
+            } else {
+                Err(RoomError::Storage("flush failed".into()))
+            };
+            let _ = p.reply.send(reply);
+        }
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
+        self.cx.metrics.dequeued(KIND);
+        self.last_activity = Instant::now();
+        self.members.insert(
+            msg.session,
+            Member {
+                events: msg.events,
+                streams: msg.streams,
+                evicted: msg.evicted,
+            },
+        );
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
+        self.cx.metrics.dequeued(KIND);
+        self.last_activity = Instant::now();
+        self.members.remove(&msg.session);
+    }
+}

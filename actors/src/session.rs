@@ -1,0 +1,451 @@
+//! The Session actor: one per WebSocket connection. It owns the socket, the heartbeat, the
+//! connection's identity and its room memberships; everything that depends on the wire format
+//! is its [`Dialect`], a sans-IO codec that turns frames into room requests and room answers
+//! into frames.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::directory::{Checkout, CloseSession, Register, Unregister};
+use crate::hub::Hub;
+use crate::identity::{AuthError, Identity};
+use crate::room::{Join, Leave, Request, Room, RoomError, RoomEvent, RoomReply, RoomRequest, SessionId, Streams};
+use crate::room_key::{Namespace, RoomKey};
+
+const KIND: &str = "session";
+
+/// Close codes the hub uses beyond the standard ones.
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const INTERNAL: u16 = 1011;
+    pub const AUTH_FAILED: u16 = 4001;
+    pub const TOO_MANY: u16 = 4002;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const TOKEN_EXPIRED: u16 = 4009;
+}
+
+/// Socket-level settings shared by every dialect.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// How often the hub sends a WebSocket ping.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long is disconnected.
+    pub client_timeout: Duration,
+    /// Larger messages get the dialect's error; the session goes on.
+    pub max_frame_bytes: usize,
+}
+
+impl SessionSettings {
+    /// The largest frame the socket codec accepts at all. Frames between `max_frame_bytes` and
+    /// this get the dialect's error; larger ones are a protocol violation that ends the
+    /// connection, which bounds what one client can make the hub buffer.
+    pub fn codec_max_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(4).max(16 << 20)
+    }
+}
+
+/// A whole message from the client.
+#[derive(Debug, Clone, Copy)]
+pub enum Frame<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+/// What a dialect asks its session to do.
+#[derive(Debug)]
+pub enum Action<T> {
+    Text(String),
+    Binary(Vec<u8>),
+    /// Send a request to a room (joining it first if needed) and hand the answer back with `tag`.
+    Request {
+        room: RoomKey,
+        body: RoomRequest,
+        tag: T,
+    },
+    /// Verify a token sent in-band; on success it becomes the session's identity.
+    Authenticate { token: String, tag: T },
+    Close { code: u16, reason: String },
+}
+
+/// What a dialect can see of its session.
+pub struct Env<'a> {
+    pub session: SessionId,
+    pub identity: &'a Identity,
+}
+
+/// A wire dialect: turns frames into room requests and room answers and events into frames.
+pub trait Dialect: Unpin + Sized + 'static {
+    type Tag: Unpin + 'static;
+
+    fn namespace(&self) -> Namespace;
+
+    /// Rooms the session joins as it starts, and which of their streams it follows.
+    fn initial_rooms(&self) -> Vec<RoomKey>;
+
+    /// How a session of this dialect follows a room it joins later.
+    fn streams_for(&self, _room: &RoomKey) -> Streams {
+        Streams::All
+    }
+
+    fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Self::Tag>>;
+
+    fn on_oversized(&mut self, env: &Env, size: usize, max: usize) -> Vec<Action<Self::Tag>>;
+
+    fn on_reply(
+        &mut self,
+        env: &Env,
+        tag: Self::Tag,
+        reply: Result<RoomReply, RoomError>,
+    ) -> Vec<Action<Self::Tag>>;
+
+    fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Self::Tag>>;
+
+    fn on_authenticated(
+        &mut self,
+        env: &Env,
+        tag: Self::Tag,
+        result: Result<(), AuthError>,
+    ) -> Vec<Action<Self::Tag>>;
+}
+
+/// A message split over continuation frames, being put back together.
+struct Fragments {
+    text: bool,
+    buf: Vec<u8>,
+    oversized: usize,
+}
+
+pub struct Session<D: Dialect> {
+    id: SessionId,
+    hub: Hub,
+    dialect: D,
+    identity: Identity,
+    rooms: HashMap<RoomKey, Addr<Room>>,
+    last_seen: Instant,
+    evicted: Arc<AtomicBool>,
+    registered: bool,
+    fragments: Option<Fragments>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl<D: Dialect> Session<D> {
+    pub fn new(hub: Hub, dialect: D, identity: Identity) -> Session<D> {
+        Session {
+            id: hub.next_session_id(),
+            hub,
+            dialect,
+            identity,
+            rooms: HashMap::new(),
+            last_seen: Instant::now(),
+            evicted: Arc::new(AtomicBool::new(false)),
+            registered: false,
+            fragments: None,
+        }
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn run(&mut self, actions: Vec<Action<D::Tag>>, ctx: &mut ws::WebsocketContext<Self>) {
+        let dialect = self.dialect.namespace().as_str();
+        for action in actions {
+            match action {
+                Action::Text(text) => {
+                    self.hub.metrics().frames_out.with_label_values(&[dialect]).inc();
+                    ctx.text(text);
+                }
+                Action::Binary(bytes) => {
+                    self.hub.metrics().frames_out.with_label_values(&[dialect]).inc();
+                    ctx.binary(bytes);
+                }
+                Action::Close { code, reason } => {
+                    self.close(ctx, code, &reason);
+                    return;
+                }
+                Action::Authenticate { token, tag } => {
+                    let result = match self.hub.verifier() {
+                        Some(v) => v.verify(&token),
+                        // Auth is off: any token is as good as none.
+                        None => Ok(Identity::anonymous()),
+                    };
+                    let outcome = result.map(|identity| {
+                        self.identity = identity;
+                        self.schedule_expiry(ctx);
+                    });
+                    let env = Env {
+                        session: self.id,
+                        identity: &self.identity,
+                    };
+                    let more = self.dialect.on_authenticated(&env, tag, outcome);
+                    self.run(more, ctx);
+                }
+                Action::Request { room, body, tag } => self.request(room, body, tag, ctx),
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        room: RoomKey,
+        body: RoomRequest,
+        tag: D::Tag,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(addr) = self.rooms.get(&room).cloned() else {
+            // Join first; `wait` holds the session's other input until the room is there, so
+            // requests keep their order.
+            let checkout = self.hub.directory().send(Checkout { key: room.clone() });
+            ctx.wait(checkout.into_actor(self).map(move |res, act, ctx| {
+                match res {
+                    Ok(Ok(addr)) => {
+                        act.join(room.clone(), addr, ctx);
+                        act.request(room, body, tag, ctx);
+                    }
+                    _ => {
+                        let env = Env {
+                            session: act.id,
+                            identity: &act.identity,
+                        };
+                        let more = act.dialect.on_reply(&env, tag, Err(RoomError::Gone));
+                        act.run(more, ctx);
+                    }
+                }
+            }));
+            return;
+        };
+        self.hub.metrics().queued("room");
+        let ask = addr.send(Request {
+            session: Some(self.id),
+            body,
+        });
+        ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
+            let reply = res.unwrap_or(Err(RoomError::Gone));
+            let env = Env {
+                session: act.id,
+                identity: &act.identity,
+            };
+            let more = act.dialect.on_reply(&env, tag, reply);
+            act.run(more, ctx);
+        }));
+    }
+
+    fn join(&mut self, key: RoomKey, addr: Addr<Room>, ctx: &mut ws::WebsocketContext<Self>) {
+        let streams = self.dialect.streams_for(&key);
+        self.hub.metrics().queued("room");
+        addr.do_send(Join {
+            session: self.id,
+            events: ctx.address().recipient(),
+            streams,
+            evicted: self.evicted.clone(),
+        });
+        self.rooms.insert(key, addr);
+    }
+
+    fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
+        let dialect = self.dialect.namespace().as_str();
+        self.hub.metrics().frames_in.with_label_values(&[dialect]).inc();
+        let len = match frame {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) => b.len(),
+        };
+        let env = Env {
+            session: self.id,
+            identity: &self.identity,
+        };
+        let max = self.hub.session_settings().max_frame_bytes;
+        let actions = if len > max {
+            self.dialect.on_oversized(&env, len, max)
+        } else {
+            self.dialect.on_frame(&env, frame)
+        };
+        self.run(actions, ctx);
+    }
+
+    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(expires_at) = self.identity.expires_at else {
+            return;
+        };
+        let wait = Duration::from_secs(expires_at.saturating_sub(unix_now()).max(0) as u64);
+        ctx.run_later(wait, |act, ctx| {
+            // A fresh token sent in-band meanwhile moved the deadline.
+            if act.identity.expires_at.is_some_and(|at| at <= unix_now()) {
+                act.close(ctx, close_code::TOKEN_EXPIRED, "Token expired");
+            }
+        });
+    }
+}
+
+impl<D: Dialect> Actor for Session<D> {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        self.hub.metrics().actors.with_label_values(&[KIND]).inc();
+        let register = self.hub.directory().send(Register {
+            id: self.id,
+            namespace: self.dialect.namespace(),
+            user: self
+                .identity
+                .authenticated
+                .then(|| self.identity.user_id.clone()),
+            closer: ctx.address().recipient(),
+        });
+        ctx.wait(register.into_actor(self).map(|res, act, ctx| match res {
+            Ok(Ok(())) => act.registered = true,
+            Ok(Err(refusal)) => {
+                act.hub
+                    .metrics()
+                    .connections_refused
+                    .with_label_values(&["limit"])
+                    .inc();
+                act.close(ctx, close_code::TOO_MANY, &refusal.to_string());
+            }
+            Err(_) => act.close(ctx, close_code::INTERNAL, "Server error"),
+        }));
+        for key in self.dialect.initial_rooms() {
+            let checkout = self.hub.directory().send(Checkout { key: key.clone() });
+            ctx.wait(checkout.into_actor(self).map(move |res, act, ctx| match res {
+                Ok(Ok(addr)) => act.join(key, addr, ctx),
+                _ => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
+            }));
+        }
+        let settings = self.hub.session_settings();
+        ctx.run_interval(settings.heartbeat_interval, move |act, ctx| {
+            if act.evicted.load(Ordering::Relaxed) {
+                act.close(ctx, close_code::SLOW_CONSUMER, "Slow consumer");
+            } else if act.last_seen.elapsed() > settings.client_timeout {
+                log::debug!("session {:?} timed out", act.id);
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        self.schedule_expiry(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.hub.metrics().actors.with_label_values(&[KIND]).dec();
+        if self.registered {
+            self.hub.directory().do_send(Unregister { id: self.id });
+        }
+        for addr in self.rooms.values() {
+            self.hub.metrics().queued("room");
+            addr.do_send(Leave { session: self.id });
+        }
+    }
+}
+
+impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session<D> {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("session {:?}: protocol error: {e}", self.id);
+                self.close(ctx, 1009, "Protocol error");
+                return;
+            }
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            ws::Message::Ping(b) => ctx.pong(&b),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Text(t) => self.deliver(Frame::Text(&t), ctx),
+            ws::Message::Binary(b) => self.deliver(Frame::Binary(&b), ctx),
+            ws::Message::Continuation(item) => self.continuation(item, ctx),
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl<D: Dialect> Session<D> {
+    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let max = self.hub.session_settings().max_frame_bytes;
+        let (first, last, chunk, text) = match item {
+            actix_http::ws::Item::FirstText(b) => (true, false, b, true),
+            actix_http::ws::Item::FirstBinary(b) => (true, false, b, false),
+            actix_http::ws::Item::Continue(b) => (false, false, b, false),
+            actix_http::ws::Item::Last(b) => (false, true, b, false),
+        };
+        if first {
+            self.fragments = Some(Fragments {
+                text,
+                buf: Vec::new(),
+                oversized: 0,
+            });
+        }
+        let Some(f) = self.fragments.as_mut() else {
+            return;
+        };
+        if f.oversized > 0 || f.buf.len() + chunk.len() > max {
+            // Keep counting, stop buffering: the message will be refused whole.
+            f.oversized = f.oversized.max(f.buf.len()) + chunk.len();
+            f.buf = Vec::new();
+        } else {
+            f.buf.extend_from_slice(&chunk);
+        }
+        if !last {
+            return;
+        }
+        let Some(f) = self.fragments.take() else {
+            return;
+        };
+        if f.oversized > 0 {
+            let env = Env {
+                session: self.id,
+                identity: &self.identity,
+            };
+            let actions = self.dialect.on_oversized(&env, f.oversized, max);
+            self.run(actions, ctx);
+        } else if f.text {
+            match std::str::from_utf8(&f.buf) {
+                Ok(t) => self.deliver(Frame::Text(t), ctx),
+                Err(_) => self.close(ctx, 1007, "Invalid UTF-8"),
+            }
+        } else {
+            self.deliver(Frame::Binary(&f.buf), ctx);
+        }
+    }
+}
+
+impl<D: Dialect> Handler<RoomEvent> for Session<D> {
+    type Result = ();
+
+    fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
+        self.hub.metrics().dequeued(KIND);
+        let env = Env {
+            session: self.id,
+            identity: &self.identity,
+        };
+        let actions = self.dialect.on_event(&env, &event);
+        self.run(actions, ctx);
+    }
+}
+
+impl<D: Dialect> Handler<CloseSession> for Session<D> {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.hub.metrics().handled(KIND);
+        self.close(ctx, msg.code, &msg.reason);
+    }
+}

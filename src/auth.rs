@@ -1,0 +1,269 @@
+//! JWT verification and minting.
+//!
+//! Access tokens are HS256 (with `auth.jwt_secret`) or RS256/ES256 (with the PEM public key in
+//! `auth.jwt_public_key_file`). `exp` is required. Refresh tokens carry `typ: "refresh"` and are
+//! never accepted where an access token is expected.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use synchub_actors::{AuthError, Identity, Permissions, TokenVerifier};
+
+use crate::config::AuthConfig;
+
+/// The claims the hub reads and writes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, rename = "userId", skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<Permissions>,
+    /// `"refresh"` for refresh tokens; absent or `"access"` for access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds neither an RSA nor an EC public key in PEM form")]
+    Pem { path: String },
+    #[error("the JWT backend failed its self-test: {0}")]
+    SelfTest(String),
+}
+
+pub struct JwtVerifier {
+    hmac: Option<DecodingKey>,
+    public: Option<(DecodingKey, Algorithm)>,
+    leeway: u64,
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl JwtVerifier {
+    pub fn from_config(auth: &AuthConfig) -> Result<JwtVerifier, KeyError> {
+        let hmac = (!auth.jwt_secret.is_empty())
+            .then(|| DecodingKey::from_secret(auth.jwt_secret.as_bytes()));
+        let public = if auth.jwt_public_key_file.is_empty() {
+            None
+        } else {
+            Some(load_public_key(Path::new(&auth.jwt_public_key_file))?)
+        };
+        Ok(JwtVerifier {
+            hmac,
+            public,
+            leeway: auth.leeway_s,
+        })
+    }
+
+    fn claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hmac.as_ref(),
+            alg => self
+                .public
+                .as_ref()
+                .filter(|(_, expected)| *expected == alg)
+                .map(|(k, _)| k),
+        }
+        .ok_or_else(|| AuthError::Invalid(format!("no key for {:?}", header.alg)))?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })
+    }
+
+    /// Verifies a refresh token (for `/auth/refresh`).
+    pub fn verify_refresh(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.claims(token)?;
+        if claims.typ.as_deref() != Some("refresh") {
+            return Err(AuthError::Invalid("not a refresh token".into()));
+        }
+        Ok(claims)
+    }
+}
+
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let claims = self.claims(token)?;
+        if claims.typ.as_deref().is_some_and(|t| t != "access") {
+            return Err(AuthError::Invalid("not an access token".into()));
+        }
+        let user_id = claims
+            .sub
+            .or(claims.user_id)
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| AuthError::Invalid("no sub or userId claim".into()))?;
+        Ok(Identity {
+            user_id,
+            permissions: claims.permissions.unwrap_or_default(),
+            expires_at: Some(claims.exp.saturating_add(self.leeway as i64)),
+            authenticated: true,
+        })
+    }
+}
+
+fn load_public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {
+    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok((k, Algorithm::RS256));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+        return Ok((k, Algorithm::ES256));
+    }
+    Err(KeyError::Pem {
+        path: path.display().to_string(),
+    })
+}
+
+/// Signs claims with an HS256 secret.
+pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Signs and verifies one token, so a build without a working crypto backend fails at start
+/// rather than on the first client.
+pub fn self_test() -> Result<(), KeyError> {
+    let secret = format!("self-test-{}", unix_now());
+    let claims = Claims {
+        sub: Some("self-test".into()),
+        exp: unix_now() + 60,
+        ..Claims::default()
+    };
+    let token = std::panic::catch_unwind(|| mint(&secret, &claims))
+        .map_err(|_| KeyError::SelfTest("signing panicked".into()))?
+        .map_err(|e| KeyError::SelfTest(e.to_string()))?;
+    let verifier = JwtVerifier {
+        hmac: Some(DecodingKey::from_secret(secret.as_bytes())),
+        public: None,
+        leeway: 0,
+    };
+    verifier
+        .verify(&token)
+        .map(|_| ())
+        .map_err(|e| KeyError::SelfTest(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(secret: &str) -> JwtVerifier {
+        JwtVerifier::from_config(&AuthConfig {
+            jwt_secret: secret.into(),
+            ..AuthConfig::default()
+        })
+        .expect("config")
+    }
+
+    fn token(secret: &str, claims: Claims) -> String {
+        mint(secret, &claims).expect("mint")
+    }
+
+    #[test]
+    fn self_test_passes() {
+        self_test().expect("backend works");
+    }
+
+    #[test]
+    fn access_tokens_verify() {
+        let v = verifier("s3cret");
+        let perms = Permissions {
+            can_read: vec!["*".into()],
+            can_write: vec!["team-*".into()],
+            is_admin: false,
+        };
+        let t = token(
+            "s3cret",
+            Claims {
+                sub: Some("alice".into()),
+                exp: unix_now() + 100,
+                permissions: Some(perms.clone()),
+                ..Claims::default()
+            },
+        );
+        let id = v.verify(&t).expect("valid");
+        assert_eq!(id.user_id, "alice");
+        assert_eq!(id.permissions, perms);
+        assert!(id.authenticated);
+        // `userId` stands in for `sub`.
+        let t = token(
+            "s3cret",
+            Claims {
+                user_id: Some("bob".into()),
+                exp: unix_now() + 100,
+                ..Claims::default()
+            },
+        );
+        assert_eq!(v.verify(&t).expect("valid").user_id, "bob");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let v = verifier("s3cret");
+        let base = Claims {
+            sub: Some("alice".into()),
+            exp: unix_now() + 100,
+            ..Claims::default()
+        };
+        assert!(v.verify("garbage").is_err());
+        assert!(v.verify(&token("other", base.clone())).is_err());
+        let expired = Claims {
+            exp: unix_now() - 3600,
+            ..base.clone()
+        };
+        assert_eq!(v.verify(&token("s3cret", expired)), Err(AuthError::Expired));
+        // Within the leeway an expired token still passes.
+        let recent = Claims {
+            exp: unix_now() - 5,
+            ..base.clone()
+        };
+        assert!(v.verify(&token("s3cret", recent)).is_ok());
+        let refresh = Claims {
+            typ: Some("refresh".into()),
+            ..base.clone()
+        };
+        let refresh = token("s3cret", refresh);
+        assert!(v.verify(&refresh).is_err());
+        assert!(v.verify_refresh(&refresh).is_ok());
+        assert!(v.verify_refresh(&token("s3cret", base)).is_err());
+        let anonymous = Claims {
+            exp: unix_now() + 100,
+            ..Claims::default()
+        };
+        assert!(v.verify(&token("s3cret", anonymous)).is_err());
+        // No key configured: nothing verifies.
+        assert!(verifier("").verify(&token("x", Claims { sub: Some("a".into()), exp: unix_now() + 9, ..Claims::default() })).is_err());
+    }
+}

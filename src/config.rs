@@ -1,0 +1,519 @@
+//! The configuration file: one TOML document whose every key can be overridden by an
+//! environment variable `SYNCHUB_<SECTION>_<KEY>`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use synchub_actors::directory::ConnectionLimits;
+use synchub_actors::pocket::{PocketLimits, PocketModel, Strategy};
+use synchub_actors::session::SessionSettings;
+use synchub_actors::HubSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("environment variable {var}: {why}")]
+    Env { var: String, why: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+    pub pocket: PocketConfig,
+    pub synckit: SynckitConfig,
+    pub relay: RelayConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    /// Empty: generated once, then kept in the data directory.
+    pub node_id: String,
+    /// Seconds between the hub's WebSocket pings.
+    pub heartbeat_interval_s: u64,
+    /// A client silent for this many seconds is disconnected.
+    pub client_timeout_s: u64,
+    /// A room with no sessions and no traffic for this many seconds is unloaded.
+    pub room_idle_timeout_s: u64,
+    /// Threads running room actors; 0 = one per core.
+    pub room_threads: usize,
+    /// HTTP/WebSocket worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub path: String,
+    /// "flush" (ack after the flush) or "relaxed" (ack before it).
+    pub durability: String,
+    /// How long a delete stays in the log after compaction; 0 keeps it forever.
+    pub tombstone_retention_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub required: bool,
+    pub jwt_secret: String,
+    pub jwt_public_key_file: String,
+    pub admin_token: String,
+    pub dev_login: bool,
+    /// Clock-skew allowance for `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub redis_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PocketConfig {
+    pub conflict_strategy: String,
+    pub max_pull_limit: usize,
+    /// Per-collection overrides: `[pocket.collections.<name>]`.
+    pub collections: BTreeMap<String, CollectionConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionConfig {
+    pub conflict_strategy: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynckitConfig {
+    pub batch_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    pub max_changes_per_message: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub max_document_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_connections_per_ip: usize,
+    pub max_messages_per_second: u32,
+    pub max_rooms_per_session: usize,
+    pub max_outbound_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
+            pocket: PocketConfig::default(),
+            synckit: SynckitConfig::default(),
+            relay: RelayConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            bind: "127.0.0.1:8080".into(),
+            node_id: String::new(),
+            heartbeat_interval_s: 15,
+            client_timeout_s: 60,
+            room_idle_timeout_s: 60,
+            room_threads: 0,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            path: "./data".into(),
+            durability: "flush".into(),
+            tombstone_retention_s: 30 * 24 * 3600,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            required: true,
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            admin_token: String::new(),
+            dev_login: false,
+            leeway_s: 30,
+        }
+    }
+}
+
+impl Default for PocketConfig {
+    fn default() -> PocketConfig {
+        PocketConfig {
+            conflict_strategy: "last-write-wins".into(),
+            max_pull_limit: 1000,
+            collections: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for SynckitConfig {
+    fn default() -> SynckitConfig {
+        SynckitConfig { batch_ms: 50 }
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> RelayConfig {
+        RelayConfig {
+            max_changes_per_message: 1000,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_frame_bytes: 1_048_576,
+            max_document_bytes: 262_144,
+            max_json_depth: 64,
+            max_connections: 100_000,
+            max_connections_per_user: 100,
+            max_connections_per_ip: 1000,
+            max_messages_per_second: 1000,
+            max_rooms_per_session: 128,
+            max_outbound_bytes: 4_194_304,
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "SYNCHUB_";
+
+/// Applies `SYNCHUB_<SECTION>_<KEY>` variables to a parsed file. A value takes the type of the
+/// key's default, so `SYNCHUB_SERVER_NODE_ID=42` stays a string.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    for (var, raw) in vars {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = defaults
+            .keys()
+            .find_map(|s| rest.strip_prefix(&format!("{s}_")).map(|k| (s.clone(), k)))
+        else {
+            continue;
+        };
+        let env_error = |why: String| ConfigError::Env {
+            var: var.clone(),
+            why,
+        };
+        let Some(default) = defaults
+            .get(&section)
+            .and_then(toml::Value::as_table)
+            .and_then(|t| t.get(key))
+        else {
+            return Err(env_error(format!("[{section}] has no key {key:?}")));
+        };
+        let value = match default {
+            toml::Value::String(_) => toml::Value::String(raw.clone()),
+            toml::Value::Integer(_) => toml::Value::Integer(
+                raw.trim()
+                    .parse()
+                    .map_err(|_| env_error(format!("{raw:?} is not an integer")))?,
+            ),
+            toml::Value::Boolean(_) => toml::Value::Boolean(
+                match raw.trim().to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => return Err(env_error(format!("{raw:?} is not a boolean"))),
+                },
+            ),
+            _ => return Err(env_error("this key cannot be set from the environment".into())),
+        };
+        let section_table = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match section_table.as_table_mut() {
+            Some(t) => {
+                t.insert(key.to_owned(), value);
+            }
+            None => return Err(env_error(format!("[{section}] is not a table in the file"))),
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Parses a TOML document and applies the environment overrides.
+    pub fn from_toml(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        Config::deserialize(table).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Loads `path` (or `config.toml` in the working directory when present, or the built-in
+    /// defaults) and the environment overrides. Returns the file actually read.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("config.toml")).filter(|p| p.is_file()),
+        };
+        let text = match &path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Ok((Config::from_toml(&text, std::env::vars())?, path))
+    }
+
+    /// Checks what types alone cannot; returns warnings for settings that run but surprise.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        let mut errors = Vec::new();
+        let mut warnings = Vec::new();
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            errors.push(format!(
+                "server.bind {:?} is not an address like 127.0.0.1:8080",
+                self.server.bind
+            ));
+        }
+        if self.storage.path.is_empty() {
+            errors.push("storage.path is empty".into());
+        }
+        if !matches!(self.storage.durability.as_str(), "flush" | "relaxed") {
+            errors.push(format!(
+                "storage.durability {:?} must be \"flush\" or \"relaxed\"",
+                self.storage.durability
+            ));
+        }
+        if self.storage.durability == "relaxed" {
+            warnings.push(
+                "storage.durability = \"relaxed\": changes are acked before they are on disk \
+                 and the last moments of writes can be lost in a crash"
+                    .into(),
+            );
+        }
+        if let Err(e) = self.pocket.conflict_strategy.parse::<Strategy>() {
+            errors.push(format!("pocket.conflict_strategy: {e}"));
+        }
+        for (name, c) in &self.pocket.collections {
+            if let Err(e) = c.conflict_strategy.parse::<Strategy>() {
+                errors.push(format!("pocket.collections.{name}.conflict_strategy: {e}"));
+            }
+        }
+        let positive = [
+            ("pocket.max_pull_limit", self.pocket.max_pull_limit),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
+            ("limits.max_document_bytes", self.limits.max_document_bytes),
+            ("limits.max_json_depth", self.limits.max_json_depth),
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_connections_per_user", self.limits.max_connections_per_user),
+            ("relay.max_changes_per_message", self.relay.max_changes_per_message),
+            ("server.heartbeat_interval_s", self.server.heartbeat_interval_s as usize),
+            ("server.client_timeout_s", self.server.client_timeout_s as usize),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                errors.push(format!("{name} must be at least 1"));
+            }
+        }
+        if !self.auth.jwt_public_key_file.is_empty()
+            && !Path::new(&self.auth.jwt_public_key_file).is_file()
+        {
+            errors.push(format!(
+                "auth.jwt_public_key_file {:?} does not exist",
+                self.auth.jwt_public_key_file
+            ));
+        }
+        if !self.cluster.redis_url.is_empty() {
+            errors.push(
+                "cluster.redis_url is set, but this build runs single-node only; \
+                 leave it empty"
+                    .into(),
+            );
+        }
+        if !self.auth.required {
+            warnings.push(
+                "auth.required = false: every client is admitted with full rights \
+                 (development mode)"
+                    .into(),
+            );
+        } else if self.auth.jwt_secret.is_empty() && self.auth.jwt_public_key_file.is_empty() {
+            warnings.push(
+                "auth.required = true but neither auth.jwt_secret nor auth.jwt_public_key_file \
+                 is set: every client will be refused"
+                    .into(),
+            );
+        }
+        if self.auth.admin_token.is_empty() {
+            warnings.push("auth.admin_token is empty: /stats and /metrics are open".into());
+        }
+        if self.auth.dev_login {
+            warnings.push("auth.dev_login = true: POST /auth/login mints tokens for anyone".into());
+        }
+        if errors.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// The settings of the actor system. Call after [`Config::validate`].
+    pub fn hub_settings(&self) -> HubSettings {
+        let strategy = |s: &str| s.parse::<Strategy>().unwrap_or(Strategy::LastWriteWins);
+        let retention = self.storage.tombstone_retention_s;
+        HubSettings {
+            data_dir: PathBuf::from(&self.storage.path),
+            relaxed: self.storage.durability == "relaxed",
+            node_id: self.server.node_id.clone(),
+            pocket: PocketModel {
+                default_strategy: strategy(&self.pocket.conflict_strategy),
+                collection_strategies: self
+                    .pocket
+                    .collections
+                    .iter()
+                    .map(|(name, c)| (name.clone(), strategy(&c.conflict_strategy)))
+                    .collect(),
+                tombstone_retention_ms: (retention > 0)
+                    .then(|| (retention as i64).saturating_mul(1000)),
+            },
+            pocket_limits: PocketLimits {
+                max_pull_limit: self.pocket.max_pull_limit,
+                max_document_bytes: self.limits.max_document_bytes,
+                max_json_depth: self.limits.max_json_depth,
+            },
+            session: SessionSettings {
+                heartbeat_interval: Duration::from_secs(self.server.heartbeat_interval_s),
+                client_timeout: Duration::from_secs(self.server.client_timeout_s),
+                max_frame_bytes: self.limits.max_frame_bytes,
+            },
+            connections: ConnectionLimits {
+                max_connections: self.limits.max_connections,
+                max_connections_per_user: self.limits.max_connections_per_user,
+            },
+            room_idle_timeout: Duration::from_secs(self.server.room_idle_timeout_s),
+            room_threads: self.server.room_threads,
+        }
+    }
+
+    /// The configuration as TOML, with secrets masked.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        for secret in [&mut c.auth.jwt_secret, &mut c.auth.admin_token] {
+            if !secret.is_empty() {
+                *secret = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::from_toml("", env(&[])).expect("defaults");
+        assert_eq!(c.server.bind, "127.0.0.1:8080");
+        assert_eq!(c.storage.path, "./data");
+        assert_eq!(c.storage.durability, "flush");
+        assert!(c.auth.required);
+        assert_eq!(c.auth.leeway_s, 30);
+        assert_eq!(c.pocket.conflict_strategy, "last-write-wins");
+        assert_eq!(c.pocket.max_pull_limit, 1000);
+        assert_eq!(c.synckit.batch_ms, 50);
+        assert_eq!(c.limits.max_frame_bytes, 1_048_576);
+        assert_eq!(c.limits.max_outbound_bytes, 4_194_304);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_with_typed_values() {
+        let file = "[server]\nbind = \"0.0.0.0:1\"\n[limits]\nmax_json_depth = 3\n";
+        let c = Config::from_toml(
+            file,
+            env(&[
+                ("SYNCHUB_SERVER_BIND", "127.0.0.1:9999"),
+                ("SYNCHUB_SERVER_NODE_ID", "42"),
+                ("SYNCHUB_AUTH_REQUIRED", "false"),
+                ("SYNCHUB_LIMITS_MAX_FRAME_BYTES", "2048"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.server.bind, "127.0.0.1:9999");
+        assert_eq!(c.server.node_id, "42");
+        assert!(!c.auth.required);
+        assert_eq!(c.limits.max_frame_bytes, 2048);
+        assert_eq!(c.limits.max_json_depth, 3);
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(Config::from_toml("[server]\nbnd = \"x\"\n", env(&[])).is_err());
+        assert!(Config::from_toml("", env(&[("SYNCHUB_LIMITS_MAX_FRAME_BYTES", "lots")])).is_err());
+        assert!(Config::from_toml("", env(&[("SYNCHUB_SERVER_NOPE", "1")])).is_err());
+        let c = Config::from_toml(
+            "[pocket]\nconflict_strategy = \"custom\"\n[pocket.collections.todos]\nconflict_strategy = \"merge\"\n",
+            env(&[]),
+        )
+        .expect("parses");
+        assert_eq!(c.pocket.collections["todos"].conflict_strategy, "merge");
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("custom is not a strategy");
+        };
+        assert_eq!(errors.len(), 1);
+    }
+}

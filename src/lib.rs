@@ -1,0 +1,100 @@
+//! synchub: a real-time sync hub for local-first and collaborative apps.
+//!
+//! This crate is the shell around the actor system in `synchub-actors`: configuration, auth,
+//! the HTTP routes, and [`run`], which serves a hub on a listener until a shutdown signal.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use synchub_actors::directory::GetCensus;
+use synchub_actors::{Hub, HubError, TokenVerifier};
+
+use crate::auth::{JwtVerifier, KeyError};
+use crate::config::{Config, ConfigError};
+use crate::http::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long shutdown waits for sessions to finish closing before it stops the server.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves the hub on `listener` until `shutdown` resolves, then shuts down gracefully: stop
+/// accepting, close every session with 1001, make every write durable. Must run inside an
+/// actix system (`actix_web::rt::System`).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    for warning in config.validate()? {
+        log::warn!("{warning}");
+    }
+    auth::self_test()?;
+    let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);
+    let hub_verifier: Option<Arc<dyn TokenVerifier>> =
+        config.auth.required.then(|| verifier.clone() as Arc<dyn TokenVerifier>);
+    let hub = Hub::start(config.hub_settings(), hub_verifier)?;
+    log::info!(
+        "synchub {} node {} serving on http://{} (data in {})",
+        env!("CARGO_PKG_VERSION"),
+        hub.node_id(),
+        listener.local_addr()?,
+        config.storage.path
+    );
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let payload_limit = hub.session_settings().codec_max_bytes();
+    let state = web::Data::new(AppState::new(hub.clone(), Arc::new(config), verifier));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(payload_limit))
+            .configure(http::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+    shutdown.await;
+    log::info!("shutting down");
+    handle.pause().await;
+    hub.shutdown().await;
+    let deadline = std::time::Instant::now() + CLOSE_GRACE;
+    while std::time::Instant::now() < deadline {
+        match hub.directory().send(GetCensus).await {
+            Ok(c) if c.sessions_total > 0 => {
+                actix_web::rt::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => break,
+        }
+    }
+    handle.stop(true).await;
+    match serving.await {
+        Ok(result) => result?,
+        Err(e) => log::warn!("server task ended abnormally: {e}"),
+    }
+    log::info!("stopped");
+    Ok(())
+}

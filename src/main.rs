@@ -1,0 +1,178 @@
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use synchub::auth::{self, Claims};
+use synchub::config::Config;
+use synchub_actors::Permissions;
+
+#[derive(Parser)]
+#[command(name = "synchub", version, about = "A real-time sync hub for local-first apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve {
+        /// Configuration file; default: ./config.toml when present, else built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration and print it as the hub would use it (secrets masked).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Mint an HS256 access token with the configured auth.jwt_secret (for development).
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Room patterns the user may read (repeatable; `*` is a wildcard).
+        #[arg(long)]
+        read: Vec<String>,
+        /// Room patterns the user may write (repeatable; write implies read).
+        #[arg(long)]
+        write: Vec<String>,
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+    },
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match Config::load(path) {
+        Ok((config, file)) => {
+            match file {
+                Some(f) => log::info!("configuration from {}", f.display()),
+                None => log::info!("no configuration file: built-in defaults"),
+            }
+            Ok(config)
+        }
+        Err(e) => {
+            eprintln!("synchub: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            log::warn!("cannot watch SIGTERM ({e}); only Ctrl-C stops the hub");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    if !config.auth.required {
+        log::warn!("==============================================================");
+        log::warn!("AUTH IS OFF (auth.required = false): development mode.");
+        log::warn!("Every client is admitted with full read and write rights.");
+        log::warn!("==============================================================");
+    }
+    let listener = match TcpListener::bind(&config.server.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("synchub: cannot bind {}: {e}", config.server.bind);
+            return ExitCode::from(1);
+        }
+    };
+    let system = actix_web::rt::System::new();
+    match system.block_on(synchub::run(config, listener, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("synchub: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,actix_server=warn,sled=warn"),
+    )
+    .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => match load(config.as_deref()) {
+            Ok(c) => serve(c),
+            Err(code) => code,
+        },
+        Command::CheckConfig { config } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match config.validate() {
+                Ok(warnings) => {
+                    for w in warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    print!("{}", config.redacted_toml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("synchub: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Token {
+            config,
+            sub,
+            read,
+            write,
+            admin,
+            ttl,
+        } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if config.auth.jwt_secret.is_empty() {
+                eprintln!("synchub: auth.jwt_secret is empty; set it (or SYNCHUB_AUTH_JWT_SECRET)");
+                return ExitCode::from(2);
+            }
+            let now = auth::unix_now();
+            let claims = Claims {
+                sub: Some(sub),
+                exp: now + ttl,
+                iat: Some(now),
+                permissions: Some(Permissions {
+                    can_read: read,
+                    can_write: write,
+                    is_admin: admin,
+                }),
+                ..Claims::default()
+            };
+            match auth::mint(&config.auth.jwt_secret, &claims) {
+                Ok(t) => {
+                    println!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("synchub: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Test support: a real hub on a free port, and a small WebSocket / HTTP client.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use synchub::config::Config;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A hub running in-process, in its own actix system on its own thread.
+pub struct TestHub {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The development configuration tests start from: auth off, data in `dir`.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.server.bind = "127.0.0.1:0".into();
+    c.storage.path = dir.display().to_string();
+    c.auth.required = false;
+    c.server.room_threads = 2;
+    c.server.workers = 2;
+    c
+}
+
+impl TestHub {
+    pub fn start() -> TestHub {
+        TestHub::start_with(|_| {})
+    }
+
+    pub fn start_with(edit: impl FnOnce(&mut Config)) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = test_config(dir.path());
+        edit(&mut config);
+        TestHub::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: Config) -> TestHub {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let system = actix_web::rt::System::new();
+            let result = system.block_on(async move {
+                let _ = ready_tx.send(());
+                synchub::run(config, listener, async move {
+                    let _ = rx.await;
+                })
+                .await
+            });
+            if let Err(e) = result {
+                panic!("hub failed: {e}");
+            }
+        });
+        ready_rx.recv_timeout(TIMEOUT).expect("hub thread started");
+        TestHub {
+            addr,
+            dir,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the hub gracefully and waits for it.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("hub thread");
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A WebSocket client speaking JSON text frames.
+pub struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        Ws { stream }
+    }
+
+    /// The HTTP status of a refused upgrade.
+    pub async fn refused_status(url: &str) -> u16 {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("upgrade was accepted"),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.stream
+            .send(Message::Binary(bytes.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// The next text or binary message, skipping control frames.
+    pub async fn recv_text(&mut self) -> String {
+        self.try_recv(TIMEOUT).await.expect("a message in time")
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                Some(Ok(Message::Binary(b))) => {
+                    return Some(String::from_utf8_lossy(&b).into_owned());
+                }
+                Some(Ok(Message::Close(c))) => panic!("closed unexpectedly: {c:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => panic!("socket ended"),
+            }
+        }
+    }
+
+    pub async fn recv_json(&mut self) -> Value {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// Sends a request and returns the reply with the same id; other messages are kept.
+    pub async fn request(&mut self, v: &Value) -> Value {
+        self.send_json(v).await;
+        let id = v["id"].clone();
+        loop {
+            let msg = self.recv_json().await;
+            if msg["id"] == id {
+                return msg;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `ms` milliseconds.
+    pub async fn expect_silence(&mut self, ms: u64) {
+        if let Some(m) = self.try_recv(Duration::from_millis(ms)).await {
+            panic!("expected silence, got {m}");
+        }
+    }
+
+    /// Waits for the server to close the connection.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(TIMEOUT, self.stream.next())
+                .await
+                .expect("close in time");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return Closed {
+                        code: u16::from(frame.code),
+                        reason: frame.reason.to_string(),
+                    };
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Closed {
+                        code: u16::from(CloseCode::Status),
+                        reason: String::new(),
+                    };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error before close: {e}"),
+            }
+        }
+    }
+}
+
+/// An HTTP response's status and body as JSON (or a JSON string of the text).
+pub async fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let client = awc::Client::builder().timeout(TIMEOUT).finish();
+    let mut req = match method {
+        "GET" => client.get(url),
+        "POST" => client.post(url),
+        other => panic!("method {other}"),
+    };
+    if let Some(t) = bearer {
+        req = req.insert_header(("Authorization", format!("Bearer {t}")));
+    }
+    let mut resp = match body {
+        Some(b) => req.send_json(b).await,
+        None => req.send().await,
+    }
+    .expect("http request");
+    let status = resp.status().as_u16();
+    let bytes = resp.body().limit(64 << 20).await.expect("body");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub async fn get(url: &str) -> (u16, Value) {
+    http("GET", url, None, None).await
+}
