@@ -264,6 +264,17 @@ mod tests {
         };
         assert!(v.verify(&token("s3cret", anonymous)).is_err());
         // No key configured: nothing verifies.
-        assert!(verifier("").verify(&token("x", Claims { sub: Some("a".into()), exp: unix_now() + 9, ..Claims::default() })).is_err());
+        assert!(
+            verifier("")
+                .verify(&token(
+                    "x",
+                    Claims {
+                        sub: Some("a".into()),
+                        exp: unix_now() + 9,
+                        ..Claims::default()
+                    }
+                ))
+                .is_err()
+        );
     }
 }

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use synchub_actors::HubSettings;
 use synchub_actors::directory::ConnectionLimits;
 use synchub_actors::pocket::{PocketLimits, PocketModel, Strategy};
 use synchub_actors::session::SessionSettings;
-use synchub_actors::HubSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,7 +28,7 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -128,21 +128,6 @@ pub struct LimitsConfig {
     pub max_outbound_bytes: usize,
 }
 
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            auth: AuthConfig::default(),
-            cluster: ClusterConfig::default(),
-            pocket: PocketConfig::default(),
-            synckit: SynckitConfig::default(),
-            relay: RelayConfig::default(),
-            limits: LimitsConfig::default(),
-        }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
@@ -228,8 +213,8 @@ fn apply_env(
     table: &mut toml::Table,
     vars: impl Iterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default())
-        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let defaults =
+        toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
     for (var, raw) in vars {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
@@ -259,14 +244,18 @@ fn apply_env(
                     .parse()
                     .map_err(|_| env_error(format!("{raw:?} is not an integer")))?,
             ),
-            toml::Value::Boolean(_) => toml::Value::Boolean(
-                match raw.trim().to_ascii_lowercase().as_str() {
+            toml::Value::Boolean(_) => {
+                toml::Value::Boolean(match raw.trim().to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" => true,
                     "false" | "0" | "no" | "off" => false,
                     _ => return Err(env_error(format!("{raw:?} is not a boolean"))),
-                },
-            ),
-            _ => return Err(env_error("this key cannot be set from the environment".into())),
+                })
+            }
+            _ => {
+                return Err(env_error(
+                    "this key cannot be set from the environment".into(),
+                ));
+            }
         };
         let section_table = table
             .entry(section.clone())
@@ -350,10 +339,22 @@ impl Config {
             ("limits.max_document_bytes", self.limits.max_document_bytes),
             ("limits.max_json_depth", self.limits.max_json_depth),
             ("limits.max_connections", self.limits.max_connections),
-            ("limits.max_connections_per_user", self.limits.max_connections_per_user),
-            ("relay.max_changes_per_message", self.relay.max_changes_per_message),
-            ("server.heartbeat_interval_s", self.server.heartbeat_interval_s as usize),
-            ("server.client_timeout_s", self.server.client_timeout_s as usize),
+            (
+                "limits.max_connections_per_user",
+                self.limits.max_connections_per_user,
+            ),
+            (
+                "relay.max_changes_per_message",
+                self.relay.max_changes_per_message,
+            ),
+            (
+                "server.heartbeat_interval_s",
+                self.server.heartbeat_interval_s as usize,
+            ),
+            (
+                "server.client_timeout_s",
+                self.server.client_timeout_s as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -133,9 +133,15 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refused {
     fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
 }
 
-fn start_ws<A>(actor: A, req: &HttpRequest, stream: web::Payload, state: &AppState) -> Result<HttpResponse, actix_web::Error>
+fn start_ws<A>(
+    actor: A,
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, actix_web::Error>
 where
-    A: Actor<Context = ws::WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+    A: Actor<Context = ws::WebsocketContext<A>>
+        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
     let max = state.hub.session_settings().codec_max_bytes();
     ws::WsResponseBuilder::new(actor, req, stream)
@@ -177,13 +183,21 @@ async fn pocket_ws(
         }
         Ok(identity) => {
             let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits);
-            start_ws(Session::new(state.hub.clone(), dialect, identity), &req, stream, &state)
+            start_ws(
+                Session::new(state.hub.clone(), dialect, identity),
+                &req,
+                stream,
+                &state,
+            )
         }
     }
 }
 
 fn pocket_error(e: WireError) -> HttpResponse {
-    pocket_reply(e.to_json(synchub_actors::pocket::wire::now_ms()).to_string())
+    pocket_reply(
+        e.to_json(synchub_actors::pocket::wire::now_ms())
+            .to_string(),
+    )
 }
 
 /// Answers with a Pocket reply; errors keep their JSON body and get a matching HTTP status.
@@ -365,12 +379,16 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-fn room_key(path: &(String, String)) -> Result<RoomKey, HttpResponse> {
+/// The room an admin path names, or the response refusing it.
+fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
     let Some(ns) = Namespace::parse(&path.0) else {
-        return Err(HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})));
+        return Err(Box::new(
+            HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
+        ));
     };
-    RoomKey::new(ns, &path.1)
-        .ok_or_else(|| HttpResponse::BadRequest().json(json!({"error": "Invalid room id"})))
+    RoomKey::new(ns, &path.1).ok_or_else(|| {
+        Box::new(HttpResponse::BadRequest().json(json!({"error": "Invalid room id"})))
+    })
 }
 
 async fn room_stats(
@@ -383,7 +401,7 @@ async fn room_stats(
     }
     let key = match room_key(&path) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match state.hub.directory().send(GetRoomStatus { key }).await {
         Ok(Ok(Some(status))) => HttpResponse::Ok().json(status),
@@ -403,7 +421,7 @@ async fn compact_room(
     }
     let key = match room_key(&path) {
         Ok(k) => k,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match state.hub.store().room_meta(&key) {
         Ok(Some(_)) => {}

@@ -48,8 +48,10 @@ pub async fn run(
     }
     auth::self_test()?;
     let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);
-    let hub_verifier: Option<Arc<dyn TokenVerifier>> =
-        config.auth.required.then(|| verifier.clone() as Arc<dyn TokenVerifier>);
+    let hub_verifier: Option<Arc<dyn TokenVerifier>> = config
+        .auth
+        .required
+        .then(|| verifier.clone() as Arc<dyn TokenVerifier>);
     let hub = Hub::start(config.hub_settings(), hub_verifier)?;
     log::info!(
         "synchub {} node {} serving on http://{} (data in {})",

@@ -8,7 +8,11 @@ use synchub::config::Config;
 use synchub_actors::Permissions;
 
 #[derive(Parser)]
-#[command(name = "synchub", version, about = "A real-time sync hub for local-first apps")]
+#[command(
+    name = "synchub",
+    version,
+    about = "A real-time sync hub for local-first apps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -38,7 +38,9 @@ async fn push_is_acked_with_server_sequences_and_broadcast_to_the_other_client()
     let url = hub.ws_url("/sync?room=r1&nodeId=a");
     let (mut a, mut b) = (Ws::connect(&url).await, Ws::connect(&url).await);
     // Pulling subscribes b to the collection.
-    let r = b.request(&pull("b1", &["todos"], json!({"global": 0}), None)).await;
+    let r = b
+        .request(&pull("b1", &["todos"], json!({"global": 0}), None))
+        .await;
     assert_eq!(r["type"], "pull-response");
     assert_eq!(r["changes"]["todos"], json!([]));
     assert_eq!(r["hasMore"], false);
@@ -47,7 +49,9 @@ async fn push_is_acked_with_server_sequences_and_broadcast_to_the_other_client()
         change("insert", "d1", json!({"_id": "d1", "title": "one"})),
         change("insert", "d2", json!({"title": "two"})),
     ];
-    let r = a.request(&push("p1", "todos", changes, json!({"global": 0}))).await;
+    let r = a
+        .request(&push("p1", "todos", changes, json!({"global": 0})))
+        .await;
     assert_eq!(r["type"], "push-response");
     assert_eq!(r["success"], true);
     assert!(r.get("conflicts").is_none());
@@ -61,7 +65,10 @@ async fn push_is_acked_with_server_sequences_and_broadcast_to_the_other_client()
     assert_eq!(bc["hasMore"], false);
     // Sequence numbers are the server's, not the client's zeros.
     assert_eq!(seqs(&bc["changes"]["todos"]), [1, 2]);
-    assert_eq!(bc["changes"]["todos"][1]["document"], json!({"_id": "d2", "title": "two"}));
+    assert_eq!(
+        bc["changes"]["todos"][1]["document"],
+        json!({"_id": "d2", "title": "two"})
+    );
     assert_eq!(bc["checkpoint"]["sequences"]["todos"], 2);
     // The sender hears nothing but its reply.
     a.expect_silence(300).await;
@@ -74,15 +81,24 @@ async fn broadcasts_go_only_to_subscribers_of_the_collection_and_room() {
     let mut notes = Ws::connect(&hub.ws_url("/sync?room=r1")).await;
     let mut other_room = Ws::connect(&hub.ws_url("/sync?room=r2")).await;
     notes.request(&pull("n", &["notes"], json!({}), None)).await;
-    other_room.request(&pull("o", &["todos"], json!({}), None)).await;
+    other_room
+        .request(&pull("o", &["todos"], json!({}), None))
+        .await;
     let r = a
-        .request(&push("p", "todos", vec![change("insert", "x", json!({}))], json!({})))
+        .request(&push(
+            "p",
+            "todos",
+            vec![change("insert", "x", json!({}))],
+            json!({}),
+        ))
         .await;
     assert_eq!(r["success"], true);
     notes.expect_silence(300).await;
     other_room.expect_silence(100).await;
     // Data never crosses rooms.
-    let r = other_room.request(&pull("o2", &["todos"], json!({}), None)).await;
+    let r = other_room
+        .request(&pull("o2", &["todos"], json!({}), None))
+        .await;
     assert_eq!(r["changes"]["todos"], json!([]));
 }
 
@@ -92,16 +108,31 @@ async fn pull_from_zero_from_a_checkpoint_and_in_pages() {
     let mut c = Ws::connect(&hub.ws_url("/sync")).await;
     for i in 0..5 {
         let r = c
-            .request(&push(&format!("p{i}"), "todos", vec![change("insert", &format!("d{i}"), json!({"n": i}))], json!({})))
+            .request(&push(
+                &format!("p{i}"),
+                "todos",
+                vec![change("insert", &format!("d{i}"), json!({"n": i}))],
+                json!({}),
+            ))
             .await;
         assert_eq!(r["success"], true);
     }
-    c.request(&push("n", "notes", vec![change("insert", "n", json!({}))], json!({})))
+    c.request(&push(
+        "n",
+        "notes",
+        vec![change("insert", "n", json!({}))],
+        json!({}),
+    ))
+    .await;
+    let r = c
+        .request(&pull("q0", &["todos", "notes"], json!({"global": 0}), None))
         .await;
-    let r = c.request(&pull("q0", &["todos", "notes"], json!({"global": 0}), None)).await;
     assert_eq!(seqs(&r["changes"]["todos"]), [1, 2, 3, 4, 5]);
     assert_eq!(seqs(&r["changes"]["notes"]), [6]);
-    assert_eq!(r["checkpoint"]["sequences"], json!({"todos": 5, "notes": 6}));
+    assert_eq!(
+        r["checkpoint"]["sequences"],
+        json!({"todos": 5, "notes": 6})
+    );
     assert_eq!(r["checkpoint"]["global"], 5);
     // The code form of a checkpoint, per collection.
     let cp = json!({"id": "n_1", "sequences": {"todos": 3}, "timestamp": 1, "nodeId": "n"});
@@ -111,7 +142,9 @@ async fn pull_from_zero_from_a_checkpoint_and_in_pages() {
     let mut cp = json!({"global": 0});
     let mut seen = Vec::new();
     for page in 0.. {
-        let r = c.request(&pull(&format!("pg{page}"), &["todos"], cp.clone(), Some(2))).await;
+        let r = c
+            .request(&pull(&format!("pg{page}"), &["todos"], cp.clone(), Some(2)))
+            .await;
         seen.extend(seqs(&r["changes"]["todos"]));
         cp = r["checkpoint"].clone();
         if r["hasMore"] == false {
@@ -131,18 +164,35 @@ async fn a_push_checkpoint_never_skips_changes_the_client_has_not_seen() {
     let hub = TestHub::start();
     let mut a = Ws::connect(&hub.ws_url("/sync")).await;
     let mut b = Ws::connect(&hub.ws_url("/sync")).await;
-    a.request(&push("a1", "todos", vec![change("insert", "x", json!({}))], json!({})))
-        .await;
+    a.request(&push(
+        "a1",
+        "todos",
+        vec![change("insert", "x", json!({}))],
+        json!({}),
+    ))
+    .await;
     // b has seen nothing: its push lands at 2, but its checkpoint must stay before 1.
     let r = b
-        .request(&push("b1", "todos", vec![change("insert", "y", json!({}))], json!({"global": 0})))
+        .request(&push(
+            "b1",
+            "todos",
+            vec![change("insert", "y", json!({}))],
+            json!({"global": 0}),
+        ))
         .await;
     assert_eq!(r["checkpoint"]["sequences"]["todos"], 0);
-    let r = b.request(&pull("b2", &["todos"], r["checkpoint"].clone(), None)).await;
+    let r = b
+        .request(&pull("b2", &["todos"], r["checkpoint"].clone(), None))
+        .await;
     assert_eq!(seqs(&r["changes"]["todos"]), [1, 2]);
     // a was caught up: it may move past its own change.
     let r = a
-        .request(&push("a2", "todos", vec![change("insert", "z", json!({}))], json!({"global": 2})))
+        .request(&push(
+            "a2",
+            "todos",
+            vec![change("insert", "z", json!({}))],
+            json!({"global": 2}),
+        ))
         .await;
     assert_eq!(r["checkpoint"]["sequences"]["todos"], 3);
 }
@@ -154,10 +204,14 @@ async fn resends_and_equal_writes_get_no_new_sequence_and_no_broadcast() {
     let mut b = Ws::connect(&hub.ws_url("/sync")).await;
     b.request(&pull("s", &["todos"], json!({}), None)).await;
     let c = change("insert", "d", json!({"_rev": "1-a", "v": 1}));
-    let r1 = a.request(&push("p1", "todos", vec![c.clone()], json!({}))).await;
+    let r1 = a
+        .request(&push("p1", "todos", vec![c.clone()], json!({})))
+        .await;
     assert_eq!(r1["checkpoint"]["sequences"]["todos"], 1);
     b.recv_json().await;
-    let r2 = a.request(&push("p2", "todos", vec![c], json!({"global": 1}))).await;
+    let r2 = a
+        .request(&push("p2", "todos", vec![c], json!({"global": 1})))
+        .await;
     assert_eq!(r2["success"], true);
     assert_eq!(r2["checkpoint"]["sequences"]["todos"], 1);
     b.expect_silence(300).await;
@@ -171,10 +225,16 @@ async fn deletes_keep_a_tombstone_that_reaches_everyone() {
     let mut a = Ws::connect(&hub.ws_url("/sync")).await;
     let mut b = Ws::connect(&hub.ws_url("/sync")).await;
     b.request(&pull("s", &["todos"], json!({}), None)).await;
-    a.request(&push("p1", "todos", vec![change("insert", "d", json!({"t": 1}))], json!({})))
-        .await;
+    a.request(&push(
+        "p1",
+        "todos",
+        vec![change("insert", "d", json!({"t": 1}))],
+        json!({}),
+    ))
+    .await;
     b.recv_json().await;
-    let del = json!({"operation": "delete", "documentId": "d", "document": null, "timestamp": 5000});
+    let del =
+        json!({"operation": "delete", "documentId": "d", "document": null, "timestamp": 5000});
     let r = a.request(&push("p2", "todos", vec![del], json!({}))).await;
     assert_eq!(r["success"], true);
     let bc = b.recv_json().await;
@@ -185,17 +245,29 @@ async fn deletes_keep_a_tombstone_that_reaches_everyone() {
     assert_eq!(r["changes"]["todos"][1]["document"], tomb);
     // Re-creating after the delete works.
     let r = a
-        .request(&push("p3", "todos", vec![change("insert", "d", json!({"t": 2, "_updatedAt": 6000}))], json!({})))
+        .request(&push(
+            "p3",
+            "todos",
+            vec![change("insert", "d", json!({"t": 2, "_updatedAt": 6000}))],
+            json!({}),
+        ))
         .await;
     assert_eq!(r["success"], true);
-    assert_eq!(b.recv_json().await["changes"]["todos"][0]["document"]["t"], 2);
+    assert_eq!(
+        b.recv_json().await["changes"]["todos"][0]["document"]["t"],
+        2
+    );
 }
 
 /// One hub, one collection per strategy through the per-collection override.
 fn strategy_hub() -> TestHub {
     TestHub::start_with(|c| {
         c.pocket.conflict_strategy = "server-wins".into();
-        for (name, s) in [("cw", "client-wins"), ("lww", "last-write-wins"), ("mg", "merge")] {
+        for (name, s) in [
+            ("cw", "client-wins"),
+            ("lww", "last-write-wins"),
+            ("mg", "merge"),
+        ] {
             c.pocket.collections.insert(
                 name.into(),
                 synchub::config::CollectionConfig {
@@ -207,10 +279,21 @@ fn strategy_hub() -> TestHub {
 }
 
 async fn seed(a: &mut Ws, b: &mut Ws, collection: &str) -> Value {
-    b.request(&pull(&format!("s-{collection}"), &[collection], json!({}), None)).await;
+    b.request(&pull(
+        &format!("s-{collection}"),
+        &[collection],
+        json!({}),
+        None,
+    ))
+    .await;
     let stored = json!({"_id": "d", "_rev": "1-a", "_updatedAt": 10, "a": 1, "b": 1});
     let r = a
-        .request(&push(&format!("seed-{collection}"), collection, vec![change("insert", "d", stored.clone())], json!({})))
+        .request(&push(
+            &format!("seed-{collection}"),
+            collection,
+            vec![change("insert", "d", stored.clone())],
+            json!({}),
+        ))
         .await;
     assert_eq!(r["success"], true);
     b.recv_json().await;
@@ -220,12 +303,25 @@ async fn seed(a: &mut Ws, b: &mut Ws, collection: &str) -> Value {
 #[actix_rt::test]
 async fn server_wins_reports_the_conflict_and_broadcasts_nothing() {
     let hub = strategy_hub();
-    let (mut a, mut b) = (Ws::connect(&hub.ws_url("/sync")).await, Ws::connect(&hub.ws_url("/sync")).await);
+    let (mut a, mut b) = (
+        Ws::connect(&hub.ws_url("/sync")).await,
+        Ws::connect(&hub.ws_url("/sync")).await,
+    );
     let stored = seed(&mut a, &mut b, "sw").await;
     let conflicting = json!({"_id": "d", "_rev": "1-b", "_updatedAt": 20, "a": 2});
-    let r = a.request(&push("p", "sw", vec![change("update", "d", conflicting)], json!({}))).await;
+    let r = a
+        .request(&push(
+            "p",
+            "sw",
+            vec![change("update", "d", conflicting)],
+            json!({}),
+        ))
+        .await;
     assert_eq!(r["success"], false);
-    assert_eq!(r["conflicts"], json!([{"documentId": "d", "serverDocument": stored}]));
+    assert_eq!(
+        r["conflicts"],
+        json!([{"documentId": "d", "serverDocument": stored}])
+    );
     b.expect_silence(300).await;
     let r = a.request(&pull("q", &["sw"], json!({}), None)).await;
     assert_eq!(seqs(&r["changes"]["sw"]), [1]);
@@ -234,10 +330,20 @@ async fn server_wins_reports_the_conflict_and_broadcasts_nothing() {
 #[actix_rt::test]
 async fn client_wins_replaces_the_stored_document() {
     let hub = strategy_hub();
-    let (mut a, mut b) = (Ws::connect(&hub.ws_url("/sync")).await, Ws::connect(&hub.ws_url("/sync")).await);
+    let (mut a, mut b) = (
+        Ws::connect(&hub.ws_url("/sync")).await,
+        Ws::connect(&hub.ws_url("/sync")).await,
+    );
     seed(&mut a, &mut b, "cw").await;
     let older = json!({"_id": "d", "_rev": "1-b", "_updatedAt": 5, "a": 9});
-    let r = a.request(&push("p", "cw", vec![change("update", "d", older.clone())], json!({}))).await;
+    let r = a
+        .request(&push(
+            "p",
+            "cw",
+            vec![change("update", "d", older.clone())],
+            json!({}),
+        ))
+        .await;
     assert_eq!(r["success"], true);
     assert_eq!(b.recv_json().await["changes"]["cw"][0]["document"], older);
 }
@@ -245,15 +351,32 @@ async fn client_wins_replaces_the_stored_document() {
 #[actix_rt::test]
 async fn last_write_wins_keeps_the_newer_document() {
     let hub = strategy_hub();
-    let (mut a, mut b) = (Ws::connect(&hub.ws_url("/sync")).await, Ws::connect(&hub.ws_url("/sync")).await);
+    let (mut a, mut b) = (
+        Ws::connect(&hub.ws_url("/sync")).await,
+        Ws::connect(&hub.ws_url("/sync")).await,
+    );
     let stored = seed(&mut a, &mut b, "lww").await;
     let older = json!({"_id": "d", "_rev": "1-b", "_updatedAt": 5, "a": 9});
-    let r = a.request(&push("p1", "lww", vec![change("update", "d", older)], json!({}))).await;
+    let r = a
+        .request(&push(
+            "p1",
+            "lww",
+            vec![change("update", "d", older)],
+            json!({}),
+        ))
+        .await;
     assert_eq!(r["success"], false);
     assert_eq!(r["conflicts"][0]["serverDocument"], stored);
     b.expect_silence(300).await;
     let newer = json!({"_id": "d", "_rev": "1-c", "_updatedAt": 50, "a": 7});
-    let r = a.request(&push("p2", "lww", vec![change("update", "d", newer.clone())], json!({}))).await;
+    let r = a
+        .request(&push(
+            "p2",
+            "lww",
+            vec![change("update", "d", newer.clone())],
+            json!({}),
+        ))
+        .await;
     assert_eq!(r["success"], true);
     let bc = b.recv_json().await;
     assert_eq!(bc["changes"]["lww"][0]["document"], newer);
@@ -263,10 +386,20 @@ async fn last_write_wins_keeps_the_newer_document() {
 #[actix_rt::test]
 async fn merge_combines_fields_and_counts_as_accepted() {
     let hub = strategy_hub();
-    let (mut a, mut b) = (Ws::connect(&hub.ws_url("/sync")).await, Ws::connect(&hub.ws_url("/sync")).await);
+    let (mut a, mut b) = (
+        Ws::connect(&hub.ws_url("/sync")).await,
+        Ws::connect(&hub.ws_url("/sync")).await,
+    );
     seed(&mut a, &mut b, "mg").await;
     let incoming = json!({"_id": "d", "_rev": "1-b", "_updatedAt": 20, "b": 2, "c": 3});
-    let r = a.request(&push("p", "mg", vec![change("update", "d", incoming)], json!({}))).await;
+    let r = a
+        .request(&push(
+            "p",
+            "mg",
+            vec![change("update", "d", incoming)],
+            json!({}),
+        ))
+        .await;
     assert_eq!(r["success"], true);
     let doc = b.recv_json().await["changes"]["mg"][0]["document"].clone();
     assert_eq!(doc["a"], 1);
@@ -290,7 +423,10 @@ async fn binary_frames_holding_json_are_accepted() {
     let msg = pull("bin", &["todos"], json!({}), None);
     c.send_binary(msg.to_string().into_bytes()).await;
     let r = c.recv_json().await;
-    assert_eq!((r["type"].clone(), r["id"].clone()), (json!("pull-response"), json!("bin")));
+    assert_eq!(
+        (r["type"].clone(), r["id"].clone()),
+        (json!("pull-response"), json!("bin"))
+    );
 }
 
 #[actix_rt::test]
@@ -301,19 +437,48 @@ async fn the_http_transport_answers_push_and_pull() {
     assert_eq!(health["status"], "healthy");
     let mut ws = Ws::connect(&hub.ws_url("/sync?room=h")).await;
     ws.request(&pull("s", &["todos"], json!({}), None)).await;
-    let body = push("hp", "todos", vec![change("insert", "d", json!({"v": 1}))], json!({}));
-    let (status, r) = http("POST", &hub.http_url("/sync/push?room=h"), None, Some(&body)).await;
+    let body = push(
+        "hp",
+        "todos",
+        vec![change("insert", "d", json!({"v": 1}))],
+        json!({}),
+    );
+    let (status, r) = http(
+        "POST",
+        &hub.http_url("/sync/push?room=h"),
+        None,
+        Some(&body),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(r["type"], "push-response");
     assert_eq!(r["id"], "hp");
     assert_eq!(r["checkpoint"]["sequences"]["todos"], 1);
     // WebSocket clients of the room hear HTTP pushes.
-    assert_eq!(ws.recv_json().await["changes"]["todos"][0]["documentId"], "d");
+    assert_eq!(
+        ws.recv_json().await["changes"]["todos"][0]["documentId"],
+        "d"
+    );
     let body = pull("hq", &["todos"], json!({"global": 0}), None);
-    let (status, r) = http("POST", &hub.http_url("/sync/pull?room=h"), None, Some(&body)).await;
+    let (status, r) = http(
+        "POST",
+        &hub.http_url("/sync/pull?room=h"),
+        None,
+        Some(&body),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(seqs(&r["changes"]["todos"]), [1]);
-    let (status, r) = http("POST", &hub.http_url("/sync/pull?room=h"), None, Some(&json!({"type": "pull", "id": "x", "collections": 3}))).await;
+    let (status, r) = http(
+        "POST",
+        &hub.http_url("/sync/pull?room=h"),
+        None,
+        Some(&json!({"type": "pull", "id": "x", "collections": 3})),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert_eq!((r["code"].clone(), r["id"].clone()), (json!("INVALID_MESSAGE"), json!("x")));
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("INVALID_MESSAGE"), json!("x"))
+    );
 }

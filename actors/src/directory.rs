@@ -13,7 +13,10 @@ use serde::Serialize;
 use crate::durability::Durability;
 use crate::metrics::Metrics;
 use crate::model::Model;
-use crate::room::{Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped, Request, SessionId};
+use crate::room::{
+    Request, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped,
+    SessionId,
+};
 use crate::room_key::{Namespace, RoomKey};
 use crate::store::Store;
 

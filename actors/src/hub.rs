@@ -90,16 +90,17 @@ impl Hub {
             path: settings.data_dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            storage_error(StorageError::Sled(sled::Error::Io(e)))
-        })?;
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
         let store = Store::open(&settings.data_dir).map_err(storage_error)?;
         let node_id = if settings.node_id.is_empty() {
             match store.node_value("node_id").map_err(storage_error)? {
                 Some(id) => id,
                 None => {
                     let id = generated_node_id();
-                    store.set_node_value("node_id", &id).map_err(storage_error)?;
+                    store
+                        .set_node_value("node_id", &id)
+                        .map_err(storage_error)?;
                     id
                 }
             }
@@ -205,7 +206,11 @@ impl Hub {
             {
                 Ok(reply) => return reply,
                 Err(_) => {
-                    self.inner.metrics.backlog.with_label_values(&["room"]).dec();
+                    self.inner
+                        .metrics
+                        .backlog
+                        .with_label_values(&["room"])
+                        .dec();
                     continue;
                 }
             }

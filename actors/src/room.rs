@@ -16,7 +16,9 @@ use crate::durability::{Dirty, Durability, Flushed};
 use crate::metrics::Metrics;
 use crate::model::{IncomingChange, Merge, Model};
 use crate::room_key::RoomKey;
-use crate::store::{CommitBatch, CompactReport, LogEntry, RoomMeta, StateRecord, Store, state_hash};
+use crate::store::{
+    CommitBatch, CompactReport, LogEntry, RoomMeta, StateRecord, Store, state_hash,
+};
 
 const KIND: &str = "room";
 
@@ -81,14 +83,18 @@ pub struct Leave {
 #[derive(Debug, Clone)]
 pub enum RoomRequest {
     /// Merge these changes, in order, as one atomic batch.
-    Submit { changes: Vec<IncomingChange> },
+    Submit {
+        changes: Vec<IncomingChange>,
+    },
     /// Read the log of some streams after a position; optionally follow them from now on.
     Fetch {
         streams: Vec<(String, u64)>,
         limit: usize,
         subscribe: bool,
     },
-    Subscribe { streams: Vec<String> },
+    Subscribe {
+        streams: Vec<String>,
+    },
     Compact,
     Status,
 }
@@ -279,9 +285,10 @@ impl Room {
                     meta.seq += 1;
                     meta.log_len += 1;
                     match &current {
-                        Some(old) => meta
-                            .digest
-                            .toggle(&state_hash(&change.stream, &change.key, old)),
+                        Some(old) => {
+                            meta.digest
+                                .toggle(&state_hash(&change.stream, &change.key, old))
+                        }
                         None => meta.records += 1,
                     }
                     meta.digest
@@ -342,7 +349,11 @@ impl Room {
     fn broadcast(&mut self, event: RoomEvent) {
         let mut dropped = Vec::new();
         for (id, member) in &self.members {
-            if !event.entries.iter().any(|e| member.streams.covers(&e.stream)) {
+            if !event
+                .entries
+                .iter()
+                .any(|e| member.streams.covers(&e.stream))
+            {
                 continue;
             }
             match member.events.try_send(event.clone()) {
@@ -503,7 +514,10 @@ impl Handler<Request> for Room {
 
     fn handle(&mut self, msg: Request, ctx: &mut Context<Self>) -> Self::Result {
         self.cx.metrics.dequeued(KIND);
-        self.last_activity = Instant::now();
+        // Looking at a room (stats) does not keep it loaded.
+        if !matches!(msg.body, RoomRequest::Status) {
+            self.last_activity = Instant::now();
+        }
         let reply = match msg.body {
             RoomRequest::Submit { changes } => return self.submit(ctx, msg.session, changes),
             RoomRequest::Fetch {

@@ -14,7 +14,9 @@ use actix_web_actors::ws;
 use crate::directory::{Checkout, CloseSession, Register, Unregister};
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
-use crate::room::{Join, Leave, Request, Room, RoomError, RoomEvent, RoomReply, RoomRequest, SessionId, Streams};
+use crate::room::{
+    Join, Leave, Request, Room, RoomError, RoomEvent, RoomReply, RoomRequest, SessionId, Streams,
+};
 use crate::room_key::{Namespace, RoomKey};
 
 const KIND: &str = "session";
@@ -69,8 +71,14 @@ pub enum Action<T> {
         tag: T,
     },
     /// Verify a token sent in-band; on success it becomes the session's identity.
-    Authenticate { token: String, tag: T },
-    Close { code: u16, reason: String },
+    Authenticate {
+        token: String,
+        tag: T,
+    },
+    Close {
+        code: u16,
+        reason: String,
+    },
 }
 
 /// What a dialect can see of its session.
@@ -168,11 +176,19 @@ impl<D: Dialect> Session<D> {
         for action in actions {
             match action {
                 Action::Text(text) => {
-                    self.hub.metrics().frames_out.with_label_values(&[dialect]).inc();
+                    self.hub
+                        .metrics()
+                        .frames_out
+                        .with_label_values(&[dialect])
+                        .inc();
                     ctx.text(text);
                 }
                 Action::Binary(bytes) => {
-                    self.hub.metrics().frames_out.with_label_values(&[dialect]).inc();
+                    self.hub
+                        .metrics()
+                        .frames_out
+                        .with_label_values(&[dialect])
+                        .inc();
                     ctx.binary(bytes);
                 }
                 Action::Close { code, reason } => {
@@ -212,22 +228,24 @@ impl<D: Dialect> Session<D> {
             // Join first; `wait` holds the session's other input until the room is there, so
             // requests keep their order.
             let checkout = self.hub.directory().send(Checkout { key: room.clone() });
-            ctx.wait(checkout.into_actor(self).map(move |res, act, ctx| {
-                match res {
-                    Ok(Ok(addr)) => {
-                        act.join(room.clone(), addr, ctx);
-                        act.request(room, body, tag, ctx);
-                    }
-                    _ => {
-                        let env = Env {
-                            session: act.id,
-                            identity: &act.identity,
-                        };
-                        let more = act.dialect.on_reply(&env, tag, Err(RoomError::Gone));
-                        act.run(more, ctx);
-                    }
-                }
-            }));
+            ctx.wait(
+                checkout
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(addr)) => {
+                            act.join(room.clone(), addr, ctx);
+                            act.request(room, body, tag, ctx);
+                        }
+                        _ => {
+                            let env = Env {
+                                session: act.id,
+                                identity: &act.identity,
+                            };
+                            let more = act.dialect.on_reply(&env, tag, Err(RoomError::Gone));
+                            act.run(more, ctx);
+                        }
+                    }),
+            );
             return;
         };
         self.hub.metrics().queued("room");
@@ -260,7 +278,11 @@ impl<D: Dialect> Session<D> {
 
     fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
         let dialect = self.dialect.namespace().as_str();
-        self.hub.metrics().frames_in.with_label_values(&[dialect]).inc();
+        self.hub
+            .metrics()
+            .frames_in
+            .with_label_values(&[dialect])
+            .inc();
         let len = match frame {
             Frame::Text(t) => t.len(),
             Frame::Binary(b) => b.len(),
@@ -321,10 +343,14 @@ impl<D: Dialect> Actor for Session<D> {
         }));
         for key in self.dialect.initial_rooms() {
             let checkout = self.hub.directory().send(Checkout { key: key.clone() });
-            ctx.wait(checkout.into_actor(self).map(move |res, act, ctx| match res {
-                Ok(Ok(addr)) => act.join(key, addr, ctx),
-                _ => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
-            }));
+            ctx.wait(
+                checkout
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(addr)) => act.join(key, addr, ctx),
+                        _ => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
+                    }),
+            );
         }
         let settings = self.hub.session_settings();
         ctx.run_interval(settings.heartbeat_interval, move |act, ctx| {

@@ -449,10 +449,14 @@ mod tests {
             commit(&store, &a, &mut ma, "notes", "n", json!(i));
         }
         commit(&store, &b, &mut mb, "todos", "x", json!("b"));
-        let (page, more) = store.stream_entries(&a, "todos", 0, ma.seq, 3).expect("scan");
+        let (page, more) = store
+            .stream_entries(&a, "todos", 0, ma.seq, 3)
+            .expect("scan");
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 5]);
         assert!(more);
-        let (rest, more) = store.stream_entries(&a, "todos", 5, ma.seq, 3).expect("scan");
+        let (rest, more) = store
+            .stream_entries(&a, "todos", 5, ma.seq, 3)
+            .expect("scan");
         assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 9]);
         assert!(!more);
         // `upto` hides entries that are not yet durable.
@@ -480,10 +484,21 @@ mod tests {
         let report = store
             .compact(&r, &mut meta, |v| v == &json!("tombstone"))
             .expect("compact");
-        assert_eq!(report, CompactReport { removed: 4, kept: 2 });
-        let (all, _) = store.stream_entries(&r, "todos", 0, meta.seq, 100).expect("scan");
+        assert_eq!(
+            report,
+            CompactReport {
+                removed: 4,
+                kept: 2
+            }
+        );
+        let (all, _) = store
+            .stream_entries(&r, "todos", 0, meta.seq, 100)
+            .expect("scan");
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 6]);
-        assert_eq!(store.room_meta(&r).expect("meta").map(|m| m.log_len), Some(2));
+        assert_eq!(
+            store.room_meta(&r).expect("meta").map(|m| m.log_len),
+            Some(2)
+        );
         // State is untouched, tombstone included.
         assert_eq!(store.states(&r).expect("states").len(), 3);
     }

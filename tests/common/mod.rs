@@ -101,6 +101,9 @@ impl Drop for TestHub {
     }
 }
 
+pub type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// A WebSocket client speaking JSON text frames.
 pub struct Ws {
     stream: tokio_tungstenite::WebSocketStream<
@@ -159,7 +162,9 @@ impl Ws {
     pub async fn try_recv(&mut self, wait: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()?;
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
             match next {
                 Some(Ok(Message::Text(t))) => return Some(t.to_string()),
                 Some(Ok(Message::Binary(b))) => {
@@ -224,7 +229,12 @@ impl Ws {
 }
 
 /// An HTTP response's status and body as JSON (or a JSON string of the text).
-pub async fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+pub async fn http(
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let client = awc::Client::builder().timeout(TIMEOUT).finish();
     let mut req = match method {
         "GET" => client.get(url),
@@ -248,4 +258,105 @@ pub async fn http(method: &str, url: &str, bearer: Option<&str>, body: Option<&V
 
 pub async fn get(url: &str) -> (u16, Value) {
     http("GET", url, None, None).await
+}
+
+/// The built `synchub` binary running as a child process, for crash and signal tests.
+pub struct ChildHub {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl ChildHub {
+    /// Starts `synchub serve` on `data` with auth off and waits until it answers.
+    pub async fn spawn(data: &std::path::Path, env: &[(&str, &str)]) -> ChildHub {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
+        cmd.arg("serve")
+            // A directory without a config.toml: only the environment configures the child.
+            .current_dir(data)
+            .env("SYNCHUB_SERVER_BIND", addr.to_string())
+            .env("SYNCHUB_STORAGE_PATH", data.join("db"))
+            .env("SYNCHUB_AUTH_REQUIRED", "false")
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn synchub");
+        let hub = ChildHub { child, addr };
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return hub;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "child hub did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hub did not exit on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Connects with `Authorization: Bearer <token>` on the upgrade request.
+pub async fn connect_with_bearer(url: &str, token: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    Ws { stream }
 }

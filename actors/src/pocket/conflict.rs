@@ -189,7 +189,10 @@ fn merge_fields(stored: &Map<String, Value>, incoming: &Map<String, Value>) -> M
     if let Some(t) = newest.get("_updatedAt") {
         out.insert("_updatedAt".into(), t.clone());
     }
-    if let Some(t) = incoming.get("_createdAt").or_else(|| stored.get("_createdAt")) {
+    if let Some(t) = incoming
+        .get("_createdAt")
+        .or_else(|| stored.get("_createdAt"))
+    {
         out.insert("_createdAt".into(), t.clone());
     }
     match (clock(stored), clock(incoming)) {
@@ -222,7 +225,10 @@ mod tests {
         assert_eq!(compare_clocks(&b, &a), ClockOrder::Before);
         assert_eq!(compare_clocks(&a, &c), ClockOrder::Concurrent);
         assert_eq!(compare_clocks(&a, &a), ClockOrder::Equal);
-        assert_eq!(compare_clocks(&doc(json!({})), &doc(json!({"x": 0}))), ClockOrder::Equal);
+        assert_eq!(
+            compare_clocks(&doc(json!({})), &doc(json!({"x": 0}))),
+            ClockOrder::Equal
+        );
         assert_eq!(merge_clocks(&a, &c), doc(json!({"n1": 2, "n2": 2})));
     }
 
@@ -234,28 +240,62 @@ mod tests {
         assert!(!detect_conflict(&s, &i));
         // Both clocks: conflict iff concurrent (or equal, as Pocket's compare folds them).
         let s = doc(json!({"_rev": "1-a", "_vclock": {"x": 1}}));
-        assert!(detect_conflict(&s, &doc(json!({"_rev": "2-b", "_vclock": {"y": 1}}))));
-        assert!(!detect_conflict(&s, &doc(json!({"_rev": "2-b", "_vclock": {"x": 2}}))));
-        assert!(detect_conflict(&s, &doc(json!({"_rev": "1-c", "_vclock": {"x": 1}}))));
+        assert!(detect_conflict(
+            &s,
+            &doc(json!({"_rev": "2-b", "_vclock": {"y": 1}}))
+        ));
+        assert!(!detect_conflict(
+            &s,
+            &doc(json!({"_rev": "2-b", "_vclock": {"x": 2}}))
+        ));
+        assert!(detect_conflict(
+            &s,
+            &doc(json!({"_rev": "1-c", "_vclock": {"x": 1}}))
+        ));
         // Exactly one revision: conflict.
-        assert!(detect_conflict(&doc(json!({"_rev": "1-a"})), &doc(json!({}))));
-        assert!(detect_conflict(&doc(json!({})), &doc(json!({"_rev": "1-a"}))));
+        assert!(detect_conflict(
+            &doc(json!({"_rev": "1-a"})),
+            &doc(json!({}))
+        ));
+        assert!(detect_conflict(
+            &doc(json!({})),
+            &doc(json!({"_rev": "1-a"}))
+        ));
         // Parsable revisions: conflict iff same height, different revision.
-        assert!(detect_conflict(&doc(json!({"_rev": "2-a"})), &doc(json!({"_rev": "2-b"}))));
-        assert!(!detect_conflict(&doc(json!({"_rev": "2-a"})), &doc(json!({"_rev": "3-b"}))));
+        assert!(detect_conflict(
+            &doc(json!({"_rev": "2-a"})),
+            &doc(json!({"_rev": "2-b"}))
+        ));
+        assert!(!detect_conflict(
+            &doc(json!({"_rev": "2-a"})),
+            &doc(json!({"_rev": "3-b"}))
+        ));
         // Unparsable revisions, or none: no conflict.
-        assert!(!detect_conflict(&doc(json!({"_rev": "x"})), &doc(json!({"_rev": "2-b"}))));
-        assert!(!detect_conflict(&doc(json!({"_rev": "2-"})), &doc(json!({"_rev": "2-b"}))));
-        assert!(!detect_conflict(&doc(json!({"_rev": "-1-a"})), &doc(json!({"_rev": "-1-b"}))));
+        assert!(!detect_conflict(
+            &doc(json!({"_rev": "x"})),
+            &doc(json!({"_rev": "2-b"}))
+        ));
+        assert!(!detect_conflict(
+            &doc(json!({"_rev": "2-"})),
+            &doc(json!({"_rev": "2-b"}))
+        ));
+        assert!(!detect_conflict(
+            &doc(json!({"_rev": "-1-a"})),
+            &doc(json!({"_rev": "-1-b"}))
+        ));
         assert!(!detect_conflict(&doc(json!({})), &doc(json!({}))));
     }
 
     #[test]
     fn strategies_settle_conflicts() {
-        let stored = doc(json!({"_id": "d", "a": 1, "b": 1, "_updatedAt": 10, "_vclock": {"s": 2}}));
+        let stored =
+            doc(json!({"_id": "d", "a": 1, "b": 1, "_updatedAt": 10, "_vclock": {"s": 2}}));
         let newer = doc(json!({"_id": "d", "b": 2, "c": 2, "_updatedAt": 20, "_vclock": {"c": 1}}));
         let older = doc(json!({"_id": "d", "b": 3, "_updatedAt": 5}));
-        assert_eq!(resolve(Strategy::ServerWins, &stored, &newer), Resolution::KeepStored);
+        assert_eq!(
+            resolve(Strategy::ServerWins, &stored, &newer),
+            Resolution::KeepStored
+        );
         assert_eq!(
             resolve(Strategy::ClientWins, &stored, &older),
             Resolution::Store(older.clone())
@@ -264,7 +304,10 @@ mod tests {
             resolve(Strategy::LastWriteWins, &stored, &newer),
             Resolution::Store(newer.clone())
         );
-        assert_eq!(resolve(Strategy::LastWriteWins, &stored, &older), Resolution::KeepStored);
+        assert_eq!(
+            resolve(Strategy::LastWriteWins, &stored, &older),
+            Resolution::KeepStored
+        );
         let merged = resolve(Strategy::Merge, &stored, &newer);
         assert_eq!(
             merged,
@@ -291,8 +334,14 @@ mod tests {
             resolve(Strategy::LastWriteWins, &stored, &after),
             Resolution::Store(after.clone())
         );
-        assert_eq!(resolve(Strategy::LastWriteWins, &stored, &concurrent), Resolution::KeepStored);
-        assert_eq!(resolve(Strategy::LastWriteWins, &stored, &no_clock), Resolution::KeepStored);
+        assert_eq!(
+            resolve(Strategy::LastWriteWins, &stored, &concurrent),
+            Resolution::KeepStored
+        );
+        assert_eq!(
+            resolve(Strategy::LastWriteWins, &stored, &no_clock),
+            Resolution::KeepStored
+        );
     }
 
     #[test]

@@ -29,7 +29,6 @@ pub enum Tag {
     Quiet,
 }
 
-
 /// One Pocket connection's protocol state.
 pub struct PocketDialect {
     room: RoomKey,
@@ -216,7 +215,9 @@ impl Dialect for PocketDialect {
                     changes.insert(page.stream, Value::Array(bodies));
                 }
                 let checkpoint = wire::checkpoint(&sequences, f.seq, now);
-                vec![text(wire::pull_response(&id, changes, checkpoint, has_more, now))]
+                vec![text(wire::pull_response(
+                    &id, changes, checkpoint, has_more, now,
+                ))]
             }
             (Tag::Push { id, .. } | Tag::Pull { id }, Ok(other)) => {
                 log::error!("pocket request {id} got an unexpected answer: {other:?}");
@@ -263,7 +264,9 @@ impl Dialect for PocketDialect {
             .map(|(c, b)| (c.to_owned(), Value::Array(b)))
             .collect();
         let id = format!("broadcast_{now}");
-        vec![text(wire::pull_response(&id, changes, checkpoint, false, now))]
+        vec![text(wire::pull_response(
+            &id, changes, checkpoint, false, now,
+        ))]
     }
 
     fn on_authenticated(

@@ -105,7 +105,10 @@ impl Model for PocketModel {
             return false;
         };
         let deleted = state.get("_deleted").and_then(Value::as_bool) == Some(true);
-        let at = state.get("_updatedAt").and_then(Value::as_f64).unwrap_or(0.0);
+        let at = state
+            .get("_updatedAt")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
         deleted && at + (retention as f64) < now_ms as f64
     }
 }
@@ -133,7 +136,8 @@ mod tests {
     fn a_new_document_is_applied_and_logged() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x", "_rev": "1-a"});
-        let Merge::Apply { state, mut logged } = m.merge(None, &change("insert", "a", doc.clone(), 5))
+        let Merge::Apply { state, mut logged } =
+            m.merge(None, &change("insert", "a", doc.clone(), 5))
         else {
             panic!("expected apply");
         };
@@ -151,21 +155,29 @@ mod tests {
         let c = change("update", "a", doc.clone(), 5);
         assert_eq!(m.merge(Some(&doc), &c), Merge::Unchanged);
         let tomb = tombstone("a", &json!(9));
-        assert_eq!(m.merge(Some(&tomb), &change("delete", "a", Value::Null, 9)), Merge::Unchanged);
+        assert_eq!(
+            m.merge(Some(&tomb), &change("delete", "a", Value::Null, 9)),
+            Merge::Unchanged
+        );
     }
 
     #[test]
     fn deletes_store_tombstones() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x"});
-        let Merge::Apply { state, logged } = m.merge(Some(&doc), &change("delete", "a", Value::Null, 7))
+        let Merge::Apply { state, logged } =
+            m.merge(Some(&doc), &change("delete", "a", Value::Null, 7))
         else {
             panic!("expected apply");
         };
-        assert_eq!(state, json!({"_id": "a", "_deleted": true, "_updatedAt": 7}));
+        assert_eq!(
+            state,
+            json!({"_id": "a", "_deleted": true, "_updatedAt": 7})
+        );
         assert_eq!(logged["document"], state);
         let sent = json!({"_id": "a", "_updatedAt": 11});
-        let Merge::Apply { state, .. } = m.merge(Some(&doc), &change("delete", "a", sent, 7)) else {
+        let Merge::Apply { state, .. } = m.merge(Some(&doc), &change("delete", "a", sent, 7))
+        else {
             panic!("expected apply");
         };
         assert_eq!(state["_updatedAt"], json!(11));
@@ -180,9 +192,15 @@ mod tests {
             report: json!({"documentId": "a", "serverDocument": stored.clone()}),
         };
         let server_wins = with(Strategy::ServerWins);
-        assert_eq!(server_wins.merge(Some(&stored), &change("update", "a", sent.clone(), 1)), reject);
+        assert_eq!(
+            server_wins.merge(Some(&stored), &change("update", "a", sent.clone(), 1)),
+            reject
+        );
         let lww = PocketModel::default();
-        assert_eq!(lww.merge(Some(&stored), &change("update", "a", older.clone(), 1)), reject);
+        assert_eq!(
+            lww.merge(Some(&stored), &change("update", "a", older.clone(), 1)),
+            reject
+        );
         assert!(matches!(
             lww.merge(Some(&stored), &change("update", "a", sent.clone(), 1)),
             Merge::Apply { state, .. } if state == sent
@@ -194,8 +212,12 @@ mod tests {
         ));
         // A per-collection override beats the default.
         let mut per = with(Strategy::ClientWins);
-        per.collection_strategies.insert("todos".into(), Strategy::ServerWins);
-        assert_eq!(per.merge(Some(&stored), &change("update", "a", older, 1)), reject);
+        per.collection_strategies
+            .insert("todos".into(), Strategy::ServerWins);
+        assert_eq!(
+            per.merge(Some(&stored), &change("update", "a", older, 1)),
+            reject
+        );
     }
 
     #[test]

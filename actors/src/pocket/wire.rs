@@ -67,7 +67,10 @@ impl WireError {
     }
 
     pub fn retryable(&self) -> bool {
-        matches!(self.code, code::PARSE_ERROR | code::RATE_LIMITED | code::INTERNAL)
+        matches!(
+            self.code,
+            code::PARSE_ERROR | code::RATE_LIMITED | code::INTERNAL
+        )
     }
 
     pub fn to_json(&self, now_ms: i64) -> Value {
@@ -141,7 +144,10 @@ pub enum ClientMessage {
     Push(Push),
     Pull(Pull),
     /// A fresh token sent in-band, `{type:"auth", id, token}`.
-    Auth { id: String, token: String },
+    Auth {
+        id: String,
+        token: String,
+    },
 }
 
 fn depth(v: &Value) -> usize {
@@ -160,7 +166,11 @@ fn invalid(id: &Option<String>, message: impl Into<String>) -> WireError {
 /// applied: one bad change refuses all of them.
 pub fn parse(raw: &[u8], limits: &PocketLimits, now_ms: i64) -> Result<ClientMessage, WireError> {
     let value: Value = serde_json::from_slice(raw).map_err(|e| {
-        WireError::new(None, code::PARSE_ERROR, format!("Invalid message format: {e}"))
+        WireError::new(
+            None,
+            code::PARSE_ERROR,
+            format!("Invalid message format: {e}"),
+        )
     })?;
     let Value::Object(msg) = value else {
         return Err(invalid(&None, "Message must be a JSON object"));
@@ -170,7 +180,10 @@ pub fn parse(raw: &[u8], limits: &PocketLimits, now_ms: i64) -> Result<ClientMes
     if nesting > limits.max_json_depth {
         return Err(invalid(
             &id,
-            format!("JSON nesting depth {nesting} exceeds {}", limits.max_json_depth),
+            format!(
+                "JSON nesting depth {nesting} exceeds {}",
+                limits.max_json_depth
+            ),
         ));
     }
     let kind = match msg.get("type") {
@@ -476,13 +489,22 @@ mod tests {
         assert!(e.message.starts_with("Invalid message format: "));
         assert!(e.retryable());
         let e = err(r#"{"type":"nope","id":"x1"}"#);
-        assert_eq!((e.code, e.id.as_deref()), (code::UNKNOWN_MESSAGE, Some("x1")));
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (code::UNKNOWN_MESSAGE, Some("x1"))
+        );
         assert_eq!(e.message, "Unknown message type: nope");
         assert!(!e.retryable());
         assert_eq!(err(r#"[1,2]"#).code, code::INVALID_MESSAGE);
         let e = err(r#"{"type":"pull","id":"q","collections":"todos"}"#);
-        assert_eq!((e.code, e.id.as_deref()), (code::INVALID_MESSAGE, Some("q")));
-        assert_eq!(err(r#"{"type":"pull","id":7,"collections":[]}"#).code, code::INVALID_MESSAGE);
+        assert_eq!(
+            (e.code, e.id.as_deref()),
+            (code::INVALID_MESSAGE, Some("q"))
+        );
+        assert_eq!(
+            err(r#"{"type":"pull","id":7,"collections":[]}"#).code,
+            code::INVALID_MESSAGE
+        );
     }
 
     #[test]
@@ -505,7 +527,11 @@ mod tests {
                     {{"operation":"insert","documentId":"ok","document":{{}}}},{bad}]}}"#
             );
             let e = err(&msg);
-            assert_eq!((e.code, e.id.as_deref()), (code::INVALID_MESSAGE, Some("p")), "{bad}");
+            assert_eq!(
+                (e.code, e.id.as_deref()),
+                (code::INVALID_MESSAGE, Some("p")),
+                "{bad}"
+            );
         }
         let e = err(r#"{"type":"push","id":"p","collection":"a/b","changes":[]}"#);
         assert_eq!(e.code, code::INVALID_MESSAGE);
@@ -533,7 +559,10 @@ mod tests {
         };
         assert_eq!((p.limit, p.collections.len()), (10, 2));
         let zero = r#"{"type":"pull","id":"q","collections":[],"limit":0}"#;
-        assert_eq!(parse(zero.as_bytes(), &limits, 0).expect_err("zero").code, code::INVALID_MESSAGE);
+        assert_eq!(
+            parse(zero.as_bytes(), &limits, 0).expect_err("zero").code,
+            code::INVALID_MESSAGE
+        );
     }
 
     #[test]

@@ -1,0 +1,218 @@
+//! JWT auth in the Pocket dialect and on the admin endpoints.
+
+mod common;
+
+use common::{TestHub, Ws, connect_with_bearer, http};
+use serde_json::json;
+use synchub::auth::{Claims, mint, unix_now};
+use synchub_actors::Permissions;
+
+const SECRET: &str = "test-secret";
+const ADMIN: &str = "admin-token";
+
+fn auth_hub() -> TestHub {
+    auth_hub_with_per_user(2)
+}
+
+fn auth_hub_with_per_user(per_user: usize) -> TestHub {
+    TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = SECRET.into();
+        c.auth.admin_token = ADMIN.into();
+        c.auth.leeway_s = 0;
+        c.limits.max_connections_per_user = per_user;
+    })
+}
+
+fn token(sub: &str, read: &[&str], write: &[&str], ttl: i64) -> String {
+    let claims = Claims {
+        sub: Some(sub.into()),
+        exp: unix_now() + ttl,
+        permissions: Some(Permissions {
+            can_read: read.iter().map(|s| s.to_string()).collect(),
+            can_write: write.iter().map(|s| s.to_string()).collect(),
+            is_admin: false,
+        }),
+        ..Claims::default()
+    };
+    mint(SECRET, &claims).expect("mint")
+}
+
+fn push(id: &str) -> serde_json::Value {
+    json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {},
+           "changes": [{"operation": "insert", "documentId": id, "document": {}}]})
+}
+
+fn pull(id: &str) -> serde_json::Value {
+    json!({"type": "pull", "id": id, "collections": ["todos"], "checkpoint": {}})
+}
+
+#[actix_rt::test]
+async fn missing_or_bad_tokens_close_with_4001() {
+    let hub = auth_hub();
+    let expired = token("alice", &["*"], &["*"], -60);
+    let refresh = mint(
+        SECRET,
+        &Claims {
+            sub: Some("alice".into()),
+            exp: unix_now() + 60,
+            typ: Some("refresh".into()),
+            ..Claims::default()
+        },
+    )
+    .expect("mint");
+    let wrong_key = mint(
+        "other-secret",
+        &Claims {
+            sub: Some("alice".into()),
+            exp: unix_now() + 60,
+            ..Claims::default()
+        },
+    )
+    .expect("mint");
+    for url in [
+        hub.ws_url("/sync"),
+        hub.ws_url("/sync?token=garbage"),
+        hub.ws_url(&format!("/sync?token={expired}")),
+        hub.ws_url(&format!("/sync?token={refresh}")),
+        hub.ws_url(&format!("/sync?token={wrong_key}")),
+    ] {
+        let mut ws = Ws::connect(&url).await;
+        let closed = ws.closed().await;
+        assert_eq!(
+            (closed.code, closed.reason.as_str()),
+            (4001, "Authentication failed"),
+            "{url}"
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn tokens_from_query_or_header_grant_their_permissions() {
+    let hub = auth_hub_with_per_user(100);
+    let writer = token("alice", &[], &["team-*"], 60);
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?room=team-1&token={writer}"))).await;
+    assert_eq!(ws.request(&push("p1")).await["success"], true);
+    // The same token in the Authorization header.
+    let mut ws = connect_with_bearer(&hub.ws_url("/sync?room=team-1"), &writer).await;
+    assert_eq!(ws.request(&pull("q1")).await["type"], "pull-response");
+    // Outside its patterns: forbidden, with the request id.
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?room=other&token={writer}"))).await;
+    let r = ws.request(&pull("q2")).await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("FORBIDDEN"), json!("q2"))
+    );
+    // Read-only: pull yes, push no.
+    let reader = token("bob", &["team-*"], &[], 60);
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?room=team-1&token={reader}"))).await;
+    assert_eq!(
+        ws.request(&pull("q3")).await["changes"]["todos"][0]["documentId"],
+        "p1"
+    );
+    let r = ws.request(&push("p2")).await;
+    assert_eq!(r["code"], "FORBIDDEN");
+    // No permissions claim: no access.
+    let bare = mint(
+        SECRET,
+        &Claims {
+            sub: Some("carol".into()),
+            exp: unix_now() + 60,
+            ..Claims::default()
+        },
+    )
+    .expect("mint");
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?room=team-1&token={bare}"))).await;
+    assert_eq!(ws.request(&pull("q4")).await["code"], "FORBIDDEN");
+}
+
+#[actix_rt::test]
+async fn connections_past_the_per_user_limit_close_with_4002() {
+    let hub = auth_hub();
+    let alice = token("alice", &["*"], &[], 60);
+    let url = hub.ws_url(&format!("/sync?token={alice}"));
+    let mut first = Ws::connect(&url).await;
+    let mut second = Ws::connect(&url).await;
+    assert_eq!(first.request(&pull("a")).await["type"], "pull-response");
+    assert_eq!(second.request(&pull("b")).await["type"], "pull-response");
+    let mut third = Ws::connect(&url).await;
+    let closed = third.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4002, "Too many connections")
+    );
+    // Another user is not affected, and a slot frees up when a session leaves.
+    let bob = token("bob", &["*"], &[], 60);
+    let mut other = Ws::connect(&hub.ws_url(&format!("/sync?token={bob}"))).await;
+    assert_eq!(other.request(&pull("c")).await["type"], "pull-response");
+    drop(first);
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let mut again = Ws::connect(&url).await;
+        again.send_json(&pull("d")).await;
+        match again.try_recv(std::time::Duration::from_millis(300)).await {
+            Some(_) => break,
+            None => assert!(std::time::Instant::now() < deadline, "slot never freed"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn an_expiring_token_closes_with_4009_unless_refreshed_in_band() {
+    let hub = auth_hub();
+    let short = token("alice", &["*"], &["*"], 1);
+    let mut lapsing = Ws::connect(&hub.ws_url(&format!("/sync?token={short}"))).await;
+    let mut refreshed = Ws::connect(&hub.ws_url(&format!("/sync?token={short}"))).await;
+    let fresh = token("alice", &["*"], &["*"], 600);
+    let r = refreshed
+        .request(&json!({"type": "auth", "id": "a1", "token": fresh}))
+        .await;
+    assert_eq!(
+        (r["type"].clone(), r["id"].clone()),
+        (json!("ack"), json!("a1"))
+    );
+    let bad = refreshed
+        .request(&json!({"type": "auth", "id": "a2", "token": "nope"}))
+        .await;
+    assert_eq!(bad["code"], "FORBIDDEN");
+    let closed = lapsing.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4009, "Token expired")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        refreshed.request(&pull("still")).await["type"],
+        "pull-response"
+    );
+}
+
+#[actix_rt::test]
+async fn http_transport_and_admin_endpoints_need_their_tokens() {
+    let hub = auth_hub();
+    let (status, r) = http("POST", &hub.http_url("/sync/pull"), None, Some(&pull("h"))).await;
+    assert_eq!(status, 401);
+    assert_eq!(r["type"], "error");
+    let alice = token("alice", &["*"], &["*"], 60);
+    let (status, r) = http(
+        "POST",
+        &hub.http_url("/sync/push"),
+        Some(&alice),
+        Some(&push("h1")),
+    )
+    .await;
+    assert_eq!((status, r["success"].clone()), (200, json!(true)));
+    for path in ["/stats", "/metrics", "/stats/rooms/pocket/default"] {
+        let (status, _) = http("GET", &hub.http_url(path), None, None).await;
+        assert_eq!(status, 401, "{path}");
+        let (status, _) = http("GET", &hub.http_url(path), Some(&alice), None).await;
+        assert_eq!(status, 401, "{path}");
+        let (status, _) = http("GET", &hub.http_url(path), Some(ADMIN), None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    // Health stays open: clients probe it to connect.
+    assert_eq!(
+        http("GET", &hub.http_url("/health"), None, None).await.0,
+        200
+    );
+}

@@ -1,0 +1,219 @@
+//! Bad input costs only the bad message: each error is answered with Pocket's error shape,
+//! nothing is half-applied, and the session (and every other) goes on working.
+
+mod common;
+
+use common::{TestHub, Ws};
+use serde_json::{Value, json};
+
+fn limited_hub() -> TestHub {
+    TestHub::start_with(|c| {
+        c.limits.max_frame_bytes = 4096;
+        c.limits.max_document_bytes = 512;
+        c.limits.max_json_depth = 8;
+    })
+}
+
+async fn still_works(ws: &mut Ws, id: &str) {
+    let r = ws
+        .request(&json!({"type": "pull", "id": id, "collections": ["todos"], "checkpoint": {}}))
+        .await;
+    assert_eq!(r["type"], "pull-response", "{r}");
+}
+
+async fn error_for(ws: &mut Ws, text: &str) -> Value {
+    ws.send_text(text).await;
+    let r = ws.recv_json().await;
+    assert_eq!(r["type"], "error", "{r}");
+    assert!(r["timestamp"].is_number());
+    assert!(r["message"].is_string());
+    r
+}
+
+#[actix_rt::test]
+async fn malformed_json_is_a_retryable_parse_error() {
+    let hub = limited_hub();
+    let mut ws = Ws::connect(&hub.ws_url("/sync")).await;
+    let r = error_for(&mut ws, "{not json").await;
+    assert_eq!(r["code"], "PARSE_ERROR");
+    assert_eq!(r["retryable"], true);
+    assert!(r["id"].as_str().expect("id").starts_with("error_"));
+    assert!(
+        r["message"]
+            .as_str()
+            .expect("msg")
+            .starts_with("Invalid message format")
+    );
+    still_works(&mut ws, "after-parse").await;
+}
+
+#[actix_rt::test]
+async fn unknown_types_and_wrong_fields_carry_the_request_id() {
+    let hub = limited_hub();
+    let mut ws = Ws::connect(&hub.ws_url("/sync")).await;
+    let r = error_for(&mut ws, r#"{"type":"subscribe","id":"u1","timestamp":1}"#).await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("UNKNOWN_MESSAGE"), json!("u1"))
+    );
+    assert_eq!(r["message"], "Unknown message type: subscribe");
+    assert_eq!(r["retryable"], false);
+    let cases = [
+        r#"{"type":"pull","id":"w1","collections":"todos"}"#,
+        r#"{"type":"pull","id":"w2","collections":[1]}"#,
+        r#"{"type":"pull","id":"w3","collections":["no/slash"]}"#,
+        r#"{"type":"pull","id":"w4","collections":["todos"],"limit":-3}"#,
+        r#"{"type":"push","id":"w5","collection":"todos","changes":{}}"#,
+        r#"{"type":"push","id":"w6","collection":"","changes":[]}"#,
+        r#"{"type":"push","id":"w7","collection":"todos","changes":[{"operation":"insert","documentId":"d","document":"x"}]}"#,
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let r = error_for(&mut ws, case).await;
+        assert_eq!(r["code"], "INVALID_MESSAGE", "{case}");
+        assert_eq!(r["id"], json!(format!("w{}", i + 1)), "{case}");
+    }
+    still_works(&mut ws, "after-fields").await;
+}
+
+#[actix_rt::test]
+async fn a_push_with_one_bad_change_applies_nothing() {
+    let hub = limited_hub();
+    let mut ws = Ws::connect(&hub.ws_url("/sync")).await;
+    let bad = json!({"type": "push", "id": "b", "collection": "todos", "changes": [
+        {"operation": "insert", "documentId": "good", "document": {"v": 1}},
+        {"operation": "insert", "documentId": "bad", "document": {"_id": "other"}},
+    ]});
+    let r = ws.request(&bad).await;
+    assert_eq!(r["code"], "INVALID_MESSAGE");
+    let r = ws
+        .request(&json!({"type": "pull", "id": "q", "collections": ["todos"], "checkpoint": {}}))
+        .await;
+    assert_eq!(r["changes"]["todos"], json!([]));
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 0);
+}
+
+#[actix_rt::test]
+async fn oversized_frames_documents_and_nesting_are_refused() {
+    let hub = limited_hub();
+    let mut ws = Ws::connect(&hub.ws_url("/sync")).await;
+    let huge = format!(
+        r#"{{"type":"pull","id":"big","pad":"{}"}}"#,
+        "x".repeat(8000)
+    );
+    let r = error_for(&mut ws, &huge).await;
+    assert_eq!(r["code"], "TOO_LARGE");
+    still_works(&mut ws, "after-frame").await;
+
+    let doc = json!({"type": "push", "id": "bigdoc", "collection": "todos", "changes": [
+        {"operation": "insert", "documentId": "d", "document": {"t": "y".repeat(600)}}]});
+    let r = error_for(&mut ws, &doc.to_string()).await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("TOO_LARGE"), json!("bigdoc"))
+    );
+
+    let mut deep = json!(1);
+    for _ in 0..10 {
+        deep = json!({"n": deep});
+    }
+    let msg = json!({"type": "push", "id": "deep", "collection": "todos", "changes": [
+        {"operation": "insert", "documentId": "d", "document": deep}]});
+    let r = error_for(&mut ws, &msg.to_string()).await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("INVALID_MESSAGE"), json!("deep"))
+    );
+    still_works(&mut ws, "after-doc").await;
+}
+
+/// Sends one text message split into continuation frames of `chunk` bytes.
+async fn send_fragmented(ws: &mut common::RawWs, text: &str, chunk: usize) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let chunks: Vec<&[u8]> = text.as_bytes().chunks(chunk).collect();
+    for (i, piece) in chunks.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(piece.to_vec(), opcode, i == chunks.len() - 1);
+        ws.send(Message::Frame(frame)).await.expect("send");
+    }
+}
+
+async fn next_json(ws: &mut common::RawWs) -> Value {
+    use futures_util::StreamExt;
+    loop {
+        match ws.next().await.expect("reply").expect("frame") {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                return serde_json::from_str(&t).expect("json");
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn frames_split_over_continuations_are_reassembled_and_bounded() {
+    let hub = limited_hub();
+    let (mut raw, _) = tokio_tungstenite::connect_async(hub.ws_url("/sync"))
+        .await
+        .expect("connect");
+    let msg = json!({"type": "pull", "id": "frag", "collections": ["todos"], "checkpoint": {},
+                     "pad": "z".repeat(500)});
+    send_fragmented(&mut raw, &msg.to_string(), 100).await;
+    let r = next_json(&mut raw).await;
+    assert_eq!(
+        (r["type"].clone(), r["id"].clone()),
+        (json!("pull-response"), json!("frag"))
+    );
+    // Past max_frame_bytes in total: refused whole, and the socket goes on.
+    let big = json!({"type": "pull", "id": "fragbig", "pad": "z".repeat(6000)});
+    send_fragmented(&mut raw, &big.to_string(), 1000).await;
+    assert_eq!(next_json(&mut raw).await["code"], "TOO_LARGE");
+    send_fragmented(&mut raw, &msg.to_string(), 100).await;
+    assert_eq!(next_json(&mut raw).await["id"], "frag");
+}
+
+#[actix_rt::test]
+async fn an_invalid_room_is_refused_before_the_upgrade() {
+    let hub = limited_hub();
+    assert_eq!(
+        Ws::refused_status(&hub.ws_url("/sync?room=bad%20room")).await,
+        400
+    );
+    assert_eq!(
+        Ws::refused_status(&hub.ws_url(&format!("/sync?room={}", "r".repeat(257)))).await,
+        400
+    );
+    assert_eq!(Ws::refused_status(&hub.ws_url("/sync?room=")).await, 400);
+}
+
+#[actix_rt::test]
+async fn one_clients_garbage_does_not_disturb_another() {
+    let hub = limited_hub();
+    let mut bad = Ws::connect(&hub.ws_url("/sync")).await;
+    let mut good = Ws::connect(&hub.ws_url("/sync")).await;
+    good.request(&json!({"type": "pull", "id": "s", "collections": ["todos"], "checkpoint": {}}))
+        .await;
+    for junk in ["", "[]", "null", "{}", "\u{0}", "{\"type\":1}"] {
+        bad.send_text(junk).await;
+        assert_eq!(bad.recv_json().await["type"], "error", "{junk:?}");
+    }
+    bad.send_binary(vec![0xff, 0xfe, 0x00]).await;
+    assert_eq!(bad.recv_json().await["code"], "PARSE_ERROR");
+    let r = bad
+        .request(
+            &json!({"type": "push", "id": "ok", "collection": "todos", "changes": [
+            {"operation": "insert", "documentId": "d", "document": {}}]}),
+        )
+        .await;
+    assert_eq!(r["success"], true);
+    assert_eq!(
+        good.recv_json().await["changes"]["todos"][0]["documentId"],
+        "d"
+    );
+}

@@ -1,0 +1,180 @@
+//! Health, stats, room digests and metrics.
+
+mod common;
+
+use common::{TestHub, Ws, get};
+use serde_json::{Value, json};
+
+fn push(id: &str, docs: &[(&str, i64)]) -> Value {
+    let changes: Vec<Value> = docs
+        .iter()
+        .map(|(d, v)| json!({"operation": "insert", "documentId": d, "document": {"v": v}, "timestamp": 1}))
+        .collect();
+    json!({"type": "push", "id": id, "collection": "todos", "changes": changes, "checkpoint": {}})
+}
+
+#[actix_rt::test]
+async fn health_and_stats_report_the_node() {
+    let hub = TestHub::start();
+    let (status, h) = get(&hub.http_url("/health")).await;
+    assert_eq!(status, 200);
+    assert_eq!(h["status"], "healthy");
+    assert!(h["node_id"].is_string());
+    assert!(h["version"].is_string());
+    assert!(h["timestamp"].is_string());
+
+    let mut ws = Ws::connect(&hub.ws_url("/sync?room=s1")).await;
+    assert_eq!(
+        ws.request(&push("p", &[("a", 1), ("b", 2)])).await["success"],
+        true
+    );
+    let (status, s) = get(&hub.http_url("/stats")).await;
+    assert_eq!(status, 200);
+    for key in [
+        "node_id", "version", "uptime_s", "sessions", "rooms", "actors", "storage", "cluster",
+    ] {
+        assert!(s.get(key).is_some(), "missing {key}: {s}");
+    }
+    assert_eq!(s["node_id"], h["node_id"]);
+    assert_eq!(
+        s["sessions"],
+        json!({"total": 1, "pocket": 1, "synckit": 0, "relay": 0})
+    );
+    assert_eq!(s["rooms"]["active"], 1);
+    assert_eq!(s["cluster"], Value::Null);
+    assert_eq!(s["changes"]["pocket"], 2);
+    for kind in ["session", "room", "directory", "durability"] {
+        let a = &s["actors"][kind];
+        for field in ["count", "messages", "message_rate", "mailbox_backlog"] {
+            assert!(a[field].is_number(), "actors.{kind}.{field}: {s}");
+        }
+    }
+    assert_eq!(s["actors"]["session"]["count"], 1);
+    assert_eq!(s["actors"]["room"]["count"], 1);
+    assert!(s["actors"]["room"]["messages"].as_u64().expect("n") >= 2);
+    assert!(s["storage"]["flushes"].as_u64().expect("n") >= 1);
+    assert!(s["storage"]["batch_size_mean"].as_f64().expect("n") >= 1.0);
+    assert!(s["storage"]["flush_latency_ms_mean"].is_number());
+
+    let (status, metrics) = get(&hub.http_url("/metrics")).await;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().expect("text");
+    assert!(text.contains("synchub_flushes_total"), "{text}");
+    assert!(
+        text.contains("synchub_sessions{dialect=\"pocket\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("synchub_changes_total{namespace=\"pocket\"} 2"),
+        "{text}"
+    );
+}
+
+#[actix_rt::test]
+async fn room_stats_and_digests() {
+    let hub = TestHub::start();
+    assert_eq!(get(&hub.http_url("/stats/rooms/pocket/never")).await.0, 404);
+    assert_eq!(get(&hub.http_url("/stats/rooms/nope/x")).await.0, 404);
+    assert_eq!(
+        get(&hub.http_url("/stats/rooms/pocket/bad%20id")).await.0,
+        400
+    );
+
+    // The same state reached in different orders has the same digest.
+    let mut a = Ws::connect(&hub.ws_url("/sync?room=one")).await;
+    let mut b = Ws::connect(&hub.ws_url("/sync?room=two")).await;
+    a.request(&push("a1", &[("x", 1)])).await;
+    a.request(&push("a2", &[("y", 2)])).await;
+    b.request(&push("b1", &[("y", 2), ("x", 1)])).await;
+    let (status, one) = get(&hub.http_url("/stats/rooms/pocket/one")).await;
+    assert_eq!(status, 200);
+    let (_, two) = get(&hub.http_url("/stats/rooms/pocket/two")).await;
+    assert_eq!(
+        (one["namespace"].clone(), one["room"].clone()),
+        (json!("pocket"), json!("one"))
+    );
+    assert_eq!(one["seq"], 2);
+    assert_eq!(one["sessions"], 1);
+    assert_eq!(one["digest"].as_str().map(str::len), Some(32));
+    assert_eq!(one["digest"], two["digest"]);
+    // A different state has a different digest.
+    a.request(&push("a3", &[("x", 3)])).await;
+    let (_, changed) = get(&hub.http_url("/stats/rooms/pocket/one")).await;
+    assert_ne!(changed["digest"], two["digest"]);
+}
+
+#[actix_rt::test]
+async fn the_digest_is_the_same_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::test_config(dir.path());
+    let hub = TestHub::start_in(dir, config.clone());
+    let mut ws = Ws::connect(&hub.ws_url("/sync?room=keep")).await;
+    ws.request(&push("p", &[("a", 1), ("b", 2), ("c", 3)]))
+        .await;
+    let (_, before) = get(&hub.http_url("/stats/rooms/pocket/keep")).await;
+    drop(ws);
+    let dir = hub.stop();
+    let hub = TestHub::start_in(dir, config);
+    let (status, after) = get(&hub.http_url("/stats/rooms/pocket/keep")).await;
+    assert_eq!(status, 200);
+    assert_eq!(after["digest"], before["digest"]);
+    assert_eq!(after["seq"], 3);
+    assert_eq!(after["live"], false);
+    let (_, h) = get(&hub.http_url("/health")).await;
+    let (_, s) = get(&hub.http_url("/stats")).await;
+    assert_eq!(h["node_id"], s["node_id"]);
+}
+
+#[actix_rt::test]
+async fn compaction_keeps_the_latest_change_per_document() {
+    let hub = TestHub::start();
+    let mut ws = Ws::connect(&hub.ws_url("/sync?room=cmp")).await;
+    for i in 0..5 {
+        ws.request(&push(&format!("p{i}"), &[("same", i)])).await;
+    }
+    ws.request(&push("other", &[("other", 0)])).await;
+    let del = json!({"type": "push", "id": "del", "collection": "todos", "checkpoint": {},
+                     "changes": [{"operation": "delete", "documentId": "other", "document": null}]});
+    ws.request(&del).await;
+    let (status, report) = common::http(
+        "POST",
+        &hub.http_url("/admin/rooms/pocket/cmp/compact"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(report, json!({"removed": 5, "kept": 2}));
+    let r = ws
+        .request(&json!({"type": "pull", "id": "q", "collections": ["todos"], "checkpoint": {"global": 0}}))
+        .await;
+    let changes = r["changes"]["todos"].as_array().expect("changes");
+    let seqs: Vec<u64> = changes
+        .iter()
+        .map(|c| c["sequence"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(seqs, [5, 7]);
+    assert_eq!(changes[0]["document"]["v"], 4);
+    assert_eq!(changes[1]["document"]["_deleted"], true);
+    // The state, and so the digest and sequence, did not change.
+    let (_, st) = get(&hub.http_url("/stats/rooms/pocket/cmp")).await;
+    assert_eq!(
+        (
+            st["seq"].clone(),
+            st["log_len"].clone(),
+            st["records"].clone()
+        ),
+        (json!(7), json!(2), json!(2))
+    );
+    assert_eq!(
+        common::http(
+            "POST",
+            &hub.http_url("/admin/rooms/pocket/none/compact"),
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
