@@ -585,3 +585,173 @@ impl Handler<Leave> for Room {
         self.members.remove(&msg.session);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts};
+    use crate::pocket::PocketModel;
+    use crate::room_key::Namespace;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Collects the events a room sends to one member.
+    struct Collector(Arc<Mutex<Vec<RoomEvent>>>);
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            // As sessions do; the actix default of 16 would be evicted as a slow consumer.
+            ctx.set_mailbox_capacity(1024);
+        }
+    }
+
+    impl Handler<RoomEvent> for Collector {
+        type Result = ();
+        fn handle(&mut self, e: RoomEvent, _: &mut Context<Self>) {
+            self.0.lock().expect("lock").push(e);
+        }
+    }
+
+    fn start(dir: &std::path::Path, relaxed: bool) -> (Addr<Directory>, Arc<Metrics>) {
+        let store = Store::open(dir).expect("store");
+        let metrics = Arc::new(Metrics::new());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let durability = Durability::new(store.clone(), metrics.clone(), healthy).start();
+        let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
+        models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
+        let directory = Directory::new(DirectoryParts {
+            arbiters: vec![actix::Arbiter::current()],
+            store,
+            models,
+            durability: (!relaxed).then_some(durability),
+            metrics: metrics.clone(),
+            idle_timeout: Duration::from_secs(60),
+            limits: ConnectionLimits {
+                max_connections: 10,
+                max_connections_per_user: 10,
+            },
+        })
+        .start();
+        (directory, metrics)
+    }
+
+    fn insert(id: &str, v: i64) -> IncomingChange {
+        IncomingChange {
+            stream: "todos".into(),
+            key: id.into(),
+            body: json!({"operation": "insert", "documentId": id,
+                         "document": {"_id": id, "v": v}, "timestamp": 1}),
+        }
+    }
+
+    fn submit(changes: Vec<IncomingChange>) -> Request {
+        Request {
+            session: Some(SessionId(1)),
+            body: RoomRequest::Submit { changes },
+        }
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_submits_are_numbered_acked_and_broadcast_in_order() {
+        for relaxed in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (directory, metrics) = start(dir.path(), relaxed);
+            let key = RoomKey::new(Namespace::Pocket, "r").expect("key");
+            let room = directory
+                .send(Checkout { key })
+                .await
+                .expect("mailbox")
+                .expect("room");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let member = Collector(seen.clone()).start();
+            room.send(Join {
+                session: SessionId(2),
+                events: member.recipient(),
+                streams: Streams::All,
+                evicted: Arc::new(AtomicBool::new(false)),
+            })
+            .await
+            .expect("join");
+            // Sent together: the room merges them one at a time, in mailbox order.
+            let pending: Vec<_> = (0..20)
+                .map(|i| room.send(submit(vec![insert(&format!("d{i}"), i)])))
+                .collect();
+            let mut seqs = Vec::new();
+            for p in pending {
+                let Ok(Ok(RoomReply::Submitted(s))) = p.await else {
+                    panic!("submit failed");
+                };
+                seqs.push(s.seq);
+            }
+            assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+            let Ok(Ok(RoomReply::Fetched(f))) = room
+                .send(Request {
+                    session: None,
+                    body: RoomRequest::Fetch {
+                        streams: vec![("todos".into(), 0)],
+                        limit: 100,
+                        subscribe: false,
+                    },
+                })
+                .await
+            else {
+                panic!("fetch failed");
+            };
+            assert_eq!(f.seq, 20);
+            assert_eq!(f.pages[0].entries.len(), 20);
+            // Give the collector a turn to drain its mailbox.
+            actix_rt::time::sleep(Duration::from_millis(50)).await;
+            let events = seen.lock().expect("lock");
+            let broadcast: Vec<u64> = events
+                .iter()
+                .flat_map(|e| e.entries.iter().map(|x| x.seq))
+                .collect();
+            assert_eq!(broadcast, (1..=20).collect::<Vec<u64>>());
+            if !relaxed {
+                assert!(metrics.flushes.get() >= 1);
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_resend_gets_no_number_and_a_batch_sees_its_own_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (directory, _) = start(dir.path(), false);
+        let key = RoomKey::new(Namespace::Pocket, "r").expect("key");
+        let room = directory
+            .send(Checkout { key })
+            .await
+            .expect("mailbox")
+            .expect("room");
+        // The second change of one batch merges against the first.
+        let Ok(Ok(RoomReply::Submitted(s))) = room
+            .send(submit(vec![insert("a", 1), insert("a", 1), insert("a", 2)]))
+            .await
+        else {
+            panic!("submit failed");
+        };
+        assert_eq!(s.accepted.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(s.heads_before.get("todos"), Some(&0));
+        let Ok(Ok(RoomReply::Submitted(s))) = room.send(submit(vec![insert("a", 2)])).await else {
+            panic!("submit failed");
+        };
+        assert!(s.accepted.is_empty());
+        assert_eq!(s.seq, 2);
+        assert_eq!(s.heads_before.get("todos"), Some(&2));
+        let Ok(Ok(RoomReply::Status(st))) = room
+            .send(Request {
+                session: None,
+                body: RoomRequest::Status,
+            })
+            .await
+        else {
+            panic!("status failed");
+        };
+        assert_eq!(
+            (st.seq, st.durable_seq, st.records, st.log_len),
+            (2, 2, 1, 2)
+        );
+    }
+}

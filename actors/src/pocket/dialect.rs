@@ -288,3 +288,123 @@ impl Dialect for PocketDialect {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::room::{SessionId, Submitted};
+    use crate::store::LogEntry;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn dialect() -> PocketDialect {
+        PocketDialect::new(
+            RoomKey::new(Namespace::Pocket, "r").expect("key"),
+            PocketLimits::default(),
+        )
+    }
+
+    fn reply_json(actions: Vec<Action<Tag>>) -> Value {
+        match actions.as_slice() {
+            [Action::Text(t)] => serde_json::from_str(t).expect("json"),
+            other => panic!("one text reply expected, got {other:?}"),
+        }
+    }
+
+    fn entry(seq: u64, stream: &str) -> LogEntry {
+        LogEntry {
+            seq,
+            stream: stream.into(),
+            key: format!("d{seq}"),
+            body: json!({"sequence": seq}),
+        }
+    }
+
+    fn submitted(head: u64, seq: u64) -> RoomReply {
+        RoomReply::Submitted(Submitted {
+            accepted: Arc::new(vec![entry(seq, "todos")]),
+            rejected: vec![],
+            heads_before: Arc::new(HashMap::from([("todos".to_string(), head)])),
+            seq,
+        })
+    }
+
+    #[test]
+    fn push_checkpoints_advance_only_over_seen_changes() {
+        let identity = Identity::anonymous();
+        let env = Env {
+            session: SessionId(1),
+            identity: &identity,
+        };
+        let mut d = dialect();
+        let tag = |position| Tag::Push {
+            id: "p".into(),
+            collection: "todos".into(),
+            position,
+        };
+        // Caught up (position 4 covers head 4): the new position is the room's.
+        let r = reply_json(d.on_reply(&env, tag(4), Ok(submitted(4, 5))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 5);
+        assert_eq!(r["checkpoint"]["global"], 5);
+        // Behind (position 2, head 6): keep the client's position.
+        let r = reply_json(d.on_reply(&env, tag(2), Ok(submitted(6, 7))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
+        // Room failures are retryable INTERNAL errors with the request id.
+        let r = reply_json(d.on_reply(&env, tag(0), Err(RoomError::Gone)));
+        assert_eq!(
+            (r["code"].clone(), r["id"].clone(), r["retryable"].clone()),
+            (json!("INTERNAL"), json!("p"), json!(true))
+        );
+    }
+
+    #[test]
+    fn broadcast_checkpoints_follow_what_the_session_has_seen() {
+        let identity = Identity::anonymous();
+        let env = Env {
+            session: SessionId(1),
+            identity: &identity,
+        };
+        let mut d = dialect();
+        d.subscribed.insert("todos".into());
+        d.positions.insert("todos".into(), 3);
+        let event = |head, seq, origin| RoomEvent {
+            room: RoomKey::new(Namespace::Pocket, "r").expect("key"),
+            origin,
+            entries: Arc::new(vec![entry(seq, "todos"), entry(seq + 1, "notes")]),
+            heads_before: Arc::new(HashMap::from([
+                ("todos".to_string(), head),
+                ("notes".to_string(), 0),
+            ])),
+        };
+        // Contiguous: position moves to the broadcast change; other collections are filtered.
+        let r = reply_json(d.on_event(&env, &event(3, 4, Some(SessionId(9)))));
+        assert_eq!(r["checkpoint"]["sequences"], json!({"todos": 4}));
+        assert_eq!(r["changes"]["todos"][0]["sequence"], 4);
+        assert!(r["changes"].get("notes").is_none());
+        // A gap (head 6 > position 4): the position stays.
+        let r = reply_json(d.on_event(&env, &event(6, 7, Some(SessionId(9)))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 4);
+        // Its own changes are not echoed.
+        assert!(
+            d.on_event(&env, &event(7, 8, Some(SessionId(1))))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn heartbeat_and_oversize() {
+        let identity = Identity::anonymous();
+        let env = Env {
+            session: SessionId(1),
+            identity: &identity,
+        };
+        let mut d = dialect();
+        assert!(
+            matches!(d.on_frame(&env, Frame::Text("ping")).as_slice(), [Action::Text(t)] if t == "pong")
+        );
+        let r = reply_json(d.on_oversized(&env, 10, 5));
+        assert_eq!(r["code"], "TOO_LARGE");
+        assert_eq!(r["message"], "Message too large (10 bytes, max 5)");
+    }
+}
