@@ -23,6 +23,8 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Permissions>,
     /// `"refresh"` for refresh tokens; absent or `"access"` for access tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,24 +109,61 @@ impl JwtVerifier {
     }
 }
 
-impl TokenVerifier for JwtVerifier {
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+impl JwtVerifier {
+    /// Verifies an access token; returns the identity and the token's own `exp`.
+    pub fn verify_access(&self, token: &str) -> Result<(Identity, Claims), AuthError> {
         let claims = self.claims(token)?;
         if claims.typ.as_deref().is_some_and(|t| t != "access") {
             return Err(AuthError::Invalid("not an access token".into()));
         }
         let user_id = claims
             .sub
-            .or(claims.user_id)
+            .clone()
+            .or(claims.user_id.clone())
             .filter(|u| !u.is_empty())
             .ok_or_else(|| AuthError::Invalid("no sub or userId claim".into()))?;
-        Ok(Identity {
+        let identity = Identity {
             user_id,
-            permissions: claims.permissions.unwrap_or_default(),
+            permissions: claims.permissions.clone().unwrap_or_default(),
             expires_at: Some(claims.exp.saturating_add(self.leeway as i64)),
             authenticated: true,
-        })
+        };
+        Ok((identity, claims))
     }
+}
+
+impl TokenVerifier for JwtVerifier {
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_access(token).map(|(identity, _)| identity)
+    }
+}
+
+/// Lifetimes of the tokens the hub mints at `/auth/login` and `/auth/refresh`.
+pub const ACCESS_TTL_S: i64 = 24 * 3600;
+pub const REFRESH_TTL_S: i64 = 7 * 24 * 3600;
+
+/// An access and a refresh token for a user, both HS256 with `secret`.
+pub fn mint_pair(
+    secret: &str,
+    user_id: &str,
+    email: Option<String>,
+    permissions: Permissions,
+) -> Result<(String, String), jsonwebtoken::errors::Error> {
+    let now = unix_now();
+    let access = Claims {
+        sub: Some(user_id.to_owned()),
+        exp: now + ACCESS_TTL_S,
+        iat: Some(now),
+        email: email.clone(),
+        permissions: Some(permissions.clone()),
+        ..Claims::default()
+    };
+    let refresh = Claims {
+        exp: now + REFRESH_TTL_S,
+        typ: Some("refresh".into()),
+        ..access.clone()
+    };
+    Ok((mint(secret, &access)?, mint(secret, &refresh)?))
 }
 
 fn load_public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {

@@ -393,6 +393,9 @@ impl Config {
             warnings.push("auth.admin_token is empty: /stats and /metrics are open".into());
         }
         if self.auth.dev_login {
+            if self.auth.jwt_secret.is_empty() {
+                errors.push("auth.dev_login = true needs auth.jwt_secret to sign tokens".into());
+            }
             warnings.push("auth.dev_login = true: POST /auth/login mints tokens for anyone".into());
         }
         if errors.is_empty() {
@@ -421,6 +424,11 @@ impl Config {
                 tombstone_retention_ms: (retention > 0)
                     .then(|| (retention as i64).saturating_mul(1000)),
             },
+            synckit_batch: Duration::from_millis(self.synckit.batch_ms),
+            auth_required: self.auth.required,
+            relay_max_changes_per_message: self.relay.max_changes_per_message,
+            max_json_depth: self.limits.max_json_depth,
+            max_document_bytes: self.limits.max_document_bytes,
             pocket_limits: PocketLimits {
                 max_pull_limit: self.pocket.max_pull_limit,
                 max_document_bytes: self.limits.max_document_bytes,

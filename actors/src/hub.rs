@@ -15,10 +15,12 @@ use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::pocket::{PocketLimits, PocketModel};
+use crate::relay::RelayModel;
 use crate::room::{Request, RoomError, RoomReply, RoomRequest, SessionId};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
 use crate::store::{StorageError, Store};
+use crate::synckit::SynckitModel;
 
 /// Everything the hub needs to start, already validated by the caller.
 #[derive(Clone)]
@@ -30,6 +32,13 @@ pub struct HubSettings {
     pub node_id: String,
     pub pocket: PocketModel,
     pub pocket_limits: PocketLimits,
+    /// SyncKit's broadcast coalescing window (`synckit.batch_ms`).
+    pub synckit_batch: Duration,
+    /// Whether SyncKit sessions must authenticate (`auth.required`).
+    pub auth_required: bool,
+    pub relay_max_changes_per_message: usize,
+    pub max_json_depth: usize,
+    pub max_document_bytes: usize,
     pub session: SessionSettings,
     pub connections: ConnectionLimits,
     /// A room with no sessions and no traffic for this long stops (its state stays on disk).
@@ -56,6 +65,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     verifier: Option<Arc<dyn TokenVerifier>>,
     node_id: String,
+    site_id: String,
     started: Instant,
     storage_healthy: Arc<AtomicBool>,
     next_session: AtomicU64,
@@ -118,6 +128,13 @@ impl Hub {
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
         models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
+        models.insert(
+            Namespace::Synckit,
+            Arc::new(SynckitModel {
+                batch: settings.synckit_batch,
+            }),
+        );
+        models.insert(Namespace::Relay, Arc::new(RelayModel));
         let directory = Directory::new(DirectoryParts {
             arbiters: arbiters.iter().map(|a| a.handle()).collect(),
             store: store.clone(),
@@ -128,8 +145,11 @@ impl Hub {
             limits: settings.connections,
         })
         .start();
+        // cr-sqlite site ids are 16 bytes; derive a stable one from the node id.
+        let site_id = blake3::hash(node_id.as_bytes()).to_hex()[..32].to_owned();
         Ok(Hub {
             inner: Arc::new(Inner {
+                site_id,
                 settings,
                 store,
                 directory,
@@ -147,6 +167,11 @@ impl Hub {
 
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
+    }
+
+    /// The relay dialect's site id of this node: stable across restarts.
+    pub fn site_id(&self) -> &str {
+        &self.inner.site_id
     }
 
     pub fn settings(&self) -> &HubSettings {

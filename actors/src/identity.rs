@@ -63,6 +63,16 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A SyncKit connection that has not authenticated yet: no rights until it sends `auth`.
+    pub fn unauthenticated() -> Identity {
+        Identity {
+            user_id: String::new(),
+            permissions: Permissions::default(),
+            expires_at: None,
+            authenticated: false,
+        }
+    }
+
     /// The caller when `auth.required = false`: may do anything.
     pub fn anonymous() -> Identity {
         Identity {

@@ -6,7 +6,7 @@
 //! - [`durability`]: group commit, one flush shared by every change written before it;
 //! - [`store`]: the change logs and materialised state in sled;
 //! - [`model`]: the seam where a dialect's merge rules meet the room engine;
-//! - [`pocket`]: the Pocket dialect (codec, conflict rules, model).
+//! - [`pocket`], [`synckit`], [`relay`]: the three wire dialects (codec and model each).
 
 pub mod directory;
 pub mod durability;
@@ -15,10 +15,12 @@ pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod pocket;
+pub mod relay;
 pub mod room;
 pub mod room_key;
 pub mod session;
 pub mod store;
+pub mod synckit;
 
 pub use hub::{Hub, HubError, HubSettings};
 pub use identity::{AuthError, Identity, Permissions, TokenVerifier};

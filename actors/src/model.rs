@@ -32,7 +32,14 @@ pub enum Merge {
 /// A dialect's merge rules. One instance serves every room of a namespace.
 pub trait Model: Send + Sync + 'static {
     /// Decides what `incoming` does to `current` (the record's stored value, if any).
-    fn merge(&self, current: Option<&Value>, incoming: &IncomingChange) -> Merge;
+    /// `room_state` is the model's room-wide value (e.g. a document's vector clock; `Null` in a
+    /// new room); the model may change it only when it returns [`Merge::Apply`].
+    fn merge(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        incoming: &IncomingChange,
+    ) -> Merge;
 
     /// Writes the room's sequence number into a logged change.
     fn stamp(&self, logged: &mut Value, seq: u64);
@@ -41,5 +48,11 @@ pub trait Model: Send + Sync + 'static {
     /// drops its log entry (the record itself stays, to keep answering conflicts).
     fn tombstone_expired(&self, _state: &Value, _now_ms: i64) -> bool {
         false
+    }
+
+    /// How long a room gathers accepted changes before broadcasting them, keeping the latest
+    /// change per record; zero broadcasts each commit as it becomes durable.
+    fn broadcast_window(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }

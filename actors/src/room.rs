@@ -62,9 +62,9 @@ pub struct RoomEvent {
     pub heads_before: Arc<HashMap<String, u64>>,
 }
 
-/// A session enters the room to receive its events.
+/// A session enters the room to receive its events; answers the room's durable sequence number.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "u64")]
 pub struct Join {
     pub session: SessionId,
     pub events: Recipient<RoomEvent>,
@@ -87,11 +87,15 @@ pub enum RoomRequest {
         changes: Vec<IncomingChange>,
     },
     /// Read the log of some streams after a position; optionally follow them from now on.
+    /// With `latest_only`, only entries that are still their record's current value.
     Fetch {
         streams: Vec<(String, u64)>,
         limit: usize,
         subscribe: bool,
+        latest_only: bool,
     },
+    /// Every state record and the model's room-wide value, once all writes so far are durable.
+    Snapshot,
     Subscribe {
         streams: Vec<String>,
     },
@@ -112,7 +116,16 @@ pub enum RoomReply {
     Fetched(Fetched),
     Compacted(CompactReport),
     Status(RoomStatus),
+    Snapshot(Snapshot),
     Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// `(stream, key, value)` of every state record.
+    pub records: Vec<(String, String, Value)>,
+    pub model: Value,
+    pub seq: u64,
 }
 
 /// The answer to a submit, given once the accepted changes are durable.
@@ -202,8 +215,23 @@ struct Member {
 struct Pending {
     token: u64,
     reply: oneshot::Sender<Result<RoomReply, RoomError>>,
-    submitted: Submitted,
-    origin: Option<SessionId>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Accepted changes: broadcast them, then answer.
+    Submitted {
+        submitted: Submitted,
+        origin: Option<SessionId>,
+    },
+    /// An answer that only has to wait for earlier writes to be durable.
+    Ready(RoomReply),
+}
+
+/// Changes gathered for one broadcast window, latest per record.
+struct Gathered {
+    entries: HashMap<(String, String), LogEntry>,
+    heads_before: HashMap<String, u64>,
 }
 
 pub struct Room {
@@ -217,6 +245,16 @@ pub struct Room {
     /// The commit token of the last write registered with the durability actor.
     last_token: u64,
     last_activity: Instant,
+    /// Durable changes waiting for the end of the model's broadcast window.
+    gathered: Option<Gathered>,
+}
+
+/// The digest contribution of a model's room-wide value.
+fn model_hash(model: &Value) -> crate::store::Digest {
+    if model.is_null() {
+        return crate::store::Digest::default();
+    }
+    state_hash("\u{0}model", "", model)
 }
 
 fn now_ms() -> i64 {
@@ -237,6 +275,7 @@ impl Room {
             pending: VecDeque::new(),
             last_token: 0,
             last_activity: Instant::now(),
+            gathered: None,
         }
     }
 
@@ -257,6 +296,7 @@ impl Room {
         let mut batch = CommitBatch::default();
         let mut rejected = Vec::new();
         let mut heads_before = HashMap::new();
+        let model_before = model_hash(&meta.model);
         // Later changes of one batch must see the earlier ones' effect.
         let mut overlay: HashMap<(String, String), Value> = HashMap::new();
         for change in changes {
@@ -278,10 +318,16 @@ impl Room {
                     .map_err(storage)?
                     .map(|r| r.value),
             };
-            match self.cx.model.merge(current.as_ref(), &change) {
+            let mut room_state = meta.model.clone();
+            match self
+                .cx
+                .model
+                .merge(&mut room_state, current.as_ref(), &change)
+            {
                 Merge::Unchanged => {}
                 Merge::Reject { report } => rejected.push(report),
                 Merge::Apply { state, mut logged } => {
+                    meta.model = room_state;
                     meta.seq += 1;
                     meta.log_len += 1;
                     match &current {
@@ -313,6 +359,8 @@ impl Room {
             }
         }
         if !batch.entries.is_empty() {
+            meta.digest.toggle(&model_before);
+            meta.digest.toggle(&model_hash(&meta.model));
             self.cx
                 .store
                 .commit(&self.key, &meta, &batch)
@@ -333,17 +381,95 @@ impl Room {
     }
 
     /// Acks and broadcasts a submit whose changes are durable.
-    fn release(&mut self, submitted: Submitted, origin: Option<SessionId>) -> RoomReply {
+    fn release(
+        &mut self,
+        submitted: Submitted,
+        origin: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) -> RoomReply {
         if let Some(last) = submitted.accepted.last() {
             self.durable_seq = self.durable_seq.max(last.seq);
-            self.broadcast(RoomEvent {
-                room: self.key.clone(),
-                origin,
-                entries: submitted.accepted.clone(),
-                heads_before: submitted.heads_before.clone(),
-            });
+            let window = self.cx.model.broadcast_window();
+            if window.is_zero() {
+                self.broadcast(RoomEvent {
+                    room: self.key.clone(),
+                    origin,
+                    entries: submitted.accepted.clone(),
+                    heads_before: submitted.heads_before.clone(),
+                });
+            } else {
+                self.gather(&submitted, window, ctx);
+            }
         }
         RoomReply::Submitted(submitted)
+    }
+
+    /// Keeps the latest change per record until the window closes, then broadcasts them all.
+    fn gather(&mut self, submitted: &Submitted, window: Duration, ctx: &mut Context<Self>) {
+        if self.gathered.is_none() {
+            self.gathered = Some(Gathered {
+                entries: HashMap::new(),
+                heads_before: HashMap::new(),
+            });
+            ctx.run_later(window, |room, _| room.flush_gathered());
+        }
+        let Some(g) = self.gathered.as_mut() else {
+            return;
+        };
+        for (stream, head) in submitted.heads_before.iter() {
+            g.heads_before.entry(stream.clone()).or_insert(*head);
+        }
+        for e in submitted.accepted.iter() {
+            g.entries
+                .insert((e.stream.clone(), e.key.clone()), e.clone());
+        }
+    }
+
+    fn flush_gathered(&mut self) {
+        let Some(g) = self.gathered.take() else {
+            return;
+        };
+        let mut entries: Vec<LogEntry> = g.entries.into_values().collect();
+        entries.sort_by_key(|e| e.seq);
+        self.broadcast(RoomEvent {
+            room: self.key.clone(),
+            origin: None,
+            entries: Arc::new(entries),
+            heads_before: Arc::new(g.heads_before),
+        });
+    }
+
+    /// Answers now, or once the writes before it are durable.
+    fn answer_after_writes(
+        &mut self,
+        reply: RoomReply,
+    ) -> ResponseFuture<Result<RoomReply, RoomError>> {
+        if self.pending.is_empty() {
+            return Box::pin(async move { Ok(reply) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.push_back(Pending {
+            token: self.last_token,
+            reply: tx,
+            outcome: Outcome::Ready(reply),
+        });
+        Box::pin(async move { rx.await.unwrap_or(Err(RoomError::Gone)) })
+    }
+
+    fn snapshot(&self) -> Result<RoomReply, RoomError> {
+        let records = self
+            .cx
+            .store
+            .states(&self.key)
+            .map_err(|e| RoomError::Storage(e.to_string()))?
+            .into_iter()
+            .map(|(stream, key, r)| (stream, key, r.value))
+            .collect();
+        Ok(RoomReply::Snapshot(Snapshot {
+            records,
+            model: self.meta.model.clone(),
+            seq: self.meta.seq,
+        }))
     }
 
     fn broadcast(&mut self, event: RoomEvent) {
@@ -399,7 +525,7 @@ impl Room {
         };
         match token {
             None => {
-                let reply = self.release(submitted, origin);
+                let reply = self.release(submitted, origin, ctx);
                 Box::pin(async move { Ok(reply) })
             }
             Some(token) => {
@@ -407,8 +533,7 @@ impl Room {
                 self.pending.push_back(Pending {
                     token,
                     reply: tx,
-                    submitted,
-                    origin,
+                    outcome: Outcome::Submitted { submitted, origin },
                 });
                 Box::pin(async move { rx.await.unwrap_or(Err(RoomError::Gone)) })
             }
@@ -421,6 +546,7 @@ impl Room {
         streams: Vec<(String, u64)>,
         limit: usize,
         subscribe: bool,
+        latest_only: bool,
     ) -> Result<RoomReply, RoomError> {
         if subscribe
             && let Some(member) = session.and_then(|s| self.members.get_mut(&s))
@@ -433,7 +559,14 @@ impl Room {
             let (entries, more) = self
                 .cx
                 .store
-                .stream_entries(&self.key, &stream, after, self.durable_seq, limit)
+                .stream_entries(
+                    &self.key,
+                    &stream,
+                    after,
+                    self.durable_seq,
+                    limit,
+                    latest_only,
+                )
                 .map_err(|e| RoomError::Storage(e.to_string()))?;
             pages.push(StreamPage {
                 stream,
@@ -485,6 +618,7 @@ impl Actor for Room {
         ctx.run_interval(tick, |room, ctx| {
             let idle = room.members.is_empty()
                 && room.pending.is_empty()
+                && room.gathered.is_none()
                 && room.last_activity.elapsed() >= room.cx.idle_timeout;
             if idle {
                 if room.worth_compacting()
@@ -498,6 +632,7 @@ impl Actor for Room {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.flush_gathered();
         self.cx.metrics.actors.with_label_values(&[KIND]).dec();
         self.cx.metrics.rooms_stopped.inc();
         let _ = self.cx.directory.try_send(RoomStopped {
@@ -524,7 +659,12 @@ impl Handler<Request> for Room {
                 streams,
                 limit,
                 subscribe,
-            } => self.fetch(msg.session, streams, limit, subscribe),
+                latest_only,
+            } => self.fetch(msg.session, streams, limit, subscribe, latest_only),
+            RoomRequest::Snapshot => match self.snapshot() {
+                Ok(reply) => return self.answer_after_writes(reply),
+                Err(e) => Err(e),
+            },
             RoomRequest::Subscribe { streams } => {
                 if let Some(member) = msg.session.and_then(|s| self.members.get_mut(&s))
                     && let Streams::Some(set) = &mut member.streams
@@ -543,16 +683,18 @@ impl Handler<Request> for Room {
 impl Handler<Flushed> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Flushed, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Flushed, ctx: &mut Context<Self>) {
         self.cx.metrics.handled(KIND);
         while self.pending.front().is_some_and(|p| p.token <= msg.token) {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            let reply = if msg.ok {
-                Ok(self.release(p.submitted, p.origin))
-            } else {
-                Err(RoomError::Storage("flush failed".into()))
+            let reply = match (msg.ok, p.outcome) {
+                (false, _) => Err(RoomError::Storage("flush failed".into())),
+                (true, Outcome::Submitted { submitted, origin }) => {
+                    Ok(self.release(submitted, origin, ctx))
+                }
+                (true, Outcome::Ready(reply)) => Ok(reply),
             };
             let _ = p.reply.send(reply);
         }
@@ -560,9 +702,9 @@ impl Handler<Flushed> for Room {
 }
 
 impl Handler<Join> for Room {
-    type Result = ();
+    type Result = u64;
 
-    fn handle(&mut self, msg: Join, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> u64 {
         self.cx.metrics.dequeued(KIND);
         self.last_activity = Instant::now();
         self.members.insert(
@@ -573,6 +715,7 @@ impl Handler<Join> for Room {
                 evicted: msg.evicted,
             },
         );
+        self.durable_seq
     }
 }
 
@@ -693,6 +836,7 @@ mod tests {
                         streams: vec![("todos".into(), 0)],
                         limit: 100,
                         subscribe: false,
+                        latest_only: false,
                     },
                 })
                 .await

@@ -75,6 +75,10 @@ pub enum Action<T> {
         token: String,
         tag: T,
     },
+    /// Stop following a room.
+    Leave {
+        room: RoomKey,
+    },
     Close {
         code: u16,
         reason: String,
@@ -99,6 +103,11 @@ pub trait Dialect: Unpin + Sized + 'static {
     /// How a session of this dialect follows a room it joins later.
     fn streams_for(&self, _room: &RoomKey) -> Streams {
         Streams::All
+    }
+
+    /// The session entered a room whose durable sequence number is `seq`.
+    fn on_joined(&mut self, _env: &Env, _room: &RoomKey, _seq: u64) -> Vec<Action<Self::Tag>> {
+        Vec::new()
     }
 
     fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Self::Tag>>;
@@ -213,6 +222,12 @@ impl<D: Dialect> Session<D> {
                     self.run(more, ctx);
                 }
                 Action::Request { room, body, tag } => self.request(room, body, tag, ctx),
+                Action::Leave { room } => {
+                    if let Some(addr) = self.rooms.remove(&room) {
+                        self.hub.metrics().queued("room");
+                        addr.do_send(Leave { session: self.id });
+                    }
+                }
             }
         }
     }
@@ -264,16 +279,29 @@ impl<D: Dialect> Session<D> {
         }));
     }
 
+    /// Enters a room. `wait` keeps the session's other input (and the requests it makes) behind
+    /// the join, so the room knows the session before it serves it.
     fn join(&mut self, key: RoomKey, addr: Addr<Room>, ctx: &mut ws::WebsocketContext<Self>) {
         let streams = self.dialect.streams_for(&key);
         self.hub.metrics().queued("room");
-        addr.do_send(Join {
+        let join = addr.send(Join {
             session: self.id,
             events: ctx.address().recipient(),
             streams,
             evicted: self.evicted.clone(),
         });
-        self.rooms.insert(key, addr);
+        self.rooms.insert(key.clone(), addr);
+        ctx.wait(join.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(seq) => {
+                let env = Env {
+                    session: act.id,
+                    identity: &act.identity,
+                };
+                let actions = act.dialect.on_joined(&env, &key, seq);
+                act.run(actions, ctx);
+            }
+            Err(_) => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
+        }));
     }
 
     fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {

@@ -43,6 +43,9 @@ pub struct RoomMeta {
     pub records: u64,
     /// Number of entries in the change log (shrinks on compaction).
     pub log_len: u64,
+    /// The model's room-wide value (a SyncKit document's clock); part of the digest.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub model: Value,
 }
 
 /// A 128-bit order-independent digest of a room's materialised state.
@@ -275,7 +278,8 @@ impl Store {
     }
 
     /// Log entries of one stream with `after < seq <= upto`, in order, at most `limit`;
-    /// the flag tells whether more such entries exist.
+    /// the flag tells whether more such entries exist. With `latest_only`, entries that a later
+    /// change of the same record superseded are skipped.
     pub fn stream_entries(
         &self,
         room: &RoomKey,
@@ -283,6 +287,7 @@ impl Store {
         after: u64,
         upto: u64,
         limit: usize,
+        latest_only: bool,
     ) -> Result<(Vec<LogEntry>, bool)> {
         let prefix = index_prefix(room, stream);
         let mut start = prefix.clone();
@@ -296,13 +301,20 @@ impl Store {
         for item in self.db.range(start..=end) {
             let (k, _) = item?;
             let seq = seq_suffix(&k).ok_or_else(|| corrupt(&k, "short index key"))?;
+            let Some(e) = self.log_entry(room, seq)? else {
+                return Err(corrupt(&k, "index without log entry"));
+            };
+            if latest_only
+                && self
+                    .state(room, &e.stream, &e.key)?
+                    .is_some_and(|s| s.seq != e.seq)
+            {
+                continue;
+            }
             if out.len() == limit {
                 return Ok((out, true));
             }
-            match self.log_entry(room, seq)? {
-                Some(e) => out.push(e),
-                None => return Err(corrupt(&k, "index without log entry")),
-            }
+            out.push(e);
         }
         Ok((out, false))
     }
@@ -449,22 +461,30 @@ mod tests {
             commit(&store, &a, &mut ma, "notes", "n", json!(i));
         }
         commit(&store, &b, &mut mb, "todos", "x", json!("b"));
+        commit(&store, &b, &mut mb, "todos", "y", json!("b"));
+        commit(&store, &b, &mut mb, "todos", "x", json!("c"));
+        let (latest, _) = store
+            .stream_entries(&b, "todos", 0, mb.seq, 10, true)
+            .expect("scan");
+        assert_eq!(latest.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
         let (page, more) = store
-            .stream_entries(&a, "todos", 0, ma.seq, 3)
+            .stream_entries(&a, "todos", 0, ma.seq, 3, false)
             .expect("scan");
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 5]);
         assert!(more);
         let (rest, more) = store
-            .stream_entries(&a, "todos", 5, ma.seq, 3)
+            .stream_entries(&a, "todos", 5, ma.seq, 3, false)
             .expect("scan");
         assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 9]);
         assert!(!more);
         // `upto` hides entries that are not yet durable.
-        let (capped, more) = store.stream_entries(&a, "todos", 0, 4, 10).expect("scan");
+        let (capped, more) = store
+            .stream_entries(&a, "todos", 0, 4, 10, false)
+            .expect("scan");
         assert_eq!(capped.len(), 2);
         assert!(!more);
         assert_eq!(store.stream_head(&a, "notes").expect("head"), 10);
-        assert_eq!(store.stream_head(&b, "todos").expect("head"), 1);
+        assert_eq!(store.stream_head(&b, "todos").expect("head"), 3);
         assert_eq!(store.stream_head(&b, "notes").expect("head"), 0);
         assert_eq!(store.room_meta(&a).expect("meta"), Some(ma));
         assert_eq!(store.room_meta(&room("never")).expect("meta"), None);
@@ -492,7 +512,7 @@ mod tests {
             }
         );
         let (all, _) = store
-            .stream_entries(&r, "todos", 0, meta.seq, 100)
+            .stream_entries(&r, "todos", 0, meta.seq, 100, false)
             .expect("scan");
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 6]);
         assert_eq!(

@@ -126,6 +126,7 @@ impl PocketDialect {
                         streams,
                         limit: pull.limit,
                         subscribe: true,
+                        latest_only: false,
                     },
                     tag: Tag::Pull { id: pull.id },
                 }]

@@ -44,7 +44,7 @@ impl Model for PocketModel {
     /// `incoming.body` is a change event the codec validated and normalised: `operation`,
     /// `documentId`, `document` (an object with `_id`, or null for a bare delete) and a numeric
     /// `timestamp`.
-    fn merge(&self, current: Option<&Value>, incoming: &IncomingChange) -> Merge {
+    fn merge(&self, _: &mut Value, current: Option<&Value>, incoming: &IncomingChange) -> Merge {
         let body = &incoming.body;
         let op = body.get("operation").and_then(Value::as_str).unwrap_or("");
         let sent_doc = body.get("document").and_then(Value::as_object);
@@ -136,9 +136,11 @@ mod tests {
     fn a_new_document_is_applied_and_logged() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x", "_rev": "1-a"});
-        let Merge::Apply { state, mut logged } =
-            m.merge(None, &change("insert", "a", doc.clone(), 5))
-        else {
+        let Merge::Apply { state, mut logged } = m.merge(
+            &mut Value::Null,
+            None,
+            &change("insert", "a", doc.clone(), 5),
+        ) else {
             panic!("expected apply");
         };
         assert_eq!(state, doc);
@@ -153,10 +155,14 @@ mod tests {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x", "_rev": "1-a"});
         let c = change("update", "a", doc.clone(), 5);
-        assert_eq!(m.merge(Some(&doc), &c), Merge::Unchanged);
+        assert_eq!(m.merge(&mut Value::Null, Some(&doc), &c), Merge::Unchanged);
         let tomb = tombstone("a", &json!(9));
         assert_eq!(
-            m.merge(Some(&tomb), &change("delete", "a", Value::Null, 9)),
+            m.merge(
+                &mut Value::Null,
+                Some(&tomb),
+                &change("delete", "a", Value::Null, 9)
+            ),
             Merge::Unchanged
         );
     }
@@ -165,9 +171,11 @@ mod tests {
     fn deletes_store_tombstones() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x"});
-        let Merge::Apply { state, logged } =
-            m.merge(Some(&doc), &change("delete", "a", Value::Null, 7))
-        else {
+        let Merge::Apply { state, logged } = m.merge(
+            &mut Value::Null,
+            Some(&doc),
+            &change("delete", "a", Value::Null, 7),
+        ) else {
             panic!("expected apply");
         };
         assert_eq!(
@@ -176,8 +184,11 @@ mod tests {
         );
         assert_eq!(logged["document"], state);
         let sent = json!({"_id": "a", "_updatedAt": 11});
-        let Merge::Apply { state, .. } = m.merge(Some(&doc), &change("delete", "a", sent, 7))
-        else {
+        let Merge::Apply { state, .. } = m.merge(
+            &mut Value::Null,
+            Some(&doc),
+            &change("delete", "a", sent, 7),
+        ) else {
             panic!("expected apply");
         };
         assert_eq!(state["_updatedAt"], json!(11));
@@ -193,21 +204,29 @@ mod tests {
         };
         let server_wins = with(Strategy::ServerWins);
         assert_eq!(
-            server_wins.merge(Some(&stored), &change("update", "a", sent.clone(), 1)),
+            server_wins.merge(
+                &mut Value::Null,
+                Some(&stored),
+                &change("update", "a", sent.clone(), 1)
+            ),
             reject
         );
         let lww = PocketModel::default();
         assert_eq!(
-            lww.merge(Some(&stored), &change("update", "a", older.clone(), 1)),
+            lww.merge(
+                &mut Value::Null,
+                Some(&stored),
+                &change("update", "a", older.clone(), 1)
+            ),
             reject
         );
         assert!(matches!(
-            lww.merge(Some(&stored), &change("update", "a", sent.clone(), 1)),
+            lww.merge(&mut Value::Null, Some(&stored), &change("update", "a", sent.clone(), 1)),
             Merge::Apply { state, .. } if state == sent
         ));
         let client_wins = with(Strategy::ClientWins);
         assert!(matches!(
-            client_wins.merge(Some(&stored), &change("update", "a", older.clone(), 1)),
+            client_wins.merge(&mut Value::Null, Some(&stored), &change("update", "a", older.clone(), 1)),
             Merge::Apply { state, .. } if state == older
         ));
         // A per-collection override beats the default.
@@ -215,7 +234,11 @@ mod tests {
         per.collection_strategies
             .insert("todos".into(), Strategy::ServerWins);
         assert_eq!(
-            per.merge(Some(&stored), &change("update", "a", older, 1)),
+            per.merge(
+                &mut Value::Null,
+                Some(&stored),
+                &change("update", "a", older, 1)
+            ),
             reject
         );
     }

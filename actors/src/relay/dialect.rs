@@ -1,0 +1,221 @@
+//! The relay session codec: `connected` on join, `update` merged and acked, `pull` answered
+//! with paged `update`s.
+
+use serde_json::{Value, json};
+
+use super::model::parse_change;
+use crate::identity::AuthError;
+use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
+use crate::room_key::{Namespace, RoomKey};
+use crate::session::{Action, Dialect, Env, Frame};
+
+#[derive(Debug, Clone)]
+pub enum Tag {
+    Update,
+    Pull,
+}
+
+pub struct RelayDialect {
+    room: RoomKey,
+    site_id: String,
+    max_per_message: usize,
+    max_json_depth: usize,
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+impl RelayDialect {
+    pub fn new(
+        room: RoomKey,
+        site_id: String,
+        max_per_message: usize,
+        max_json_depth: usize,
+    ) -> RelayDialect {
+        RelayDialect {
+            room,
+            site_id,
+            max_per_message: max_per_message.max(1),
+            max_json_depth,
+        }
+    }
+
+    fn channel(&self) -> &str {
+        &self.room.room
+    }
+
+    fn text(v: Value) -> Action<Tag> {
+        Action::Text(v.to_string())
+    }
+
+    fn error(&self, code: &str, message: impl Into<String>) -> Vec<Action<Tag>> {
+        vec![Self::text(
+            json!({"type": "error", "code": code, "message": message.into(),
+                               "channel": self.channel()}),
+        )]
+    }
+
+    fn update(&self, changes: Vec<Value>, version: u64) -> Action<Tag> {
+        Self::text(
+            json!({"type": "update", "changes": changes, "version": version,
+                          "siteId": self.site_id, "channel": self.channel()}),
+        )
+    }
+
+    fn fetch(&self, after: u64) -> Action<Tag> {
+        Action::Request {
+            room: self.room.clone(),
+            body: RoomRequest::Fetch {
+                streams: vec![(String::new(), after)],
+                limit: self.max_per_message,
+                subscribe: false,
+                latest_only: true,
+            },
+            tag: Tag::Pull,
+        }
+    }
+}
+
+impl Dialect for RelayDialect {
+    type Tag = Tag;
+
+    fn namespace(&self) -> Namespace {
+        Namespace::Relay
+    }
+
+    fn initial_rooms(&self) -> Vec<RoomKey> {
+        vec![self.room.clone()]
+    }
+
+    fn streams_for(&self, _: &RoomKey) -> Streams {
+        Streams::All
+    }
+
+    fn on_joined(&mut self, _: &Env, _: &RoomKey, seq: u64) -> Vec<Action<Tag>> {
+        vec![Self::text(
+            json!({"type": "connected", "siteId": self.site_id, "version": seq,
+                               "channel": self.channel()}),
+        )]
+    }
+
+    fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Tag>> {
+        let raw = match frame {
+            Frame::Text(t) => t.as_bytes(),
+            Frame::Binary(b) => b,
+        };
+        let msg: Value = match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => return self.error("PARSE_ERROR", format!("Invalid JSON: {e}")),
+        };
+        if depth(&msg) > self.max_json_depth {
+            return self.error(
+                "INVALID_MESSAGE",
+                format!("JSON nested deeper than {}", self.max_json_depth),
+            );
+        }
+        let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
+        let room = self.channel().to_owned();
+        match kind {
+            "update" => {
+                if !env.identity.permissions.can_write(&room) {
+                    return self.error("FORBIDDEN", "Permission denied");
+                }
+                let Some(raw_changes) = msg.get("changes").and_then(Value::as_array) else {
+                    return self.error("INVALID_MESSAGE", "'changes' must be an array");
+                };
+                let mut changes = Vec::with_capacity(raw_changes.len());
+                for (i, c) in raw_changes.iter().enumerate() {
+                    match parse_change(c) {
+                        Ok(c) => changes.push(c),
+                        Err(why) => {
+                            return self.error("INVALID_MESSAGE", format!("changes[{i}]: {why}"));
+                        }
+                    }
+                }
+                vec![Action::Request {
+                    room: self.room.clone(),
+                    body: RoomRequest::Submit { changes },
+                    tag: Tag::Update,
+                }]
+            }
+            "pull" => {
+                if !env.identity.permissions.can_read(&room) {
+                    return self.error("FORBIDDEN", "Permission denied");
+                }
+                let after = match msg.get("version") {
+                    None | Some(Value::Null) => 0,
+                    Some(v) => match v.as_u64().or_else(|| v.as_i64().map(|_| 0)) {
+                        Some(n) => n,
+                        None => {
+                            return self.error("INVALID_MESSAGE", "'version' must be an integer");
+                        }
+                    },
+                };
+                vec![self.fetch(after)]
+            }
+            "" => self.error("INVALID_MESSAGE", "'type' must be a string"),
+            other => self.error("UNKNOWN_MESSAGE", format!("Unknown message type: {other}")),
+        }
+    }
+
+    fn on_oversized(&mut self, _: &Env, size: usize, max: usize) -> Vec<Action<Tag>> {
+        self.error(
+            "TOO_LARGE",
+            format!("Message too large ({size} bytes, max {max})"),
+        )
+    }
+
+    fn on_reply(
+        &mut self,
+        _: &Env,
+        tag: Tag,
+        reply: Result<RoomReply, RoomError>,
+    ) -> Vec<Action<Tag>> {
+        match (tag, reply) {
+            (Tag::Update, Ok(RoomReply::Submitted(s))) => {
+                vec![Self::text(
+                    json!({"type": "ack", "siteId": self.site_id, "version": s.seq,
+                                       "channel": self.channel()}),
+                )]
+            }
+            (Tag::Pull, Ok(RoomReply::Fetched(f))) => {
+                let Some(page) = f.pages.into_iter().next() else {
+                    return vec![self.update(Vec::new(), f.seq)];
+                };
+                let last = page.entries.last().map(|e| e.seq);
+                let changes = page.entries.into_iter().map(|e| e.body).collect();
+                match (page.more, last) {
+                    // More to come: this page ends at its last change; ask for the next one.
+                    (true, Some(last)) => vec![self.update(changes, last), self.fetch(last)],
+                    _ => vec![self.update(changes, f.seq)],
+                }
+            }
+            (_, Err(e)) => {
+                log::warn!("relay request failed: {e}");
+                self.error("INTERNAL", "Internal error")
+            }
+            (_, Ok(other)) => {
+                log::error!("relay request got an unexpected answer: {other:?}");
+                self.error("INTERNAL", "Internal error")
+            }
+        }
+    }
+
+    fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
+        if event.origin == Some(env.session) {
+            return Vec::new();
+        }
+        let version = event.entries.last().map_or(0, |e| e.seq);
+        let changes = event.entries.iter().map(|e| e.body.clone()).collect();
+        vec![self.update(changes, version)]
+    }
+
+    fn on_authenticated(&mut self, _: &Env, _: Tag, _: Result<(), AuthError>) -> Vec<Action<Tag>> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,7 @@
+//! The `relay` dialect: cr-sqlite style peers exchanging column changes per channel.
+
+mod dialect;
+mod model;
+
+pub use dialect::{RelayDialect, Tag};
+pub use model::{RelayModel, compare_values, parse_change};

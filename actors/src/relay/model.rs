@@ -1,0 +1,206 @@
+//! The relay data model: one state record per `(table, pk, cid)` cell, merged by cr-sqlite's
+//! rules. A change is the tuple `[table, pk, cid, val, col_version, db_version, site_id, cl, seq]`.
+
+use std::cmp::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::model::{IncomingChange, Merge, Model};
+
+pub struct RelayModel;
+
+/// Orders values as cr-sqlite's tie-break does: by kind (null < number < string < any other
+/// JSON), then by value.
+pub fn compare_values(a: &Value, b: &Value) -> Ordering {
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Number(_) => 1,
+            Value::String(_) => 2,
+            _ => 3,
+        }
+    }
+    rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            _ => x
+                .as_f64()
+                .unwrap_or(0.0)
+                .total_cmp(&y.as_f64().unwrap_or(0.0)),
+        },
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Null, Value::Null) => Ordering::Equal,
+        // Canonical JSON text: serde_json sorts object keys.
+        _ => a.to_string().cmp(&b.to_string()),
+    })
+}
+
+const FIELDS: usize = 9;
+
+/// Checks a change tuple and returns the change for a room. The record key is the cell's
+/// address as JSON, `[table, pk, cid]`.
+pub fn parse_change(v: &Value) -> Result<IncomingChange, String> {
+    let Some(t) = v.as_array().filter(|a| a.len() == FIELDS) else {
+        return Err(
+            "a change is [table, pk, cid, val, col_version, db_version, site_id, cl, seq]".into(),
+        );
+    };
+    let text = |i: usize, name: &str| -> Result<(), String> {
+        match &t[i] {
+            Value::String(s) if !s.is_empty() || i == 1 => Ok(()),
+            _ => Err(format!("{name} must be a non-empty string")),
+        }
+    };
+    text(0, "table")?;
+    if !matches!(t[1], Value::String(_) | Value::Number(_)) {
+        return Err("pk must be a string".into());
+    }
+    text(2, "cid")?;
+    text(6, "site_id")?;
+    for (i, name) in [(4, "col_version"), (5, "db_version"), (7, "cl"), (8, "seq")] {
+        if t[i].as_i64().is_none() {
+            return Err(format!("{name} must be an integer"));
+        }
+    }
+    Ok(IncomingChange {
+        stream: String::new(),
+        key: json!([t[0], t[1], t[2]]).to_string(),
+        body: v.clone(),
+    })
+}
+
+fn version(v: &Value, i: usize) -> i64 {
+    v.get(i).and_then(Value::as_i64).unwrap_or(0)
+}
+
+impl Model for RelayModel {
+    /// The record keeps `[cl, col_version, val]`: what decides later merges. A change wins by a
+    /// larger causal length, then a larger column version, then a larger value; a full tie is
+    /// no change, whichever site sent it, so every order of arrival ends in the same state.
+    fn merge(&self, _: &mut Value, current: Option<&Value>, incoming: &IncomingChange) -> Merge {
+        let c = &incoming.body;
+        let (cl, cv, val) = (version(c, 7), version(c, 4), &c[3]);
+        if let Some(cur) = current {
+            let order = cl
+                .cmp(&version(cur, 0))
+                .then(cv.cmp(&version(cur, 1)))
+                .then_with(|| compare_values(val, &cur[2]));
+            if order != Ordering::Greater {
+                return Merge::Unchanged;
+            }
+        }
+        Merge::Apply {
+            state: json!([cl, cv, val]),
+            logged: c.clone(),
+        }
+    }
+
+    /// In what the hub sends, `db_version` is the hub's sequence number; `site_id` stays the
+    /// origin's.
+    fn stamp(&self, logged: &mut Value, seq: u64) {
+        if let Some(t) = logged.as_array_mut()
+            && t.len() == FIELDS
+        {
+            t[5] = Value::from(seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(pk: &str, cid: &str, val: Value, cv: i64, cl: i64, site: &str) -> Value {
+        json!(["todos", pk, cid, val, cv, 1, site, cl, 0])
+    }
+
+    #[test]
+    fn value_order() {
+        use Ordering::*;
+        let vals = [
+            json!(null),
+            json!(-1),
+            json!(2.5),
+            json!(3),
+            json!(""),
+            json!("b"),
+            json!([1]),
+            json!(false),
+        ];
+        for (i, a) in vals.iter().enumerate() {
+            for (j, b) in vals.iter().enumerate() {
+                assert_eq!(compare_values(a, b), i.cmp(&j), "{a} vs {b}");
+            }
+        }
+        assert_eq!(
+            compare_values(&json!({"b": 1, "a": 2}), &json!({"a": 2, "b": 1})),
+            Equal
+        );
+    }
+
+    #[test]
+    fn tuples_are_validated() {
+        assert!(parse_change(&change("1", "title", json!("x"), 1, 1, "s")).is_ok());
+        assert!(parse_change(&json!(["t", "1", "c", 1, 1, 1, "s", 1])).is_err());
+        assert!(parse_change(&json!(["", "1", "c", 1, 1, 1, "s", 1, 0])).is_err());
+        assert!(parse_change(&json!(["t", "1", "c", 1, "1", 1, "s", 1, 0])).is_err());
+        assert!(parse_change(&json!(["t", "1", "c", 1, 1, 1, 7, 1, 0])).is_err());
+        assert!(parse_change(&json!({"table": "t"})).is_err());
+    }
+
+    #[test]
+    fn causal_length_then_column_version_then_value() {
+        let m = RelayModel;
+        let st = |c: &Value| match m.merge(&mut Value::Null, None, &parse_change(c).expect("valid"))
+        {
+            Merge::Apply { state, .. } => state,
+            _ => panic!("applies to an empty cell"),
+        };
+        let wins = |cur: &Value, c: &Value| {
+            matches!(
+                m.merge(
+                    &mut Value::Null,
+                    Some(cur),
+                    &parse_change(c).expect("valid")
+                ),
+                Merge::Apply { .. }
+            )
+        };
+        let base = st(&change("1", "a", json!("m"), 2, 1, "s1"));
+        assert!(
+            wins(&base, &change("1", "a", json!("a"), 1, 3, "s2")),
+            "larger cl"
+        );
+        assert!(
+            !wins(&base, &change("1", "a", json!("z"), 9, 0, "s2")),
+            "smaller cl"
+        );
+        assert!(
+            wins(&base, &change("1", "a", json!("a"), 3, 1, "s2")),
+            "larger col_version"
+        );
+        assert!(
+            !wins(&base, &change("1", "a", json!("z"), 1, 1, "s2")),
+            "smaller col_version"
+        );
+        assert!(
+            wins(&base, &change("1", "a", json!("n"), 2, 1, "s2")),
+            "larger value"
+        );
+        assert!(
+            !wins(&base, &change("1", "a", json!("l"), 2, 1, "s2")),
+            "smaller value"
+        );
+        assert!(
+            !wins(&base, &change("1", "a", json!("m"), 2, 1, "s9")),
+            "full tie"
+        );
+    }
+
+    #[test]
+    fn stamping_rewrites_db_version_only() {
+        let mut c = change("1", "a", json!(1), 1, 1, "origin");
+        RelayModel.stamp(&mut c, 42);
+        assert_eq!(c, json!(["todos", "1", "a", 1, 1, 42, "origin", 1, 0]));
+    }
+}

@@ -1,0 +1,389 @@
+//! The SyncKit session codec.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json};
+
+use super::frame::{self, Framing, InvalidFrame, Message};
+use super::model::document_state;
+use crate::identity::{AuthError, Identity};
+use crate::model::IncomingChange;
+use crate::pocket::wire::now_ms;
+use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
+use crate::room_key::{Namespace, RoomKey};
+use crate::session::{Action, Dialect, Env, Frame, close_code};
+
+/// What a room answer belongs to.
+#[derive(Debug, Clone)]
+pub enum Tag {
+    /// `subscribe` / `sync_request`: answered with `sync_response`.
+    Sync {
+        request_id: String,
+        document_id: String,
+    },
+    /// `delta`: acked with its message id.
+    Delta {
+        message_id: String,
+    },
+    Auth,
+}
+
+/// The longest field name a delta may write.
+const MAX_FIELD_LEN: usize = 1024;
+
+/// One SyncKit connection's protocol state.
+pub struct SynckitDialect {
+    framing: Framing,
+    authenticated: bool,
+    auth_required: bool,
+    /// Documents this connection follows.
+    documents: HashSet<String>,
+    /// The writer id of deltas that name no `clientId`.
+    label: String,
+    next_id: u64,
+    max_document_bytes: usize,
+}
+
+fn permissions_json(identity: &Identity) -> Value {
+    json!({
+        "canRead": identity.permissions.can_read,
+        "canWrite": identity.permissions.can_write,
+        "isAdmin": identity.permissions.is_admin,
+    })
+}
+
+impl SynckitDialect {
+    /// `authenticated` is true when auth is off or a token came with the upgrade.
+    pub fn new(
+        authenticated: bool,
+        auth_required: bool,
+        max_document_bytes: usize,
+    ) -> SynckitDialect {
+        SynckitDialect {
+            // Before the client has spoken, the hub speaks binary, as the SDK expects.
+            framing: Framing::Binary,
+            authenticated,
+            auth_required,
+            documents: HashSet::new(),
+            label: String::new(),
+            next_id: 0,
+            max_document_bytes,
+        }
+    }
+
+    fn make_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}-{}{}", now_ms(), self.label, self.next_id)
+    }
+
+    fn send(&mut self, kind: &str, mut fields: Map<String, Value>) -> Action<Tag> {
+        if !fields.contains_key("id") {
+            fields.insert("id".into(), Value::from(self.make_id()));
+        }
+        fields.insert("timestamp".into(), Value::from(now_ms()));
+        match frame::encode(self.framing, kind, &fields) {
+            Ok(bytes) if self.framing == Framing::Binary => Action::Binary(bytes),
+            Ok(bytes) => Action::Text(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(e) => {
+                log::error!("cannot encode a synckit {kind}: {e}");
+                Action::Close {
+                    code: close_code::INTERNAL,
+                    reason: "Server error".into(),
+                }
+            }
+        }
+    }
+
+    fn error(&mut self, message: &str) -> Vec<Action<Tag>> {
+        let mut f = Map::new();
+        f.insert("error".into(), Value::from(message));
+        vec![self.send("error", f)]
+    }
+
+    fn document(&self, msg: &Message) -> Option<RoomKey> {
+        RoomKey::new(Namespace::Synckit, msg.str("documentId")?)
+    }
+
+    fn on_message(&mut self, env: &Env, msg: Message) -> Vec<Action<Tag>> {
+        match msg.kind.as_str() {
+            "ping" => return vec![self.send("pong", Map::new())],
+            "pong" | "ack" => return Vec::new(),
+            "auth" => return self.on_auth(env, &msg),
+            "subscribe" | "sync_request" | "unsubscribe" | "delta" => {}
+            other => return self.error(&format!("Invalid message type: {other}")),
+        }
+        if !self.authenticated {
+            return self.error("Not authenticated");
+        }
+        let Some(room) = self.document(&msg) else {
+            return self.error("Invalid document ID");
+        };
+        let perms = &env.identity.permissions;
+        match msg.kind.as_str() {
+            "unsubscribe" => {
+                if self.documents.remove(&room.room) {
+                    vec![Action::Leave { room }]
+                } else {
+                    Vec::new()
+                }
+            }
+            "delta" => {
+                if !perms.can_write(&room.room) {
+                    return self.error("Permission denied");
+                }
+                self.on_delta(env, room, &msg)
+            }
+            _ => {
+                if !perms.can_read(&room.room) {
+                    return self.error("Permission denied");
+                }
+                self.documents.insert(room.room.clone());
+                vec![Action::Request {
+                    body: RoomRequest::Snapshot,
+                    tag: Tag::Sync {
+                        request_id: msg.id().unwrap_or_default().to_owned(),
+                        document_id: room.room.clone(),
+                    },
+                    room,
+                }]
+            }
+        }
+    }
+
+    fn on_auth(&mut self, env: &Env, msg: &Message) -> Vec<Action<Tag>> {
+        let token = msg.str("token").filter(|t| !t.is_empty());
+        match (self.auth_required, token) {
+            // Auth off: every session is in; `auth` just confirms it.
+            (false, _) => {
+                let f = self.auth_success(env.identity);
+                vec![self.send("auth_success", f)]
+            }
+            (true, Some(token)) => vec![Action::Authenticate {
+                token: token.to_owned(),
+                tag: Tag::Auth,
+            }],
+            (true, None) => {
+                let mut actions = self.error("Authentication required");
+                actions.push(Action::Close {
+                    code: close_code::POLICY,
+                    reason: "Authentication required".into(),
+                });
+                actions
+            }
+        }
+    }
+
+    fn auth_success(&self, identity: &Identity) -> Map<String, Value> {
+        let mut f = Map::new();
+        f.insert("userId".into(), Value::from(identity.user_id.clone()));
+        f.insert("permissions".into(), permissions_json(identity));
+        f
+    }
+
+    /// Both delta forms: `{documentId, delta:{field: value}, vectorClock}` and the SDK's
+    /// `{documentId, field, value, clock, clientId, timestamp, messageId}`.
+    fn on_delta(&mut self, env: &Env, room: RoomKey, msg: &Message) -> Vec<Action<Tag>> {
+        let missing = "Invalid delta message: missing or empty delta";
+        let fields: Vec<(String, Value)> = match (msg.fields.get("delta"), msg.str("field")) {
+            (Some(Value::Object(d)), _) if !d.is_empty() => {
+                d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+            (None, Some(field)) => vec![(
+                field.to_owned(),
+                msg.fields.get("value").cloned().unwrap_or(Value::Null),
+            )],
+            _ => return self.error(missing),
+        };
+        if fields
+            .iter()
+            .any(|(f, _)| f.is_empty() || f.chars().count() > MAX_FIELD_LEN)
+        {
+            return self.error(missing);
+        }
+        let size: usize = fields
+            .iter()
+            .map(|(f, v)| f.len() + v.to_string().len())
+            .sum();
+        if size > self.max_document_bytes {
+            return self.error(&format!(
+                "Message too large ({size} bytes, max {})",
+                self.max_document_bytes
+            ));
+        }
+        let clock = match (msg.fields.get("vectorClock"), msg.fields.get("clock")) {
+            (Some(Value::Object(c)), _) | (None, Some(Value::Object(c))) => c.clone(),
+            _ => Map::new(),
+        };
+        let writer = match msg.str("clientId").filter(|c| !c.is_empty()) {
+            Some(c) => c.to_owned(),
+            None => format!("conn-{}", env.session.0),
+        };
+        let counter = clock.get(&writer).and_then(Value::as_u64).unwrap_or(0);
+        let ts = msg.timestamp().map_or(Value::from(now_ms()), Value::from);
+        let changes = fields
+            .into_iter()
+            .map(|(field, value)| IncomingChange {
+                stream: String::new(),
+                key: field,
+                body: json!({"value": value, "ts": ts, "counter": counter, "writer": writer,
+                             "clock": clock}),
+            })
+            .collect();
+        let message_id = msg
+            .str("messageId")
+            .or_else(|| msg.id())
+            .unwrap_or_default()
+            .to_owned();
+        // Writing subscribes the writer.
+        self.documents.insert(room.room.clone());
+        vec![Action::Request {
+            room,
+            body: RoomRequest::Submit { changes },
+            tag: Tag::Delta { message_id },
+        }]
+    }
+}
+
+impl Dialect for SynckitDialect {
+    type Tag = Tag;
+
+    fn namespace(&self) -> Namespace {
+        Namespace::Synckit
+    }
+
+    fn initial_rooms(&self) -> Vec<RoomKey> {
+        Vec::new()
+    }
+
+    fn streams_for(&self, _: &RoomKey) -> Streams {
+        Streams::All
+    }
+
+    fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Tag>> {
+        if self.label.is_empty() {
+            self.label = format!("{}-", env.session.0);
+        }
+        let decoded = match frame {
+            Frame::Text(t) => {
+                self.framing = Framing::Json;
+                frame::decode_json(t.as_bytes())
+            }
+            // JSON sent in a binary frame (as Node's `ws` delivers it) is JSON all the same.
+            Frame::Binary(b) if b.first() == Some(&b'{') => {
+                self.framing = Framing::Json;
+                frame::decode_json(b)
+            }
+            Frame::Binary(b) => {
+                self.framing = Framing::Binary;
+                let id = self.make_id();
+                frame::decode_binary(b, || id)
+            }
+        };
+        match decoded {
+            Ok(msg) => self.on_message(env, msg),
+            Err(InvalidFrame) => self.error("Invalid message format"),
+        }
+    }
+
+    fn on_oversized(&mut self, _: &Env, size: usize, max: usize) -> Vec<Action<Tag>> {
+        self.error(&format!("Message too large ({size} bytes, max {max})"))
+    }
+
+    fn on_reply(
+        &mut self,
+        _: &Env,
+        tag: Tag,
+        reply: Result<RoomReply, RoomError>,
+    ) -> Vec<Action<Tag>> {
+        match (tag, reply) {
+            (Tag::Auth, _) => Vec::new(),
+            (Tag::Delta { message_id }, Ok(RoomReply::Submitted(_))) => {
+                let mut f = Map::new();
+                f.insert("messageId".into(), Value::from(message_id));
+                vec![self.send("ack", f)]
+            }
+            (
+                Tag::Sync {
+                    request_id,
+                    document_id,
+                },
+                Ok(RoomReply::Snapshot(snap)),
+            ) => {
+                let state = document_state(snap.records.iter().map(|(_, k, v)| (k.as_str(), v)));
+                let clock = if snap.model.is_object() {
+                    snap.model
+                } else {
+                    json!({})
+                };
+                let mut f = Map::new();
+                f.insert("requestId".into(), Value::from(request_id));
+                f.insert("documentId".into(), Value::from(document_id));
+                f.insert("state".into(), Value::Object(state));
+                f.insert("clock".into(), clock);
+                f.insert("deltas".into(), json!([]));
+                vec![self.send("sync_response", f)]
+            }
+            (Tag::Delta { .. } | Tag::Sync { .. }, Err(e)) => {
+                log::warn!("synckit request failed: {e}");
+                self.error("Internal server error")
+            }
+            (_, Ok(other)) => {
+                log::error!("synckit request got an unexpected answer: {other:?}");
+                self.error("Internal server error")
+            }
+        }
+    }
+
+    /// Winning values go to every subscriber, the writer included, one `delta` per field. The
+    /// `clock` is the document's clock after the newest of them, and `clientId` is "server": the
+    /// hub's value is authoritative, and the SDK breaks clock ties on the client id.
+    fn on_event(&mut self, _: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
+        let clock = event
+            .entries
+            .last()
+            .and_then(|e| e.body.get("clock"))
+            .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()))
+            .cloned()
+            .unwrap_or_else(|| json!({"server": 1}));
+        let mut actions = Vec::with_capacity(event.entries.len());
+        for e in event.entries.iter() {
+            let mut f = Map::new();
+            f.insert("documentId".into(), Value::from(event.room.room.clone()));
+            f.insert("field".into(), Value::from(e.key.clone()));
+            f.insert(
+                "value".into(),
+                e.body.get("value").cloned().unwrap_or(Value::Null),
+            );
+            f.insert("clock".into(), clock.clone());
+            f.insert("clientId".into(), Value::from("server"));
+            actions.push(self.send("delta", f));
+        }
+        actions
+    }
+
+    fn on_authenticated(
+        &mut self,
+        env: &Env,
+        _: Tag,
+        result: Result<(), AuthError>,
+    ) -> Vec<Action<Tag>> {
+        match result {
+            Ok(()) => {
+                self.authenticated = true;
+                let f = self.auth_success(env.identity);
+                vec![self.send("auth_success", f)]
+            }
+            Err(_) => {
+                let mut f = Map::new();
+                f.insert("error".into(), Value::from("Authentication failed"));
+                vec![
+                    self.send("auth_error", f),
+                    Action::Close {
+                        code: close_code::POLICY,
+                        reason: "Authentication failed".into(),
+                    },
+                ]
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The SyncKit data model: a document is a flat map `field → JSON value` with a vector clock.
+//! Each field is one state record, merged by last-writer-wins.
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::model::{IncomingChange, Merge, Model};
+
+/// The SyncKit merge rules; `batch` is the broadcast coalescing window (`synckit.batch_ms`).
+#[derive(Debug, Clone, Default)]
+pub struct SynckitModel {
+    pub batch: Duration,
+}
+
+/// A write's position in the LWW order: timestamp, then the writer's clock counter, then the
+/// writer id as a string.
+#[derive(Debug, Clone, PartialEq)]
+struct Stamp<'a> {
+    ts: f64,
+    counter: u64,
+    writer: &'a str,
+}
+
+impl Stamp<'_> {
+    fn cmp(&self, other: &Stamp<'_>) -> Ordering {
+        self.ts
+            .total_cmp(&other.ts)
+            .then(self.counter.cmp(&other.counter))
+            .then(self.writer.cmp(other.writer))
+    }
+}
+
+fn stamp_of<'a>(v: &'a Value, ts: &str, counter: &str, writer: &str) -> Stamp<'a> {
+    Stamp {
+        ts: v.get(ts).and_then(Value::as_f64).unwrap_or(0.0),
+        counter: v.get(counter).and_then(Value::as_u64).unwrap_or(0),
+        writer: v.get(writer).and_then(Value::as_str).unwrap_or(""),
+    }
+}
+
+/// The value a field delete is written as.
+pub fn is_delete(v: &Value) -> bool {
+    v.as_object()
+        .is_some_and(|o| o.len() == 1 && o.get("__deleted") == Some(&Value::Bool(true)))
+}
+
+/// Ticks `writer` in the clock, then merges `sent` into it by pointwise maximum.
+fn advance_clock(clock: &mut Value, writer: &str, sent: Option<&Map<String, Value>>) {
+    if !clock.is_object() {
+        *clock = Value::Object(Map::new());
+    }
+    let Some(c) = clock.as_object_mut() else {
+        return;
+    };
+    let mine = c.get(writer).and_then(Value::as_u64).unwrap_or(0);
+    c.insert(writer.to_owned(), Value::from(mine + 1));
+    for (node, n) in sent.into_iter().flatten() {
+        let theirs = n.as_u64().unwrap_or(0);
+        let ours = c.get(node).and_then(Value::as_u64).unwrap_or(0);
+        if theirs > ours {
+            c.insert(node.clone(), Value::from(theirs));
+        }
+    }
+}
+
+impl Model for SynckitModel {
+    /// `incoming.key` is the field; `incoming.body` is `{value, ts, counter, writer, clock}`.
+    /// A field's record is `{v, t, c, w}`, or `{d: true, t, c, w}` once deleted: the tombstone
+    /// keeps its stamp so an older write cannot bring the field back.
+    fn merge(
+        &self,
+        clock: &mut Value,
+        current: Option<&Value>,
+        incoming: &IncomingChange,
+    ) -> Merge {
+        let body = &incoming.body;
+        let new = stamp_of(body, "ts", "counter", "writer");
+        if let Some(cur) = current
+            && new.cmp(&stamp_of(cur, "t", "c", "w")) != Ordering::Greater
+        {
+            return Merge::Unchanged;
+        }
+        let value = body.get("value").cloned().unwrap_or(Value::Null);
+        let deleted = is_delete(&value);
+        let mut state = json!({"t": body["ts"], "c": new.counter, "w": new.writer});
+        if deleted {
+            state["d"] = Value::Bool(true);
+        } else {
+            state["v"] = value.clone();
+        }
+        advance_clock(
+            clock,
+            new.writer,
+            body.get("clock").and_then(Value::as_object),
+        );
+        let logged = json!({
+            "field": incoming.key,
+            "value": if deleted { json!({"__deleted": true}) } else { value },
+            "clock": clock.clone(),
+            "clientId": new.writer,
+            "timestamp": body["ts"],
+            "seq": 0,
+        });
+        Merge::Apply { state, logged }
+    }
+
+    fn stamp(&self, logged: &mut Value, seq: u64) {
+        if let Some(o) = logged.as_object_mut() {
+            o.insert("seq".into(), Value::from(seq));
+        }
+    }
+
+    fn broadcast_window(&self) -> Duration {
+        self.batch
+    }
+}
+
+/// The live fields of a document's records: `(field, record)` → `{field: value}`.
+pub fn document_state<'a>(
+    records: impl Iterator<Item = (&'a str, &'a Value)>,
+) -> Map<String, Value> {
+    records
+        .filter(|(_, r)| r.get("d").is_none())
+        .map(|(f, r)| (f.to_owned(), r.get("v").cloned().unwrap_or(Value::Null)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(field: &str, value: Value, ts: i64, counter: u64, writer: &str) -> IncomingChange {
+        IncomingChange {
+            stream: String::new(),
+            key: field.into(),
+            body: json!({"value": value, "ts": ts, "counter": counter, "writer": writer,
+                         "clock": {writer: counter}}),
+        }
+    }
+
+    fn apply(
+        m: &SynckitModel,
+        clock: &mut Value,
+        cur: Option<&Value>,
+        w: &IncomingChange,
+    ) -> Option<Value> {
+        match m.merge(clock, cur, w) {
+            Merge::Apply { state, .. } => Some(state),
+            Merge::Unchanged => None,
+            Merge::Reject { .. } => panic!("synckit never rejects"),
+        }
+    }
+
+    #[test]
+    fn lww_orders_by_timestamp_then_counter_then_writer() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let first =
+            apply(&m, &mut clock, None, &write("f", json!(1), 10, 1, "a")).expect("applies");
+        // Older timestamp loses even with a larger counter.
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(2), 9, 9, "z")
+            )
+            .is_none()
+        );
+        // Equal timestamp: larger counter wins.
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(2), 10, 2, "a")
+            )
+            .is_some()
+        );
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(2), 10, 0, "z")
+            )
+            .is_none()
+        );
+        // Equal timestamp and counter: larger writer id wins.
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(2), 10, 1, "b")
+            )
+            .is_some()
+        );
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(2), 10, 1, "A")
+            )
+            .is_none()
+        );
+        // The same write again changes nothing.
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&first),
+                &write("f", json!(1), 10, 1, "a")
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn deletes_are_tombstones_through_the_same_rule() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let v = apply(&m, &mut clock, None, &write("f", json!("x"), 10, 1, "a")).expect("applies");
+        let del = write("f", json!({"__deleted": true}), 20, 1, "a");
+        let tomb = apply(&m, &mut clock, Some(&v), &del).expect("delete wins");
+        assert_eq!(tomb["d"], true);
+        assert_eq!(document_state([("f", &tomb)].into_iter()), Map::new());
+        // An older write cannot resurrect it; a newer one re-creates the field.
+        assert!(
+            apply(
+                &m,
+                &mut clock,
+                Some(&tomb),
+                &write("f", json!("old"), 15, 5, "b")
+            )
+            .is_none()
+        );
+        let back = apply(
+            &m,
+            &mut clock,
+            Some(&tomb),
+            &write("f", json!(null), 30, 1, "b"),
+        )
+        .expect("applies");
+        assert_eq!(
+            document_state([("f", &back)].into_iter()),
+            obj(json!({"f": null}))
+        );
+    }
+
+    #[test]
+    fn the_clock_ticks_the_writer_and_merges_the_sent_clock() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let mut w = write("f", json!(1), 10, 5, "a");
+        w.body["clock"] = json!({"a": 5, "b": 7});
+        let Merge::Apply { logged, .. } = m.merge(&mut clock, None, &w) else {
+            panic!("applies");
+        };
+        assert_eq!(clock, json!({"a": 5, "b": 7}));
+        assert_eq!(logged["clock"], clock);
+        assert_eq!(logged["clientId"], "a");
+        m.merge(&mut clock, None, &write("g", json!(1), 10, 0, "c"));
+        assert_eq!(clock, json!({"a": 5, "b": 7, "c": 1}));
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().expect("object")
+    }
+}

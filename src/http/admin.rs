@@ -1,0 +1,181 @@
+//! Health, stats, metrics and room administration.
+
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use synchub_actors::directory::{GetCensus, GetRoomStatus};
+use synchub_actors::metrics::ACTOR_KINDS;
+use synchub_actors::room::{RoomReply, RoomRequest};
+use synchub_actors::{Namespace, RoomKey};
+
+use super::{AppState, unauthorized};
+
+pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let hub = &state.hub;
+    let storage_ok = hub.storage_healthy();
+    let census = hub.directory().send(GetCensus).await.ok();
+    let body = json!({
+        "status": if storage_ok { "healthy" } else { "degraded" },
+        "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime": hub.uptime().as_secs(),
+        "uptime_s": hub.uptime().as_secs(),
+        "node_id": hub.node_id(),
+        "storage": if storage_ok { "ok" } else { "failing" },
+        "cluster": Value::Null,
+        "connections": {
+            "totalConnections": census.as_ref().map_or(0, |c| c.sessions_total),
+        },
+    });
+    if storage_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let hub = &state.hub;
+    let m = hub.metrics();
+    let census = hub.directory().send(GetCensus).await.unwrap_or_default();
+    let mut actors = serde_json::Map::new();
+    {
+        let mut window = state.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = window.at.elapsed().as_secs_f64();
+        let refresh = elapsed >= 1.0 || window.counts.is_empty();
+        for kind in ACTOR_KINDS {
+            let handled = m.messages.with_label_values(&[kind]).get();
+            if refresh {
+                let before = window.counts.insert(kind, handled).unwrap_or(0);
+                let rate = if elapsed > 0.0 {
+                    (handled - before.min(handled)) as f64 / elapsed
+                } else {
+                    0.0
+                };
+                window.rates.insert(kind, rate);
+            }
+            actors.insert(
+                kind.into(),
+                json!({
+                    "count": m.actors.with_label_values(&[kind]).get(),
+                    "messages": handled,
+                    "message_rate": window.rates.get(kind).copied().unwrap_or(0.0),
+                    "mailbox_backlog": m.backlog.with_label_values(&[kind]).get().max(0),
+                }),
+            );
+        }
+        if refresh {
+            window.at = Instant::now();
+        }
+    }
+    let flushes = m.flushes.get();
+    let batch_count = m.flush_batch.get_sample_count();
+    let latency_count = m.flush_seconds.get_sample_count();
+    let mean = |sum: f64, n: u64| if n == 0 { 0.0 } else { sum / n as f64 };
+    let changes: serde_json::Map<String, Value> = Namespace::ALL
+        .iter()
+        .map(|ns| {
+            let n = m.changes.with_label_values(&[ns.as_str()]).get();
+            (ns.as_str().to_owned(), Value::from(n))
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "node_id": hub.node_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": hub.uptime().as_secs(),
+        "sessions": {
+            "total": census.sessions_total,
+            "pocket": census.sessions.get("pocket").copied().unwrap_or(0),
+            "synckit": census.sessions.get("synckit").copied().unwrap_or(0),
+            "relay": census.sessions.get("relay").copied().unwrap_or(0),
+        },
+        "rooms": {
+            "active": census.rooms_active,
+            "started_total": m.rooms_started.get(),
+            "stopped_total": m.rooms_stopped.get(),
+        },
+        "actors": actors,
+        "changes": changes,
+        "storage": {
+            "durability": state.config.storage.durability,
+            "healthy": hub.storage_healthy(),
+            "flushes": flushes,
+            "flush_errors": m.flush_errors.get(),
+            "batch_size_mean": mean(m.flush_batch.get_sample_sum(), batch_count),
+            "batched_commits": m.flush_batch.get_sample_sum() as u64,
+            "flush_latency_ms_mean": mean(m.flush_seconds.get_sample_sum() * 1000.0, latency_count),
+            "size_on_disk_bytes": hub.store().size_on_disk(),
+        },
+        "cluster": Value::Null,
+    }))
+}
+
+/// The room an admin path names, or the response refusing it.
+fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
+    let Some(ns) = Namespace::parse(&path.0) else {
+        return Err(Box::new(
+            HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
+        ));
+    };
+    RoomKey::new(ns, &path.1).ok_or_else(|| {
+        Box::new(HttpResponse::BadRequest().json(json!({"error": "Invalid room id"})))
+    })
+}
+
+pub(super) async fn room_stats(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let key = match room_key(&path) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    match state.hub.directory().send(GetRoomStatus { key }).await {
+        Ok(Ok(Some(status))) => HttpResponse::Ok().json(status),
+        Ok(Ok(None)) => HttpResponse::NotFound().json(json!({"error": "Unknown room"})),
+        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+pub(super) async fn compact_room(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let key = match room_key(&path) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    match state.hub.store().room_meta(&key) {
+        Ok(Some(_)) => {}
+        Ok(None) => return HttpResponse::NotFound().json(json!({"error": "Unknown room"})),
+        Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+    match state.hub.call(&key, RoomRequest::Compact).await {
+        Ok(RoomReply::Compacted(report)) => HttpResponse::Ok().json(report),
+        Ok(other) => HttpResponse::InternalServerError()
+            .json(json!({"error": format!("unexpected answer {other:?}")})),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+pub(super) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.hub.metrics().render())
+}

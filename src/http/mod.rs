@@ -1,0 +1,160 @@
+//! HTTP routes: the WebSocket upgrades of the three dialects, Pocket's HTTP transport, the
+//! SyncKit auth endpoints, health, stats and metrics.
+
+mod admin;
+mod pocket;
+mod relay;
+mod synckit;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::{Actor, ActorContext, StreamHandler};
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_actors::ws;
+use serde_json::json;
+use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
+
+use crate::auth::JwtVerifier;
+use crate::config::Config;
+
+/// What every route shares.
+pub struct AppState {
+    pub hub: Hub,
+    pub config: Arc<Config>,
+    pub verifier: Arc<JwtVerifier>,
+    pub(crate) rates: Mutex<RateWindow>,
+}
+
+/// Per actor kind, the message rate over the window between two `/stats` reads.
+pub(crate) struct RateWindow {
+    pub(crate) at: Instant,
+    pub(crate) counts: HashMap<&'static str, u64>,
+    pub(crate) rates: HashMap<&'static str, f64>,
+}
+
+impl AppState {
+    pub fn new(hub: Hub, config: Arc<Config>, verifier: Arc<JwtVerifier>) -> AppState {
+        AppState {
+            hub,
+            config,
+            verifier,
+            rates: Mutex::new(RateWindow {
+                at: Instant::now(),
+                counts: HashMap::new(),
+                rates: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The caller's identity: anonymous with auth off, else the verified token.
+    pub(crate) fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        if !self.config.auth.required {
+            return Ok(Identity::anonymous());
+        }
+        self.verifier.verify(token.ok_or(AuthError::Missing)?)
+    }
+
+    /// Admin endpoints need the admin token when one is configured.
+    pub(crate) fn admin_allowed(&self, req: &HttpRequest) -> bool {
+        let expected = &self.config.auth.admin_token;
+        if expected.is_empty() {
+            return true;
+        }
+        bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+pub(crate) type Query = web::Query<HashMap<String, String>>;
+
+/// The token from `?token=` or `Authorization: Bearer`.
+pub(crate) fn token<'a>(req: &'a HttpRequest, query: &'a Query) -> Option<&'a str> {
+    query
+        .get("token")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(req))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sync", web::get().to(pocket::websocket))
+        .route("/sync/push", web::post().to(pocket::http))
+        .route("/sync/pull", web::post().to(pocket::http))
+        .route("/ws", web::get().to(synckit::websocket))
+        .route("/auth/verify", web::post().to(synckit::verify))
+        .route("/auth/me", web::get().to(synckit::me))
+        .route("/auth/refresh", web::post().to(synckit::refresh))
+        .route("/auth/login", web::post().to(synckit::login))
+        .route("/relay", web::get().to(relay::websocket))
+        .route("/", web::get().to(relay::root))
+        .route("/health", web::get().to(admin::health))
+        .route("/stats", web::get().to(admin::stats))
+        .route(
+            "/stats/rooms/{namespace}/{room}",
+            web::get().to(admin::room_stats),
+        )
+        .route("/metrics", web::get().to(admin::metrics))
+        .route(
+            "/admin/rooms/{namespace}/{room}/compact",
+            web::post().to(admin::compact_room),
+        );
+}
+
+pub(crate) fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized().json(json!({"error": "Admin token required"}))
+}
+
+/// A WebSocket that is accepted only to be closed with a code, as clients of some dialects
+/// expect (Pocket's 4001) rather than an HTTP error.
+pub(crate) struct Refused {
+    pub(crate) code: u16,
+    pub(crate) reason: &'static str,
+}
+
+impl Actor for Refused {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(self.code),
+            description: Some(self.reason.into()),
+        }));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refused {
+    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
+}
+
+pub(crate) fn start_ws<A>(
+    actor: A,
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: Actor<Context = ws::WebsocketContext<A>>
+        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
+    let max = state.hub.session_settings().codec_max_bytes();
+    ws::WsResponseBuilder::new(actor, req, stream)
+        .codec(actix_http::ws::Codec::new().max_size(max))
+        .frame_size(max)
+        .start()
+}

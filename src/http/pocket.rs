@@ -1,0 +1,141 @@
+//! Pocket: the WebSocket at `/sync` and the HTTP transport at `/sync/push` and `/sync/pull`.
+
+use std::collections::VecDeque;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::ContentType;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use synchub_actors::pocket::PocketDialect;
+use synchub_actors::pocket::wire::{WireError, code};
+use synchub_actors::room::SessionId;
+use synchub_actors::session::{Action, Dialect, Env, Frame, Session, close_code};
+use synchub_actors::{Namespace, RoomKey};
+
+use super::{AppState, Query, Refused, start_ws, token};
+
+fn pocket_room(query: &Query) -> Option<RoomKey> {
+    let room = query.get("room").map_or("default", String::as_str);
+    RoomKey::new(Namespace::Pocket, room)
+}
+
+pub(super) async fn websocket(
+    req: HttpRequest,
+    stream: web::Payload,
+    query: Query,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Some(room) = pocket_room(&query) else {
+        return Ok(HttpResponse::BadRequest().json(json!({
+            "error": "Invalid room id: 1-256 characters of [A-Za-z0-9_.:-]"
+        })));
+    };
+    match state.authenticate(token(&req, &query)) {
+        Err(e) => {
+            log::debug!("pocket connection refused: {e}");
+            state
+                .hub
+                .metrics()
+                .connections_refused
+                .with_label_values(&["auth"])
+                .inc();
+            let refused = Refused {
+                code: close_code::AUTH_FAILED,
+                reason: "Authentication failed",
+            };
+            start_ws(refused, &req, stream, &state)
+        }
+        Ok(identity) => {
+            let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits);
+            start_ws(
+                Session::new(state.hub.clone(), dialect, identity),
+                &req,
+                stream,
+                &state,
+            )
+        }
+    }
+}
+
+fn pocket_error(e: WireError) -> HttpResponse {
+    pocket_reply(
+        e.to_json(synchub_actors::pocket::wire::now_ms())
+            .to_string(),
+    )
+}
+
+/// Answers with a Pocket reply; errors keep their JSON body and get a matching HTTP status.
+fn pocket_reply(body: String) -> HttpResponse {
+    let status = match serde_json::from_str::<Value>(&body) {
+        Ok(v) if v["type"] == "error" => match v["code"].as_str() {
+            Some(code::FORBIDDEN) if v["message"] == "Authentication failed" => {
+                StatusCode::UNAUTHORIZED
+            }
+            Some(code::FORBIDDEN) => StatusCode::FORBIDDEN,
+            Some(code::TOO_LARGE) => StatusCode::PAYLOAD_TOO_LARGE,
+            Some(code::RATE_LIMITED) => StatusCode::TOO_MANY_REQUESTS,
+            Some(code::INTERNAL) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        },
+        _ => StatusCode::OK,
+    };
+    HttpResponse::build(status)
+        .content_type(ContentType::json())
+        .body(body)
+}
+
+/// `POST /sync/push` and `POST /sync/pull`: one request through the same codec the WebSocket
+/// uses, answered with the same reply.
+pub(super) async fn http(
+    req: HttpRequest,
+    body: web::Bytes,
+    query: Query,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(room) = pocket_room(&query) else {
+        return pocket_error(WireError::new(
+            None,
+            code::INVALID_MESSAGE,
+            "Invalid room id: 1-256 characters of [A-Za-z0-9_.:-]",
+        ));
+    };
+    let identity = match state.authenticate(token(&req, &query)) {
+        Ok(id) => id,
+        Err(_) => {
+            return pocket_error(WireError::new(
+                None,
+                code::FORBIDDEN,
+                "Authentication failed",
+            ));
+        }
+    };
+    let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits);
+    let env = Env {
+        session: SessionId(0),
+        identity: &identity,
+    };
+    let max = state.hub.session_settings().max_frame_bytes;
+    let mut actions: VecDeque<_> = if body.len() > max {
+        dialect.on_oversized(&env, body.len(), max).into()
+    } else {
+        dialect.on_frame(&env, Frame::Binary(&body)).into()
+    };
+    while let Some(action) = actions.pop_front() {
+        match action {
+            Action::Text(text) => return pocket_reply(text),
+            Action::Request { room, body, tag } => {
+                let reply = state.hub.call(&room, body).await;
+                actions.extend(dialect.on_reply(&env, tag, reply));
+            }
+            Action::Authenticate { .. } => {
+                return pocket_error(WireError::new(
+                    None,
+                    code::INVALID_MESSAGE,
+                    "Send the token in the Authorization header over HTTP",
+                ));
+            }
+            Action::Binary(_) | Action::Close { .. } | Action::Leave { .. } => {}
+        }
+    }
+    pocket_error(WireError::new(None, code::INTERNAL, "No reply"))
+}

@@ -1,0 +1,193 @@
+//! SyncKit: the WebSocket at `/ws` and the auth endpoints its clients use.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+use synchub_actors::session::Session;
+use synchub_actors::synckit::SynckitDialect;
+use synchub_actors::{Identity, Permissions};
+
+use super::{AppState, Query, bearer, start_ws, token};
+use crate::auth::mint_pair;
+
+/// Auth off: the session is in at once. Auth on: a token at the upgrade authenticates it (a bad
+/// one is refused with 401); without one the client must send `auth {token}` first.
+pub(super) async fn websocket(
+    req: HttpRequest,
+    stream: web::Payload,
+    query: Query,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let required = state.config.auth.required;
+    let identity = match (required, token(&req, &query)) {
+        (false, _) => Identity::anonymous(),
+        (true, None) => Identity::unauthenticated(),
+        (true, Some(t)) => match state.authenticate(Some(t)) {
+            Ok(identity) => identity,
+            Err(e) => {
+                log::debug!("synckit upgrade refused: {e}");
+                return Ok(
+                    HttpResponse::Unauthorized().json(json!({"error": "Authentication failed"}))
+                );
+            }
+        },
+    };
+    let settings = state.hub.settings();
+    let dialect = SynckitDialect::new(
+        identity.authenticated || !required,
+        required,
+        settings.max_document_bytes,
+    );
+    start_ws(
+        Session::new(state.hub.clone(), dialect, identity),
+        &req,
+        stream,
+        &state,
+    )
+}
+
+#[derive(Deserialize)]
+pub(super) struct VerifyBody {
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// `POST /auth/verify {token}` → `{valid:false}` or `{valid:true, userId, expiresAt}`.
+pub(super) async fn verify(
+    body: Option<web::Json<VerifyBody>>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(token) = body
+        .and_then(|b| b.into_inner().token)
+        .filter(|t| !t.is_empty())
+    else {
+        return HttpResponse::BadRequest().json(json!({"error": "Token required"}));
+    };
+    match state.verifier.verify_access(&token) {
+        Ok((identity, claims)) => HttpResponse::Ok().json(json!({
+            "valid": true,
+            "userId": identity.user_id,
+            "expiresAt": claims.exp,
+        })),
+        Err(_) => HttpResponse::Ok().json(json!({"valid": false})),
+    }
+}
+
+/// `GET /auth/me` with `Authorization: Bearer` → `{userId, email?, permissions}` or 401.
+pub(super) async fn me(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !req
+        .headers()
+        .contains_key(actix_web::http::header::AUTHORIZATION)
+    {
+        return HttpResponse::Unauthorized().json(json!({"error": "Missing Authorization header"}));
+    }
+    let Some(token) = bearer(&req) else {
+        return HttpResponse::Unauthorized()
+            .json(json!({"error": "Invalid Authorization header format"}));
+    };
+    match state.verifier.verify_access(token) {
+        Ok((identity, claims)) => HttpResponse::Ok().json(json!({
+            "userId": identity.user_id,
+            "email": claims.email,
+            "permissions": identity.permissions,
+        })),
+        Err(_) => HttpResponse::Unauthorized().json(json!({"error": "Invalid or expired token"})),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RefreshBody {
+    #[serde(default, rename = "refreshToken")]
+    refresh_token: Option<String>,
+}
+
+/// `POST /auth/refresh {refreshToken}` → a new token pair with the same user and permissions.
+/// Only refresh tokens (`typ: "refresh"`) are accepted here, and never as access tokens.
+pub(super) async fn refresh(
+    body: Option<web::Json<RefreshBody>>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(token) = body
+        .and_then(|b| b.into_inner().refresh_token)
+        .filter(|t| !t.is_empty())
+    else {
+        return HttpResponse::BadRequest().json(json!({"error": "Refresh token required"}));
+    };
+    let invalid =
+        || HttpResponse::Unauthorized().json(json!({"error": "Invalid or expired refresh token"}));
+    let secret = &state.config.auth.jwt_secret;
+    let Ok(claims) = state.verifier.verify_refresh(&token) else {
+        return invalid();
+    };
+    let Some(user) = claims.sub.clone().or(claims.user_id.clone()) else {
+        return invalid();
+    };
+    if secret.is_empty() {
+        return invalid();
+    }
+    match mint_pair(
+        secret,
+        &user,
+        claims.email,
+        claims.permissions.unwrap_or_default(),
+    ) {
+        Ok((access, refresh)) => {
+            HttpResponse::Ok().json(json!({"accessToken": access, "refreshToken": refresh}))
+        }
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginBody {
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    permissions: Option<Permissions>,
+}
+
+/// `POST /auth/login`, only with `auth.dev_login = true`: mints tokens for any credentials.
+pub(super) async fn login(
+    body: Option<web::Json<LoginBody>>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.config.auth.dev_login {
+        return HttpResponse::NotFound().json(json!({"error": "Not found"}));
+    }
+    let body = body.map(web::Json::into_inner);
+    let (Some(email), Some(_)) = (
+        body.as_ref()
+            .and_then(|b| b.email.clone())
+            .filter(|e| !e.is_empty()),
+        body.as_ref()
+            .and_then(|b| b.password.clone())
+            .filter(|p| !p.is_empty()),
+    ) else {
+        return HttpResponse::BadRequest().json(json!({"error": "Email and password required"}));
+    };
+    let permissions = body.and_then(|b| b.permissions).unwrap_or(Permissions {
+        can_read: vec!["*".into()],
+        can_write: vec!["*".into()],
+        is_admin: false,
+    });
+    log::warn!(
+        "DEV LOGIN: minting tokens for {email:?} without checking any password (auth.dev_login = true)"
+    );
+    match mint_pair(
+        &state.config.auth.jwt_secret,
+        &email,
+        Some(email.clone()),
+        permissions.clone(),
+    ) {
+        Ok((access, refresh)) => HttpResponse::Ok().json(json!({
+            "userId": email,
+            "email": email,
+            "accessToken": access,
+            "refreshToken": refresh,
+            "permissions": permissions,
+        })),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
