@@ -8,6 +8,8 @@ need_apt=()
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -17,5 +19,15 @@ if ((${#need_apt[@]})); then
   fi
 fi
 
-# default-members covers the root package and actors/, so this runs every crate's tests.
+# Rust: default-members covers the root package and actors/, so this runs every crate's tests.
+cargo build --locked
 cargo test --locked "$@"
+
+# Real-client interop: the published SyncKit SDK against the binary built above.
+(
+  cd tests/interop
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+    npm ci --no-audit --no-fund
+  fi
+  node --test
+)

@@ -1,0 +1,66 @@
+// Starts the built synchub binary on a free port with a fresh data directory.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = net.createServer();
+    srv.once('error', fail);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+export async function startHub(env = {}) {
+  const binary = process.env.SYNCHUB_BIN ?? join(root, 'target', 'debug', 'synchub');
+  const dir = mkdtempSync(join(tmpdir(), 'synchub-interop-'));
+  const port = await freePort();
+  const child = spawn(binary, ['serve'], {
+    cwd: dir,
+    env: {
+      ...process.env,
+      SYNCHUB_SERVER_BIND: `127.0.0.1:${port}`,
+      SYNCHUB_STORAGE_PATH: join(dir, 'db'),
+      SYNCHUB_AUTH_REQUIRED: 'false',
+      RUST_LOG: 'error',
+      ...env,
+    },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const deadline = Date.now() + 15000;
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/health`);
+      if (res.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error('synchub did not start');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url: `ws://127.0.0.1:${port}/ws`,
+    http: `http://127.0.0.1:${port}`,
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function until(check, what, ms = 10000) {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
