@@ -122,3 +122,79 @@ async fn sigterm_closes_sessions_with_1001_and_exits_cleanly() {
     let hub = ChildHub::spawn(dir.path(), &[]).await;
     assert_complete(&pull_all(&hub.ws_url("/sync?room=bye")).await, 1);
 }
+
+#[actix_rt::test]
+async fn relay_changes_acked_before_sigkill_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let url = hub.ws_url("/relay?channel=crash");
+    let mut ws = Ws::connect(&url).await;
+    let hello = ws.recv_json().await;
+    for i in 0..200 {
+        ws.send_json(
+            &json!({"type": "update", "siteId": "c", "version": i, "channel": "crash",
+                              "changes": [["t", format!("{i}"), "v", i, 1, i, "site", 1, 0]]}),
+        )
+        .await;
+    }
+    let mut last = 0;
+    for _ in 0..200 {
+        let ack = ws.recv_json().await;
+        assert_eq!(ack["type"], "ack");
+        last = ack["version"].as_u64().expect("version");
+    }
+    assert_eq!(last, 200);
+    hub.kill();
+
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let mut ws = Ws::connect(&hub.ws_url("/relay?channel=crash")).await;
+    let again = ws.recv_json().await;
+    assert_eq!(again["version"], 200);
+    assert_eq!(again["siteId"], hello["siteId"]);
+    ws.send_json(&json!({"type": "pull", "version": 0})).await;
+    let up = ws.recv_json().await;
+    let changes = up["changes"].as_array().expect("changes");
+    assert_eq!(changes.len(), 200);
+    for (i, c) in changes.iter().enumerate() {
+        assert_eq!(c[1], json!(format!("{i}")));
+        assert_eq!(c[5], json!(i + 1));
+    }
+}
+
+#[actix_rt::test]
+async fn synckit_deltas_acked_before_sigkill_survive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let mut ws = Ws::connect(&hub.ws_url("/ws")).await;
+    for i in 0..200 {
+        ws.send_json(
+            &json!({"type": "delta", "id": format!("m{i}"), "timestamp": 1000 + i,
+                              "documentId": "crash", "delta": {format!("f{i}"): i},
+                              "vectorClock": {"w": i}}),
+        )
+        .await;
+    }
+    let mut acked = 0;
+    while acked < 200 {
+        let m = ws.recv_json().await;
+        if m["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    hub.kill();
+
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let mut ws = Ws::connect(&hub.ws_url("/ws")).await;
+    ws.send_json(
+        &json!({"type": "sync_request", "id": "s", "timestamp": 1, "documentId": "crash"}),
+    )
+    .await;
+    let r = ws.recv_json().await;
+    assert_eq!(r["type"], "sync_response");
+    let state = r["state"].as_object().expect("state");
+    assert_eq!(state.len(), 200);
+    for i in 0..200 {
+        assert_eq!(state[&format!("f{i}")], json!(i));
+    }
+    assert_eq!(r["clock"]["w"], 199);
+}
