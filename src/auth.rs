@@ -8,6 +8,7 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+pub use synchub_actors::clock::unix_now;
 use synchub_actors::{AuthError, Identity, Permissions, TokenVerifier};
 
 use crate::config::AuthConfig;
@@ -49,13 +50,6 @@ pub struct JwtVerifier {
     hmac: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
     leeway: u64,
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl JwtVerifier {

@@ -482,3 +482,42 @@ async fn the_http_transport_answers_push_and_pull() {
         (json!("INVALID_MESSAGE"), json!("x"))
     );
 }
+
+#[actix_rt::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let hub = TestHub::start();
+    let mut c = Ws::connect(&hub.ws_url("/sync?room=order")).await;
+    for i in 0..100 {
+        c.send_json(&push(
+            &format!("p{i}"),
+            "todos",
+            vec![change("insert", &format!("d{i}"), json!({"n": i}))],
+            json!({"global": i}),
+        ))
+        .await;
+        if i % 10 == 9 {
+            c.send_json(&pull(&format!("q{i}"), &["todos"], json!({}), Some(1)))
+                .await;
+        }
+    }
+    let mut expected = Vec::new();
+    for i in 0..100 {
+        expected.push(format!("p{i}"));
+        if i % 10 == 9 {
+            expected.push(format!("q{i}"));
+        }
+    }
+    let mut got = Vec::new();
+    let mut last_cp = 0;
+    while got.len() < expected.len() {
+        let r = c.recv_json().await;
+        if r["type"] == "push-response" {
+            let cp = r["checkpoint"]["sequences"]["todos"].as_u64().expect("cp");
+            assert!(cp >= last_cp, "checkpoints go backwards");
+            last_cp = cp;
+        }
+        got.push(r["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(got, expected);
+    assert_eq!(last_cp, 100);
+}

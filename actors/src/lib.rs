@@ -8,10 +8,12 @@
 //! - [`model`]: the seam where a dialect's merge rules meet the room engine;
 //! - [`pocket`], [`synckit`], [`relay`]: the three wire dialects (codec and model each).
 
+pub mod clock;
 pub mod directory;
 pub mod durability;
 pub mod hub;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod pocket;

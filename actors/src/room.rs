@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::clock::now_ms;
 use crate::durability::{Dirty, Durability, Flushed};
 use crate::metrics::Metrics;
 use crate::model::{IncomingChange, Merge, Model};
@@ -255,13 +256,6 @@ fn model_hash(model: &Value) -> crate::store::Digest {
         return crate::store::Digest::default();
     }
     state_hash("\u{0}model", "", model)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Room {

@@ -3,7 +3,7 @@
 //! is its [`Dialect`], a sans-IO codec that turns frames into room requests and room answers
 //! into frames.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 
+use crate::clock::unix_now;
 use crate::directory::{Checkout, CloseSession, Register, Unregister};
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
@@ -148,13 +149,11 @@ pub struct Session<D: Dialect> {
     evicted: Arc<AtomicBool>,
     registered: bool,
     fragments: Option<Fragments>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    /// Room answers are handed to the dialect in the order the requests were sent, though the
+    /// futures carrying them may complete in any order.
+    sent: u64,
+    delivered: u64,
+    ready: BTreeMap<u64, (D::Tag, Result<RoomReply, RoomError>)>,
 }
 
 impl<D: Dialect> Session<D> {
@@ -169,6 +168,9 @@ impl<D: Dialect> Session<D> {
             evicted: Arc::new(AtomicBool::new(false)),
             registered: false,
             fragments: None,
+            sent: 0,
+            delivered: 0,
+            ready: BTreeMap::new(),
         }
     }
 
@@ -248,35 +250,51 @@ impl<D: Dialect> Session<D> {
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
                         Ok(Ok(addr)) => {
-                            act.join(room.clone(), addr, ctx);
+                            // An earlier request of the same batch may have joined already.
+                            if !act.rooms.contains_key(&room) {
+                                act.join(room.clone(), addr, ctx);
+                            }
                             act.request(room, body, tag, ctx);
                         }
                         _ => {
-                            let env = Env {
-                                session: act.id,
-                                identity: &act.identity,
-                            };
-                            let more = act.dialect.on_reply(&env, tag, Err(RoomError::Gone));
-                            act.run(more, ctx);
+                            let n = act.sent;
+                            act.sent += 1;
+                            act.answer(n, tag, Err(RoomError::Gone), ctx);
                         }
                     }),
             );
             return;
         };
         self.hub.metrics().queued("room");
+        let n = self.sent;
+        self.sent += 1;
         let ask = addr.send(Request {
             session: Some(self.id),
             body,
         });
         ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
-            let reply = res.unwrap_or(Err(RoomError::Gone));
-            let env = Env {
-                session: act.id,
-                identity: &act.identity,
-            };
-            let more = act.dialect.on_reply(&env, tag, reply);
-            act.run(more, ctx);
+            act.answer(n, tag, res.unwrap_or(Err(RoomError::Gone)), ctx);
         }));
+    }
+
+    /// Hands the answer to request `n` to the dialect once every earlier answer has been.
+    fn answer(
+        &mut self,
+        n: u64,
+        tag: D::Tag,
+        reply: Result<RoomReply, RoomError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        self.ready.insert(n, (tag, reply));
+        while let Some((tag, reply)) = self.ready.remove(&self.delivered) {
+            self.delivered += 1;
+            let env = Env {
+                session: self.id,
+                identity: &self.identity,
+            };
+            let more = self.dialect.on_reply(&env, tag, reply);
+            self.run(more, ctx);
+        }
     }
 
     /// Enters a room. `wait` keeps the session's other input (and the requests it makes) behind

@@ -126,15 +126,24 @@ fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
     })
 }
 
+/// The room an admin request names, once the request passed the admin check.
+fn admin_room(
+    req: &HttpRequest,
+    path: &(String, String),
+    state: &AppState,
+) -> Result<RoomKey, Box<HttpResponse>> {
+    if !state.admin_allowed(req) {
+        return Err(Box::new(unauthorized()));
+    }
+    room_key(path)
+}
+
 pub(super) async fn room_stats(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    let key = match room_key(&path) {
+    let key = match admin_room(&req, &path, &state) {
         Ok(k) => k,
         Err(resp) => return *resp,
     };
@@ -151,10 +160,7 @@ pub(super) async fn compact_room(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    let key = match room_key(&path) {
+    let key = match admin_room(&req, &path, &state) {
         Ok(k) => k,
         Err(resp) => return *resp,
     };

@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 
+pub use crate::clock::now_ms;
+use crate::limits::json_depth;
 use crate::model::IncomingChange;
 use crate::room_key::is_valid_id;
 
@@ -24,14 +26,6 @@ impl Default for PocketLimits {
             max_json_depth: 64,
         }
     }
-}
-
-/// Wall-clock milliseconds, the unit of every Pocket timestamp.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The pull page size when a client sends none.
@@ -150,14 +144,6 @@ pub enum ClientMessage {
     },
 }
 
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 fn invalid(id: &Option<String>, message: impl Into<String>) -> WireError {
     WireError::new(id.clone(), code::INVALID_MESSAGE, message)
 }
@@ -176,7 +162,7 @@ pub fn parse(raw: &[u8], limits: &PocketLimits, now_ms: i64) -> Result<ClientMes
         return Err(invalid(&None, "Message must be a JSON object"));
     };
     let id = msg.get("id").and_then(Value::as_str).map(str::to_owned);
-    let nesting = msg.values().map(depth).max().unwrap_or(0) + 1;
+    let nesting = msg.values().map(json_depth).max().unwrap_or(0) + 1;
     if nesting > limits.max_json_depth {
         return Err(invalid(
             &id,

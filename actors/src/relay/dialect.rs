@@ -5,6 +5,7 @@ use serde_json::{Value, json};
 
 use super::model::parse_change;
 use crate::identity::AuthError;
+use crate::limits::json_depth;
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Action, Dialect, Env, Frame};
@@ -20,14 +21,6 @@ pub struct RelayDialect {
     site_id: String,
     max_per_message: usize,
     max_json_depth: usize,
-}
-
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
 }
 
 impl RelayDialect {
@@ -112,7 +105,7 @@ impl Dialect for RelayDialect {
             Ok(v) => v,
             Err(e) => return self.error("PARSE_ERROR", format!("Invalid JSON: {e}")),
         };
-        if depth(&msg) > self.max_json_depth {
+        if json_depth(&msg) > self.max_json_depth {
             return self.error(
                 "INVALID_MESSAGE",
                 format!("JSON nested deeper than {}", self.max_json_depth),

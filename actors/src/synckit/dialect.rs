@@ -6,9 +6,9 @@ use serde_json::{Map, Value, json};
 
 use super::frame::{self, Framing, InvalidFrame, Message};
 use super::model::document_state;
+use crate::clock::now_ms;
 use crate::identity::{AuthError, Identity};
 use crate::model::IncomingChange;
-use crate::pocket::wire::now_ms;
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Action, Dialect, Env, Frame, close_code};
