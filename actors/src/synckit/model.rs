@@ -159,64 +159,54 @@ mod tests {
         let mut clock = Value::Null;
         let first =
             apply(&m, &mut clock, None, &write("f", json!(1), 10, 1, "a")).expect("applies");
-        // Older timestamp loses even with a larger counter.
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(2), 9, 9, "z")
-            )
-            .is_none()
-        );
-        // Equal timestamp: larger counter wins.
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(2), 10, 2, "a")
-            )
-            .is_some()
-        );
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(2), 10, 0, "z")
-            )
-            .is_none()
-        );
-        // Equal timestamp and counter: larger writer id wins.
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(2), 10, 1, "b")
-            )
-            .is_some()
-        );
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(2), 10, 1, "A")
-            )
-            .is_none()
-        );
-        // The same write again changes nothing.
-        assert!(
-            apply(
-                &m,
-                &mut clock,
-                Some(&first),
-                &write("f", json!(1), 10, 1, "a")
-            )
-            .is_none()
-        );
+        // (timestamp, counter, writer) against the stored (10, 1, "a").
+        let cases = [
+            (
+                9,
+                9,
+                "z",
+                false,
+                "an older timestamp loses whatever its counter",
+            ),
+            (
+                10,
+                2,
+                "a",
+                true,
+                "equal timestamps: the larger counter wins",
+            ),
+            (
+                10,
+                0,
+                "z",
+                false,
+                "equal timestamps: the smaller counter loses",
+            ),
+            (
+                10,
+                1,
+                "b",
+                true,
+                "equal counters: the larger writer id wins",
+            ),
+            (
+                10,
+                1,
+                "A",
+                false,
+                "equal counters: the smaller writer id loses",
+            ),
+            (10, 1, "a", false, "the same write again changes nothing"),
+            (11, 0, "0", true, "a newer timestamp wins"),
+        ];
+        for (ts, counter, writer, wins, why) in cases {
+            let w = write("f", json!(2), ts, counter, writer);
+            assert_eq!(
+                apply(&m, &mut clock, Some(&first), &w).is_some(),
+                wins,
+                "{why}"
+            );
+        }
     }
 
     #[test]
