@@ -22,6 +22,10 @@ use crate::room_key::{Namespace, RoomKey};
 
 const KIND: &str = "session";
 
+/// How often a session tries to enter a room that keeps stopping under it (idle shutdown racing
+/// the join) before it gives up.
+const JOIN_ATTEMPTS: u8 = 3;
+
 /// Close codes the hub uses beyond the standard ones.
 pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
@@ -252,7 +256,7 @@ impl<D: Dialect> Session<D> {
                         Ok(Ok(addr)) => {
                             // An earlier request of the same batch may have joined already.
                             if !act.rooms.contains_key(&room) {
-                                act.join(room.clone(), addr, ctx);
+                                act.join(room.clone(), addr, JOIN_ATTEMPTS, ctx);
                             }
                             act.request(room, body, tag, ctx);
                         }
@@ -297,9 +301,34 @@ impl<D: Dialect> Session<D> {
         }
     }
 
+    /// Finds a room's actor (starting it if needed) and enters it.
+    fn checkout_and_join(
+        &mut self,
+        key: RoomKey,
+        attempts: u8,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let checkout = self.hub.directory().send(Checkout { key: key.clone() });
+        ctx.wait(
+            checkout
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(addr)) => act.join(key, addr, attempts, ctx),
+                    _ => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
+                }),
+        );
+    }
+
     /// Enters a room. `wait` keeps the session's other input (and the requests it makes) behind
-    /// the join, so the room knows the session before it serves it.
-    fn join(&mut self, key: RoomKey, addr: Addr<Room>, ctx: &mut ws::WebsocketContext<Self>) {
+    /// the join, so the room knows the session before it serves it. A room that stopped for
+    /// idleness between checkout and join is started again (up to `attempts` times).
+    fn join(
+        &mut self,
+        key: RoomKey,
+        addr: Addr<Room>,
+        attempts: u8,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let streams = self.dialect.streams_for(&key);
         self.hub.metrics().queued("room");
         let join = addr.send(Join {
@@ -317,6 +346,10 @@ impl<D: Dialect> Session<D> {
                 };
                 let actions = act.dialect.on_joined(&env, &key, seq);
                 act.run(actions, ctx);
+            }
+            Err(_) if attempts > 1 => {
+                act.rooms.remove(&key);
+                act.checkout_and_join(key, attempts - 1, ctx);
             }
             Err(_) => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
         }));
@@ -388,15 +421,7 @@ impl<D: Dialect> Actor for Session<D> {
             Err(_) => act.close(ctx, close_code::INTERNAL, "Server error"),
         }));
         for key in self.dialect.initial_rooms() {
-            let checkout = self.hub.directory().send(Checkout { key: key.clone() });
-            ctx.wait(
-                checkout
-                    .into_actor(self)
-                    .map(move |res, act, ctx| match res {
-                        Ok(Ok(addr)) => act.join(key, addr, ctx),
-                        _ => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
-                    }),
-            );
+            self.checkout_and_join(key, JOIN_ATTEMPTS, ctx);
         }
         let settings = self.hub.session_settings();
         ctx.run_interval(settings.heartbeat_interval, move |act, ctx| {
@@ -504,6 +529,11 @@ impl<D: Dialect> Handler<RoomEvent> for Session<D> {
 
     fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
         self.hub.metrics().dequeued(KIND);
+        // The room dropped this session for falling behind: the events it holds have gaps.
+        if self.evicted.load(Ordering::Relaxed) {
+            self.close(ctx, close_code::SLOW_CONSUMER, "Slow consumer");
+            return;
+        }
         let env = Env {
             session: self.id,
             identity: &self.identity,
