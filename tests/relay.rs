@@ -343,3 +343,42 @@ async fn auth_is_checked_before_the_upgrade() {
     assert_eq!(writer.recv_json().await["type"], "ack");
     assert_eq!(reader.recv_json().await["type"], "update");
 }
+
+#[actix_rt::test]
+async fn an_expiring_token_closes_with_4009_unless_refreshed_in_band() {
+    use synchub::auth::{Claims, mint, unix_now};
+    let hub = TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = "relay-secret".into();
+        c.auth.leeway_s = 0;
+    });
+    let tok = |ttl: i64| {
+        let claims = Claims {
+            sub: Some("u".into()),
+            exp: unix_now() + ttl,
+            permissions: Some(synchub_actors::Permissions::admin()),
+            ..Claims::default()
+        };
+        mint("relay-secret", &claims).expect("mint")
+    };
+    let url = hub.ws_url(&format!("/relay?channel=exp&token={}", tok(1)));
+    let (mut lapsing, _) = connect(&url).await;
+    let (mut refreshed, _) = connect(&url).await;
+    refreshed
+        .send_json(&json!({"type": "auth", "token": "junk"}))
+        .await;
+    assert_eq!(refreshed.recv_json().await["code"], "FORBIDDEN");
+    refreshed
+        .send_json(&json!({"type": "auth", "token": tok(600)}))
+        .await;
+    let closed = lapsing.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (4009, "Token expired")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    refreshed
+        .send_json(&update(vec![ch("t", "1", "c", json!(1), 1, 1, "s")]))
+        .await;
+    assert_eq!(refreshed.recv_json().await["type"], "ack");
+}

@@ -43,6 +43,8 @@ async fn health_and_stats_report_the_node() {
     assert_eq!(s["rooms"]["active"], 1);
     assert_eq!(s["cluster"], Value::Null);
     assert_eq!(s["changes"]["pocket"], 2);
+    assert_eq!(s["frames"]["pocket"], json!({"in": 1, "out": 1}));
+    assert_eq!(s["frames"]["relay"], json!({"in": 0, "out": 0}));
     for kind in ["session", "room", "directory", "durability"] {
         let a = &s["actors"][kind];
         for field in ["count", "messages", "message_rate", "mailbox_backlog"] {

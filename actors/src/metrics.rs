@@ -110,6 +110,8 @@ impl Metrics {
         for ns in crate::room_key::Namespace::ALL {
             m.sessions.with_label_values(&[ns.as_str()]);
             m.changes.with_label_values(&[ns.as_str()]);
+            m.frames_in.with_label_values(&[ns.as_str()]);
+            m.frames_out.with_label_values(&[ns.as_str()]);
         }
         m
     }

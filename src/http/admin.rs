@@ -83,6 +83,17 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             (ns.as_str().to_owned(), Value::from(n))
         })
         .collect();
+    let frames: serde_json::Map<String, Value> = Namespace::ALL
+        .iter()
+        .map(|ns| {
+            let d = ns.as_str();
+            let counts = json!({
+                "in": m.frames_in.with_label_values(&[d]).get(),
+                "out": m.frames_out.with_label_values(&[d]).get(),
+            });
+            (d.to_owned(), counts)
+        })
+        .collect();
     HttpResponse::Ok().json(json!({
         "node_id": hub.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -100,6 +111,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         },
         "actors": actors,
         "changes": changes,
+        "frames": frames,
         "storage": {
             "durability": state.config.storage.durability,
             "healthy": hub.storage_healthy(),

@@ -14,6 +14,7 @@ use crate::session::{Action, Dialect, Env, Frame};
 pub enum Tag {
     Update,
     Pull,
+    Auth,
 }
 
 pub struct RelayDialect {
@@ -151,6 +152,14 @@ impl Dialect for RelayDialect {
                 };
                 vec![self.fetch(after)]
             }
+            // A fresh token, so the session outlives the one it connected with.
+            "auth" => match msg.get("token").and_then(Value::as_str) {
+                Some(token) => vec![Action::Authenticate {
+                    token: token.to_owned(),
+                    tag: Tag::Auth,
+                }],
+                None => self.error("INVALID_MESSAGE", "'token' must be a string"),
+            },
             "" => self.error("INVALID_MESSAGE", "'type' must be a string"),
             other => self.error("UNKNOWN_MESSAGE", format!("Unknown message type: {other}")),
         }
@@ -208,7 +217,16 @@ impl Dialect for RelayDialect {
         vec![self.update(changes, version)]
     }
 
-    fn on_authenticated(&mut self, _: &Env, _: Tag, _: Result<(), AuthError>) -> Vec<Action<Tag>> {
-        Vec::new()
+    /// Success is silent (the protocol has no message for it); failure keeps the old token.
+    fn on_authenticated(
+        &mut self,
+        _: &Env,
+        _: Tag,
+        result: Result<(), AuthError>,
+    ) -> Vec<Action<Tag>> {
+        match result {
+            Ok(()) => Vec::new(),
+            Err(_) => self.error("FORBIDDEN", "Authentication failed"),
+        }
     }
 }
