@@ -22,6 +22,9 @@ async fn health_and_stats_report_the_node() {
     assert!(h["node_id"].is_string());
     assert!(h["version"].is_string());
     assert!(h["timestamp"].is_string());
+    assert!(h["uptime"].is_number());
+    assert_eq!(h["connections"]["totalConnections"], 0);
+    assert_eq!(h["documents"]["totalDocuments"], 0);
 
     let mut ws = Ws::connect(&hub.ws_url("/sync?room=s1")).await;
     assert_eq!(
@@ -41,6 +44,7 @@ async fn health_and_stats_report_the_node() {
         json!({"total": 1, "pocket": 1, "synckit": 0, "relay": 0})
     );
     assert_eq!(s["rooms"]["active"], 1);
+    assert_eq!(s["rooms"]["by_namespace"]["pocket"], 1);
     assert_eq!(s["cluster"], Value::Null);
     assert_eq!(s["changes"]["pocket"], 2);
     assert_eq!(s["frames"]["pocket"], json!({"in": 1, "out": 1}));

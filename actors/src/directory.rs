@@ -74,8 +74,12 @@ pub struct CloseAll {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Census {
     pub rooms_active: usize,
+    /// Running rooms by namespace.
+    pub rooms: HashMap<&'static str, usize>,
     pub sessions_total: usize,
     pub sessions: HashMap<&'static str, usize>,
+    /// Distinct authenticated users with a session.
+    pub users: usize,
 }
 
 #[derive(Message)]
@@ -290,10 +294,22 @@ impl Handler<GetCensus> for Directory {
         for entry in self.sessions.values() {
             *sessions.entry(entry.namespace.as_str()).or_default() += 1;
         }
+        let mut rooms: HashMap<&'static str, usize> =
+            Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
+        for key in self
+            .rooms
+            .iter()
+            .filter(|(_, a)| a.connected())
+            .map(|(k, _)| k)
+        {
+            *rooms.entry(key.namespace.as_str()).or_default() += 1;
+        }
         MessageResult(Census {
-            rooms_active: self.rooms.values().filter(|a| a.connected()).count(),
+            rooms_active: rooms.values().sum(),
+            rooms,
             sessions_total: self.sessions.len(),
             sessions,
+            users: self.per_user.len(),
         })
     }
 }

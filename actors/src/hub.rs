@@ -69,7 +69,8 @@ struct Inner {
     started: Instant,
     storage_healthy: Arc<AtomicBool>,
     next_session: AtomicU64,
-    arbiters: Vec<Arbiter>,
+    /// The room threads; taken and joined at shutdown.
+    arbiters: std::sync::Mutex<Vec<Arbiter>>,
 }
 
 /// A cheap handle to the running hub.
@@ -126,6 +127,7 @@ impl Hub {
             n => n,
         };
         let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        let handles = arbiters.iter().map(|a| a.handle()).collect();
         let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
         models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
         models.insert(
@@ -136,7 +138,7 @@ impl Hub {
         );
         models.insert(Namespace::Relay, Arc::new(RelayModel));
         let directory = Directory::new(DirectoryParts {
-            arbiters: arbiters.iter().map(|a| a.handle()).collect(),
+            arbiters: handles,
             store: store.clone(),
             models,
             durability: (!settings.relaxed).then(|| durability.clone()),
@@ -160,7 +162,7 @@ impl Hub {
                 started: Instant::now(),
                 storage_healthy,
                 next_session: AtomicU64::new(1),
-                arbiters,
+                arbiters: std::sync::Mutex::new(arbiters),
             }),
         })
     }
@@ -261,8 +263,20 @@ impl Hub {
             Ok(Err(e)) => log::error!("final flush failed: {e}"),
             Err(e) => log::error!("final flush not run: {e}"),
         }
-        for arbiter in &self.inner.arbiters {
+        let arbiters = std::mem::take(
+            &mut *self
+                .inner
+                .arbiters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        // Wait for the room threads: they hold storage handles, and the data directory stays
+        // locked until the last one is gone.
+        for arbiter in arbiters {
             arbiter.stop();
+            if arbiter.join().is_err() {
+                log::error!("a room thread panicked");
+            }
         }
     }
 }

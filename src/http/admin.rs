@@ -26,6 +26,11 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
         "cluster": Value::Null,
         "connections": {
             "totalConnections": census.as_ref().map_or(0, |c| c.sessions_total),
+            "totalUsers": census.as_ref().map_or(0, |c| c.users),
+            "totalClients": census.as_ref().map_or(0, |c| c.sessions_total),
+        },
+        "documents": {
+            "totalDocuments": census.as_ref().and_then(|c| c.rooms.get("synckit").copied()).unwrap_or(0),
         },
     });
     if storage_ok {
@@ -106,6 +111,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         },
         "rooms": {
             "active": census.rooms_active,
+            "by_namespace": census.rooms,
             "started_total": m.rooms_started.get(),
             "stopped_total": m.rooms_stopped.get(),
         },
