@@ -361,7 +361,7 @@ async fn an_expiring_token_closes_with_4009_unless_refreshed_in_band() {
         };
         mint("relay-secret", &claims).expect("mint")
     };
-    let url = hub.ws_url(&format!("/relay?channel=exp&token={}", tok(1)));
+    let url = hub.ws_url(&format!("/relay?channel=exp&token={}", tok(2)));
     let (mut lapsing, _) = connect(&url).await;
     let (mut refreshed, _) = connect(&url).await;
     refreshed

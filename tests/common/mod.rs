@@ -178,6 +178,28 @@ impl Ws {
         }
     }
 
+    /// The next message, or how the server closed the socket; `None` if nothing came in time.
+    pub async fn next_or_close(&mut self, wait: Duration) -> Option<Result<String, Closed>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?;
+            match next {
+                Some(Ok(Message::Text(t))) => return Some(Ok(t.to_string())),
+                Some(Ok(Message::Close(c))) => {
+                    return Some(Err(Closed {
+                        code: c.as_ref().map_or(1005, |f| u16::from(f.code)),
+                        reason: c.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    }));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("socket error: {e}"),
+                None => panic!("socket ended"),
+            }
+        }
+    }
+
     pub async fn recv_json(&mut self) -> Value {
         let text = self.recv_text().await;
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
