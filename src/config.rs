@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use synchub_actors::HubSettings;
 use synchub_actors::directory::ConnectionLimits;
-use synchub_actors::pocket::{PocketLimits, PocketModel, Strategy};
+use synchub_actors::pocket::{PocketModel, Strategy};
 use synchub_actors::session::SessionSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -425,15 +425,10 @@ impl Config {
                     .then(|| (retention as i64).saturating_mul(1000)),
             },
             synckit_batch: Duration::from_millis(self.synckit.batch_ms),
-            auth_required: self.auth.required,
             relay_max_changes_per_message: self.relay.max_changes_per_message,
             max_json_depth: self.limits.max_json_depth,
             max_document_bytes: self.limits.max_document_bytes,
-            pocket_limits: PocketLimits {
-                max_pull_limit: self.pocket.max_pull_limit,
-                max_document_bytes: self.limits.max_document_bytes,
-                max_json_depth: self.limits.max_json_depth,
-            },
+            pocket_max_pull_limit: self.pocket.max_pull_limit,
             session: SessionSettings {
                 heartbeat_interval: Duration::from_secs(self.server.heartbeat_interval_s),
                 client_timeout: Duration::from_secs(self.server.client_timeout_s),

@@ -31,12 +31,12 @@ pub struct HubSettings {
     /// A fixed node id; empty: generated once and kept in the data directory.
     pub node_id: String,
     pub pocket: PocketModel,
-    pub pocket_limits: PocketLimits,
+    /// A Pocket pull's `limit` is clamped to this.
+    pub pocket_max_pull_limit: usize,
     /// SyncKit's broadcast coalescing window (`synckit.batch_ms`).
     pub synckit_batch: Duration,
-    /// Whether SyncKit sessions must authenticate (`auth.required`).
-    pub auth_required: bool,
     pub relay_max_changes_per_message: usize,
+    /// Message limits every dialect enforces.
     pub max_json_depth: usize,
     pub max_document_bytes: usize,
     pub session: SessionSettings,
@@ -89,6 +89,17 @@ fn generated_node_id() -> String {
     h.update(&std::process::id().to_le_bytes());
     h.update(&(&h as *const _ as usize).to_le_bytes());
     h.finalize().to_hex()[..16].to_owned()
+}
+
+impl HubSettings {
+    /// The limits the Pocket codec enforces.
+    pub fn pocket_limits(&self) -> PocketLimits {
+        PocketLimits {
+            max_pull_limit: self.pocket_max_pull_limit,
+            max_document_bytes: self.max_document_bytes,
+            max_json_depth: self.max_json_depth,
+        }
+    }
 }
 
 impl Hub {

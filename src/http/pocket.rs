@@ -46,7 +46,7 @@ pub(super) async fn websocket(
             start_ws(refused, &req, stream, &state)
         }
         Ok(identity) => {
-            let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits);
+            let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
             start_ws(
                 Session::new(state.hub.clone(), dialect, identity),
                 &req,
@@ -109,7 +109,7 @@ pub(super) async fn http(
             ));
         }
     };
-    let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits);
+    let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
     let env = Env {
         session: SessionId(0),
         identity: &identity,
