@@ -97,6 +97,13 @@ pub async fn run(
         Ok(result) => result?,
         Err(e) => log::warn!("server task ended abnormally: {e}"),
     }
+    // The HTTP workers drop their copies of the hub (and so their storage handles) on their own
+    // threads, a moment after the server reports them stopped; wait for that, so the caller can
+    // reopen the data directory as soon as this returns.
+    let deadline = std::time::Instant::now() + CLOSE_GRACE;
+    while !hub.is_last_handle() && std::time::Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
     log::info!("stopped");
     Ok(())
 }

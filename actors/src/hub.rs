@@ -178,6 +178,12 @@ impl Hub {
         })
     }
 
+    /// Whether this is the last handle to the hub: every session and HTTP worker that shared it
+    /// has let go (and with it, of the storage they reached through it).
+    pub fn is_last_handle(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.node_id
     }
