@@ -441,11 +441,20 @@ impl Room {
         if self.pending.is_empty() {
             return Box::pin(async move { Ok(reply) });
         }
+        self.hold(self.last_token, Outcome::Ready(reply))
+    }
+
+    /// Holds an answer until the flush covering `token` completes.
+    fn hold(
+        &mut self,
+        token: u64,
+        outcome: Outcome,
+    ) -> ResponseFuture<Result<RoomReply, RoomError>> {
         let (tx, rx) = oneshot::channel();
         self.pending.push_back(Pending {
-            token: self.last_token,
+            token,
             reply: tx,
-            outcome: Outcome::Ready(reply),
+            outcome,
         });
         Box::pin(async move { rx.await.unwrap_or(Err(RoomError::Gone)) })
     }
@@ -501,37 +510,22 @@ impl Room {
             Ok(s) => s,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let wrote = !submitted.accepted.is_empty();
-        let token = match (&self.cx.durability, wrote) {
-            (Some(durability), true) => {
-                self.last_token += 1;
-                self.cx.metrics.queued("durability");
-                durability.do_send(Dirty {
-                    room: ctx.address().recipient(),
-                    token: self.last_token,
-                });
-                Some(self.last_token)
-            }
-            // Nothing new to flush, but an earlier write it may depend on (a resend of a
-            // change whose first copy is still in flight) must be durable before the answer.
-            (Some(_), false) if !self.pending.is_empty() => Some(self.last_token),
-            _ => None,
-        };
-        match token {
-            None => {
-                let reply = self.release(submitted, origin, ctx);
-                Box::pin(async move { Ok(reply) })
-            }
-            Some(token) => {
-                let (tx, rx) = oneshot::channel();
-                self.pending.push_back(Pending {
-                    token,
-                    reply: tx,
-                    outcome: Outcome::Submitted { submitted, origin },
-                });
-                Box::pin(async move { rx.await.unwrap_or(Err(RoomError::Gone)) })
-            }
+        if submitted.accepted.is_empty() {
+            // Nothing new to flush, but an earlier write it may depend on (a resend of a change
+            // whose first copy is still in flight) must be durable before the answer.
+            return self.answer_after_writes(RoomReply::Submitted(submitted));
         }
+        let Some(durability) = &self.cx.durability else {
+            let reply = self.release(submitted, origin, ctx);
+            return Box::pin(async move { Ok(reply) });
+        };
+        self.last_token += 1;
+        self.cx.metrics.queued("durability");
+        durability.do_send(Dirty {
+            room: ctx.address().recipient(),
+            token: self.last_token,
+        });
+        self.hold(self.last_token, Outcome::Submitted { submitted, origin })
     }
 
     fn fetch(
@@ -774,6 +768,18 @@ mod tests {
         (directory, metrics)
     }
 
+    /// A real room `pocket/r`, started through the directory.
+    async fn start_room(dir: &std::path::Path, relaxed: bool) -> (Addr<Room>, Arc<Metrics>) {
+        let (directory, metrics) = start(dir, relaxed);
+        let key = RoomKey::new(Namespace::Pocket, "r").expect("key");
+        let room = directory
+            .send(Checkout { key })
+            .await
+            .expect("mailbox")
+            .expect("room");
+        (room, metrics)
+    }
+
     fn insert(id: &str, v: i64) -> IncomingChange {
         IncomingChange {
             stream: "todos".into(),
@@ -794,13 +800,7 @@ mod tests {
     async fn concurrent_submits_are_numbered_acked_and_broadcast_in_order() {
         for relaxed in [false, true] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (directory, metrics) = start(dir.path(), relaxed);
-            let key = RoomKey::new(Namespace::Pocket, "r").expect("key");
-            let room = directory
-                .send(Checkout { key })
-                .await
-                .expect("mailbox")
-                .expect("room");
+            let (room, metrics) = start_room(dir.path(), relaxed).await;
             let seen = Arc::new(Mutex::new(Vec::new()));
             let member = Collector(seen.clone()).start();
             room.send(Join {
@@ -856,13 +856,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_resend_gets_no_number_and_a_batch_sees_its_own_changes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (directory, _) = start(dir.path(), false);
-        let key = RoomKey::new(Namespace::Pocket, "r").expect("key");
-        let room = directory
-            .send(Checkout { key })
-            .await
-            .expect("mailbox")
-            .expect("room");
+        let (room, _) = start_room(dir.path(), false).await;
         // The second change of one batch merges against the first.
         let Ok(Ok(RoomReply::Submitted(s))) = room
             .send(submit(vec![insert("a", 1), insert("a", 1), insert("a", 2)]))
