@@ -11,16 +11,14 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::durability::Durability;
-use crate::metrics::Metrics;
+use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::room::{
-    Request, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped,
-    SessionId,
+    Numbering, Reply, Request, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus,
+    RoomStopped, SessionId,
 };
 use crate::room_key::{Namespace, RoomKey};
-use crate::store::Store;
-
-const KIND: &str = "directory";
+use crate::store::{RoomLayout, Store};
 
 /// Asks a session to close with a WebSocket close code.
 #[derive(Message, Debug, Clone)]
@@ -110,8 +108,10 @@ pub struct Directory {
     arbiters: Vec<ArbiterHandle>,
     store: Store,
     models: HashMap<Namespace, Arc<dyn Model>>,
-    durability: Option<Addr<Durability>>,
+    numbering: Arc<dyn Numbering>,
+    durability: Addr<Durability>,
     metrics: Arc<Metrics>,
+    actor: ActorMetrics,
     idle_timeout: Duration,
     limits: ConnectionLimits,
     sessions: HashMap<SessionId, SessionEntry>,
@@ -122,7 +122,8 @@ pub struct DirectoryParts {
     pub arbiters: Vec<ArbiterHandle>,
     pub store: Store,
     pub models: HashMap<Namespace, Arc<dyn Model>>,
-    pub durability: Option<Addr<Durability>>,
+    pub numbering: Arc<dyn Numbering>,
+    pub durability: Addr<Durability>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub limits: ConnectionLimits,
@@ -135,7 +136,9 @@ impl Directory {
             arbiters: parts.arbiters,
             store: parts.store,
             models: parts.models,
+            numbering: parts.numbering,
             durability: parts.durability,
+            actor: parts.metrics.directory.clone(),
             metrics: parts.metrics,
             idle_timeout: parts.idle_timeout,
             limits: parts.limits,
@@ -149,11 +152,6 @@ impl Directory {
     }
 
     fn start_room(&mut self, key: RoomKey, ctx: &Context<Self>) -> Result<Addr<Room>, RoomError> {
-        let meta = self
-            .store
-            .room_meta(&key)
-            .map_err(|e| RoomError::Storage(e.to_string()))?
-            .unwrap_or_default();
         let model = self
             .models
             .get(&key.namespace)
@@ -162,6 +160,7 @@ impl Directory {
         let cx = RoomContext {
             store: self.store.clone(),
             model,
+            numbering: self.numbering.clone(),
             durability: self.durability.clone(),
             metrics: self.metrics.clone(),
             idle_timeout: self.idle_timeout,
@@ -172,7 +171,7 @@ impl Directory {
         key.hash(&mut h);
         let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
         let room_key = key.clone();
-        let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(room_key, meta, cx));
+        let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(room_key, cx));
         self.rooms.insert(key, addr.clone());
         Ok(addr)
     }
@@ -183,11 +182,11 @@ impl Actor for Directory {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1 << 14);
-        self.metrics.actors.with_label_values(&[KIND]).inc();
+        self.actor.count.inc();
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.metrics.actors.with_label_values(&[KIND]).dec();
+        self.actor.count.dec();
     }
 }
 
@@ -195,7 +194,7 @@ impl Handler<Checkout> for Directory {
     type Result = Result<Addr<Room>, RoomError>;
 
     fn handle(&mut self, msg: Checkout, ctx: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         match self.live_room(&msg.key) {
             Some(addr) => Ok(addr),
             None => self.start_room(msg.key, ctx),
@@ -207,7 +206,7 @@ impl Handler<RoomStopped> for Directory {
     type Result = ();
 
     fn handle(&mut self, msg: RoomStopped, _: &mut Context<Self>) {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         // A replacement may already be running under the same key; keep that one.
         if self.rooms.get(&msg.key).is_some_and(|a| !a.connected()) {
             self.rooms.remove(&msg.key);
@@ -219,7 +218,7 @@ impl Handler<Register> for Directory {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         if self.sessions.len() >= self.limits.max_connections {
             return Err(Refusal::TooMany);
         }
@@ -250,7 +249,7 @@ impl Handler<Unregister> for Directory {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         let Some(entry) = self.sessions.remove(&msg.id) else {
             return;
         };
@@ -273,7 +272,7 @@ impl Handler<CloseAll> for Directory {
     type Result = usize;
 
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         for entry in self.sessions.values() {
             entry.closer.do_send(CloseSession {
                 code: msg.code,
@@ -288,7 +287,7 @@ impl Handler<GetCensus> for Directory {
     type Result = MessageResult<GetCensus>;
 
     fn handle(&mut self, _: GetCensus, _: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         let mut sessions: HashMap<&'static str, usize> =
             Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
         for entry in self.sessions.values() {
@@ -318,15 +317,17 @@ impl Handler<GetRoomStatus> for Directory {
     type Result = ResponseFuture<Result<Option<RoomStatus>, RoomError>>;
 
     fn handle(&mut self, msg: GetRoomStatus, _: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(KIND);
+        self.actor.handled();
         if let Some(addr) = self.live_room(&msg.key) {
-            self.metrics.queued("room");
-            let ask = addr.send(Request {
-                session: None,
+            self.metrics.room.queued();
+            let (reply, answer) = Reply::channel();
+            addr.do_send(Request {
+                origin: None,
                 body: RoomRequest::Status,
+                reply,
             });
             return Box::pin(async move {
-                match ask.await {
+                match answer.await {
                     Ok(Ok(RoomReply::Status(s))) => Ok(Some(s)),
                     Ok(Err(e)) => Err(e),
                     _ => Err(RoomError::Gone),
@@ -335,7 +336,7 @@ impl Handler<GetRoomStatus> for Directory {
         }
         let at_rest = self
             .store
-            .room_meta(&msg.key)
+            .room_meta(&RoomLayout::new(&msg.key))
             .map(|m| m.map(|meta| RoomStatus::at_rest(&msg.key, &meta)))
             .map_err(|e| RoomError::Storage(e.to_string()));
         Box::pin(async move { at_rest })

@@ -1,10 +1,13 @@
-//! Group commit: one flush in flight per database, shared by every change written before it.
+//! Group commit, on a thread of its own.
 //!
-//! A room writes a change to sled (visible, not yet durable), then registers with [`Dirty`].
-//! The durability actor starts a flush at once if none is running; registrations that arrive
-//! while one runs wait for the next, which starts as soon as the current one ends. A flush makes
-//! every earlier write of the database durable, so when it completes each registered room gets
-//! [`Flushed`] and releases the acks and broadcasts of the changes it covers.
+//! Rooms merge in memory and hand each commit's writes to this actor ([`Commit`]); nothing on a
+//! room's thread waits for the disk. The actor gathers every commit that reached it, applies them
+//! as one storage batch, flushes once, and tells each room its commit is durable
+//! ([`Committed`]). While it flushes, new commits queue in its mailbox and make up the next
+//! group, so the group grows with the load.
+//!
+//! With `relaxed` durability the flush is left to sled's background flusher: rooms are told as
+//! soon as their writes are applied (readers see them), before they are on disk.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,86 +15,108 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::metrics::{ActorMetrics, Metrics};
+use crate::store::{KvBatch, Store};
 
-const KIND: &str = "durability";
-
-/// A room has written changes up to its commit `token` and waits for them to be durable.
+/// A room's writes of one commit; `token` numbers the room's commits in order.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Dirty {
-    pub room: Recipient<Flushed>,
+pub struct Commit {
+    pub room: Recipient<Committed>,
     pub token: u64,
+    pub writes: KvBatch,
+    /// How many changes the writes carry (for the group-commit figures).
+    pub changes: usize,
 }
 
-/// Every write a room made up to `token` is durable (`ok`), or the flush covering it failed.
+/// Every commit a room made up to `token` is durable (`ok`), or the group covering it failed.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct Flushed {
+pub struct Committed {
     pub token: u64,
     pub ok: bool,
 }
 
-/// Flushes everything written so far and answers when it is durable; used at shutdown.
+/// Writes and flushes everything received so far; used at shutdown.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct FlushAll;
 
+/// Runs the group gathered so far; sent to itself once the mailbox is drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct WriteGroup;
+
 pub struct Durability {
     store: Store,
     metrics: Arc<Metrics>,
-    /// False once a flush failed, until one succeeds again; read by the health endpoint.
+    actor: ActorMetrics,
+    /// False once a write or flush failed, until one succeeds again; read by the health endpoint.
     healthy: Arc<AtomicBool>,
-    waiting: Vec<(Recipient<Flushed>, u64)>,
-    in_flight: bool,
+    relaxed: bool,
+    group: KvBatch,
+    waiting: Vec<(Recipient<Committed>, u64)>,
+    changes: usize,
+    scheduled: bool,
 }
 
 impl Durability {
-    pub fn new(store: Store, metrics: Arc<Metrics>, healthy: Arc<AtomicBool>) -> Durability {
+    pub fn new(
+        store: Store,
+        metrics: Arc<Metrics>,
+        healthy: Arc<AtomicBool>,
+        relaxed: bool,
+    ) -> Durability {
         Durability {
             store,
+            actor: metrics.durability.clone(),
             metrics,
             healthy,
+            relaxed,
+            group: KvBatch::default(),
             waiting: Vec::new(),
-            in_flight: false,
+            changes: 0,
+            scheduled: false,
         }
     }
 
-    fn start_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight || self.waiting.is_empty() {
-            return;
+    /// Applies the gathered group as one batch, flushes it (unless relaxed) and tells the rooms.
+    /// Blocks this actor's thread, which has nothing else to do meanwhile.
+    fn write_group(&mut self) -> Result<(), String> {
+        if self.waiting.is_empty() {
+            return Ok(());
         }
-        self.in_flight = true;
-        let batch = std::mem::take(&mut self.waiting);
-        let store = self.store.clone();
+        let group = std::mem::take(&mut self.group);
+        let waiting = std::mem::take(&mut self.waiting);
+        let changes = std::mem::replace(&mut self.changes, 0);
         let started = Instant::now();
-        let flush = async move { store.flush().await };
-        ctx.spawn(flush.into_actor(self).map(move |result, act, ctx| {
-            act.in_flight = false;
-            act.metrics
+        let mut result = self.store.apply(group);
+        if result.is_ok() && !self.relaxed {
+            result = self.store.flush();
+            self.metrics
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
-            act.metrics.flush_batch.observe(batch.len() as f64);
-            let ok = match result {
-                Ok(_) => {
-                    act.metrics.flushes.inc();
-                    act.healthy.store(true, Ordering::Relaxed);
-                    true
-                }
-                Err(e) => {
-                    log::error!("storage flush failed: {e}");
-                    act.metrics.flush_errors.inc();
-                    act.healthy.store(false, Ordering::Relaxed);
-                    false
-                }
-            };
-            for (room, token) in batch {
-                // A room that stopped meanwhile has nothing left to release.
-                let _ = room.try_send(Flushed { token, ok });
+        }
+        self.metrics.flush_batch.observe(waiting.len() as f64);
+        self.metrics.flush_changes.observe(changes as f64);
+        let ok = match &result {
+            Ok(()) => {
+                self.metrics.flushes.inc();
+                self.healthy.store(true, Ordering::Relaxed);
+                true
             }
-            act.start_flush(ctx);
-        }));
+            Err(e) => {
+                log::error!("storage write failed: {e}");
+                self.metrics.flush_errors.inc();
+                self.healthy.store(false, Ordering::Relaxed);
+                false
+            }
+        };
+        for (room, token) in waiting {
+            // A room that stopped meanwhile has nothing left to release.
+            let _ = room.try_send(Committed { token, ok });
+        }
+        result.map_err(|e| e.to_string())
     }
 }
 
@@ -99,32 +124,51 @@ impl Actor for Durability {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Rooms register once per commit; a small mailbox would make them block on it.
+        // Rooms hand over one commit per group at most; never make them wait on this mailbox.
         ctx.set_mailbox_capacity(1 << 16);
-        self.metrics.actors.with_label_values(&[KIND]).inc();
+        self.actor.count.inc();
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.metrics.actors.with_label_values(&[KIND]).dec();
+        if let Err(e) = self.write_group() {
+            log::error!("final group not written: {e}");
+        }
+        self.actor.count.dec();
     }
 }
 
-impl Handler<Dirty> for Durability {
+impl Handler<Commit> for Durability {
     type Result = ();
 
-    fn handle(&mut self, msg: Dirty, ctx: &mut Context<Self>) {
-        self.metrics.dequeued(KIND);
+    fn handle(&mut self, msg: Commit, ctx: &mut Context<Self>) {
+        self.actor.dequeued();
+        self.group.append(msg.writes);
         self.waiting.push((msg.room, msg.token));
-        self.start_flush(ctx);
+        self.changes += msg.changes;
+        // Runs after every commit already in the mailbox has joined the group.
+        if !self.scheduled {
+            self.scheduled = true;
+            ctx.notify(WriteGroup);
+        }
+    }
+}
+
+impl Handler<WriteGroup> for Durability {
+    type Result = ();
+
+    fn handle(&mut self, _: WriteGroup, _: &mut Context<Self>) {
+        self.scheduled = false;
+        // Failures are reported to the rooms and the health flag.
+        let _ = self.write_group();
     }
 }
 
 impl Handler<FlushAll> for Durability {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = Result<(), String>;
 
     fn handle(&mut self, _: FlushAll, _: &mut Context<Self>) -> Self::Result {
-        self.metrics.handled(KIND);
-        let store = self.store.clone();
-        Box::pin(async move { store.flush().await.map(|_| ()).map_err(|e| e.to_string()) })
+        self.actor.handled();
+        self.write_group()?;
+        self.store.flush().map_err(|e| e.to_string())
     }
 }

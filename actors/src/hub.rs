@@ -14,9 +14,10 @@ use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
 use crate::model::Model;
+use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
 use crate::relay::RelayModel;
-use crate::room::{Request, RoomError, RoomReply, RoomRequest, SessionId};
+use crate::room::{LocalCounter, Reply, Request, RoomError, RoomReply, RoomRequest, SessionId};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
 use crate::store::{StorageError, Store};
@@ -64,12 +65,12 @@ struct Inner {
     durability: Addr<Durability>,
     metrics: Arc<Metrics>,
     verifier: Option<Arc<dyn TokenVerifier>>,
-    node_id: String,
+    node: NodeId,
     site_id: String,
     started: Instant,
     storage_healthy: Arc<AtomicBool>,
     next_session: AtomicU64,
-    /// The room threads; taken and joined at shutdown.
+    /// The room threads and the durability thread; taken and joined at shutdown.
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
 }
 
@@ -131,14 +132,24 @@ impl Hub {
         };
         let metrics = Arc::new(Metrics::new());
         let storage_healthy = Arc::new(AtomicBool::new(true));
-        let durability =
-            Durability::new(store.clone(), metrics.clone(), storage_healthy.clone()).start();
+        // Group commit blocks on the disk: it gets a thread of its own.
+        let durability_thread = Arbiter::new();
+        let durability = {
+            let (store, metrics, healthy) =
+                (store.clone(), metrics.clone(), storage_healthy.clone());
+            let relaxed = settings.relaxed;
+            Durability::start_in_arbiter(&durability_thread.handle(), move |_| {
+                Durability::new(store, metrics, healthy, relaxed)
+            })
+        };
         let threads = match settings.room_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
+        let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let handles = arbiters.iter().map(|a| a.handle()).collect();
+        // Stopped last, after the room threads have handed over their final commits.
+        arbiters.push(durability_thread);
         let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
         models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
         models.insert(
@@ -152,7 +163,8 @@ impl Hub {
             arbiters: handles,
             store: store.clone(),
             models,
-            durability: (!settings.relaxed).then(|| durability.clone()),
+            numbering: Arc::new(LocalCounter),
+            durability: durability.clone(),
             metrics: metrics.clone(),
             idle_timeout: settings.room_idle_timeout,
             limits: settings.connections,
@@ -169,7 +181,7 @@ impl Hub {
                 durability,
                 metrics,
                 verifier,
-                node_id,
+                node: NodeId::new(&node_id),
                 started: Instant::now(),
                 storage_healthy,
                 next_session: AtomicU64::new(1),
@@ -185,7 +197,11 @@ impl Hub {
     }
 
     pub fn node_id(&self) -> &str {
-        &self.inner.node_id
+        self.inner.node.as_str()
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
     }
 
     /// The relay dialect's site id of this node: stable across restarts.
@@ -240,23 +256,17 @@ impl Hub {
                 .send(Checkout { key: key.clone() })
                 .await
                 .map_err(|_| RoomError::Gone)??;
-            self.inner.metrics.queued("room");
-            match addr
-                .send(Request {
-                    session: None,
-                    body: body.clone(),
-                })
-                .await
-            {
-                Ok(reply) => return reply,
-                Err(_) => {
-                    self.inner
-                        .metrics
-                        .backlog
-                        .with_label_values(&["room"])
-                        .dec();
-                    continue;
-                }
+            let (reply, answer) = Reply::channel();
+            self.inner.metrics.room.queued();
+            // A room that stopped meanwhile drops the request, and with it the reply: `Gone`.
+            addr.do_send(Request {
+                origin: None,
+                body: body.clone(),
+                reply,
+            });
+            match answer.await {
+                Ok(Err(RoomError::Gone)) | Err(_) => continue,
+                Ok(result) => return result,
             }
         }
         Err(RoomError::Gone)

@@ -4,7 +4,7 @@
 //! - [`room`]: one actor per `(namespace, room)`, ordering, storing and relaying its changes;
 //! - [`directory`]: starts rooms on demand and keeps the census of sessions;
 //! - [`durability`]: group commit, one flush shared by every change written before it;
-//! - [`store`]: the change logs and materialised state in sled;
+//! - [`store`]: the change logs and materialised state, over sled or memory;
 //! - [`model`]: the seam where a dialect's merge rules meet the room engine;
 //! - [`pocket`], [`synckit`], [`relay`]: the three wire dialects (codec and model each).
 
@@ -16,7 +16,10 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod origin;
+pub mod out_frame;
 pub mod pocket;
+pub mod raw_json;
 pub mod relay;
 pub mod room;
 pub mod room_key;

@@ -2,14 +2,78 @@
 //! `/stats` reads the same values back, so the two never disagree.
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// The actor kinds whose counts and traffic are tracked.
-pub const ACTOR_KINDS: [&str; 4] = ["session", "room", "directory", "durability"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorKind {
+    Session,
+    Room,
+    Directory,
+    Durability,
+}
+
+impl ActorKind {
+    pub const ALL: [ActorKind; 4] = [
+        ActorKind::Session,
+        ActorKind::Room,
+        ActorKind::Directory,
+        ActorKind::Durability,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Session => "session",
+            ActorKind::Room => "room",
+            ActorKind::Directory => "directory",
+            ActorKind::Durability => "durability",
+        }
+    }
+}
+
+/// The series of one actor kind, resolved once: a label lookup per message would cost more
+/// than the counting.
+#[derive(Clone)]
+pub struct ActorMetrics {
+    /// Live actors.
+    pub count: IntGauge,
+    /// Messages handled.
+    pub messages: IntCounter,
+    /// Messages sent and not yet handled.
+    pub backlog: IntGauge,
+}
+
+impl ActorMetrics {
+    pub fn handled(&self) {
+        self.messages.inc();
+    }
+
+    /// Counts a message that was counted by [`ActorMetrics::queued`] and is now being handled.
+    pub fn dequeued(&self) {
+        self.backlog.dec();
+        self.messages.inc();
+    }
+
+    pub fn queued(&self) {
+        self.backlog.inc();
+    }
+}
+
+/// The series of one dialect namespace, resolved once.
+#[derive(Clone)]
+pub struct DialectMetrics {
+    pub changes: IntCounter,
+    pub frames_in: IntCounter,
+    pub frames_out: IntCounter,
+}
 
 pub struct Metrics {
     pub registry: Registry,
+    pub session: ActorMetrics,
+    pub room: ActorMetrics,
+    pub directory: ActorMetrics,
+    pub durability: ActorMetrics,
     /// Open sessions by dialect.
     pub sessions: IntGaugeVec,
     /// Live actors by kind.
@@ -27,6 +91,8 @@ pub struct Metrics {
     pub flush_errors: IntCounter,
     /// Commit requests covered by one flush.
     pub flush_batch: Histogram,
+    /// Changes covered by one flush.
+    pub flush_changes: Histogram,
     pub flush_seconds: Histogram,
     pub rooms_started: IntCounter,
     pub rooms_stopped: IntCounter,
@@ -69,11 +135,26 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new_custom(Some("synchub".into()), None).expect("static prefix");
+        let actors = gauge_vec(&r, "actors", "Live actors by kind", "kind");
+        let messages = counter_vec(&r, "actor_messages_total", "Messages handled", "kind");
+        let backlog = gauge_vec(&r, "actor_backlog", "Messages queued, not handled", "kind");
+        let kind = |k: ActorKind| {
+            let label = [k.as_str()];
+            ActorMetrics {
+                count: actors.with_label_values(&label),
+                messages: messages.with_label_values(&label),
+                backlog: backlog.with_label_values(&label),
+            }
+        };
         let m = Metrics {
+            session: kind(ActorKind::Session),
+            room: kind(ActorKind::Room),
+            directory: kind(ActorKind::Directory),
+            durability: kind(ActorKind::Durability),
             sessions: gauge_vec(&r, "sessions", "Open sessions by dialect", "dialect"),
-            actors: gauge_vec(&r, "actors", "Live actors by kind", "kind"),
-            messages: counter_vec(&r, "actor_messages_total", "Messages handled", "kind"),
-            backlog: gauge_vec(&r, "actor_backlog", "Messages queued, not handled", "kind"),
+            actors,
+            messages,
+            backlog,
             changes: counter_vec(&r, "changes_total", "Changes accepted", "namespace"),
             frames_in: counter_vec(&r, "frames_in_total", "Frames received", "dialect"),
             frames_out: counter_vec(&r, "frames_out_total", "Frames sent", "dialect"),
@@ -84,6 +165,12 @@ impl Metrics {
                 "flush_batch_size",
                 "Commits covered by one flush",
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+            ),
+            flush_changes: histogram(
+                &r,
+                "flush_changes",
+                "Changes covered by one flush",
+                prometheus::exponential_buckets(1.0, 2.0, 14).expect("static buckets"),
             ),
             flush_seconds: histogram(
                 &r,
@@ -102,11 +189,6 @@ impl Metrics {
             registry: r,
         };
         // Make every series visible from the start, not only once it moved.
-        for kind in ACTOR_KINDS {
-            m.actors.with_label_values(&[kind]);
-            m.messages.with_label_values(&[kind]);
-            m.backlog.with_label_values(&[kind]);
-        }
         for ns in crate::room_key::Namespace::ALL {
             m.sessions.with_label_values(&[ns.as_str()]);
             m.changes.with_label_values(&[ns.as_str()]);
@@ -116,19 +198,24 @@ impl Metrics {
         m
     }
 
-    /// Counts one handled message of an actor kind.
-    pub fn handled(&self, kind: &str) {
-        self.messages.with_label_values(&[kind]).inc();
+    /// The series of one actor kind.
+    pub fn actor(&self, kind: ActorKind) -> &ActorMetrics {
+        match kind {
+            ActorKind::Session => &self.session,
+            ActorKind::Room => &self.room,
+            ActorKind::Directory => &self.directory,
+            ActorKind::Durability => &self.durability,
+        }
     }
 
-    /// Counts a message that was queued with [`Metrics::queued`] and is now being handled.
-    pub fn dequeued(&self, kind: &str) {
-        self.backlog.with_label_values(&[kind]).dec();
-        self.handled(kind);
-    }
-
-    pub fn queued(&self, kind: &str) {
-        self.backlog.with_label_values(&[kind]).inc();
+    /// The series of one dialect namespace.
+    pub fn dialect(&self, ns: crate::room_key::Namespace) -> DialectMetrics {
+        let label = [ns.as_str()];
+        DialectMetrics {
+            changes: self.changes.with_label_values(&label),
+            frames_in: self.frames_in.with_label_values(&label),
+            frames_out: self.frames_out.with_label_values(&label),
+        }
     }
 
     /// Renders the registry in the Prometheus text format.

@@ -15,12 +15,14 @@ use crate::clock::unix_now;
 use crate::directory::{Checkout, CloseSession, Register, Unregister};
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
+use crate::metrics::{ActorMetrics, DialectMetrics};
+use crate::origin::{Origin, SessionId};
+use crate::out_frame::OutFrame;
 use crate::room::{
-    Join, Leave, Request, Room, RoomError, RoomEvent, RoomReply, RoomRequest, SessionId, Streams,
+    Join, Leave, Reply, Request, Room, RoomAnswer, RoomError, RoomEvent, RoomReply, RoomRequest,
+    Streams,
 };
 use crate::room_key::{Namespace, RoomKey};
-
-const KIND: &str = "session";
 
 /// How often a session tries to enter a room that keeps stopping under it (idle shutdown racing
 /// the join) before it gives up.
@@ -69,6 +71,8 @@ pub enum Frame<'a> {
 pub enum Action<T> {
     Text(String),
     Binary(Vec<u8>),
+    /// A frame shared with other sessions (a broadcast encoded once).
+    Frame(OutFrame),
     /// Send a request to a room (joining it first if needed) and hand the answer back with `tag`.
     Request {
         room: RoomKey,
@@ -92,8 +96,15 @@ pub enum Action<T> {
 
 /// What a dialect can see of its session.
 pub struct Env<'a> {
-    pub session: SessionId,
+    /// This session, on this node: what the changes it sends carry as their origin.
+    pub origin: &'a Origin,
     pub identity: &'a Identity,
+}
+
+impl Env<'_> {
+    pub fn session(&self) -> SessionId {
+        self.origin.session
+    }
 }
 
 /// A wire dialect: turns frames into room requests and room answers and events into frames.
@@ -145,6 +156,7 @@ struct Fragments {
 
 pub struct Session<D: Dialect> {
     id: SessionId,
+    origin: Origin,
     hub: Hub,
     dialect: D,
     identity: Identity,
@@ -153,17 +165,32 @@ pub struct Session<D: Dialect> {
     evicted: Arc<AtomicBool>,
     registered: bool,
     fragments: Option<Fragments>,
-    /// Room answers are handed to the dialect in the order the requests were sent, though the
-    /// futures carrying them may complete in any order.
+    actor: ActorMetrics,
+    room_actor: ActorMetrics,
+    frames: DialectMetrics,
+    /// Where rooms send their answers; made once, not per request.
+    answers: Option<Recipient<RoomAnswer>>,
+    /// Requests are numbered as they are sent; rooms answer by number, and the answers are
+    /// handed to the dialect in that order (requests to different rooms finish in any order).
     sent: u64,
     delivered: u64,
+    tags: HashMap<u64, D::Tag>,
     ready: BTreeMap<u64, (D::Tag, Result<RoomReply, RoomError>)>,
 }
 
 impl<D: Dialect> Session<D> {
     pub fn new(hub: Hub, dialect: D, identity: Identity) -> Session<D> {
+        let id = hub.next_session_id();
+        let metrics = hub.metrics().clone();
         Session {
-            id: hub.next_session_id(),
+            id,
+            origin: Origin {
+                node: hub.node().clone(),
+                session: id,
+            },
+            frames: metrics.dialect(dialect.namespace()),
+            actor: metrics.session.clone(),
+            room_actor: metrics.room.clone(),
             hub,
             dialect,
             identity,
@@ -172,8 +199,10 @@ impl<D: Dialect> Session<D> {
             evicted: Arc::new(AtomicBool::new(false)),
             registered: false,
             fragments: None,
+            answers: None,
             sent: 0,
             delivered: 0,
+            tags: HashMap::new(),
             ready: BTreeMap::new(),
         }
     }
@@ -187,23 +216,22 @@ impl<D: Dialect> Session<D> {
     }
 
     fn run(&mut self, actions: Vec<Action<D::Tag>>, ctx: &mut ws::WebsocketContext<Self>) {
-        let dialect = self.dialect.namespace().as_str();
         for action in actions {
             match action {
                 Action::Text(text) => {
-                    self.hub
-                        .metrics()
-                        .frames_out
-                        .with_label_values(&[dialect])
-                        .inc();
+                    self.frames.frames_out.inc();
                     ctx.text(text);
                 }
                 Action::Binary(bytes) => {
-                    self.hub
-                        .metrics()
-                        .frames_out
-                        .with_label_values(&[dialect])
-                        .inc();
+                    self.frames.frames_out.inc();
+                    ctx.binary(bytes);
+                }
+                Action::Frame(OutFrame::Text(text)) => {
+                    self.frames.frames_out.inc();
+                    ctx.text(text);
+                }
+                Action::Frame(OutFrame::Binary(bytes)) => {
+                    self.frames.frames_out.inc();
                     ctx.binary(bytes);
                 }
                 Action::Close { code, reason } => {
@@ -221,7 +249,7 @@ impl<D: Dialect> Session<D> {
                         self.schedule_expiry(ctx);
                     });
                     let env = Env {
-                        session: self.id,
+                        origin: &self.origin,
                         identity: &self.identity,
                     };
                     let more = self.dialect.on_authenticated(&env, tag, outcome);
@@ -230,7 +258,7 @@ impl<D: Dialect> Session<D> {
                 Action::Request { room, body, tag } => self.request(room, body, tag, ctx),
                 Action::Leave { room } => {
                     if let Some(addr) = self.rooms.remove(&room) {
-                        self.hub.metrics().queued("room");
+                        self.room_actor.queued();
                         addr.do_send(Leave { session: self.id });
                     }
                 }
@@ -269,16 +297,19 @@ impl<D: Dialect> Session<D> {
             );
             return;
         };
-        self.hub.metrics().queued("room");
         let n = self.sent;
         self.sent += 1;
-        let ask = addr.send(Request {
-            session: Some(self.id),
+        self.tags.insert(n, tag);
+        let to = self
+            .answers
+            .get_or_insert_with(|| ctx.address().recipient())
+            .clone();
+        self.room_actor.queued();
+        addr.do_send(Request {
+            origin: Some(self.origin.clone()),
             body,
+            reply: Reply::to_session(to, n),
         });
-        ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
-            act.answer(n, tag, res.unwrap_or(Err(RoomError::Gone)), ctx);
-        }));
     }
 
     /// Hands the answer to request `n` to the dialect once every earlier answer has been.
@@ -293,7 +324,7 @@ impl<D: Dialect> Session<D> {
         while let Some((tag, reply)) = self.ready.remove(&self.delivered) {
             self.delivered += 1;
             let env = Env {
-                session: self.id,
+                origin: &self.origin,
                 identity: &self.identity,
             };
             let more = self.dialect.on_reply(&env, tag, reply);
@@ -330,10 +361,11 @@ impl<D: Dialect> Session<D> {
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let streams = self.dialect.streams_for(&key);
-        self.hub.metrics().queued("room");
+        self.room_actor.queued();
         let join = addr.send(Join {
             session: self.id,
             events: ctx.address().recipient(),
+            closer: ctx.address().recipient(),
             streams,
             evicted: self.evicted.clone(),
         });
@@ -341,7 +373,7 @@ impl<D: Dialect> Session<D> {
         ctx.wait(join.into_actor(self).map(move |res, act, ctx| match res {
             Ok(seq) => {
                 let env = Env {
-                    session: act.id,
+                    origin: &act.origin,
                     identity: &act.identity,
                 };
                 let actions = act.dialect.on_joined(&env, &key, seq);
@@ -356,18 +388,13 @@ impl<D: Dialect> Session<D> {
     }
 
     fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
-        let dialect = self.dialect.namespace().as_str();
-        self.hub
-            .metrics()
-            .frames_in
-            .with_label_values(&[dialect])
-            .inc();
+        self.frames.frames_in.inc();
         let len = match frame {
             Frame::Text(t) => t.len(),
             Frame::Binary(b) => b.len(),
         };
         let env = Env {
-            session: self.id,
+            origin: &self.origin,
             identity: &self.identity,
         };
         let max = self.hub.session_settings().max_frame_bytes;
@@ -398,7 +425,7 @@ impl<D: Dialect> Actor for Session<D> {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
-        self.hub.metrics().actors.with_label_values(&[KIND]).inc();
+        self.actor.count.inc();
         let register = self.hub.directory().send(Register {
             id: self.id,
             namespace: self.dialect.namespace(),
@@ -438,12 +465,12 @@ impl<D: Dialect> Actor for Session<D> {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.hub.metrics().actors.with_label_values(&[KIND]).dec();
+        self.actor.count.dec();
         if self.registered {
             self.hub.directory().do_send(Unregister { id: self.id });
         }
         for addr in self.rooms.values() {
-            self.hub.metrics().queued("room");
+            self.room_actor.queued();
             addr.do_send(Leave { session: self.id });
         }
     }
@@ -508,7 +535,7 @@ impl<D: Dialect> Session<D> {
         };
         if f.oversized > 0 {
             let env = Env {
-                session: self.id,
+                origin: &self.origin,
                 identity: &self.identity,
             };
             let actions = self.dialect.on_oversized(&env, f.oversized, max);
@@ -528,14 +555,14 @@ impl<D: Dialect> Handler<RoomEvent> for Session<D> {
     type Result = ();
 
     fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
-        self.hub.metrics().dequeued(KIND);
+        self.actor.dequeued();
         // The room dropped this session for falling behind: the events it holds have gaps.
         if self.evicted.load(Ordering::Relaxed) {
             self.close(ctx, close_code::SLOW_CONSUMER, "Slow consumer");
             return;
         }
         let env = Env {
-            session: self.id,
+            origin: &self.origin,
             identity: &self.identity,
         };
         let actions = self.dialect.on_event(&env, &event);
@@ -543,11 +570,28 @@ impl<D: Dialect> Handler<RoomEvent> for Session<D> {
     }
 }
 
+impl<D: Dialect> Handler<RoomAnswer> for Session<D> {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomAnswer, ctx: &mut Self::Context) {
+        self.actor.handled();
+        let Some(tag) = self.tags.remove(&msg.n) else {
+            log::error!(
+                "session {:?}: an answer to unknown request {}",
+                self.id,
+                msg.n
+            );
+            return;
+        };
+        self.answer(msg.n, tag, msg.answer, ctx);
+    }
+}
+
 impl<D: Dialect> Handler<CloseSession> for Session<D> {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        self.hub.metrics().handled(KIND);
+        self.actor.handled();
         self.close(ctx, msg.code, &msg.reason);
     }
 }

@@ -5,8 +5,9 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use synchub_actors::directory::{GetCensus, GetRoomStatus};
-use synchub_actors::metrics::ACTOR_KINDS;
+use synchub_actors::metrics::ActorKind;
 use synchub_actors::room::{RoomReply, RoomRequest};
+use synchub_actors::store::RoomLayout;
 use synchub_actors::{Namespace, RoomKey};
 
 use super::{AppState, unauthorized};
@@ -52,8 +53,10 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         let mut window = state.rates.lock().unwrap_or_else(|p| p.into_inner());
         let elapsed = window.at.elapsed().as_secs_f64();
         let refresh = elapsed >= 1.0 || window.counts.is_empty();
-        for kind in ACTOR_KINDS {
-            let handled = m.messages.with_label_values(&[kind]).get();
+        for kind in ActorKind::ALL {
+            let series = m.actor(kind);
+            let kind = kind.as_str();
+            let handled = series.messages.get();
             if refresh {
                 let before = window.counts.insert(kind, handled).unwrap_or(0);
                 let rate = if elapsed > 0.0 {
@@ -66,10 +69,10 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             actors.insert(
                 kind.into(),
                 json!({
-                    "count": m.actors.with_label_values(&[kind]).get(),
+                    "count": series.count.get(),
                     "messages": handled,
                     "message_rate": window.rates.get(kind).copied().unwrap_or(0.0),
-                    "mailbox_backlog": m.backlog.with_label_values(&[kind]).get().max(0),
+                    "mailbox_backlog": series.backlog.get().max(0),
                 }),
             );
         }
@@ -125,6 +128,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             "flush_errors": m.flush_errors.get(),
             "batch_size_mean": mean(m.flush_batch.get_sample_sum(), batch_count),
             "batched_commits": m.flush_batch.get_sample_sum() as u64,
+            "changes_per_flush_mean": mean(m.flush_changes.get_sample_sum(), batch_count),
             "flush_latency_ms_mean": mean(m.flush_seconds.get_sample_sum() * 1000.0, latency_count),
             "size_on_disk_bytes": hub.store().size_on_disk(),
         },
@@ -182,7 +186,7 @@ pub(super) async fn compact_room(
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    match state.hub.store().room_meta(&key) {
+    match state.hub.store().room_meta(&RoomLayout::new(&key)) {
         Ok(Some(_)) => {}
         Ok(None) => return HttpResponse::NotFound().json(json!({"error": "Unknown room"})),
         Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),

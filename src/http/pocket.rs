@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use synchub_actors::pocket::PocketDialect;
 use synchub_actors::pocket::wire::{WireError, code};
-use synchub_actors::room::SessionId;
+use synchub_actors::room::{Origin, SessionId};
 use synchub_actors::session::{Action, Dialect, Env, Frame, Session, close_code};
 use synchub_actors::{Namespace, RoomKey};
 
@@ -110,8 +110,13 @@ pub(super) async fn http(
         }
     };
     let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
-    let env = Env {
+    // One request per HTTP call: a session of its own that nothing is broadcast to.
+    let origin = Origin {
+        node: state.hub.node().clone(),
         session: SessionId(0),
+    };
+    let env = Env {
+        origin: &origin,
         identity: &identity,
     };
     let max = state.hub.session_settings().max_frame_bytes;
@@ -134,7 +139,7 @@ pub(super) async fn http(
                     "Send the token in the Authorization header over HTTP",
                 ));
             }
-            Action::Binary(_) | Action::Close { .. } | Action::Leave { .. } => {}
+            Action::Binary(_) | Action::Frame(_) | Action::Close { .. } | Action::Leave { .. } => {}
         }
     }
     pocket_error(WireError::new(None, code::INTERNAL, "No reply"))

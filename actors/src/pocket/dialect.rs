@@ -2,13 +2,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::wire::{self, ClientMessage, PocketLimits, WireError, code, now_ms};
 use crate::identity::AuthError;
+use crate::out_frame::OutFrame;
+use crate::raw_json::RawJson;
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Action, Dialect, Env, Frame};
+use crate::store::LogEntry;
 
 /// What a room answer belongs to.
 #[derive(Debug, Clone)]
@@ -204,20 +207,25 @@ impl Dialect for PocketDialect {
                 vec![text(wire::push_response(&id, s.rejected, checkpoint, now))]
             }
             (Tag::Pull { id }, Ok(RoomReply::Fetched(f))) => {
-                let mut changes = Map::new();
                 let mut sequences = BTreeMap::new();
                 let mut has_more = false;
-                for page in f.pages {
+                for page in &f.pages {
                     let at = page.entries.last().map_or(f.seq, |e| e.seq);
                     has_more |= page.more;
                     self.advance(&page.stream, at);
                     sequences.insert(page.stream.clone(), at);
-                    let bodies = page.entries.into_iter().map(|e| e.body).collect();
-                    changes.insert(page.stream, Value::Array(bodies));
                 }
                 let checkpoint = wire::checkpoint(&sequences, f.seq, now);
-                vec![text(wire::pull_response(
-                    &id, changes, checkpoint, has_more, now,
+                let changes = f.pages.iter().map(|p| {
+                    let bodies: Vec<&RawJson> = p.entries.iter().map(|e| &e.body).collect();
+                    (p.stream.as_str(), bodies)
+                });
+                vec![Action::Text(wire::pull_response(
+                    &id,
+                    changes,
+                    &checkpoint,
+                    has_more,
+                    now,
                 ))]
             }
             (Tag::Push { id, .. } | Tag::Pull { id }, Ok(other)) => {
@@ -227,47 +235,49 @@ impl Dialect for PocketDialect {
         }
     }
 
+    /// Other sessions' changes of the collections this one follows, as a `pull-response` with
+    /// a checkpoint that only moves past what this client has been sent.
     fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
         // The sender learns the outcome from its push-response.
-        if event.origin == Some(env.session) {
-            return Vec::new();
-        }
-        let mut changes: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+        let mut changes: BTreeMap<&str, Vec<&LogEntry>> = BTreeMap::new();
+        let mut filtered = false;
         for e in event.entries.iter() {
-            if self.subscribed.contains(&e.stream) {
-                changes.entry(&e.stream).or_default().push(e.body.clone());
+            if e.origin.as_ref() == Some(env.origin) || !self.subscribed.contains(&e.stream) {
+                filtered = true;
+                continue;
             }
+            changes.entry(&e.stream).or_default().push(e);
         }
         if changes.is_empty() {
             return Vec::new();
         }
         let mut sequences = BTreeMap::new();
-        for (collection, bodies) in &changes {
-            let last = bodies
-                .last()
-                .and_then(|b| b.get("sequence"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
+        let mut caught_up = true;
+        for (collection, entries) in &changes {
+            let last = entries.last().map_or(0, |e| e.seq);
             let head = event.heads_before.get(*collection).copied().unwrap_or(0);
             let known = self.positions.get(*collection).copied().unwrap_or(0);
             if known >= head {
                 self.advance(collection, last);
             }
-            sequences.insert(
-                collection.to_string(),
-                self.positions.get(*collection).copied().unwrap_or(0),
-            );
+            let at = self.positions.get(*collection).copied().unwrap_or(0);
+            caught_up &= at == last;
+            sequences.insert(collection.to_string(), at);
         }
-        let now = now_ms();
-        let checkpoint = wire::checkpoint(&sequences, 0, now);
-        let changes = changes
-            .into_iter()
-            .map(|(c, b)| (c.to_owned(), Value::Array(b)))
-            .collect();
-        let id = format!("broadcast_{now}");
-        vec![text(wire::pull_response(
-            &id, changes, checkpoint, false, now,
-        ))]
+        let encode = || {
+            let now = now_ms();
+            let checkpoint = wire::checkpoint(&sequences, 0, now);
+            let bodies = changes
+                .iter()
+                .map(|(c, es)| (*c, es.iter().map(|e| &e.body).collect()));
+            wire::pull_response(&format!("broadcast_{now}"), bodies, &checkpoint, false, now)
+        };
+        if filtered || !caught_up {
+            return vec![Action::Text(encode())];
+        }
+        // Every member that follows all of it and is caught up gets the same message.
+        let frames = event.shared_frames(0, || vec![OutFrame::text(encode())]);
+        frames.iter().cloned().map(Action::Frame).collect()
     }
 
     fn on_authenticated(
@@ -294,8 +304,8 @@ impl Dialect for PocketDialect {
 mod tests {
     use super::*;
     use crate::identity::Identity;
-    use crate::room::{SessionId, Submitted};
-    use crate::store::LogEntry;
+    use crate::origin::{NodeId, Origin, SessionId};
+    use crate::room::{Broadcast, Submitted};
     use serde_json::json;
     use std::sync::Arc;
 
@@ -306,36 +316,60 @@ mod tests {
         )
     }
 
-    fn reply_json(actions: Vec<Action<Tag>>) -> Value {
-        match actions.as_slice() {
-            [Action::Text(t)] => serde_json::from_str(t).expect("json"),
-            other => panic!("one text reply expected, got {other:?}"),
+    fn origin(session: u64) -> Origin {
+        Origin {
+            node: NodeId::new("n1"),
+            session: SessionId(session),
         }
     }
 
-    fn entry(seq: u64, stream: &str) -> LogEntry {
+    fn json_of(action: &Action<Tag>) -> Value {
+        let text = match action {
+            Action::Text(t) => t.as_str(),
+            Action::Frame(OutFrame::Text(t)) => &**t,
+            other => panic!("a text frame expected, got {other:?}"),
+        };
+        serde_json::from_str(text).expect("json")
+    }
+
+    fn reply_json(actions: Vec<Action<Tag>>) -> Value {
+        match actions.as_slice() {
+            [one] => json_of(one),
+            other => panic!("one reply expected, got {other:?}"),
+        }
+    }
+
+    fn entry(seq: u64, stream: &str, from: u64) -> LogEntry {
         LogEntry {
             seq,
             stream: stream.into(),
             key: format!("d{seq}"),
-            body: json!({"sequence": seq}),
+            body: RawJson::from_value(&json!({"sequence": seq})),
+            origin: Some(origin(from)),
         }
     }
 
     fn submitted(head: u64, seq: u64) -> RoomReply {
         RoomReply::Submitted(Submitted {
-            accepted: Arc::new(vec![entry(seq, "todos")]),
+            accepted: 1,
             rejected: vec![],
-            heads_before: Arc::new(HashMap::from([("todos".to_string(), head)])),
+            heads_before: HashMap::from([("todos".to_string(), head)]),
             seq,
         })
+    }
+
+    fn event(entries: Vec<LogEntry>, heads: &[(&str, u64)]) -> RoomEvent {
+        let heads = heads.iter().map(|(s, h)| (s.to_string(), *h)).collect();
+        let room = RoomKey::new(Namespace::Pocket, "r").expect("key");
+        RoomEvent(Arc::new(Broadcast::new(room, entries, heads)))
     }
 
     #[test]
     fn push_checkpoints_advance_only_over_seen_changes() {
         let identity = Identity::anonymous();
+        let me = origin(1);
         let env = Env {
-            session: SessionId(1),
+            origin: &me,
             identity: &identity,
         };
         let mut d = dialect();
@@ -362,42 +396,79 @@ mod tests {
     #[test]
     fn broadcast_checkpoints_follow_what_the_session_has_seen() {
         let identity = Identity::anonymous();
+        let me = origin(1);
         let env = Env {
-            session: SessionId(1),
+            origin: &me,
             identity: &identity,
         };
         let mut d = dialect();
         d.subscribed.insert("todos".into());
         d.positions.insert("todos".into(), 3);
-        let event = |head, seq, origin| RoomEvent {
-            room: RoomKey::new(Namespace::Pocket, "r").expect("key"),
-            origin,
-            entries: Arc::new(vec![entry(seq, "todos"), entry(seq + 1, "notes")]),
-            heads_before: Arc::new(HashMap::from([
-                ("todos".to_string(), head),
-                ("notes".to_string(), 0),
-            ])),
+        let both = |head, seq| {
+            event(
+                vec![entry(seq, "todos", 9), entry(seq + 1, "notes", 9)],
+                &[("todos", head), ("notes", 0)],
+            )
         };
         // Contiguous: position moves to the broadcast change; other collections are filtered.
-        let r = reply_json(d.on_event(&env, &event(3, 4, Some(SessionId(9)))));
+        let r = reply_json(d.on_event(&env, &both(3, 4)));
         assert_eq!(r["checkpoint"]["sequences"], json!({"todos": 4}));
         assert_eq!(r["changes"]["todos"][0]["sequence"], 4);
         assert!(r["changes"].get("notes").is_none());
         // A gap (head 6 > position 4): the position stays.
-        let r = reply_json(d.on_event(&env, &event(6, 7, Some(SessionId(9)))));
+        let r = reply_json(d.on_event(&env, &both(6, 7)));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 4);
-        // Its own changes are not echoed.
-        assert!(
-            d.on_event(&env, &event(7, 8, Some(SessionId(1))))
-                .is_empty()
+        // Its own changes are not echoed; the others' in the same event are.
+        let mixed = event(
+            vec![entry(5, "todos", 1), entry(6, "todos", 9)],
+            &[("todos", 4)],
         );
+        let mut d = dialect();
+        d.subscribed.insert("todos".into());
+        d.positions.insert("todos".into(), 4);
+        let r = reply_json(d.on_event(&env, &mixed));
+        assert_eq!(r["changes"]["todos"], json!([{"sequence": 6}]));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 6);
+        let own = event(vec![entry(7, "todos", 1)], &[("todos", 6)]);
+        assert!(d.on_event(&env, &own).is_empty());
+    }
+
+    #[test]
+    fn caught_up_members_share_one_encoded_broadcast() {
+        let identity = Identity::anonymous();
+        let shared = event(
+            vec![entry(4, "todos", 9), entry(5, "todos", 8)],
+            &[("todos", 3)],
+        );
+        let frames: Vec<Value> = (1..=3)
+            .map(|n| {
+                let me = origin(n);
+                let env = Env {
+                    origin: &me,
+                    identity: &identity,
+                };
+                let mut d = dialect();
+                d.subscribed.insert("todos".into());
+                d.positions.insert("todos".into(), 3);
+                let actions = d.on_event(&env, &shared);
+                assert!(
+                    matches!(actions.as_slice(), [Action::Frame(_)]),
+                    "{actions:?}"
+                );
+                json_of(&actions[0])
+            })
+            .collect();
+        assert_eq!(frames[0], frames[1]);
+        assert_eq!(frames[0], frames[2]);
+        assert_eq!(frames[0]["checkpoint"]["sequences"], json!({"todos": 5}));
     }
 
     #[test]
     fn heartbeat_and_oversize() {
         let identity = Identity::anonymous();
+        let me = origin(1);
         let env = Env {
-            session: SessionId(1),
+            origin: &me,
             identity: &identity,
         };
         let mut d = dialect();

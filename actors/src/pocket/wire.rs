@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 pub use crate::clock::now_ms;
 use crate::limits::json_depth;
 use crate::model::IncomingChange;
+use crate::raw_json::{RawJson, push_json_string};
 use crate::room_key::is_valid_id;
 
 /// The request limits the Pocket codec enforces.
@@ -398,21 +399,43 @@ pub fn push_response(id: &str, conflicts: Vec<Value>, checkpoint: Value, now_ms:
     out
 }
 
-pub fn pull_response(
+/// A `pull-response` (the answer to a pull, or a broadcast), with each collection's logged
+/// changes spliced in as they were stored.
+pub fn pull_response<'a>(
     id: &str,
-    changes: Map<String, Value>,
-    checkpoint: Value,
+    changes: impl IntoIterator<Item = (&'a str, Vec<&'a RawJson>)>,
+    checkpoint: &Value,
     has_more: bool,
     now_ms: i64,
-) -> Value {
-    json!({
-        "type": "pull-response",
-        "id": id,
-        "timestamp": now_ms,
-        "changes": changes,
-        "checkpoint": checkpoint,
-        "hasMore": has_more,
-    })
+) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str(r#"{"type":"pull-response","id":"#);
+    push_json_string(&mut out, id);
+    out.push_str(r#","timestamp":"#);
+    out.push_str(&now_ms.to_string());
+    out.push_str(r#","changes":{"#);
+    for (i, (collection, bodies)) in changes.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, collection);
+        out.push_str(":[");
+        for (j, body) in bodies.into_iter().enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            out.push_str(body.as_str());
+        }
+        out.push(']');
+    }
+    out.push_str(r#"},"checkpoint":"#);
+    out.push_str(&checkpoint.to_string());
+    out.push_str(if has_more {
+        r#","hasMore":true}"#
+    } else {
+        r#","hasMore":false}"#
+    });
+    out
 }
 
 pub fn ack(id: &str, now_ms: i64) -> Value {
@@ -548,6 +571,22 @@ mod tests {
         assert_eq!(
             parse(zero.as_bytes(), &limits, 0).expect_err("zero").code,
             code::INVALID_MESSAGE
+        );
+    }
+
+    #[test]
+    fn pull_responses_splice_the_stored_changes() {
+        let a = RawJson::from_value(&json!({"documentId": "x", "sequence": 4}));
+        let b = RawJson::from_value(&json!({"documentId": "y\"", "sequence": 5}));
+        let cp = json!({"sequences": {"t": 5}, "global": 5, "timestamp": 9});
+        let text = pull_response("q\n1", [("t", vec![&a, &b]), ("u", vec![])], &cp, true, 9);
+        let v: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(
+            v,
+            json!({"type": "pull-response", "id": "q\n1", "timestamp": 9,
+                   "changes": {"t": [{"documentId": "x", "sequence": 4},
+                                     {"documentId": "y\"", "sequence": 5}], "u": []},
+                   "checkpoint": cp, "hasMore": true})
         );
     }
 

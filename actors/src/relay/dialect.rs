@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use super::model::parse_change;
 use crate::identity::AuthError;
 use crate::limits::json_depth;
+use crate::out_frame::OutFrame;
+use crate::raw_json::{RawJson, push_json_string};
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Action, Dialect, Env, Frame};
@@ -22,6 +24,12 @@ pub struct RelayDialect {
     site_id: String,
     max_per_message: usize,
     max_json_depth: usize,
+    /// `{"type":"ack","siteId":…,"version":` and `,"channel":…}`: an ack is these around a
+    /// number.
+    ack_head: String,
+    ack_tail: String,
+    /// `,"siteId":…,"channel":…}`: how every `update` the hub sends ends.
+    update_tail: String,
 }
 
 impl RelayDialect {
@@ -31,12 +39,32 @@ impl RelayDialect {
         max_per_message: usize,
         max_json_depth: usize,
     ) -> RelayDialect {
+        let mut ack_head = String::from(r#"{"type":"ack","siteId":"#);
+        push_json_string(&mut ack_head, &site_id);
+        ack_head.push_str(r#","version":"#);
+        let mut ack_tail = String::from(r#","channel":"#);
+        push_json_string(&mut ack_tail, &room.room);
+        ack_tail.push('}');
+        let mut update_tail = String::from(r#","siteId":"#);
+        push_json_string(&mut update_tail, &site_id);
+        update_tail.push_str(&ack_tail);
         RelayDialect {
             room,
             site_id,
             max_per_message: max_per_message.max(1),
             max_json_depth,
+            ack_head,
+            ack_tail,
+            update_tail,
         }
+    }
+
+    fn ack(&self, version: u64) -> String {
+        let mut out = String::with_capacity(self.ack_head.len() + 20 + self.ack_tail.len());
+        out.push_str(&self.ack_head);
+        out.push_str(&version.to_string());
+        out.push_str(&self.ack_tail);
+        out
     }
 
     fn channel(&self) -> &str {
@@ -54,11 +82,21 @@ impl RelayDialect {
         )]
     }
 
-    fn update(&self, changes: Vec<Value>, version: u64) -> Action<Tag> {
-        Self::text(
-            json!({"type": "update", "changes": changes, "version": version,
-                          "siteId": self.site_id, "channel": self.channel()}),
-        )
+    /// `{"type":"update","changes":[…],"version":…,"siteId":…,"channel":…}` with the logged
+    /// changes spliced in as they are.
+    fn update<'a>(&self, changes: impl Iterator<Item = &'a RawJson>, version: u64) -> String {
+        let mut out = String::with_capacity(256);
+        out.push_str(r#"{"type":"update","changes":["#);
+        for (i, c) in changes.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(c.as_str());
+        }
+        out.push_str(r#"],"version":"#);
+        out.push_str(&version.to_string());
+        out.push_str(&self.update_tail);
+        out
     }
 
     fn fetch(&self, after: u64) -> Action<Tag> {
@@ -179,22 +217,19 @@ impl Dialect for RelayDialect {
         reply: Result<RoomReply, RoomError>,
     ) -> Vec<Action<Tag>> {
         match (tag, reply) {
-            (Tag::Update, Ok(RoomReply::Submitted(s))) => {
-                vec![Self::text(
-                    json!({"type": "ack", "siteId": self.site_id, "version": s.seq,
-                                       "channel": self.channel()}),
-                )]
-            }
+            (Tag::Update, Ok(RoomReply::Submitted(s))) => vec![Action::Text(self.ack(s.seq))],
             (Tag::Pull, Ok(RoomReply::Fetched(f))) => {
                 let Some(page) = f.pages.into_iter().next() else {
-                    return vec![self.update(Vec::new(), f.seq)];
+                    return vec![Action::Text(self.update(std::iter::empty(), f.seq))];
                 };
-                let last = page.entries.last().map(|e| e.seq);
-                let changes = page.entries.into_iter().map(|e| e.body).collect();
-                match (page.more, last) {
+                let bodies = page.entries.iter().map(|e| &e.body);
+                match (page.more, page.entries.last()) {
                     // More to come: this page ends at its last change; ask for the next one.
-                    (true, Some(last)) => vec![self.update(changes, last), self.fetch(last)],
-                    _ => vec![self.update(changes, f.seq)],
+                    (true, Some(last)) => vec![
+                        Action::Text(self.update(bodies, last.seq)),
+                        self.fetch(last.seq),
+                    ],
+                    _ => vec![Action::Text(self.update(bodies, f.seq))],
                 }
             }
             (_, Err(e)) => {
@@ -208,13 +243,24 @@ impl Dialect for RelayDialect {
         }
     }
 
+    /// Every other socket of the channel gets the changes; a socket never gets its own back.
     fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
-        if event.origin == Some(env.session) {
+        let version = event.entries.last().map_or(0, |e| e.seq);
+        let mine = |e: &&crate::store::LogEntry| e.origin.as_ref() == Some(env.origin);
+        if !event.entries.iter().any(|e| mine(&e)) {
+            // The common case: the same message for every member that sent none of it.
+            let frames = event.shared_frames(0, || {
+                vec![OutFrame::text(
+                    self.update(event.entries.iter().map(|e| &e.body), version),
+                )]
+            });
+            return frames.iter().cloned().map(Action::Frame).collect();
+        }
+        let mut others = event.entries.iter().filter(|e| !mine(e)).peekable();
+        if others.peek().is_none() {
             return Vec::new();
         }
-        let version = event.entries.last().map_or(0, |e| e.seq);
-        let changes = event.entries.iter().map(|e| e.body.clone()).collect();
-        vec![self.update(changes, version)]
+        vec![Action::Text(self.update(others.map(|e| &e.body), version))]
     }
 
     /// Success is silent (the protocol has no message for it); failure keeps the old token.

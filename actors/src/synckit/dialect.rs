@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::frame::{self, Framing, InvalidFrame, Message};
@@ -9,7 +11,9 @@ use super::model::document_state;
 use crate::clock::now_ms;
 use crate::identity::{AuthError, Identity};
 use crate::model::IncomingChange;
-use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
+use crate::out_frame::OutFrame;
+use crate::raw_json::push_json_string;
+use crate::room::{Broadcast, RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Action, Dialect, Env, Frame, close_code};
 
@@ -216,7 +220,7 @@ impl SynckitDialect {
         };
         let writer = match msg.str("clientId").filter(|c| !c.is_empty()) {
             Some(c) => c.to_owned(),
-            None => format!("conn-{}", env.session.0),
+            None => format!("conn-{}", env.session().0),
         };
         let counter = clock.get(&writer).and_then(Value::as_u64).unwrap_or(0);
         let ts = msg.timestamp().map_or(Value::from(now_ms()), Value::from);
@@ -261,7 +265,7 @@ impl Dialect for SynckitDialect {
 
     fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Tag>> {
         if self.label.is_empty() {
-            self.label = format!("{}-", env.session.0);
+            self.label = format!("{}-", env.session().0);
         }
         let decoded = match frame {
             Frame::Text(t) => {
@@ -334,31 +338,15 @@ impl Dialect for SynckitDialect {
         }
     }
 
-    /// Winning values go to every subscriber, the writer included, one `delta` per field. The
-    /// `clock` is the document's clock after the newest of them, and `clientId` is "server": the
-    /// hub's value is authoritative, and the SDK breaks clock ties on the client id.
+    /// Winning values go to every subscriber, the writer included, one `delta` per field,
+    /// encoded once per framing for all of them.
     fn on_event(&mut self, _: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
-        let clock = event
-            .entries
-            .last()
-            .and_then(|e| e.body.get("clock"))
-            .filter(|c| c.as_object().is_some_and(|o| !o.is_empty()))
-            .cloned()
-            .unwrap_or_else(|| json!({"server": 1}));
-        let mut actions = Vec::with_capacity(event.entries.len());
-        for e in event.entries.iter() {
-            let mut f = Map::new();
-            f.insert("documentId".into(), Value::from(event.room.room.clone()));
-            f.insert("field".into(), Value::from(e.key.clone()));
-            f.insert(
-                "value".into(),
-                e.body.get("value").cloned().unwrap_or(Value::Null),
-            );
-            f.insert("clock".into(), clock.clone());
-            f.insert("clientId".into(), Value::from("server"));
-            actions.push(self.send("delta", f));
-        }
-        actions
+        let (variant, framing) = match self.framing {
+            Framing::Binary => (1, Framing::Binary),
+            Framing::Json => (2, Framing::Json),
+        };
+        let frames = event.shared_frames(variant, || deltas(framing, event));
+        frames.iter().cloned().map(Action::Frame).collect()
     }
 
     fn on_authenticated(
@@ -386,4 +374,53 @@ impl Dialect for SynckitDialect {
             }
         }
     }
+}
+
+/// What a broadcast needs of a logged field write.
+#[derive(Deserialize)]
+struct Logged<'a> {
+    #[serde(borrow)]
+    value: &'a RawValue,
+    #[serde(borrow, default)]
+    clock: Option<&'a RawValue>,
+}
+
+/// One `delta {documentId, field, value, clock, clientId}` per entry. The `clock` is the
+/// document's clock after the newest of them, never empty (the SDK crashes on an empty one), and
+/// `clientId` is "server": the hub's value is authoritative, and the SDK breaks clock ties on the
+/// client id.
+fn deltas(framing: Framing, event: &Broadcast) -> Vec<OutFrame> {
+    let logged: Vec<Option<Logged>> = event
+        .entries
+        .iter()
+        .map(|e| serde_json::from_str(e.body.as_str()).ok())
+        .collect();
+    let clock = logged
+        .last()
+        .and_then(|l| l.as_ref()?.clock)
+        .map(RawValue::get)
+        .filter(|c| c.starts_with('{') && *c != "{}")
+        .unwrap_or(r#"{"server":1}"#);
+    let now = now_ms();
+    let mut frames = Vec::with_capacity(event.entries.len());
+    for (e, l) in event.entries.iter().zip(&logged) {
+        let mut fields = String::with_capacity(128);
+        fields.push_str(r#""documentId":"#);
+        push_json_string(&mut fields, &event.room.room);
+        fields.push_str(r#","field":"#);
+        push_json_string(&mut fields, &e.key);
+        fields.push_str(r#","value":"#);
+        fields.push_str(l.as_ref().map_or("null", |l| l.value.get()));
+        fields.push_str(r#","clock":"#);
+        fields.push_str(clock);
+        fields.push_str(r#","clientId":"server","id":""#);
+        fields.push_str(&format!("{now}-{}", e.seq));
+        fields.push('"');
+        match frame::encode_fields(framing, "delta", now, &fields) {
+            Ok(bytes) if framing == Framing::Binary => frames.push(OutFrame::binary(bytes)),
+            Ok(bytes) => frames.push(OutFrame::text(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) => log::error!("cannot encode a synckit delta: {e}"),
+        }
+    }
+    frames
 }

@@ -152,6 +152,45 @@ pub fn encode(
     }
 }
 
+/// Encodes a message whose fields other than `type` and `timestamp` are already JSON text:
+/// `fields` is the inside of an object (`"a":1,"b":[2]`). Used where the parts are spliced
+/// from stored text rather than built as a tree.
+pub fn encode_fields(
+    framing: Framing,
+    kind: &str,
+    timestamp: i64,
+    fields: &str,
+) -> Result<Vec<u8>, String> {
+    match framing {
+        Framing::Json => {
+            let mut out = String::with_capacity(32 + kind.len() + fields.len());
+            out.push_str(r#"{"type":"#);
+            crate::raw_json::push_json_string(&mut out, kind);
+            out.push_str(r#","timestamp":"#);
+            out.push_str(&timestamp.to_string());
+            if !fields.is_empty() {
+                out.push(',');
+                out.push_str(fields);
+            }
+            out.push('}');
+            Ok(out.into_bytes())
+        }
+        Framing::Binary => {
+            let code = code_of(kind).ok_or_else(|| format!("no code for {kind}"))?;
+            let len =
+                u32::try_from(fields.len() + 2).map_err(|_| "payload too large".to_string())?;
+            let mut out = Vec::with_capacity(HEADER + fields.len() + 2);
+            out.push(code);
+            out.extend_from_slice(&timestamp.to_be_bytes());
+            out.extend_from_slice(&len.to_be_bytes());
+            out.push(b'{');
+            out.extend_from_slice(fields.as_bytes());
+            out.push(b'}');
+            Ok(out)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +223,22 @@ mod tests {
             let back = decode_binary(&bytes, || "gen".into()).expect("decode");
             assert_eq!(back.kind, kind);
             assert_eq!(back.fields, fields);
+        }
+    }
+
+    #[test]
+    fn spliced_fields_encode_like_a_tree() {
+        let fields =
+            obj(json!({"id": "x", "timestamp": 7, "field": "f", "value": [1, {"a": null}]}));
+        let spliced = r#""field":"f","value":[1,{"a":null}],"id":"x""#;
+        for framing in [Framing::Binary, Framing::Json] {
+            let tree = encode(framing, "delta", &fields).expect("encode");
+            let text = encode_fields(framing, "delta", 7, spliced).expect("encode");
+            let decode = |b: &[u8]| match framing {
+                Framing::Binary => decode_binary(b, String::new).expect("decode"),
+                Framing::Json => decode_json(b).expect("decode"),
+            };
+            assert_eq!(decode(&tree), decode(&text));
         }
     }
 

@@ -1,0 +1,31 @@
+//! A frame ready for the socket, cheap to share between the sessions that send the same bytes.
+
+use actix_web::web::Bytes;
+use bytestring::ByteString;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutFrame {
+    Text(ByteString),
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    pub fn text(s: String) -> OutFrame {
+        OutFrame::Text(ByteString::from(s))
+    }
+
+    pub fn binary(b: Vec<u8>) -> OutFrame {
+        OutFrame::Binary(Bytes::from(b))
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            OutFrame::Text(t) => t.len(),
+            OutFrame::Binary(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,233 @@
+//! The messages rooms exchange with sessions, the directory and the HTTP layer.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::RoomError;
+use super::reply::Reply;
+use crate::directory::CloseSession;
+use crate::model::IncomingChange;
+use crate::origin::{Origin, SessionId};
+use crate::out_frame::OutFrame;
+use crate::room_key::RoomKey;
+use crate::store::{CompactReport, LogEntry, RoomMeta};
+
+/// Which streams of a room a session follows.
+#[derive(Debug, Clone)]
+pub enum Streams {
+    All,
+    Some(HashSet<String>),
+}
+
+impl Streams {
+    pub fn covers(&self, stream: &str) -> bool {
+        match self {
+            Streams::All => true,
+            Streams::Some(set) => set.contains(stream),
+        }
+    }
+}
+
+/// A command for a room, as every dialect's codec produces them.
+#[derive(Debug, Clone)]
+pub enum RoomRequest {
+    /// Merge these changes, in order; the answer comes once the accepted ones are durable.
+    Submit {
+        changes: Vec<IncomingChange>,
+    },
+    /// Read the log of some streams after a position; optionally follow them from now on.
+    /// With `latest_only`, only entries that are still their record's current value.
+    Fetch {
+        streams: Vec<(String, u64)>,
+        limit: usize,
+        subscribe: bool,
+        latest_only: bool,
+    },
+    /// Every state record and the model's room-wide value, once all writes so far are durable.
+    Snapshot,
+    Subscribe {
+        streams: Vec<String>,
+    },
+    Compact,
+    Status,
+}
+
+/// One request: what to do, on whose behalf, and where the answer goes.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Request {
+    pub origin: Option<Origin>,
+    pub body: RoomRequest,
+    pub reply: Reply,
+}
+
+/// A room's answer to a session's request number `n`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RoomAnswer {
+    pub n: u64,
+    pub answer: Result<RoomReply, RoomError>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RoomReply {
+    Submitted(Submitted),
+    Fetched(Fetched),
+    Compacted(CompactReport),
+    Status(RoomStatus),
+    Snapshot(Snapshot),
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// `(stream, key, value)` of every state record.
+    pub records: Vec<(String, String, Value)>,
+    pub model: Value,
+    pub seq: u64,
+}
+
+/// The answer to a submit, given once the accepted changes are durable.
+#[derive(Debug, Clone, Default)]
+pub struct Submitted {
+    /// How many of the changes were accepted (logged).
+    pub accepted: usize,
+    /// What the model said of the changes that lost.
+    pub rejected: Vec<Value>,
+    /// For each stream the submit touched, its last sequence number before the submit.
+    pub heads_before: HashMap<String, u64>,
+    /// The room's sequence number after the submit.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamPage {
+    pub stream: String,
+    pub entries: Vec<LogEntry>,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub pages: Vec<StreamPage>,
+    /// The room's durable sequence number when the fetch ran.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomStatus {
+    pub namespace: String,
+    pub room: String,
+    pub seq: u64,
+    pub durable_seq: u64,
+    pub digest: String,
+    pub sessions: usize,
+    pub records: u64,
+    pub log_len: u64,
+    /// Answers waiting for a flush.
+    pub pending: usize,
+    pub live: bool,
+}
+
+impl RoomStatus {
+    /// The status of a room that is on disk but has no actor running.
+    pub fn at_rest(key: &RoomKey, meta: &RoomMeta) -> RoomStatus {
+        RoomStatus {
+            namespace: key.namespace.to_string(),
+            room: key.room.clone(),
+            seq: meta.seq,
+            durable_seq: meta.seq,
+            digest: meta.digest.to_hex(),
+            sessions: 0,
+            records: meta.records,
+            log_len: meta.log_len,
+            pending: 0,
+            live: false,
+        }
+    }
+}
+
+/// Durable changes, sent to the room's members. One value is shared by every member; each
+/// session's codec decides what of it its client sees (its subscriptions, whether the origin
+/// hears its own change).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct RoomEvent(pub Arc<Broadcast>);
+
+impl Deref for RoomEvent {
+    type Target = Broadcast;
+
+    fn deref(&self) -> &Broadcast {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct Broadcast {
+    pub room: RoomKey,
+    /// In sequence order; possibly from several senders.
+    pub entries: Vec<LogEntry>,
+    /// For each stream in `entries`, its last sequence number before them.
+    pub heads_before: HashMap<String, u64>,
+    frames: Mutex<Vec<(u8, Arc<[OutFrame]>)>>,
+}
+
+impl Broadcast {
+    pub fn new(room: RoomKey, entries: Vec<LogEntry>, heads_before: HashMap<String, u64>) -> Self {
+        Broadcast {
+            room,
+            entries,
+            heads_before,
+            frames: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The frames of one wire encoding of this broadcast (`variant`, chosen by the codec),
+    /// encoded by the first session that needs them and shared by every other: a broadcast costs
+    /// one serialisation per encoding, not one per recipient.
+    pub fn shared_frames(
+        &self,
+        variant: u8,
+        encode: impl FnOnce() -> Vec<OutFrame>,
+    ) -> Arc<[OutFrame]> {
+        let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, f)) = frames.iter().find(|(v, _)| *v == variant) {
+            return f.clone();
+        }
+        let encoded: Arc<[OutFrame]> = encode().into();
+        frames.push((variant, encoded.clone()));
+        encoded
+    }
+}
+
+/// A session enters the room to receive its events; answers the room's durable sequence number.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct Join {
+    pub session: SessionId,
+    pub events: Recipient<RoomEvent>,
+    /// Told to close when the room stops under its members (a failed write).
+    pub closer: Recipient<CloseSession>,
+    pub streams: Streams,
+    /// Raised when the room drops the session for not keeping up; the session then closes.
+    pub evicted: Arc<AtomicBool>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub session: SessionId,
+}
+
+/// Tells the directory a room actor has stopped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomStopped {
+    pub key: RoomKey,
+}

@@ -1,0 +1,602 @@
+//! The Room actor: one per `(namespace, room)`. It holds the room's state in memory, merges the
+//! changes sent to it one at a time, numbers the ones that win, and releases acks and broadcasts
+//! only once they are durable.
+//!
+//! Writes are batched: every submit merges at once, but the storage batch for all the submits
+//! that reached the room together is handed to the durability actor once, after the mailbox has
+//! been drained. Answers that must wait for a flush wait in a queue, not in futures.
+
+mod messages;
+mod numbering;
+mod reply;
+mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+pub use messages::{
+    Broadcast, Fetched, Join, Leave, Request, RoomAnswer, RoomEvent, RoomReply, RoomRequest,
+    RoomStatus, RoomStopped, Snapshot, StreamPage, Streams, Submitted,
+};
+pub use numbering::{LocalCounter, Numbering};
+pub use reply::Reply;
+pub use state::{OpenBatch, RoomState};
+
+pub use crate::origin::{NodeId, Origin, SessionId};
+
+use crate::clock::now_ms;
+use crate::directory::CloseSession;
+use crate::durability::{Commit, Committed, Durability};
+use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
+use crate::model::{IncomingChange, Model};
+use crate::room_key::RoomKey;
+use crate::session::close_code;
+use crate::store::{LogEntry, RoomLayout, Store};
+
+/// A batch this large is committed at once instead of after the mailbox drains, which bounds
+/// both the latency the first change of a batch waits and the size of one storage batch.
+const MAX_OPEN_CHANGES: usize = 1024;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RoomError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("the room is not running")]
+    Gone,
+}
+
+/// What a room needs from the node.
+#[derive(Clone)]
+pub struct RoomContext {
+    pub store: Store,
+    pub model: Arc<dyn Model>,
+    pub numbering: Arc<dyn Numbering>,
+    pub durability: Addr<Durability>,
+    pub metrics: Arc<Metrics>,
+    pub idle_timeout: Duration,
+    pub directory: Recipient<RoomStopped>,
+}
+
+struct Member {
+    events: Recipient<RoomEvent>,
+    closer: Recipient<CloseSession>,
+    streams: Streams,
+    evicted: Arc<AtomicBool>,
+}
+
+/// An answer held back until the writes before it are durable.
+enum Held {
+    Answer(Reply, RoomReply),
+    Compact(Reply),
+}
+
+/// A commit handed to the durability actor, with what to release once it is durable.
+struct InFlight {
+    token: u64,
+    entries: Vec<LogEntry>,
+    heads_before: HashMap<String, u64>,
+    held: Vec<Held>,
+}
+
+/// Changes gathered for one broadcast window, latest per record.
+struct Gathered {
+    entries: HashMap<(String, String), LogEntry>,
+    heads_before: HashMap<String, u64>,
+}
+
+/// Commits the open batch; sent to itself once the mailbox is drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CommitOpen;
+
+pub struct Room {
+    key: RoomKey,
+    cx: RoomContext,
+    actor: ActorMetrics,
+    dialect: DialectMetrics,
+    /// `None` until the room's state is loaded; the mailbox waits meanwhile.
+    state: Option<RoomState>,
+    /// The highest sequence number known to be durable; readers see nothing beyond it.
+    durable_seq: u64,
+    members: HashMap<SessionId, Member>,
+    open: OpenBatch,
+    /// Answers waiting for the open batch.
+    open_held: Vec<Held>,
+    commit_scheduled: bool,
+    in_flight: VecDeque<InFlight>,
+    last_token: u64,
+    /// This room as the durability actor's answers reach it.
+    me: Option<Recipient<Committed>>,
+    last_activity: Instant,
+    /// Durable changes waiting for the end of the model's broadcast window.
+    gathered: Option<Gathered>,
+}
+
+impl Room {
+    pub fn new(key: RoomKey, cx: RoomContext) -> Room {
+        Room {
+            actor: cx.metrics.room.clone(),
+            dialect: cx.metrics.dialect(key.namespace),
+            key,
+            cx,
+            state: None,
+            durable_seq: 0,
+            members: HashMap::new(),
+            open: OpenBatch::default(),
+            open_held: Vec::new(),
+            commit_scheduled: false,
+            in_flight: VecDeque::new(),
+            last_token: 0,
+            me: None,
+            last_activity: Instant::now(),
+            gathered: None,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.open_held.len() + self.in_flight.iter().map(|f| f.held.len()).sum::<usize>()
+    }
+
+    fn status(&self, state: &RoomState) -> RoomStatus {
+        RoomStatus {
+            sessions: self.members.len(),
+            pending: self.pending(),
+            durable_seq: self.durable_seq,
+            live: true,
+            ..RoomStatus::at_rest(&self.key, state.meta())
+        }
+    }
+
+    /// Answers now, or once every write made so far is durable.
+    fn after_writes(&mut self, held: Held) {
+        if !self.open.is_empty() {
+            self.open_held.push(held);
+        } else if let Some(last) = self.in_flight.back_mut() {
+            last.held.push(held);
+        } else {
+            self.answer(held);
+        }
+    }
+
+    fn answer(&mut self, held: Held) {
+        match held {
+            Held::Answer(reply, answer) => reply.send(Ok(answer)),
+            Held::Compact(reply) => {
+                let report = self.compact();
+                reply.send(report.map(RoomReply::Compacted));
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        origin: Option<Origin>,
+        changes: Vec<IncomingChange>,
+        reply: Reply,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = self.state.as_mut() else {
+            return reply.send(Err(RoomError::Gone));
+        };
+        let submitted = state.submit(
+            self.cx.model.as_ref(),
+            self.cx.numbering.as_ref(),
+            origin.as_ref(),
+            changes,
+            &mut self.open,
+        );
+        if submitted.accepted == 0 {
+            // Nothing new to write, but an earlier write it may repeat (a resend of a change
+            // whose first copy is still in flight) must be durable before the answer.
+            return self.after_writes(Held::Answer(reply, RoomReply::Submitted(submitted)));
+        }
+        self.dialect.changes.inc_by(submitted.accepted as u64);
+        self.open_held
+            .push(Held::Answer(reply, RoomReply::Submitted(submitted)));
+        if self.open.len() >= MAX_OPEN_CHANGES {
+            self.commit(ctx);
+        } else if !self.commit_scheduled {
+            self.commit_scheduled = true;
+            ctx.notify(CommitOpen);
+        }
+    }
+
+    /// Hands the open batch to the durability actor.
+    fn commit(&mut self, ctx: &mut Context<Self>) {
+        if self.open.is_empty() {
+            let held = std::mem::take(&mut self.open_held);
+            for h in held {
+                self.after_writes(h);
+            }
+            return;
+        }
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        let open = std::mem::take(&mut self.open);
+        let held = std::mem::take(&mut self.open_held);
+        let commit = match state.commit(open) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("cannot encode a commit of {}: {e}", self.key);
+                held.into_iter().for_each(fail_held);
+                return self.fail(ctx);
+            }
+        };
+        self.last_token += 1;
+        let me = self
+            .me
+            .get_or_insert_with(|| ctx.address().recipient())
+            .clone();
+        self.cx.metrics.durability.queued();
+        self.cx.durability.do_send(Commit {
+            room: me,
+            token: self.last_token,
+            changes: commit.entries.len(),
+            writes: commit.writes,
+        });
+        self.in_flight.push_back(InFlight {
+            token: self.last_token,
+            entries: commit.entries,
+            heads_before: commit.heads_before,
+            held,
+        });
+    }
+
+    /// A write failed: the state in memory is ahead of what storage holds. Fail everything
+    /// waiting, close the members (their clients resume from their checkpoints), and stop; the
+    /// next request starts the room afresh from storage.
+    fn fail(&mut self, ctx: &mut Context<Self>) {
+        for f in self.in_flight.drain(..) {
+            for h in f.held {
+                fail_held(h);
+            }
+        }
+        for h in self.open_held.drain(..) {
+            fail_held(h);
+        }
+        for m in self.members.values() {
+            m.closer.do_send(CloseSession {
+                code: close_code::INTERNAL,
+                reason: "Storage failure".into(),
+            });
+        }
+        self.members.clear();
+        self.state = None;
+        ctx.stop();
+    }
+
+    /// Broadcasts durable entries, at once or at the end of the model's window.
+    fn publish(
+        &mut self,
+        entries: Vec<LogEntry>,
+        heads_before: HashMap<String, u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        let window = self.cx.model.broadcast_window();
+        if window.is_zero() {
+            let event = Broadcast::new(self.key.clone(), entries, heads_before);
+            return self.broadcast(RoomEvent(Arc::new(event)));
+        }
+        let g = self.gathered.get_or_insert_with(|| {
+            ctx.run_later(window, |room, _| room.flush_gathered());
+            Gathered {
+                entries: HashMap::new(),
+                heads_before: HashMap::new(),
+            }
+        });
+        for (stream, head) in heads_before {
+            g.heads_before.entry(stream).or_insert(head);
+        }
+        for e in entries {
+            g.entries.insert((e.stream.clone(), e.key.clone()), e);
+        }
+    }
+
+    fn flush_gathered(&mut self) {
+        let Some(g) = self.gathered.take() else {
+            return;
+        };
+        let mut entries: Vec<LogEntry> = g.entries.into_values().collect();
+        entries.sort_by_key(|e| e.seq);
+        let event = Broadcast::new(self.key.clone(), entries, g.heads_before);
+        self.broadcast(RoomEvent(Arc::new(event)));
+    }
+
+    fn broadcast(&mut self, event: RoomEvent) {
+        let mut dropped = Vec::new();
+        for (id, member) in &self.members {
+            if !event
+                .entries
+                .iter()
+                .any(|e| member.streams.covers(&e.stream))
+            {
+                continue;
+            }
+            match member.events.try_send(event.clone()) {
+                Ok(()) => self.cx.metrics.session.queued(),
+                Err(SendError::Full(_)) => {
+                    // The session is not keeping up: drop it rather than grow without bound.
+                    member.evicted.store(true, Ordering::Relaxed);
+                    dropped.push(*id);
+                }
+                Err(SendError::Closed(_)) => dropped.push(*id),
+            }
+        }
+        for id in dropped {
+            self.members.remove(&id);
+        }
+    }
+
+    fn fetch(
+        &mut self,
+        origin: Option<&Origin>,
+        streams: Vec<(String, u64)>,
+        limit: usize,
+        subscribe: bool,
+        latest_only: bool,
+    ) -> Result<RoomReply, RoomError> {
+        if subscribe
+            && let Some(member) = origin.and_then(|o| self.members.get_mut(&o.session))
+            && let Streams::Some(set) = &mut member.streams
+        {
+            set.extend(streams.iter().map(|(s, _)| s.clone()));
+        }
+        let Some(state) = self.state.as_ref() else {
+            return Err(RoomError::Gone);
+        };
+        let mut pages = Vec::with_capacity(streams.len());
+        for (stream, after) in streams {
+            let mut keep =
+                |key: &str, seq: u64| !latest_only || state.is_latest_visible(&stream, key, seq);
+            let (entries, more) = self
+                .cx
+                .store
+                .stream_entries(
+                    state.layout(),
+                    &stream,
+                    after,
+                    self.durable_seq,
+                    limit,
+                    &mut keep,
+                )
+                .map_err(|e| RoomError::Storage(e.to_string()))?;
+            pages.push(StreamPage {
+                stream,
+                entries,
+                more,
+            });
+        }
+        Ok(RoomReply::Fetched(Fetched {
+            pages,
+            seq: self.durable_seq,
+        }))
+    }
+
+    fn compact(&mut self) -> Result<crate::store::CompactReport, RoomError> {
+        let Some(state) = self.state.as_mut() else {
+            return Err(RoomError::Gone);
+        };
+        let report = state
+            .compact(&self.cx.store, self.cx.model.as_ref(), now_ms())
+            .map_err(|e| RoomError::Storage(e.to_string()))?;
+        if report.removed > 0 {
+            log::info!(
+                "compacted {}: removed {} log entries, kept {}",
+                self.key,
+                report.removed,
+                report.kept
+            );
+        }
+        Ok(report)
+    }
+
+    /// Compaction is worth it when most of the log is superseded history.
+    fn worth_compacting(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| {
+            let m = s.meta();
+            m.log_len > 64 && m.log_len > 2 * m.records
+        })
+    }
+
+    fn idle(&self) -> bool {
+        self.members.is_empty()
+            && self.open.is_empty()
+            && self.open_held.is_empty()
+            && self.in_flight.is_empty()
+            && self.gathered.is_none()
+            && self.last_activity.elapsed() >= self.cx.idle_timeout
+    }
+}
+
+fn fail_held(held: Held) {
+    let reply = match held {
+        Held::Answer(reply, _) | Held::Compact(reply) => reply,
+    };
+    reply.send(Err(RoomError::Storage("write failed".into())));
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1024);
+        self.actor.count.inc();
+        self.cx.metrics.rooms_started.inc();
+        // Load off this thread (it serves other rooms); the mailbox waits for the state.
+        let store = self.cx.store.clone();
+        let layout = RoomLayout::new(&self.key);
+        let load = tokio::task::spawn_blocking(move || {
+            let image = store.load_room(&layout);
+            (layout, image)
+        });
+        ctx.wait(actix::fut::wrap_future(load).map(
+            |loaded, room: &mut Room, ctx: &mut Context<Room>| match loaded {
+                Ok((layout, Ok(image))) => {
+                    room.durable_seq = image.meta.seq;
+                    room.state = Some(RoomState::new(room.key.clone(), layout, image));
+                }
+                Ok((_, Err(e))) => {
+                    log::error!("cannot load {}: {e}", room.key);
+                    ctx.stop();
+                }
+                Err(e) => {
+                    log::error!("loading {} failed: {e}", room.key);
+                    ctx.stop();
+                }
+            },
+        ));
+        let tick = (self.cx.idle_timeout / 2).max(Duration::from_millis(50));
+        ctx.run_interval(tick, |room, ctx| {
+            if room.idle() {
+                if room.worth_compacting()
+                    && let Err(e) = room.compact()
+                {
+                    log::warn!("compaction of {} failed: {e}", room.key);
+                }
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.flush_gathered();
+        self.actor.count.dec();
+        self.cx.metrics.rooms_stopped.inc();
+        let _ = self.cx.directory.try_send(RoomStopped {
+            key: self.key.clone(),
+        });
+        // Whatever is still held answers `Gone` as it is dropped.
+    }
+}
+
+impl Handler<Request> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Request, ctx: &mut Context<Self>) {
+        self.actor.dequeued();
+        // Looking at a room (stats) does not keep it loaded.
+        if !matches!(msg.body, RoomRequest::Status) {
+            self.last_activity = Instant::now();
+        }
+        let Request {
+            origin,
+            body,
+            reply,
+        } = msg;
+        let answer = match body {
+            RoomRequest::Submit { changes } => return self.submit(origin, changes, reply, ctx),
+            RoomRequest::Fetch {
+                streams,
+                limit,
+                subscribe,
+                latest_only,
+            } => self.fetch(origin.as_ref(), streams, limit, subscribe, latest_only),
+            RoomRequest::Snapshot => {
+                let Some(state) = self.state.as_ref() else {
+                    return reply.send(Err(RoomError::Gone));
+                };
+                let snapshot = RoomReply::Snapshot(Snapshot {
+                    records: state.records(),
+                    model: state.meta().model.clone(),
+                    seq: state.meta().seq,
+                });
+                return self.after_writes(Held::Answer(reply, snapshot));
+            }
+            RoomRequest::Subscribe { streams } => {
+                if let Some(member) = origin.and_then(|o| self.members.get_mut(&o.session))
+                    && let Streams::Some(set) = &mut member.streams
+                {
+                    set.extend(streams);
+                }
+                Ok(RoomReply::Done)
+            }
+            // Compaction reads what is durable: it waits for the writes in flight.
+            RoomRequest::Compact => return self.after_writes(Held::Compact(reply)),
+            RoomRequest::Status => match self.state.as_ref() {
+                Some(state) => Ok(RoomReply::Status(self.status(state))),
+                None => Err(RoomError::Gone),
+            },
+        };
+        reply.send(answer);
+    }
+}
+
+impl Handler<CommitOpen> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: CommitOpen, ctx: &mut Context<Self>) {
+        self.commit_scheduled = false;
+        self.commit(ctx);
+    }
+}
+
+impl Handler<Committed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        self.actor.handled();
+        if !msg.ok {
+            return self.fail(ctx);
+        }
+        let mut entries = Vec::new();
+        let mut heads_before = HashMap::new();
+        let mut held = Vec::new();
+        while self.in_flight.front().is_some_and(|f| f.token <= msg.token) {
+            let Some(f) = self.in_flight.pop_front() else {
+                break;
+            };
+            for (stream, head) in f.heads_before {
+                heads_before.entry(stream).or_insert(head);
+            }
+            entries.extend(f.entries);
+            held.extend(f.held);
+        }
+        if let Some(last) = entries.last() {
+            self.durable_seq = self.durable_seq.max(last.seq);
+            if let Some(state) = self.state.as_mut() {
+                state.release(&entries);
+            }
+            self.publish(entries, heads_before, ctx);
+        }
+        for h in held {
+            self.answer(h);
+        }
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = u64;
+
+    fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> u64 {
+        self.actor.dequeued();
+        self.last_activity = Instant::now();
+        self.members.insert(
+            msg.session,
+            Member {
+                events: msg.events,
+                closer: msg.closer,
+                streams: msg.streams,
+                evicted: msg.evicted,
+            },
+        );
+        self.durable_seq
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
+        self.actor.dequeued();
+        self.last_activity = Instant::now();
+        self.members.remove(&msg.session);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,358 @@
+//! Room tests on the in-memory store: ordering, batching, acks, broadcasts and failures.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+
+use super::*;
+use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts};
+use crate::model::IncomingChange;
+use crate::pocket::PocketModel;
+use crate::relay::{RelayModel, parse_change};
+use crate::room_key::Namespace;
+use crate::store::{Kv, KvBatch, MemoryKv, StorageError, Visit};
+
+/// What one member of a room received: events, answers and close requests, in order.
+#[derive(Default)]
+struct Seen {
+    events: Vec<RoomEvent>,
+    answers: Vec<(u64, Result<RoomReply, RoomError>)>,
+    closed: Vec<u16>,
+}
+
+struct Member(Arc<Mutex<Seen>>);
+
+impl Actor for Member {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // As sessions do; the actix default of 16 would be evicted as a slow consumer.
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+impl Member {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.0.lock().expect("lock")
+    }
+}
+
+impl Handler<RoomEvent> for Member {
+    type Result = ();
+    fn handle(&mut self, e: RoomEvent, _: &mut Context<Self>) {
+        self.seen().events.push(e);
+    }
+}
+
+impl Handler<RoomAnswer> for Member {
+    type Result = ();
+    fn handle(&mut self, a: RoomAnswer, _: &mut Context<Self>) {
+        self.seen().answers.push((a.n, a.answer));
+    }
+}
+
+impl Handler<CloseSession> for Member {
+    type Result = ();
+    fn handle(&mut self, c: CloseSession, _: &mut Context<Self>) {
+        self.seen().closed.push(c.code);
+    }
+}
+
+/// A store whose writes fail once `failing` is raised.
+struct Flaky {
+    inner: MemoryKv,
+    failing: Arc<AtomicBool>,
+}
+
+impl Kv for Flaky {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(key)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), StorageError> {
+        self.inner.scan(start, end, visit)
+    }
+    fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StorageError::Corrupt {
+                key: "test".into(),
+                why: "the disk is gone".into(),
+            });
+        }
+        self.inner.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        self.inner.flush()
+    }
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+fn node() -> NodeId {
+    NodeId::new("test-node")
+}
+
+fn origin(session: u64) -> Origin {
+    Origin {
+        node: node(),
+        session: SessionId(session),
+    }
+}
+
+/// A real room, started through a directory over `store`.
+async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
+    let metrics = Arc::new(Metrics::new());
+    let healthy = Arc::new(AtomicBool::new(true));
+    let durability = Durability::new(store.clone(), metrics.clone(), healthy, relaxed).start();
+    let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
+    models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
+    models.insert(Namespace::Relay, Arc::new(RelayModel));
+    let directory = Directory::new(DirectoryParts {
+        arbiters: vec![actix::Arbiter::current()],
+        store,
+        models,
+        numbering: Arc::new(LocalCounter),
+        durability,
+        metrics,
+        idle_timeout: Duration::from_secs(60),
+        limits: ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_user: 10,
+        },
+    })
+    .start();
+    let key = RoomKey::new(ns, "r").expect("key");
+    directory
+        .send(Checkout { key })
+        .await
+        .expect("mailbox")
+        .expect("room")
+}
+
+async fn join(room: &Addr<Room>, session: u64) -> (Addr<Member>, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let member = Member(seen.clone()).start();
+    room.send(Join {
+        session: SessionId(session),
+        events: member.clone().recipient(),
+        closer: member.clone().recipient(),
+        streams: Streams::All,
+        evicted: Arc::new(AtomicBool::new(false)),
+    })
+    .await
+    .expect("join");
+    (member, seen)
+}
+
+fn insert(id: &str, v: i64) -> IncomingChange {
+    IncomingChange {
+        stream: "todos".into(),
+        key: id.into(),
+        body: json!({"operation": "insert", "documentId": id,
+                     "document": {"_id": id, "v": v}, "timestamp": 1}),
+    }
+}
+
+fn cell(pk: &str, v: i64) -> IncomingChange {
+    parse_change(&json!(["t", pk, "c", v, 1, 1, "site", 1, 0])).expect("valid")
+}
+
+async fn ask(room: &Addr<Room>, origin: Option<Origin>, body: RoomRequest) -> RoomReply {
+    let (reply, answer) = Reply::channel();
+    room.do_send(Request {
+        origin,
+        body,
+        reply,
+    });
+    answer.await.expect("answered").expect("succeeded")
+}
+
+async fn settle() {
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+}
+
+#[actix_rt::test]
+async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_in_order() {
+    for relaxed in [false, true] {
+        let room = start_room(Store::memory(), Namespace::Relay, relaxed).await;
+        let (_watcher, watched) = join(&room, 100).await;
+        let mut senders = Vec::new();
+        for s in 0..5u64 {
+            senders.push(join(&room, s).await);
+        }
+        // Sent together, interleaved across sessions: the room merges them one at a time, in
+        // mailbox order, and commits them in batches.
+        for i in 0..40u64 {
+            let s = i % 5;
+            room.do_send(Request {
+                origin: Some(origin(s)),
+                body: RoomRequest::Submit {
+                    changes: vec![cell(&format!("k{i}"), i as i64)],
+                },
+                reply: Reply::to_session(senders[s as usize].0.clone().recipient(), i),
+            });
+        }
+        settle().await;
+        let mut all_seqs = Vec::new();
+        for (s, (_, seen)) in senders.iter().enumerate() {
+            let seen = seen.lock().expect("lock");
+            // Each session's answers arrive in the order it sent its requests.
+            let ns: Vec<u64> = seen.answers.iter().map(|(n, _)| *n).collect();
+            let expected: Vec<u64> = (0..40).filter(|i| i % 5 == s as u64).collect();
+            assert_eq!(ns, expected);
+            for (n, answer) in &seen.answers {
+                let Ok(RoomReply::Submitted(sub)) = answer else {
+                    panic!("submit {n} failed: {answer:?}");
+                };
+                assert_eq!((sub.accepted, sub.seq), (1, n + 1));
+                all_seqs.push(sub.seq);
+            }
+        }
+        all_seqs.sort_unstable();
+        assert_eq!(all_seqs, (1..=40).collect::<Vec<u64>>());
+        // Every member sees every change once, in order, with its origin.
+        let seen = watched.lock().expect("lock");
+        let broadcast: Vec<(u64, Option<Origin>)> = seen
+            .events
+            .iter()
+            .flat_map(|e| e.entries.iter().map(|x| (x.seq, x.origin.clone())))
+            .collect();
+        let expected: Vec<(u64, Option<Origin>)> =
+            (0..40).map(|i| (i + 1, Some(origin(i % 5)))).collect();
+        assert_eq!(broadcast, expected);
+        assert!(
+            seen.events.len() < 40,
+            "batched: {} events for 40 changes",
+            seen.events.len()
+        );
+    }
+}
+
+#[actix_rt::test]
+async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
+    let room = start_room(Store::memory(), Namespace::Pocket, false).await;
+    // The second change of one submit merges against the first.
+    let RoomReply::Submitted(s) = ask(
+        &room,
+        None,
+        RoomRequest::Submit {
+            changes: vec![insert("a", 1), insert("a", 1), insert("a", 2)],
+        },
+    )
+    .await
+    else {
+        panic!("submit failed");
+    };
+    assert_eq!((s.accepted, s.seq), (2, 2));
+    assert_eq!(s.heads_before.get("todos"), Some(&0));
+    let RoomReply::Submitted(s) = ask(
+        &room,
+        None,
+        RoomRequest::Submit {
+            changes: vec![insert("a", 2)],
+        },
+    )
+    .await
+    else {
+        panic!("submit failed");
+    };
+    assert_eq!((s.accepted, s.seq), (0, 2));
+    assert_eq!(s.heads_before.get("todos"), Some(&2));
+    let RoomReply::Status(st) = ask(&room, None, RoomRequest::Status).await else {
+        panic!("status failed");
+    };
+    assert_eq!(
+        (st.seq, st.durable_seq, st.records, st.log_len, st.pending),
+        (2, 2, 1, 2, 0)
+    );
+}
+
+#[actix_rt::test]
+async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() {
+    let store = Store::memory();
+    let room = start_room(store.clone(), Namespace::Relay, false).await;
+    for v in [1, 2, 3] {
+        ask(
+            &room,
+            None,
+            RoomRequest::Submit {
+                changes: vec![cell("x", v), cell(&format!("y{v}"), v)],
+            },
+        )
+        .await;
+    }
+    let fetch = |latest_only| RoomRequest::Fetch {
+        streams: vec![(String::new(), 0)],
+        limit: 100,
+        subscribe: false,
+        latest_only,
+    };
+    let RoomReply::Fetched(all) = ask(&room, None, fetch(false)).await else {
+        panic!("fetch failed");
+    };
+    assert_eq!(all.seq, 6);
+    assert_eq!(all.pages[0].entries.len(), 6);
+    let RoomReply::Fetched(latest) = ask(&room, None, fetch(true)).await else {
+        panic!("fetch failed");
+    };
+    let seqs: Vec<u64> = latest.pages[0].entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 4, 5, 6]);
+    // A snapshot comes from memory and equals what storage holds.
+    let RoomReply::Snapshot(snap) = ask(&room, None, RoomRequest::Snapshot).await else {
+        panic!("snapshot failed");
+    };
+    assert_eq!(snap.records.len(), 4);
+    let image = store
+        .load_room(&RoomLayout::new(
+            &RoomKey::new(Namespace::Relay, "r").expect("key"),
+        ))
+        .expect("load");
+    assert_eq!(image.records.len(), 4);
+    assert_eq!(image.meta.seq, 6);
+}
+
+#[actix_rt::test]
+async fn a_failed_write_fails_its_requests_and_closes_the_members() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let store = Store::over(Arc::new(Flaky {
+        inner: MemoryKv::default(),
+        failing: failing.clone(),
+    }));
+    let room = start_room(store, Namespace::Relay, false).await;
+    let (_m, seen) = join(&room, 7).await;
+    ask(
+        &room,
+        None,
+        RoomRequest::Submit {
+            changes: vec![cell("a", 1)],
+        },
+    )
+    .await;
+    failing.store(true, Ordering::Relaxed);
+    let (reply, answer) = Reply::channel();
+    room.do_send(Request {
+        origin: None,
+        body: RoomRequest::Submit {
+            changes: vec![cell("b", 1)],
+        },
+        reply,
+    });
+    assert!(matches!(answer.await, Ok(Err(RoomError::Storage(_)))));
+    settle().await;
+    assert_eq!(seen.lock().expect("lock").closed, [close_code::INTERNAL]);
+    assert!(!room.connected(), "the room stops after a failed write");
+    // A request that reaches a stopped room is answered, not lost.
+    let (reply, answer) = Reply::channel();
+    room.do_send(Request {
+        origin: None,
+        body: RoomRequest::Status,
+        reply,
+    });
+    assert!(matches!(answer.await, Ok(Err(RoomError::Gone))));
+}

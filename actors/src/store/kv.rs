@@ -1,0 +1,84 @@
+//! The key-value seam under the store. The store's layout and encoding are written once, on top
+//! of [`Kv`]; sled implements it on disk, [`crate::store::MemoryKv`] in memory for tests and for
+//! benchmarks that separate the hub's own work from the disk's.
+
+use std::ops::ControlFlow;
+
+use super::StorageError;
+
+/// What a scan's visitor tells the scan: go on, or stop here.
+pub type Visit = Result<ControlFlow<()>, StorageError>;
+
+/// Writes applied together: after a crash, all of them or none.
+#[derive(Debug, Default)]
+pub struct KvBatch {
+    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl KvBatch {
+    pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.ops.push((key, Some(value)));
+    }
+
+    pub fn remove(&mut self, key: Vec<u8>) {
+        self.ops.push((key, None));
+    }
+
+    /// Appends another batch; where both write a key, the later write wins.
+    pub fn append(&mut self, other: KvBatch) {
+        self.ops.extend(other.ops);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered map of byte strings with atomic batches and an explicit flush.
+pub trait Kv: Send + Sync + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Visits the pairs with `start <= key < end` in key order until the visitor stops.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), StorageError>;
+
+    /// Applies every write of the batch atomically, in order.
+    fn apply(&self, batch: KvBatch) -> Result<(), StorageError>;
+
+    /// Returns once every write applied before the call survives a crash.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    fn size_on_disk(&self) -> u64;
+}
+
+/// The first key after every key that starts with `prefix`. The store's prefixes start with a
+/// tag letter, so one of their bytes is always below 0xFF.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_bound_exactly_the_prefixed_keys() {
+        assert_eq!(prefix_end(b"ab\0"), b"ab\x01");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+    }
+}
