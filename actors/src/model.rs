@@ -20,9 +20,10 @@ pub struct IncomingChange {
 /// What a change does to the room.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Merge {
-    /// The change alters the state: `state` is the record's new value and `logged` the change as
-    /// it is logged and sent to peers (before the room stamps its sequence number into it).
-    Apply { state: Value, logged: Value },
+    /// The change alters the state: `logged` is the change as it is logged and sent to peers
+    /// (before the room stamps its sequence number into it); the record's new value is
+    /// [`Model::state_of`] it.
+    Apply { logged: Value },
     /// The change loses against the stored state; `report` tells the sender why.
     Reject { report: Value },
     /// The change leaves the state as it is (a resend, an equal write).
@@ -40,6 +41,11 @@ pub trait Model: Send + Sync + 'static {
         current: Option<&Value>,
         incoming: &IncomingChange,
     ) -> Merge;
+
+    /// The value a logged change leaves its record with. A room derives every state from its
+    /// log this way, when it merges and when it replays its log after a restart, so the two can
+    /// never disagree.
+    fn state_of(&self, logged: &Value) -> Value;
 
     /// Writes the room's sequence number into a logged change.
     fn stamp(&self, logged: &mut Value, seq: u64);

@@ -88,10 +88,12 @@ impl Model for PocketModel {
             "timestamp": body.get("timestamp").cloned().unwrap_or(Value::from(0)),
             "sequence": 0,
         });
-        Merge::Apply {
-            state: next,
-            logged,
-        }
+        Merge::Apply { logged }
+    }
+
+    /// The stored document: what the change wrote, merged or tombstone.
+    fn state_of(&self, logged: &Value) -> Value {
+        logged.get("document").cloned().unwrap_or(Value::Null)
     }
 
     fn stamp(&self, logged: &mut Value, seq: u64) {
@@ -136,14 +138,14 @@ mod tests {
     fn a_new_document_is_applied_and_logged() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x", "_rev": "1-a"});
-        let Merge::Apply { state, mut logged } = m.merge(
+        let Merge::Apply { mut logged } = m.merge(
             &mut Value::Null,
             None,
             &change("insert", "a", doc.clone(), 5),
         ) else {
             panic!("expected apply");
         };
-        assert_eq!(state, doc);
+        assert_eq!(m.state_of(&logged), doc);
         m.stamp(&mut logged, 42);
         assert_eq!(logged["sequence"], json!(42));
         assert_eq!(logged["document"], doc);
@@ -171,27 +173,28 @@ mod tests {
     fn deletes_store_tombstones() {
         let m = PocketModel::default();
         let doc = json!({"_id": "a", "title": "x"});
-        let Merge::Apply { state, logged } = m.merge(
+        let Merge::Apply { logged } = m.merge(
             &mut Value::Null,
             Some(&doc),
             &change("delete", "a", Value::Null, 7),
         ) else {
             panic!("expected apply");
         };
+        let state = m.state_of(&logged);
         assert_eq!(
             state,
             json!({"_id": "a", "_deleted": true, "_updatedAt": 7})
         );
         assert_eq!(logged["document"], state);
         let sent = json!({"_id": "a", "_updatedAt": 11});
-        let Merge::Apply { state, .. } = m.merge(
+        let Merge::Apply { logged } = m.merge(
             &mut Value::Null,
             Some(&doc),
             &change("delete", "a", sent, 7),
         ) else {
             panic!("expected apply");
         };
-        assert_eq!(state["_updatedAt"], json!(11));
+        assert_eq!(m.state_of(&logged)["_updatedAt"], json!(11));
     }
 
     #[test]
@@ -222,12 +225,12 @@ mod tests {
         );
         assert!(matches!(
             lww.merge(&mut Value::Null, Some(&stored), &change("update", "a", sent.clone(), 1)),
-            Merge::Apply { state, .. } if state == sent
+            Merge::Apply { logged } if lww.state_of(&logged) == sent
         ));
         let client_wins = with(Strategy::ClientWins);
         assert!(matches!(
             client_wins.merge(&mut Value::Null, Some(&stored), &change("update", "a", older.clone(), 1)),
-            Merge::Apply { state, .. } if state == older
+            Merge::Apply { logged } if client_wins.state_of(&logged) == older
         ));
         // A per-collection override beats the default.
         let mut per = with(Strategy::ClientWins);

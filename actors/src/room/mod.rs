@@ -214,7 +214,7 @@ impl Room {
             }
             return;
         }
-        let Some(state) = self.state.as_ref() else {
+        let Some(state) = self.state.as_mut() else {
             return;
         };
         let open = std::mem::take(&mut self.open);
@@ -427,20 +427,22 @@ impl Actor for Room {
         ctx.set_mailbox_capacity(1024);
         self.actor.count.inc();
         self.cx.metrics.rooms_started.inc();
-        // Load off this thread (it serves other rooms); the mailbox waits for the state.
+        // Load and replay off this thread (it serves other rooms); the mailbox waits meanwhile.
         let store = self.cx.store.clone();
-        let layout = RoomLayout::new(&self.key);
+        let model = self.cx.model.clone();
+        let key = self.key.clone();
         let load = tokio::task::spawn_blocking(move || {
-            let image = store.load_room(&layout);
-            (layout, image)
+            let layout = RoomLayout::new(&key);
+            let image = store.load_room(&layout)?;
+            RoomState::load(key, layout, image, model.as_ref())
         });
         ctx.wait(actix::fut::wrap_future(load).map(
             |loaded, room: &mut Room, ctx: &mut Context<Room>| match loaded {
-                Ok((layout, Ok(image))) => {
-                    room.durable_seq = image.meta.seq;
-                    room.state = Some(RoomState::new(room.key.clone(), layout, image));
+                Ok(Ok(state)) => {
+                    room.durable_seq = state.meta().seq;
+                    room.state = Some(state);
                 }
-                Ok((_, Err(e))) => {
+                Ok(Err(e)) => {
                     log::error!("cannot load {}: {e}", room.key);
                     ctx.stop();
                 }

@@ -1,6 +1,7 @@
 //! A room's materialised state, held in memory, and the write pipeline that runs against it:
 //! merge (the namespace's [`Model`]) → number ([`Numbering`]) → persist (one storage batch per
-//! commit). No storage read happens on this path.
+//! commit: a log segment, and now and then a snapshot of the state). No storage read happens on
+//! this path.
 
 use std::collections::HashMap;
 
@@ -36,20 +37,17 @@ fn model_hash(model: &Value) -> Digest {
     state_hash("\u{0}model", "", &model.to_string())
 }
 
-/// A new state waiting to be written.
-struct PendingState {
-    stream: String,
-    key: String,
-    seq: u64,
-    hash: Digest,
-    json: String,
-}
+/// A commit carries a snapshot of the state once the log holds this many changes after the
+/// last one: it bounds what a room replays when it loads.
+const SNAPSHOT_AFTER: u64 = 16_384;
+
+/// Compaction writes the log back in segments of at most this many entries.
+const COMPACT_SEGMENT: usize = 1024;
 
 /// Accepted changes that have not been handed to storage yet.
 #[derive(Default)]
 pub struct OpenBatch {
     entries: Vec<LogEntry>,
-    states: Vec<PendingState>,
     /// For each stream in `entries`, its head before the first of them.
     heads_before: HashMap<String, u64>,
 }
@@ -81,7 +79,14 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    pub fn new(key: RoomKey, layout: RoomLayout, image: RoomImage) -> RoomState {
+    /// The room as storage holds it: the snapshot, then the log after it replayed through
+    /// the model.
+    pub fn load(
+        key: RoomKey,
+        layout: RoomLayout,
+        image: RoomImage,
+        model: &dyn Model,
+    ) -> Result<RoomState, StorageError> {
         let mut records: HashMap<String, HashMap<String, Record>> = HashMap::new();
         for (stream, key, r) in image.records {
             records.entry(stream).or_default().insert(
@@ -94,13 +99,27 @@ impl RoomState {
                 },
             );
         }
-        RoomState {
+        for e in image.tail {
+            let logged = e.body.to_value().map_err(|err| StorageError::Corrupt {
+                key: format!("{key}/{}/{}", e.stream, e.seq),
+                why: err.to_string(),
+            })?;
+            let value = model.state_of(&logged);
+            let record = Record {
+                seq: e.seq,
+                visible: e.seq,
+                hash: state_hash(&e.stream, &e.key, &value.to_string()),
+                value,
+            };
+            records.entry(e.stream).or_default().insert(e.key, record);
+        }
+        Ok(RoomState {
             key,
             layout,
             model_hash: model_hash(&image.meta.model),
             meta: image.meta,
             records,
-        }
+        })
     }
 
     pub fn meta(&self) -> &RoomMeta {
@@ -135,18 +154,18 @@ impl RoomState {
                 continue;
             };
             let current = records.get(&change.key).map(|r| &r.value);
-            let (state, mut logged) = match model.merge(&mut self.meta.model, current, &change) {
+            let mut logged = match model.merge(&mut self.meta.model, current, &change) {
                 Merge::Unchanged => continue,
                 Merge::Reject { report } => {
                     out.rejected.push(report);
                     continue;
                 }
-                Merge::Apply { state, logged } => (state, logged),
+                Merge::Apply { logged } => logged,
             };
             let seq = numbering.next(&self.key, self.meta.seq);
             model.stamp(&mut logged, seq);
-            let json = state.to_string();
-            let hash = state_hash(&change.stream, &change.key, &json);
+            let state = model.state_of(&logged);
+            let hash = state_hash(&change.stream, &change.key, &state.to_string());
             match records.get_mut(&change.key) {
                 Some(old) => {
                     self.meta.digest.toggle(&old.hash);
@@ -182,13 +201,6 @@ impl RoomState {
             if !open.heads_before.contains_key(&change.stream) {
                 open.heads_before.insert(change.stream.clone(), before);
             }
-            open.states.push(PendingState {
-                stream: change.stream.clone(),
-                key: change.key.clone(),
-                seq,
-                hash,
-                json,
-            });
             open.entries.push(LogEntry {
                 seq,
                 stream: change.stream,
@@ -210,16 +222,22 @@ impl RoomState {
         out
     }
 
-    /// Turns the open batch into one storage batch carrying the room's counters as they are now.
-    pub fn commit(&self, open: OpenBatch) -> Result<Commit, StorageError> {
-        let states = open.states.iter().map(|s| StateWrite {
-            stream: &s.stream,
-            key: &s.key,
-            seq: s.seq,
-            hash: s.hash,
-            json: &s.json,
-        });
-        let writes = Store::commit_batch(&self.layout, &self.meta, &open.entries, states)?;
+    /// Turns the open batch into one storage batch carrying the room's counters as they are
+    /// now, and a snapshot of the state when one is due.
+    pub fn commit(&mut self, open: OpenBatch) -> Result<Commit, StorageError> {
+        let snapshot = if self.meta.seq - self.meta.snapshot >= SNAPSHOT_AFTER {
+            let changed = changed_since(&self.records, self.meta.snapshot);
+            self.meta.snapshot = self.meta.seq;
+            changed
+        } else {
+            Vec::new()
+        };
+        let writes = Store::commit_batch(
+            &self.layout,
+            &self.meta,
+            &open.entries,
+            snapshot.iter().map(ChangedRecord::write),
+        )?;
         Ok(Commit {
             writes,
             entries: open.entries,
@@ -248,7 +266,9 @@ impl RoomState {
             .is_some_and(|r| r.visible == seq)
     }
 
-    /// Drops the log entries that no longer matter (superseded changes, expired tombstones).
+    /// Drops the log entries that no longer matter (superseded changes, expired tombstones),
+    /// writing a snapshot of the state in the same batch. Call only when every commit is
+    /// durable: it reads and rewrites the log directly.
     pub fn compact(
         &mut self,
         store: &Store,
@@ -256,12 +276,19 @@ impl RoomState {
         now_ms: i64,
     ) -> Result<CompactReport, StorageError> {
         let records = &self.records;
-        store.compact(&self.layout, &mut self.meta, &mut |stream, key, seq| {
-            records
-                .get(stream)
-                .and_then(|s| s.get(key))
-                .is_some_and(|r| r.seq == seq && !model.tombstone_expired(&r.value, now_ms))
-        })
+        let snapshot = changed_since(records, self.meta.snapshot);
+        store.compact(
+            &self.layout,
+            &mut self.meta,
+            snapshot.iter().map(ChangedRecord::write),
+            COMPACT_SEGMENT,
+            &mut |stream, key, seq| {
+                records
+                    .get(stream)
+                    .and_then(|s| s.get(key))
+                    .is_some_and(|r| r.seq == seq && !model.tombstone_expired(&r.value, now_ms))
+            },
+        )
     }
 
     /// `(stream, key, value)` of every record.
@@ -276,6 +303,49 @@ impl RoomState {
     }
 }
 
+/// The records written since the snapshot at `snapshot`, with their JSON text.
+fn changed_since(
+    records: &HashMap<String, HashMap<String, Record>>,
+    snapshot: u64,
+) -> Vec<ChangedRecord<'_>> {
+    let mut out = Vec::new();
+    for (stream, records) in records {
+        for (key, r) in records {
+            if r.seq > snapshot {
+                out.push(ChangedRecord {
+                    stream,
+                    key,
+                    seq: r.seq,
+                    hash: r.hash,
+                    json: r.value.to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A record to write into a snapshot.
+struct ChangedRecord<'a> {
+    stream: &'a str,
+    key: &'a str,
+    seq: u64,
+    hash: Digest,
+    json: String,
+}
+
+impl ChangedRecord<'_> {
+    fn write(&self) -> StateWrite<'_> {
+        StateWrite {
+            stream: self.stream,
+            key: self.key,
+            seq: self.seq,
+            hash: self.hash,
+            json: &self.json,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,10 +355,21 @@ mod tests {
     use crate::room_key::Namespace;
     use serde_json::json;
 
-    fn room(ns: Namespace) -> (RoomKey, RoomLayout) {
+    fn empty(ns: Namespace, model: &dyn Model) -> RoomState {
         let key = RoomKey::new(ns, "r").expect("key");
         let layout = RoomLayout::new(&key);
-        (key, layout)
+        RoomState::load(key, layout, RoomImage::default(), model).expect("empty room")
+    }
+
+    fn reload(store: &Store, st: &RoomState, model: &dyn Model) -> RoomState {
+        let layout = st.layout().clone();
+        let image = store.load_room(&layout).expect("load");
+        RoomState::load(st.key.clone(), layout, image, model).expect("replays")
+    }
+
+    fn sorted(mut records: Vec<(String, String, Value)>) -> Vec<(String, String, Value)> {
+        records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        records
     }
 
     fn doc(id: &str, v: i64) -> IncomingChange {
@@ -300,11 +381,14 @@ mod tests {
         }
     }
 
+    fn cell(pk: &str, v: i64) -> IncomingChange {
+        parse_change(&json!(["t", pk, "c", v, v, 1, "s1", 1, 0])).expect("valid")
+    }
+
     #[test]
     fn winners_are_numbered_in_order_and_later_changes_see_earlier_ones() {
-        let (key, layout) = room(Namespace::Pocket);
-        let mut st = RoomState::new(key, layout, RoomImage::default());
         let model = PocketModel::default();
+        let mut st = empty(Namespace::Pocket, &model);
         let mut open = OpenBatch::default();
         let s = st.submit(
             &model,
@@ -347,8 +431,7 @@ mod tests {
         .map(|c| parse_change(c).expect("valid"))
         .collect();
         let digest_of = |order: &[usize]| {
-            let (key, layout) = room(Namespace::Relay);
-            let mut st = RoomState::new(key, layout, RoomImage::default());
+            let mut st = empty(Namespace::Relay, &RelayModel);
             let mut open = OpenBatch::default();
             for i in order {
                 st.submit(
@@ -367,27 +450,72 @@ mod tests {
     }
 
     #[test]
-    fn state_survives_a_reload_from_storage() {
+    fn state_survives_a_reload_by_replay_and_by_snapshot() {
         let store = Store::memory();
-        let (key, layout) = room(Namespace::Pocket);
-        let mut st = RoomState::new(key.clone(), layout.clone(), RoomImage::default());
-        let mut open = OpenBatch::default();
-        st.submit(
-            &PocketModel::default(),
-            &LocalCounter,
-            None,
-            vec![doc("a", 1), doc("b", 2), doc("a", 3)],
-            &mut open,
-        );
-        let commit = st.commit(open).expect("encode");
-        store.apply(commit.writes).expect("apply");
-        let again = RoomState::new(key, layout.clone(), store.load_room(&layout).expect("load"));
+        let model = RelayModel;
+        let mut st = empty(Namespace::Relay, &model);
+        // Enough commits for a snapshot to be due, on keys written over and over.
+        let rounds = SNAPSHOT_AFTER / 100 + 3;
+        for round in 0..rounds {
+            let mut open = OpenBatch::default();
+            let changes: Vec<IncomingChange> = (0..100)
+                .map(|i| {
+                    cell(
+                        &format!("k{}", (round * 7 + i) % 300),
+                        (round * 100 + i) as i64,
+                    )
+                })
+                .collect();
+            st.submit(&model, &LocalCounter, None, changes, &mut open);
+            let commit = st.commit(open).expect("encode");
+            store.apply(commit.writes).expect("apply");
+            st.release(&commit.entries);
+            if round % 40 == 0 || round == rounds - 1 {
+                let again = reload(&store, &st, &model);
+                assert_eq!(again.meta(), st.meta());
+                assert_eq!(
+                    sorted(again.records()),
+                    sorted(st.records()),
+                    "round {round}"
+                );
+            }
+        }
+        let meta = st.meta();
+        assert!(meta.snapshot > 0 && meta.snapshot < meta.seq, "{meta:?}");
+        let image = store.load_room(st.layout()).expect("load");
+        assert_eq!(image.tail.len() as u64, meta.seq - meta.snapshot);
+        let k5 = cell("k5", 0).key;
+        let latest = st
+            .records
+            .get("")
+            .and_then(|r| r.get(&k5))
+            .map_or(0, |r| r.seq);
+        assert!(reload(&store, &st, &model).is_latest_visible("", &k5, latest));
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_entry_per_record_and_the_state() {
+        let store = Store::memory();
+        let model = PocketModel::default();
+        let mut st = empty(Namespace::Pocket, &model);
+        for v in 0..5 {
+            let mut open = OpenBatch::default();
+            st.submit(
+                &model,
+                &LocalCounter,
+                None,
+                vec![doc("a", v), doc("b", 0)],
+                &mut open,
+            );
+            let commit = st.commit(open).expect("encode");
+            store.apply(commit.writes).expect("apply");
+            st.release(&commit.entries);
+        }
+        let report = st.compact(&store, &model, 0).expect("compact");
+        assert_eq!((report.removed, report.kept), (4, 2));
+        assert_eq!(st.meta().log_len, 2);
+        let again = reload(&store, &st, &model);
         assert_eq!(again.meta(), st.meta());
-        let mut a = again.records();
-        let mut b = st.records();
-        a.sort_by(|x, y| x.1.cmp(&y.1));
-        b.sort_by(|x, y| x.1.cmp(&y.1));
-        assert_eq!(a, b);
-        assert!(again.is_latest_visible("todos", "a", 3));
+        assert_eq!(sorted(again.records()), sorted(st.records()));
     }
 }

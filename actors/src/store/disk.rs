@@ -37,6 +37,13 @@ impl Kv for SledKv {
         Ok(())
     }
 
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.db.range(start..end).next_back() {
+            None => Ok(None),
+            Some(item) => Ok(Some(item?.0.to_vec())),
+        }
+    }
+
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
         let mut b = sled::Batch::default();
         for (k, v) in batch.ops {

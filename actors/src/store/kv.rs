@@ -50,6 +50,9 @@ pub trait Kv: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), StorageError>;
 
+    /// The last key with `start <= key < end`.
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
     /// Applies every write of the batch atomically, in order.
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError>;
 

@@ -47,6 +47,17 @@ impl Kv for MemoryKv {
         Ok(())
     }
 
+    fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if start >= end {
+            return Ok(None);
+        }
+        Ok(self
+            .read()
+            .range::<[u8], _>(range(start, end))
+            .next_back()
+            .map(|(k, _)| k.clone()))
+    }
+
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         for (k, v) in batch.ops {

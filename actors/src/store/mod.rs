@@ -6,14 +6,19 @@
 //! | key | value |
 //! |---|---|
 //! | `m` room | [`RoomMeta`] as JSON |
-//! | `l` room NUL stream NUL seq(be) | key length (u32 be), the record key, the change as JSON |
-//! | `s` room NUL stream NUL key | seq (u64 be), its digest hash (16 bytes), the state as JSON |
+//! | `l` room NUL stream NUL seq(be) | a log segment: the entries of one commit for one stream, from `seq` on |
+//! | `s` room NUL stream NUL key | a state record: seq (u64 be), digest hash (16 bytes), JSON |
 //! | `n` name | node-level values (node id, format) |
 //!
-//! The log is keyed by stream first, so a pull of one stream is one range scan. Every batch of
-//! changes a room accepts is written with one atomic batch (log, state and meta together), so a
-//! crash never leaves half of it behind. Writes become durable only once a flush covers them;
-//! see [`crate::durability`].
+//! A segment entry is its seq (u64 be), its record key and its JSON body, each with a u32 length.
+//! Writing one segment per commit, not one key per change, is what lets a busy room commit
+//! hundreds of changes for the price of a few keys.
+//!
+//! The log is the truth; state records are a snapshot of it, written every so often (and at
+//! compaction) together with `RoomMeta::snapshot`, the sequence number they reflect. A room
+//! loads the snapshot and replays the log after it. Every commit (segments, snapshot, meta) is
+//! one atomic batch, so a crash never leaves half of it behind. Writes become durable only once
+//! a flush covers them; see [`crate::durability`].
 
 mod digest;
 mod disk;
@@ -72,6 +77,9 @@ pub struct RoomMeta {
     /// Per stream, the sequence number of its last change.
     #[serde(default)]
     pub heads: BTreeMap<String, u64>,
+    /// The sequence number the stored state records reflect; later changes are in the log only.
+    #[serde(default)]
+    pub snapshot: u64,
 }
 
 impl RoomMeta {
@@ -116,8 +124,10 @@ pub struct StateWrite<'a> {
 #[derive(Debug, Default)]
 pub struct RoomImage {
     pub meta: RoomMeta,
-    /// `(stream, key, record)` of every state record.
+    /// `(stream, key, record)` of every state record, as of `meta.snapshot`.
     pub records: Vec<(String, String, StateRecord)>,
+    /// The log after `meta.snapshot`, in sequence order per stream: what to replay.
+    pub tail: Vec<LogEntry>,
 }
 
 /// What one compaction removed.
@@ -184,36 +194,78 @@ fn corrupt(key: &[u8], why: impl ToString) -> StorageError {
     }
 }
 
-fn seq_suffix(key: &[u8]) -> Option<u64> {
-    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
-    Some(u64::from_be_bytes(tail))
-}
-
 fn text(key: &[u8], bytes: &[u8]) -> Result<String> {
     String::from_utf8(bytes.to_vec()).map_err(|e| corrupt(key, e))
 }
 
-fn encode_log(key: &str, body: &RawJson) -> Vec<u8> {
-    let body = body.as_str();
-    let mut v = Vec::with_capacity(4 + key.len() + body.len());
-    v.extend_from_slice(&(key.len() as u32).to_be_bytes());
-    v.extend_from_slice(key.as_bytes());
-    v.extend_from_slice(body.as_bytes());
-    v
+/// Appends one entry to a segment.
+fn push_entry(segment: &mut Vec<u8>, e: &LogEntry) {
+    let body = e.body.as_str();
+    segment.extend_from_slice(&e.seq.to_be_bytes());
+    segment.extend_from_slice(&(e.key.len() as u32).to_be_bytes());
+    segment.extend_from_slice(e.key.as_bytes());
+    segment.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    segment.extend_from_slice(body.as_bytes());
 }
 
-/// A log value back into its record key and body.
-fn decode_log(k: &[u8], raw: &[u8]) -> Result<(String, RawJson)> {
-    let len = raw
-        .get(..4)
-        .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        .map(|b| u32::from_be_bytes(b) as usize)
-        .ok_or_else(|| corrupt(k, "short log record"))?;
-    let key = raw
-        .get(4..4 + len)
-        .ok_or_else(|| corrupt(k, "log record key past its end"))?;
-    let body = &raw[4 + len..];
-    Ok((text(k, key)?, RawJson::trusted(text(k, body)?)))
+/// Reads a segment's entries in order until `visit` stops.
+fn read_segment(
+    k: &[u8],
+    mut raw: &[u8],
+    visit: &mut dyn FnMut(u64, &str, &str) -> Visit,
+) -> Result<ControlFlow<()>> {
+    fn take<'a>(k: &[u8], raw: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        if raw.len() < n {
+            return Err(corrupt(k, "log segment cut short"));
+        }
+        let (head, rest) = raw.split_at(n);
+        *raw = rest;
+        Ok(head)
+    }
+    fn len(k: &[u8], raw: &mut &[u8]) -> Result<usize> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(take(k, raw, 4)?);
+        Ok(u32::from_be_bytes(b) as usize)
+    }
+    fn utf8<'a>(k: &[u8], b: &'a [u8]) -> Result<&'a str> {
+        std::str::from_utf8(b).map_err(|e| corrupt(k, e))
+    }
+    while !raw.is_empty() {
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(take(k, &mut raw, 8)?);
+        let n = len(k, &mut raw)?;
+        let key = utf8(k, take(k, &mut raw, n)?)?;
+        let n = len(k, &mut raw)?;
+        let body = utf8(k, take(k, &mut raw, n)?)?;
+        if visit(u64::from_be_bytes(seq), key, body)?.is_break() {
+            return Ok(ControlFlow::Break(()));
+        }
+    }
+    Ok(ControlFlow::Continue(()))
+}
+
+/// The entries of one stream as segments of at most `max` entries, keyed by their first seq.
+fn segments<'a>(
+    layout: &RoomLayout,
+    stream: &str,
+    entries: impl Iterator<Item = &'a LogEntry>,
+    max: usize,
+    batch: &mut KvBatch,
+) {
+    let mut current: Option<(u64, usize, Vec<u8>)> = None;
+    for e in entries {
+        let (_, count, segment) = current.get_or_insert_with(|| (e.seq, 0, Vec::new()));
+        push_entry(segment, e);
+        *count += 1;
+        if *count >= max
+            && let Some((first, _, segment)) = current.take()
+        {
+            batch.insert(layout.log_key(stream, first), segment);
+        }
+    }
+    if let Some((first, _, segment)) = current {
+        batch.insert(layout.log_key(stream, first), segment);
+    }
 }
 
 fn encode_state(w: &StateWrite<'_>) -> Vec<u8> {
@@ -298,7 +350,7 @@ impl Store {
         }
     }
 
-    /// Everything a room needs in memory to serve: its counters and every state record.
+    /// Everything a room needs to serve: its counters, its state snapshot and the log after it.
     pub fn load_room(&self, layout: &RoomLayout) -> Result<RoomImage> {
         let meta = self.room_meta(layout)?.unwrap_or_default();
         let mut records = Vec::with_capacity(meta.records as usize);
@@ -314,25 +366,45 @@ impl Store {
             records.push((stream, key, decode_state(k, raw)?));
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok(RoomImage { meta, records })
+        let mut tail = Vec::new();
+        for (stream, head) in &meta.heads {
+            if *head > meta.snapshot {
+                let (entries, _) = self.stream_entries(
+                    layout,
+                    stream,
+                    meta.snapshot,
+                    u64::MAX,
+                    usize::MAX,
+                    &mut |_, _| true,
+                )?;
+                tail.extend(entries);
+            }
+        }
+        Ok(RoomImage {
+            meta,
+            records,
+            tail,
+        })
     }
 
-    /// The writes of one batch of accepted changes and the room's new counters; applied
-    /// atomically by [`Store::apply`]. Pure encoding: a room builds it on its own thread.
+    /// The writes of one commit: its entries as one log segment per stream, the state records
+    /// of a snapshot if one is due, and the room's counters. Applied atomically by
+    /// [`Store::apply`]. Pure encoding: a room builds it on its own thread.
     pub fn commit_batch<'a>(
         layout: &RoomLayout,
         meta: &RoomMeta,
         entries: &[LogEntry],
-        states: impl IntoIterator<Item = StateWrite<'a>>,
+        snapshot: impl IntoIterator<Item = StateWrite<'a>>,
     ) -> Result<KvBatch> {
         let mut b = KvBatch::default();
-        for e in entries {
-            b.insert(
-                layout.log_key(&e.stream, e.seq),
-                encode_log(&e.key, &e.body),
-            );
+        let mut streams: Vec<&str> = entries.iter().map(|e| e.stream.as_str()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for stream in streams {
+            let of_stream = entries.iter().filter(|e| e.stream == stream);
+            segments(layout, stream, of_stream, usize::MAX, &mut b);
         }
-        for w in states {
+        for w in snapshot {
             b.insert(layout.state_key(w.stream, w.key), encode_state(&w));
         }
         let raw_meta = serde_json::to_vec(meta).map_err(|e| corrupt(&layout.meta, e))?;
@@ -365,64 +437,98 @@ impl Store {
         if after >= upto {
             return Ok((out, more));
         }
-        let start = layout.log_key(stream, after.saturating_add(1));
-        let end = layout.log_key(stream, upto.saturating_add(1));
-        let end = if upto == u64::MAX {
-            prefix_end(&RoomLayout::stream_prefix(&layout.log, stream))
-        } else {
-            end
+        let prefix = RoomLayout::stream_prefix(&layout.log, stream);
+        let end = prefix_end(&prefix);
+        // The segment holding `after + 1` starts at or before it: the last one keyed up to it.
+        let first_wanted = after + 1;
+        let bound = match first_wanted.checked_add(1) {
+            Some(next) => layout.log_key(stream, next),
+            None => end.clone(),
+        };
+        let start = match self.kv.last_key(&prefix, &bound)? {
+            Some(k) => k,
+            None => layout.log_key(stream, first_wanted),
         };
         self.kv.scan(&start, &end, &mut |k, raw| {
-            let seq = seq_suffix(k).ok_or_else(|| corrupt(k, "short log key"))?;
-            let (key, body) = decode_log(k, raw)?;
-            if !keep(&key, seq) {
-                return Ok(ControlFlow::Continue(()));
-            }
-            if out.len() == limit {
-                more = true;
-                return Ok(ControlFlow::Break(()));
-            }
-            out.push(LogEntry {
-                seq,
-                stream: stream.to_owned(),
-                key,
-                body,
-                origin: None,
-            });
-            Ok(ControlFlow::Continue(()))
+            read_segment(k, raw, &mut |seq, key, body| {
+                if seq <= after {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if seq > upto {
+                    return Ok(ControlFlow::Break(()));
+                }
+                if !keep(key, seq) {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if out.len() == limit {
+                    more = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+                out.push(LogEntry {
+                    seq,
+                    stream: stream.to_owned(),
+                    key: key.to_owned(),
+                    body: RawJson::trusted(body.to_owned()),
+                    origin: None,
+                });
+                Ok(ControlFlow::Continue(()))
+            })
         })?;
         Ok((out, more))
     }
 
-    /// Drops every log entry `keep(stream, key, seq)` refuses (superseded changes, expired
-    /// tombstones) and writes the room's new counters. State records stay, so the room's state
-    /// and digest do not change.
-    pub fn compact(
+    /// Rewrites a room's log keeping only the entries `keep(stream, key, seq)` accepts
+    /// (superseded changes and expired tombstones go), in segments of at most `segment_len`
+    /// entries, together with the state `snapshot` and the room's new counters: the dropped
+    /// entries' records must be in the snapshot. The room's state and digest do not change.
+    pub fn compact<'a>(
         &self,
         layout: &RoomLayout,
         meta: &mut RoomMeta,
+        snapshot: impl IntoIterator<Item = StateWrite<'a>>,
+        segment_len: usize,
         keep: &mut dyn FnMut(&str, &str, u64) -> bool,
     ) -> Result<CompactReport> {
         let mut report = CompactReport::default();
         let mut batch = KvBatch::default();
+        let mut kept: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
         let prefix = &layout.log;
         self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
-            let seq = seq_suffix(k).ok_or_else(|| corrupt(k, "short log key"))?;
-            let rest = &k[prefix.len()..k.len() - 8];
-            let stream = rest
-                .strip_suffix(&[0])
-                .ok_or_else(|| corrupt(k, "log key without stream"))?;
-            let stream = text(k, stream)?;
-            let (key, _) = decode_log(k, raw)?;
-            if keep(&stream, &key, seq) {
-                report.kept += 1;
-            } else {
-                batch.remove(k.to_vec());
-                report.removed += 1;
-            }
-            Ok(ControlFlow::Continue(()))
+            let rest = k
+                .get(prefix.len()..k.len().saturating_sub(9))
+                .ok_or_else(|| corrupt(k, "short log key"))?;
+            let stream = text(k, rest)?;
+            batch.remove(k.to_vec());
+            read_segment(k, raw, &mut |seq, key, body| {
+                if keep(&stream, key, seq) {
+                    report.kept += 1;
+                    kept.entry(stream.clone()).or_default().push(LogEntry {
+                        seq,
+                        stream: stream.clone(),
+                        key: key.to_owned(),
+                        body: RawJson::trusted(body.to_owned()),
+                        origin: None,
+                    });
+                } else {
+                    report.removed += 1;
+                }
+                Ok(ControlFlow::Continue(()))
+            })
         })?;
+        for (stream, entries) in &kept {
+            segments(
+                layout,
+                stream,
+                entries.iter(),
+                segment_len.max(1),
+                &mut batch,
+            );
+        }
+        for w in snapshot {
+            batch.insert(layout.state_key(w.stream, w.key), encode_state(&w));
+        }
         meta.log_len = report.kept;
+        meta.snapshot = meta.seq;
         let raw_meta = serde_json::to_vec(meta).map_err(|e| corrupt(&layout.meta, e))?;
         batch.insert(layout.meta.clone(), raw_meta);
         self.kv.apply(batch)?;
@@ -466,33 +572,26 @@ mod tests {
         RoomLayout::new(&RoomKey::new(Namespace::Pocket, name).expect("valid"))
     }
 
-    fn commit(
-        store: &Store,
-        l: &RoomLayout,
-        meta: &mut RoomMeta,
-        stream: &str,
-        key: &str,
-        v: Value,
-    ) {
+    fn entry(meta: &mut RoomMeta, stream: &str, key: &str, v: Value) -> LogEntry {
         meta.seq += 1;
         meta.log_len += 1;
         meta.heads.insert(stream.into(), meta.seq);
-        let json = v.to_string();
-        let entry = LogEntry {
+        LogEntry {
             seq: meta.seq,
             stream: stream.into(),
             key: key.into(),
             body: RawJson::from_value(&v),
             origin: None,
-        };
-        let write = StateWrite {
-            stream,
-            key,
-            seq: meta.seq,
-            hash: state_hash(stream, key, &json),
-            json: &json,
-        };
-        let batch = Store::commit_batch(l, meta, &[entry], [write]).expect("encode");
+        }
+    }
+
+    /// One commit of `(stream, key, value)` writes, without a snapshot.
+    fn commit(store: &Store, l: &RoomLayout, meta: &mut RoomMeta, writes: &[(&str, &str, Value)]) {
+        let entries: Vec<LogEntry> = writes
+            .iter()
+            .map(|(s, k, v)| entry(meta, s, k, v.clone()))
+            .collect();
+        let batch = Store::commit_batch(l, meta, &entries, []).expect("encode");
         store.apply(batch).expect("apply");
     }
 
@@ -500,67 +599,133 @@ mod tests {
         true
     }
 
-    #[test]
-    fn streams_page_in_order_and_rooms_do_not_mix() {
-        let store = Store::memory();
-        let (a, b) = (layout("a"), layout("b"));
-        let (mut ma, mut mb) = (RoomMeta::default(), RoomMeta::default());
-        for i in 0..5 {
-            commit(&store, &a, &mut ma, "todos", &format!("d{i}"), json!(i));
-            commit(&store, &a, &mut ma, "notes", "n", json!(i));
-        }
-        commit(&store, &b, &mut mb, "todos", "x", json!("b"));
-        commit(&store, &b, &mut mb, "todos", "y", json!("b"));
-        commit(&store, &b, &mut mb, "todos", "x", json!("c"));
-        // Only the latest entry per key: 2 (y) and 3 (x).
-        let image = store.load_room(&b).expect("load");
-        let latest: std::collections::HashMap<String, u64> = image
-            .records
-            .iter()
-            .map(|(_, k, r)| (k.clone(), r.seq))
-            .collect();
-        let (kept, _) = store
-            .stream_entries(&b, "todos", 0, mb.seq, 10, &mut |k, seq| latest[k] == seq)
-            .expect("scan");
-        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
-        let (page, more) = store
-            .stream_entries(&a, "todos", 0, ma.seq, 3, &mut everything)
-            .expect("scan");
-        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 5]);
-        assert_eq!(page[0].body, RawJson::from_value(&json!(0)));
-        assert_eq!(page[0].key, "d0");
-        assert!(more);
-        let (rest, more) = store
-            .stream_entries(&a, "todos", 5, ma.seq, 3, &mut everything)
-            .expect("scan");
-        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [7, 9]);
-        assert!(!more);
-        // `upto` hides entries that are not yet durable.
-        let (capped, more) = store
-            .stream_entries(&a, "todos", 0, 4, 10, &mut everything)
-            .expect("scan");
-        assert_eq!(capped.len(), 2);
-        assert!(!more);
-        assert_eq!(store.room_meta(&a).expect("meta"), Some(ma.clone()));
-        assert_eq!(ma.head("notes"), 10);
-        assert_eq!(store.room_meta(&layout("never")).expect("meta"), None);
-        let image = store.load_room(&a).expect("load");
-        assert_eq!(image.meta, ma);
-        assert_eq!(image.records.len(), 6);
+    fn seqs(entries: &[LogEntry]) -> Vec<u64> {
+        entries.iter().map(|e| e.seq).collect()
     }
 
     #[test]
-    fn compaction_drops_what_keep_refuses_and_keeps_state() {
+    fn streams_page_in_order_across_segments_and_rooms_do_not_mix() {
+        let store = Store::memory();
+        let (a, b) = (layout("a"), layout("b"));
+        let (mut ma, mut mb) = (RoomMeta::default(), RoomMeta::default());
+        // Commits of various sizes: the segments hold 1 to 4 entries per stream.
+        for round in 0..4 {
+            let writes: Vec<(&str, String, Value)> = (0..=round)
+                .flat_map(|i| {
+                    [
+                        ("todos", format!("d{round}-{i}"), json!(i)),
+                        ("notes", "n".to_string(), json!(i)),
+                    ]
+                })
+                .collect();
+            let borrowed: Vec<(&str, &str, Value)> = writes
+                .iter()
+                .map(|(s, k, v)| (*s, k.as_str(), v.clone()))
+                .collect();
+            commit(&store, &a, &mut ma, &borrowed);
+        }
+        commit(&store, &b, &mut mb, &[("todos", "x", json!("b"))]);
+        let todos: Vec<u64> = (1..=ma.seq).filter(|s| s % 2 == 1).collect();
+        let (all, more) = store
+            .stream_entries(&a, "todos", 0, ma.seq, 100, &mut everything)
+            .expect("scan");
+        assert_eq!((seqs(&all), more), (todos.clone(), false));
+        assert_eq!(all[0].key, "d0-0");
+        assert_eq!(all[0].body, RawJson::from_value(&json!(0)));
+        // Every starting point and page size gives the same sequence, in pages.
+        for after in 0..=ma.seq {
+            for limit in [1, 3, 100] {
+                let (page, more) = store
+                    .stream_entries(&a, "todos", after, ma.seq, limit, &mut everything)
+                    .expect("scan");
+                let expected: Vec<u64> = todos.iter().copied().filter(|s| *s > after).collect();
+                assert_eq!(
+                    seqs(&page),
+                    expected[..expected.len().min(limit)],
+                    "{after} {limit}"
+                );
+                assert_eq!(more, expected.len() > limit);
+            }
+        }
+        // `upto` hides entries that are not yet durable; `keep` filters.
+        let (capped, more) = store
+            .stream_entries(&a, "todos", 0, 4, 10, &mut everything)
+            .expect("scan");
+        assert_eq!((seqs(&capped), more), (vec![1, 3], false));
+        let (odd, _) = store
+            .stream_entries(&a, "notes", 0, ma.seq, 100, &mut |_, seq| seq % 4 == 0)
+            .expect("scan");
+        assert!(odd.iter().all(|e| e.seq % 4 == 0) && !odd.is_empty());
+        let (bs, _) = store
+            .stream_entries(&b, "todos", 0, mb.seq, 10, &mut everything)
+            .expect("scan");
+        assert_eq!(seqs(&bs), [1]);
+        assert_eq!(store.room_meta(&a).expect("meta"), Some(ma.clone()));
+        assert_eq!(store.room_meta(&layout("never")).expect("meta"), None);
+        // Without a snapshot, loading hands back the whole log to replay.
+        let image = store.load_room(&a).expect("load");
+        assert_eq!(image.meta, ma);
+        assert!(image.records.is_empty());
+        assert_eq!(image.tail.len() as u64, ma.seq);
+    }
+
+    #[test]
+    fn a_snapshot_bounds_what_loading_replays() {
+        let store = Store::memory();
+        let l = layout("s");
+        let mut meta = RoomMeta::default();
+        commit(
+            &store,
+            &l,
+            &mut meta,
+            &[("t", "a", json!(1)), ("t", "b", json!(2))],
+        );
+        let e = entry(&mut meta, "t", "a", json!(3));
+        meta.snapshot = meta.seq;
+        let json = json!(3).to_string();
+        let snap = [StateWrite {
+            stream: "t",
+            key: "a",
+            seq: 3,
+            hash: state_hash("t", "a", &json),
+            json: &json,
+        }];
+        let batch = Store::commit_batch(&l, &meta, &[e], snap).expect("encode");
+        store.apply(batch).expect("apply");
+        commit(&store, &l, &mut meta, &[("t", "c", json!(4))]);
+        let image = store.load_room(&l).expect("load");
+        assert_eq!(image.records.len(), 1);
+        assert_eq!(image.records[0].2.value, json!(3));
+        assert_eq!(seqs(&image.tail), [4]);
+    }
+
+    #[test]
+    fn compaction_keeps_what_keep_accepts_and_writes_the_snapshot() {
         let store = Store::memory();
         let l = layout("c");
         let mut meta = RoomMeta::default();
         for i in 0..4 {
-            commit(&store, &l, &mut meta, "todos", "same", json!(i));
+            commit(&store, &l, &mut meta, &[("todos", "same", json!(i))]);
         }
-        commit(&store, &l, &mut meta, "todos", "gone", json!("tombstone"));
-        commit(&store, &l, &mut meta, "notes", "other", json!("x"));
+        commit(
+            &store,
+            &l,
+            &mut meta,
+            &[
+                ("todos", "gone", json!("tombstone")),
+                ("notes", "other", json!("x")),
+            ],
+        );
+        let json = json!("tombstone").to_string();
+        let snap = [StateWrite {
+            stream: "todos",
+            key: "gone",
+            seq: 5,
+            hash: state_hash("todos", "gone", &json),
+            json: &json,
+        }];
         let report = store
-            .compact(&l, &mut meta, &mut |_, key, seq| {
+            .compact(&l, &mut meta, snap, 2, &mut |_, key, seq| {
                 (key == "same" && seq == 4) || key == "other"
             })
             .expect("compact");
@@ -574,12 +739,16 @@ mod tests {
         let (todos, _) = store
             .stream_entries(&l, "todos", 0, meta.seq, 100, &mut everything)
             .expect("scan");
-        assert_eq!(todos.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
-        assert_eq!(
-            store.room_meta(&l).expect("meta").map(|m| m.log_len),
-            Some(2)
-        );
-        assert_eq!(store.load_room(&l).expect("load").records.len(), 3);
+        assert_eq!(seqs(&todos), [4]);
+        let (notes, _) = store
+            .stream_entries(&l, "notes", 0, meta.seq, 100, &mut everything)
+            .expect("scan");
+        assert_eq!(seqs(&notes), [6]);
+        let stored = store.room_meta(&l).expect("meta").expect("present");
+        assert_eq!((stored.log_len, stored.snapshot), (2, 6));
+        let image = store.load_room(&l).expect("load");
+        assert_eq!(image.records.len(), 1);
+        assert!(image.tail.is_empty());
     }
 
     #[test]

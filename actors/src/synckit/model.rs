@@ -84,12 +84,6 @@ impl Model for SynckitModel {
         }
         let value = body.get("value").cloned().unwrap_or(Value::Null);
         let deleted = is_delete(&value);
-        let mut state = json!({"t": body["ts"], "c": new.counter, "w": new.writer});
-        if deleted {
-            state["d"] = Value::Bool(true);
-        } else {
-            state["v"] = value.clone();
-        }
         advance_clock(
             clock,
             new.writer,
@@ -100,10 +94,25 @@ impl Model for SynckitModel {
             "value": if deleted { json!({"__deleted": true}) } else { value },
             "clock": clock.clone(),
             "clientId": new.writer,
+            "counter": new.counter,
             "timestamp": body["ts"],
             "seq": 0,
         });
-        Merge::Apply { state, logged }
+        Merge::Apply { logged }
+    }
+
+    /// `{v, t, c, w}`, or `{d: true, t, c, w}` for a delete.
+    fn state_of(&self, logged: &Value) -> Value {
+        let mut state = json!({
+            "t": logged["timestamp"],
+            "c": logged.get("counter").and_then(Value::as_u64).unwrap_or(0),
+            "w": logged["clientId"],
+        });
+        match logged.get("value") {
+            Some(v) if is_delete(v) => state["d"] = Value::Bool(true),
+            v => state["v"] = v.cloned().unwrap_or(Value::Null),
+        }
+        state
     }
 
     fn stamp(&self, logged: &mut Value, seq: u64) {
@@ -147,7 +156,7 @@ mod tests {
         w: &IncomingChange,
     ) -> Option<Value> {
         match m.merge(clock, cur, w) {
-            Merge::Apply { state, .. } => Some(state),
+            Merge::Apply { logged } => Some(m.state_of(&logged)),
             Merge::Unchanged => None,
             Merge::Reject { .. } => panic!("synckit never rejects"),
         }
