@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod open_files;
 
 use std::future::Future;
 use std::net::TcpListener;

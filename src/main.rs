@@ -92,6 +92,10 @@ fn serve(config: Config) -> ExitCode {
         log::warn!("Every client is admitted with full read and write rights.");
         log::warn!("==============================================================");
     }
+    match synchub::open_files::raise_to_hard_limit() {
+        Ok(n) => log::debug!("open files limit: {n}"),
+        Err(e) => log::warn!("cannot raise the open files limit: {e}"),
+    }
     let listener = match TcpListener::bind(&config.server.bind) {
         Ok(l) => l,
         Err(e) => {
