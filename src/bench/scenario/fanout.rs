@@ -25,7 +25,7 @@ pub struct FanoutArgs {
 }
 
 /// The subscribers are done when nothing has arrived for this long (or everything has).
-const QUIET: Duration = Duration::from_secs(1);
+const QUIET: Duration = Duration::from_secs(2);
 const WRITER: &str = "w0";
 
 pub async fn run(ctx: &Arc<Ctx>, a: &FanoutArgs) -> Result<Outcome, BenchError> {
