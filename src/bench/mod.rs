@@ -305,6 +305,9 @@ async fn run_async(
     report.insert("self_started".into(), hub.is_some().into());
     report.insert("server_pids".into(), json!(pids));
     report.insert("nofile_limit".into(), json!(nofile));
+    let run_id = run_id();
+    // Rooms are named bench-<scenario>-<run_id>-<n>, for looking them up on the server.
+    report.insert("run_id".into(), run_id.clone().into());
 
     let mut endpoints = Vec::with_capacity(urls.len());
     for u in &urls {
@@ -328,7 +331,7 @@ async fn run_async(
         duration: Duration::from_secs_f64(c.duration),
         timeout: Duration::from_secs_f64(c.timeout),
         concurrency: c.concurrency.max(1),
-        run_id: run_id(),
+        run_id,
     });
     let target = match &hub {
         Some(h) => format!(

@@ -113,7 +113,7 @@ pub async fn run(ctx: &Arc<Ctx>, a: &WritesArgs) -> Result<Outcome, BenchError> 
         ctx.warmup.as_secs_f64()
     ));
     o.summary.push(format!(
-        "  durable acks: {:.0}/s; ack latency {}",
+        "  acks: {:.0}/s; ack latency {}",
         window.rate(acks),
         ack_latency.describe()
     ));
