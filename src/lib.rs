@@ -4,6 +4,7 @@
 //! the HTTP routes, and [`run`], which serves a hub on a listener until a shutdown signal.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod open_files;

@@ -50,6 +50,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
     },
+    /// Drive a hub (or any server speaking a dialect) with load and report what it sustains.
+    Bench(synchub::bench::BenchArgs),
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => synchub::bench::run(args),
         Command::Serve { config } => match load(config.as_deref()) {
             Ok(c) => serve(c),
             Err(code) => code,
