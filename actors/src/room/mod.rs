@@ -69,9 +69,17 @@ struct Member {
 }
 
 /// An answer held back until the writes before it are durable.
-enum Held {
-    Answer(Reply, RoomReply),
-    Compact(Reply),
+struct Held(Reply, RoomReply);
+
+/// Where the room is with compacting its log.
+#[derive(Debug, Default)]
+enum Compaction {
+    #[default]
+    Idle,
+    /// Asked for: commits are held until those in flight are durable, then it starts.
+    Pending,
+    /// Running off the room's thread over a log of this length.
+    Running { log_len_before: u64 },
 }
 
 /// A commit handed to the durability actor, with what to release once it is durable.
@@ -114,6 +122,11 @@ pub struct Room {
     last_activity: Instant,
     /// Durable changes waiting for the end of the model's broadcast window.
     gathered: Option<Gathered>,
+    compaction: Compaction,
+    /// Who asked for the compaction under way.
+    compaction_replies: Vec<Reply>,
+    /// Log reads that arrived while the log was being rewritten; served once it is done.
+    reads_after_compaction: Vec<Request>,
 }
 
 impl Room {
@@ -134,6 +147,9 @@ impl Room {
             me: None,
             last_activity: Instant::now(),
             gathered: None,
+            compaction: Compaction::Idle,
+            compaction_replies: Vec::new(),
+            reads_after_compaction: Vec::new(),
         }
     }
 
@@ -162,14 +178,8 @@ impl Room {
         }
     }
 
-    fn answer(&mut self, held: Held) {
-        match held {
-            Held::Answer(reply, answer) => reply.send(Ok(answer)),
-            Held::Compact(reply) => {
-                let report = self.compact();
-                reply.send(report.map(RoomReply::Compacted));
-            }
-        }
+    fn answer(&mut self, Held(reply, answer): Held) {
+        reply.send(Ok(answer));
     }
 
     fn submit(
@@ -192,11 +202,11 @@ impl Room {
         if submitted.accepted == 0 {
             // Nothing new to write, but an earlier write it may repeat (a resend of a change
             // whose first copy is still in flight) must be durable before the answer.
-            return self.after_writes(Held::Answer(reply, RoomReply::Submitted(submitted)));
+            return self.after_writes(Held(reply, RoomReply::Submitted(submitted)));
         }
         self.dialect.changes.inc_by(submitted.accepted as u64);
         self.open_held
-            .push(Held::Answer(reply, RoomReply::Submitted(submitted)));
+            .push(Held(reply, RoomReply::Submitted(submitted)));
         if self.open.len() >= MAX_OPEN_CHANGES {
             self.commit(ctx);
         } else if !self.commit_scheduled {
@@ -205,8 +215,11 @@ impl Room {
         }
     }
 
-    /// Hands the open batch to the durability actor.
+    /// Hands the open batch to the durability actor, unless a compaction holds commits.
     fn commit(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.compaction, Compaction::Idle) {
+            return;
+        }
         if self.open.is_empty() {
             let held = std::mem::take(&mut self.open_held);
             for h in held {
@@ -377,30 +390,80 @@ impl Room {
         }))
     }
 
-    fn compact(&mut self) -> Result<crate::store::CompactReport, RoomError> {
-        let Some(state) = self.state.as_mut() else {
-            return Err(RoomError::Gone);
-        };
-        let report = state
-            .compact(&self.cx.store, self.cx.model.as_ref(), now_ms())
-            .map_err(|e| RoomError::Storage(e.to_string()))?;
-        if report.removed > 0 {
-            log::info!(
-                "compacted {}: removed {} log entries, kept {}",
-                self.key,
-                report.removed,
-                report.kept
-            );
+    /// Asks for the log to be compacted; `reply` gets the report.
+    fn request_compaction(&mut self, reply: Option<Reply>, ctx: &mut Context<Self>) {
+        self.compaction_replies.extend(reply);
+        if matches!(self.compaction, Compaction::Idle) {
+            self.compaction = Compaction::Pending;
         }
-        Ok(report)
+        self.start_compaction(ctx);
     }
 
-    /// Compaction is worth it when most of the log is superseded history.
-    fn worth_compacting(&self) -> bool {
-        self.state.as_ref().is_some_and(|s| {
-            let m = s.meta();
-            m.log_len > 64 && m.log_len > 2 * m.records
-        })
+    /// Starts a pending compaction once every commit is durable. It rewrites the log on a
+    /// blocking thread while the room goes on merging; the room's own commits wait for it.
+    fn start_compaction(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.compaction, Compaction::Pending) || !self.in_flight.is_empty() {
+            return;
+        }
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        // The open batch is not in the log yet.
+        let durable_log_len = state.meta().log_len - self.open.len() as u64;
+        self.compaction = Compaction::Running {
+            log_len_before: durable_log_len,
+        };
+        let committed = self.open.is_empty();
+        let job = state.compaction(
+            self.cx.store.clone(),
+            self.cx.model.clone(),
+            now_ms(),
+            committed,
+        );
+        let run = tokio::task::spawn_blocking(job);
+        ctx.spawn(actix::fut::wrap_future(run).map(
+            |result, room: &mut Room, ctx: &mut Context<Room>| {
+                let result = match result {
+                    Ok(r) => r.map_err(|e| RoomError::Storage(e.to_string())),
+                    Err(e) => Err(RoomError::Storage(e.to_string())),
+                };
+                room.compaction_done(result, ctx);
+            },
+        ));
+    }
+
+    fn compaction_done(
+        &mut self,
+        result: Result<crate::store::CompactReport, RoomError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Compaction::Running { log_len_before } = std::mem::take(&mut self.compaction) else {
+            return;
+        };
+        match &result {
+            Ok(report) => {
+                if let Some(state) = self.state.as_mut() {
+                    state.compacted(log_len_before, report);
+                }
+                if report.removed > 0 {
+                    log::info!(
+                        "compacted {}: removed {} log entries, kept {}",
+                        self.key,
+                        report.removed,
+                        report.kept
+                    );
+                }
+            }
+            // The rewrite is one atomic batch: a failed one left the log as it was.
+            Err(e) => log::warn!("compaction of {} failed: {e}", self.key),
+        }
+        for reply in self.compaction_replies.drain(..) {
+            reply.send(result.clone().map(RoomReply::Compacted));
+        }
+        self.commit(ctx);
+        for request in std::mem::take(&mut self.reads_after_compaction) {
+            self.serve(request, ctx);
+        }
     }
 
     fn idle(&self) -> bool {
@@ -409,14 +472,12 @@ impl Room {
             && self.open_held.is_empty()
             && self.in_flight.is_empty()
             && self.gathered.is_none()
+            && matches!(self.compaction, Compaction::Idle)
             && self.last_activity.elapsed() >= self.cx.idle_timeout
     }
 }
 
-fn fail_held(held: Held) {
-    let reply = match held {
-        Held::Answer(reply, _) | Held::Compact(reply) => reply,
-    };
+fn fail_held(Held(reply, _): Held) {
     reply.send(Err(RoomError::Storage("write failed".into())));
 }
 
@@ -454,12 +515,17 @@ impl Actor for Room {
         ));
         let tick = (self.cx.idle_timeout / 2).max(Duration::from_millis(50));
         ctx.run_interval(tick, |room, ctx| {
-            if room.idle() {
-                if room.worth_compacting()
-                    && let Err(e) = room.compact()
-                {
-                    log::warn!("compaction of {} failed: {e}", room.key);
-                }
+            if !room.idle() {
+                return;
+            }
+            // Leave a compact log behind: the next start replays less.
+            if room
+                .state
+                .as_ref()
+                .is_some_and(|s| s.worth_compacting(true))
+            {
+                room.request_compaction(None, ctx);
+            } else {
                 ctx.stop();
             }
         });
@@ -485,6 +551,18 @@ impl Handler<Request> for Room {
         if !matches!(msg.body, RoomRequest::Status) {
             self.last_activity = Instant::now();
         }
+        self.serve(msg, ctx);
+    }
+}
+
+impl Room {
+    fn serve(&mut self, msg: Request, ctx: &mut Context<Self>) {
+        // A read during a rewrite of the log could see it half done: it waits for the rewrite.
+        if matches!(msg.body, RoomRequest::Fetch { .. })
+            && matches!(self.compaction, Compaction::Running { .. })
+        {
+            return self.reads_after_compaction.push(msg);
+        }
         let Request {
             origin,
             body,
@@ -507,7 +585,7 @@ impl Handler<Request> for Room {
                     model: state.meta().model.clone(),
                     seq: state.meta().seq,
                 });
-                return self.after_writes(Held::Answer(reply, snapshot));
+                return self.after_writes(Held(reply, snapshot));
             }
             RoomRequest::Subscribe { streams } => {
                 if let Some(member) = origin.and_then(|o| self.members.get_mut(&o.session))
@@ -517,8 +595,7 @@ impl Handler<Request> for Room {
                 }
                 Ok(RoomReply::Done)
             }
-            // Compaction reads what is durable: it waits for the writes in flight.
-            RoomRequest::Compact => return self.after_writes(Held::Compact(reply)),
+            RoomRequest::Compact => return self.request_compaction(Some(reply), ctx),
             RoomRequest::Status => match self.state.as_ref() {
                 Some(state) => Ok(RoomReply::Status(self.status(state))),
                 None => Err(RoomError::Gone),
@@ -568,6 +645,15 @@ impl Handler<Committed> for Room {
         for h in held {
             self.answer(h);
         }
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|s| s.worth_compacting(false))
+            && matches!(self.compaction, Compaction::Idle)
+        {
+            self.compaction = Compaction::Pending;
+        }
+        self.start_compaction(ctx);
     }
 }
 

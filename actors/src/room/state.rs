@@ -1,9 +1,9 @@
 //! A room's materialised state, held in memory, and the write pipeline that runs against it:
 //! merge (the namespace's [`Model`]) → number ([`Numbering`]) → persist (one storage batch per
-//! commit: a log segment, and now and then a snapshot of the state). No storage read happens on
-//! this path.
+//! commit). No storage read happens on this path.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ use crate::origin::Origin;
 use crate::raw_json::RawJson;
 use crate::room_key::RoomKey;
 use crate::store::{
-    CompactReport, Digest, KvBatch, LogEntry, RoomImage, RoomLayout, RoomMeta, StateWrite,
+    CompactReport, Digest, KvBatch, LogEntry, Retired, RoomImage, RoomLayout, RoomMeta,
     StorageError, Store, state_hash,
 };
 
@@ -36,10 +36,6 @@ fn model_hash(model: &Value) -> Digest {
     }
     state_hash("\u{0}model", "", &model.to_string())
 }
-
-/// A commit carries a snapshot of the state once the log holds this many changes after the
-/// last one: it bounds what a room replays when it loads.
-const SNAPSHOT_AFTER: u64 = 16_384;
 
 /// Compaction writes the log back in segments of at most this many entries.
 const COMPACT_SEGMENT: usize = 1024;
@@ -79,8 +75,8 @@ pub struct RoomState {
 }
 
 impl RoomState {
-    /// The room as storage holds it: the snapshot, then the log after it replayed through
-    /// the model.
+    /// The room as storage holds it: the state records compaction kept, then the log replayed
+    /// over them through the model.
     pub fn load(
         key: RoomKey,
         layout: RoomLayout,
@@ -99,7 +95,8 @@ impl RoomState {
                 },
             );
         }
-        for e in image.tail {
+        let log_len = image.log.len() as u64;
+        for e in image.log {
             let logged = e.body.to_value().map_err(|err| StorageError::Corrupt {
                 key: format!("{key}/{}/{}", e.stream, e.seq),
                 why: err.to_string(),
@@ -111,13 +108,20 @@ impl RoomState {
                 hash: state_hash(&e.stream, &e.key, &value.to_string()),
                 value,
             };
-            records.entry(e.stream).or_default().insert(e.key, record);
+            let stream = records.entry(e.stream).or_default();
+            // A state record compaction kept is older than any log entry of its record.
+            if stream.get(&e.key).is_none_or(|r| r.seq < record.seq) {
+                stream.insert(e.key, record);
+            }
         }
+        let mut meta = image.meta;
+        // A compaction that ran while the room had changes in memory left the stored length.
+        meta.log_len = log_len;
         Ok(RoomState {
             key,
             layout,
-            model_hash: model_hash(&image.meta.model),
-            meta: image.meta,
+            model_hash: model_hash(&meta.model),
+            meta,
             records,
         })
     }
@@ -222,22 +226,9 @@ impl RoomState {
         out
     }
 
-    /// Turns the open batch into one storage batch carrying the room's counters as they are
-    /// now, and a snapshot of the state when one is due.
-    pub fn commit(&mut self, open: OpenBatch) -> Result<Commit, StorageError> {
-        let snapshot = if self.meta.seq - self.meta.snapshot >= SNAPSHOT_AFTER {
-            let changed = changed_since(&self.records, self.meta.snapshot);
-            self.meta.snapshot = self.meta.seq;
-            changed
-        } else {
-            Vec::new()
-        };
-        let writes = Store::commit_batch(
-            &self.layout,
-            &self.meta,
-            &open.entries,
-            snapshot.iter().map(ChangedRecord::write),
-        )?;
+    /// Turns the open batch into one storage batch carrying the room's counters as they are now.
+    pub fn commit(&self, open: OpenBatch) -> Result<Commit, StorageError> {
+        let writes = Store::commit_batch(&self.layout, &self.meta, &open.entries)?;
         Ok(Commit {
             writes,
             entries: open.entries,
@@ -266,29 +257,51 @@ impl RoomState {
             .is_some_and(|r| r.visible == seq)
     }
 
-    /// Drops the log entries that no longer matter (superseded changes, expired tombstones),
-    /// writing a snapshot of the state in the same batch. Call only when every commit is
-    /// durable: it reads and rewrites the log directly.
-    pub fn compact(
-        &mut self,
-        store: &Store,
-        model: &dyn Model,
+    /// Whether the log holds so much superseded history that compacting it is worth it.
+    pub fn worth_compacting(&self, at_rest: bool) -> bool {
+        let m = &self.meta;
+        if at_rest {
+            m.log_len > 64 && m.log_len > 2 * m.records
+        } else {
+            // While the room is busy: only once superseded entries clearly outnumber the
+            // records, so the cost of a compaction is spread over as many changes as it reads.
+            m.log_len > 2 * m.records + 4096
+        }
+    }
+
+    /// A compaction of the log as it is durable now, to run off the room's thread; see
+    /// [`Store::compact`]. The room must hold its commits until it finishes. `committed` says
+    /// the counters in memory are those of the last commit (nothing merged since), so the
+    /// compaction may store them.
+    pub fn compaction(
+        &self,
+        store: Store,
+        model: Arc<dyn Model>,
         now_ms: i64,
-    ) -> Result<CompactReport, StorageError> {
-        let records = &self.records;
-        let snapshot = changed_since(records, self.meta.snapshot);
-        store.compact(
-            &self.layout,
-            &mut self.meta,
-            snapshot.iter().map(ChangedRecord::write),
-            COMPACT_SEGMENT,
-            &mut |stream, key, seq| {
-                records
-                    .get(stream)
-                    .and_then(|s| s.get(key))
-                    .is_some_and(|r| r.seq == seq && !model.tombstone_expired(&r.value, now_ms))
-            },
-        )
+        committed: bool,
+    ) -> impl FnOnce() -> Result<CompactReport, StorageError> + Send + 'static {
+        let layout = self.layout.clone();
+        let meta = committed.then(|| self.meta.clone());
+        move || {
+            store.compact(&layout, meta, COMPACT_SEGMENT, &mut |stream, key, body| {
+                let logged = serde_json::from_str(body).ok()?;
+                let state = model.state_of(&logged);
+                if !model.tombstone_expired(&state, now_ms) {
+                    return None;
+                }
+                let json = state.to_string();
+                Some(Retired {
+                    hash: state_hash(stream, key, &json),
+                    json,
+                })
+            })
+        }
+    }
+
+    /// Records a finished compaction: `durable_log_len` is the length of the log it read.
+    pub fn compacted(&mut self, durable_log_len: u64, report: &CompactReport) {
+        let added_since = self.meta.log_len.saturating_sub(durable_log_len);
+        self.meta.log_len = report.kept + added_since;
     }
 
     /// `(stream, key, value)` of every record.
@@ -300,49 +313,6 @@ impl RoomState {
             }
         }
         out
-    }
-}
-
-/// The records written since the snapshot at `snapshot`, with their JSON text.
-fn changed_since(
-    records: &HashMap<String, HashMap<String, Record>>,
-    snapshot: u64,
-) -> Vec<ChangedRecord<'_>> {
-    let mut out = Vec::new();
-    for (stream, records) in records {
-        for (key, r) in records {
-            if r.seq > snapshot {
-                out.push(ChangedRecord {
-                    stream,
-                    key,
-                    seq: r.seq,
-                    hash: r.hash,
-                    json: r.value.to_string(),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// A record to write into a snapshot.
-struct ChangedRecord<'a> {
-    stream: &'a str,
-    key: &'a str,
-    seq: u64,
-    hash: Digest,
-    json: String,
-}
-
-impl ChangedRecord<'_> {
-    fn write(&self) -> StateWrite<'_> {
-        StateWrite {
-            stream: self.stream,
-            key: self.key,
-            seq: self.seq,
-            hash: self.hash,
-            json: &self.json,
-        }
     }
 }
 
@@ -450,19 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn state_survives_a_reload_by_replay_and_by_snapshot() {
+    fn state_survives_a_reload_by_replaying_the_log() {
         let store = Store::memory();
         let model = RelayModel;
         let mut st = empty(Namespace::Relay, &model);
-        // Enough commits for a snapshot to be due, on keys written over and over.
-        let rounds = SNAPSHOT_AFTER / 100 + 3;
-        for round in 0..rounds {
+        for round in 0..30u64 {
             let mut open = OpenBatch::default();
-            let changes: Vec<IncomingChange> = (0..100)
+            let changes: Vec<IncomingChange> = (0..10)
                 .map(|i| {
                     cell(
-                        &format!("k{}", (round * 7 + i) % 300),
-                        (round * 100 + i) as i64,
+                        &format!("k{}", (round * 7 + i) % 40),
+                        (round * 10 + i) as i64,
                     )
                 })
                 .collect();
@@ -470,49 +438,50 @@ mod tests {
             let commit = st.commit(open).expect("encode");
             store.apply(commit.writes).expect("apply");
             st.release(&commit.entries);
-            if round % 40 == 0 || round == rounds - 1 {
-                let again = reload(&store, &st, &model);
-                assert_eq!(again.meta(), st.meta());
-                assert_eq!(
-                    sorted(again.records()),
-                    sorted(st.records()),
-                    "round {round}"
-                );
-            }
         }
-        let meta = st.meta();
-        assert!(meta.snapshot > 0 && meta.snapshot < meta.seq, "{meta:?}");
-        let image = store.load_room(st.layout()).expect("load");
-        assert_eq!(image.tail.len() as u64, meta.seq - meta.snapshot);
+        let again = reload(&store, &st, &model);
+        assert_eq!(again.meta(), st.meta());
+        assert_eq!(sorted(again.records()), sorted(st.records()));
         let k5 = cell("k5", 0).key;
         let latest = st
             .records
             .get("")
             .and_then(|r| r.get(&k5))
             .map_or(0, |r| r.seq);
-        assert!(reload(&store, &st, &model).is_latest_visible("", &k5, latest));
+        assert!(latest > 0 && again.is_latest_visible("", &k5, latest));
     }
 
     #[test]
     fn compaction_keeps_the_latest_entry_per_record_and_the_state() {
         let store = Store::memory();
-        let model = PocketModel::default();
+        let model = PocketModel {
+            tombstone_retention_ms: Some(1000),
+            ..PocketModel::default()
+        };
         let mut st = empty(Namespace::Pocket, &model);
-        for v in 0..5 {
+        let delete = IncomingChange {
+            stream: "todos".into(),
+            key: "gone".into(),
+            body: json!({"operation": "delete", "documentId": "gone", "document": null,
+                         "timestamp": 5}),
+        };
+        for v in 0..70 {
             let mut open = OpenBatch::default();
-            st.submit(
-                &model,
-                &LocalCounter,
-                None,
-                vec![doc("a", v), doc("b", 0)],
-                &mut open,
-            );
+            let mut changes = vec![doc("a", v), doc("b", 0)];
+            if v == 69 {
+                changes.push(delete.clone());
+            }
+            st.submit(&model, &LocalCounter, None, changes, &mut open);
             let commit = st.commit(open).expect("encode");
             store.apply(commit.writes).expect("apply");
             st.release(&commit.entries);
         }
-        let report = st.compact(&store, &model, 0).expect("compact");
-        assert_eq!((report.removed, report.kept), (4, 2));
+        assert!(st.worth_compacting(true) && !st.worth_compacting(false));
+        let job = st.compaction(store.clone(), Arc::new(model.clone()), 10_000, true);
+        let report = job().expect("compact");
+        // The old versions of "a" go, and the tombstone, whose retention ended at 1005.
+        assert_eq!((report.removed, report.kept), (70, 2));
+        st.compacted(st.meta().log_len, &report);
         assert_eq!(st.meta().log_len, 2);
         let again = reload(&store, &st, &model);
         assert_eq!(again.meta(), st.meta());

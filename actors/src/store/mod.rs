@@ -14,18 +14,19 @@
 //! Writing one segment per commit, not one key per change, is what lets a busy room commit
 //! hundreds of changes for the price of a few keys.
 //!
-//! The log is the truth; state records are a snapshot of it, written every so often (and at
-//! compaction) together with `RoomMeta::snapshot`, the sequence number they reflect. A room
-//! loads the snapshot and replays the log after it. Every commit (segments, snapshot, meta) is
-//! one atomic batch, so a crash never leaves half of it behind. Writes become durable only once
-//! a flush covers them; see [`crate::durability`].
+//! The log is the truth: a room loads by replaying it, and the state of a record is what its
+//! latest entry says. Compaction keeps that latest entry per record and drops the rest; where it
+//! drops a latest entry too (a tombstone whose retention ended), it keeps the record's state as
+//! a state record. Every commit (segments and meta) is one atomic batch, so a crash never leaves
+//! half of it behind. Writes become durable only once a flush covers them; see
+//! [`crate::durability`].
 
 mod digest;
 mod disk;
 mod kv;
 mod memory;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,9 +78,6 @@ pub struct RoomMeta {
     /// Per stream, the sequence number of its last change.
     #[serde(default)]
     pub heads: BTreeMap<String, u64>,
-    /// The sequence number the stored state records reflect; later changes are in the log only.
-    #[serde(default)]
-    pub snapshot: u64,
 }
 
 impl RoomMeta {
@@ -120,14 +118,22 @@ pub struct StateWrite<'a> {
     pub json: &'a str,
 }
 
+/// The state of a record whose last log entry compaction takes out: it is kept as a state
+/// record instead.
+#[derive(Debug, Clone)]
+pub struct Retired {
+    pub hash: Digest,
+    pub json: String,
+}
+
 /// A room as storage holds it.
 #[derive(Debug, Default)]
 pub struct RoomImage {
     pub meta: RoomMeta,
-    /// `(stream, key, record)` of every state record, as of `meta.snapshot`.
+    /// `(stream, key, record)` of the records compaction took out of the log.
     pub records: Vec<(String, String, StateRecord)>,
-    /// The log after `meta.snapshot`, in sequence order per stream: what to replay.
-    pub tail: Vec<LogEntry>,
+    /// The log, in sequence order per stream: what to replay over `records`.
+    pub log: Vec<LogEntry>,
 }
 
 /// What one compaction removed.
@@ -350,7 +356,7 @@ impl Store {
         }
     }
 
-    /// Everything a room needs to serve: its counters, its state snapshot and the log after it.
+    /// Everything a room needs to serve: its counters, its state records and its log.
     pub fn load_room(&self, layout: &RoomLayout) -> Result<RoomImage> {
         let meta = self.room_meta(layout)?.unwrap_or_default();
         let mut records = Vec::with_capacity(meta.records as usize);
@@ -366,35 +372,22 @@ impl Store {
             records.push((stream, key, decode_state(k, raw)?));
             Ok(ControlFlow::Continue(()))
         })?;
-        let mut tail = Vec::new();
-        for (stream, head) in &meta.heads {
-            if *head > meta.snapshot {
-                let (entries, _) = self.stream_entries(
-                    layout,
-                    stream,
-                    meta.snapshot,
-                    u64::MAX,
-                    usize::MAX,
-                    &mut |_, _| true,
-                )?;
-                tail.extend(entries);
-            }
+        let mut log = Vec::with_capacity(meta.log_len as usize);
+        for stream in meta.heads.keys() {
+            let (entries, _) =
+                self.stream_entries(layout, stream, 0, u64::MAX, usize::MAX, &mut |_, _| true)?;
+            log.extend(entries);
         }
-        Ok(RoomImage {
-            meta,
-            records,
-            tail,
-        })
+        Ok(RoomImage { meta, records, log })
     }
 
-    /// The writes of one commit: its entries as one log segment per stream, the state records
-    /// of a snapshot if one is due, and the room's counters. Applied atomically by
-    /// [`Store::apply`]. Pure encoding: a room builds it on its own thread.
-    pub fn commit_batch<'a>(
+    /// The writes of one commit: its entries as one log segment per stream, and the room's
+    /// counters. Applied atomically by [`Store::apply`]. Pure encoding: a room builds it on its
+    /// own thread.
+    pub fn commit_batch(
         layout: &RoomLayout,
         meta: &RoomMeta,
         entries: &[LogEntry],
-        snapshot: impl IntoIterator<Item = StateWrite<'a>>,
     ) -> Result<KvBatch> {
         let mut b = KvBatch::default();
         let mut streams: Vec<&str> = entries.iter().map(|e| e.stream.as_str()).collect();
@@ -403,9 +396,6 @@ impl Store {
         for stream in streams {
             let of_stream = entries.iter().filter(|e| e.stream == stream);
             segments(layout, stream, of_stream, usize::MAX, &mut b);
-        }
-        for w in snapshot {
-            b.insert(layout.state_key(w.stream, w.key), encode_state(&w));
         }
         let raw_meta = serde_json::to_vec(meta).map_err(|e| corrupt(&layout.meta, e))?;
         b.insert(layout.meta.clone(), raw_meta);
@@ -477,30 +467,56 @@ impl Store {
         Ok((out, more))
     }
 
-    /// Rewrites a room's log keeping only the entries `keep(stream, key, seq)` accepts
-    /// (superseded changes and expired tombstones go), in segments of at most `segment_len`
-    /// entries, together with the state `snapshot` and the room's new counters: the dropped
-    /// entries' records must be in the snapshot. The room's state and digest do not change.
-    pub fn compact<'a>(
+    /// Rewrites a room's log keeping only the latest entry of each record, in segments of at
+    /// most `segment_len` entries; with `meta` (the counters of the last commit), writes them
+    /// with the new log length. Where `retire` says a latest entry's time is up (it returns the
+    /// record's state, as JSON with its hash), that entry goes too and the state is kept as a
+    /// state record. The room's state and digest do not change. Nothing else may write to the
+    /// room meanwhile: the room holds its commits.
+    pub fn compact(
         &self,
         layout: &RoomLayout,
-        meta: &mut RoomMeta,
-        snapshot: impl IntoIterator<Item = StateWrite<'a>>,
+        meta: Option<RoomMeta>,
         segment_len: usize,
-        keep: &mut dyn FnMut(&str, &str, u64) -> bool,
+        retire: &mut dyn FnMut(&str, &str, &str) -> Option<Retired>,
     ) -> Result<CompactReport> {
-        let mut report = CompactReport::default();
-        let mut batch = KvBatch::default();
-        let mut kept: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
         let prefix = &layout.log;
-        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
+        let stream_of = |k: &[u8]| -> Result<String> {
             let rest = k
                 .get(prefix.len()..k.len().saturating_sub(9))
                 .ok_or_else(|| corrupt(k, "short log key"))?;
-            let stream = text(k, rest)?;
+            text(k, rest)
+        };
+        // The latest entry of every record.
+        let mut latest: HashMap<(String, String), u64> = HashMap::new();
+        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
+            let stream = stream_of(k)?;
+            read_segment(k, raw, &mut |seq, key, _| {
+                latest.insert((stream.clone(), key.to_owned()), seq);
+                Ok(ControlFlow::Continue(()))
+            })
+        })?;
+        let mut report = CompactReport::default();
+        let mut batch = KvBatch::default();
+        let mut kept: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
+        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
+            let stream = stream_of(k)?;
             batch.remove(k.to_vec());
             read_segment(k, raw, &mut |seq, key, body| {
-                if keep(&stream, key, seq) {
+                let addr = (stream.clone(), key.to_owned());
+                if latest.get(&addr) != Some(&seq) {
+                    report.removed += 1;
+                } else if let Some(Retired { hash, json }) = retire(&stream, key, body) {
+                    let w = StateWrite {
+                        stream: &stream,
+                        key,
+                        seq,
+                        hash,
+                        json: &json,
+                    };
+                    batch.insert(layout.state_key(&stream, key), encode_state(&w));
+                    report.removed += 1;
+                } else {
                     report.kept += 1;
                     kept.entry(stream.clone()).or_default().push(LogEntry {
                         seq,
@@ -509,8 +525,6 @@ impl Store {
                         body: RawJson::trusted(body.to_owned()),
                         origin: None,
                     });
-                } else {
-                    report.removed += 1;
                 }
                 Ok(ControlFlow::Continue(()))
             })
@@ -524,13 +538,11 @@ impl Store {
                 &mut batch,
             );
         }
-        for w in snapshot {
-            batch.insert(layout.state_key(w.stream, w.key), encode_state(&w));
+        if let Some(mut meta) = meta {
+            meta.log_len = report.kept;
+            let raw_meta = serde_json::to_vec(&meta).map_err(|e| corrupt(&layout.meta, e))?;
+            batch.insert(layout.meta.clone(), raw_meta);
         }
-        meta.log_len = report.kept;
-        meta.snapshot = meta.seq;
-        let raw_meta = serde_json::to_vec(meta).map_err(|e| corrupt(&layout.meta, e))?;
-        batch.insert(layout.meta.clone(), raw_meta);
         self.kv.apply(batch)?;
         Ok(report)
     }
@@ -585,13 +597,13 @@ mod tests {
         }
     }
 
-    /// One commit of `(stream, key, value)` writes, without a snapshot.
+    /// One commit of `(stream, key, value)` writes.
     fn commit(store: &Store, l: &RoomLayout, meta: &mut RoomMeta, writes: &[(&str, &str, Value)]) {
         let entries: Vec<LogEntry> = writes
             .iter()
             .map(|(s, k, v)| entry(meta, s, k, v.clone()))
             .collect();
-        let batch = Store::commit_batch(l, meta, &entries, []).expect("encode");
+        let batch = Store::commit_batch(l, meta, &entries).expect("encode");
         store.apply(batch).expect("apply");
     }
 
@@ -662,45 +674,15 @@ mod tests {
         assert_eq!(seqs(&bs), [1]);
         assert_eq!(store.room_meta(&a).expect("meta"), Some(ma.clone()));
         assert_eq!(store.room_meta(&layout("never")).expect("meta"), None);
-        // Without a snapshot, loading hands back the whole log to replay.
+        // Loading hands back the whole log to replay.
         let image = store.load_room(&a).expect("load");
         assert_eq!(image.meta, ma);
         assert!(image.records.is_empty());
-        assert_eq!(image.tail.len() as u64, ma.seq);
+        assert_eq!(image.log.len() as u64, ma.seq);
     }
 
     #[test]
-    fn a_snapshot_bounds_what_loading_replays() {
-        let store = Store::memory();
-        let l = layout("s");
-        let mut meta = RoomMeta::default();
-        commit(
-            &store,
-            &l,
-            &mut meta,
-            &[("t", "a", json!(1)), ("t", "b", json!(2))],
-        );
-        let e = entry(&mut meta, "t", "a", json!(3));
-        meta.snapshot = meta.seq;
-        let json = json!(3).to_string();
-        let snap = [StateWrite {
-            stream: "t",
-            key: "a",
-            seq: 3,
-            hash: state_hash("t", "a", &json),
-            json: &json,
-        }];
-        let batch = Store::commit_batch(&l, &meta, &[e], snap).expect("encode");
-        store.apply(batch).expect("apply");
-        commit(&store, &l, &mut meta, &[("t", "c", json!(4))]);
-        let image = store.load_room(&l).expect("load");
-        assert_eq!(image.records.len(), 1);
-        assert_eq!(image.records[0].2.value, json!(3));
-        assert_eq!(seqs(&image.tail), [4]);
-    }
-
-    #[test]
-    fn compaction_keeps_what_keep_accepts_and_writes_the_snapshot() {
+    fn compaction_keeps_the_latest_entry_per_record_and_retires_what_it_is_told() {
         let store = Store::memory();
         let l = layout("c");
         let mut meta = RoomMeta::default();
@@ -716,17 +698,12 @@ mod tests {
                 ("notes", "other", json!("x")),
             ],
         );
-        let json = json!("tombstone").to_string();
-        let snap = [StateWrite {
-            stream: "todos",
-            key: "gone",
-            seq: 5,
-            hash: state_hash("todos", "gone", &json),
-            json: &json,
-        }];
         let report = store
-            .compact(&l, &mut meta, snap, 2, &mut |_, key, seq| {
-                (key == "same" && seq == 4) || key == "other"
+            .compact(&l, Some(meta.clone()), 2, &mut |stream, key, body| {
+                (body == r#""tombstone""#).then(|| Retired {
+                    hash: state_hash(stream, key, body),
+                    json: body.to_owned(),
+                })
             })
             .expect("compact");
         assert_eq!(
@@ -745,10 +722,24 @@ mod tests {
             .expect("scan");
         assert_eq!(seqs(&notes), [6]);
         let stored = store.room_meta(&l).expect("meta").expect("present");
-        assert_eq!((stored.log_len, stored.snapshot), (2, 6));
+        assert_eq!((stored.seq, stored.log_len), (6, 2));
+        // The retired tombstone comes back as a state record; the rest from the log.
         let image = store.load_room(&l).expect("load");
         assert_eq!(image.records.len(), 1);
-        assert!(image.tail.is_empty());
+        assert_eq!(image.records[0].1, "gone");
+        assert_eq!(image.records[0].2.value, json!("tombstone"));
+        assert_eq!(seqs(&image.log), [6, 4]);
+        // Compacting a compact log changes nothing.
+        let again = store
+            .compact(&l, None, 2, &mut |_, _, _| None)
+            .expect("compact");
+        assert_eq!(
+            again,
+            CompactReport {
+                removed: 0,
+                kept: 2
+            }
+        );
     }
 
     #[test]
