@@ -75,6 +75,9 @@ pub async fn run(
             .configure(http::routes)
     })
     .workers(workers)
+    // Sessions write small frames that must leave at once; the session already gathers what it
+    // has into one write per wake-up, so Nagle's delay would only add latency.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?

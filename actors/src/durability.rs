@@ -11,12 +11,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
 use crate::metrics::{ActorMetrics, Metrics};
 use crate::store::{KvBatch, Store};
+
+/// The least time between the starts of two flushes. A flush costs about the same whatever it
+/// carries (sled wakes every thread of its pool for each one), so under a steady trickle of
+/// commits from many rooms, waiting this long lets them share flushes; a flush after a quiet
+/// spell starts at once.
+const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// A room's writes of one commit; `token` numbers the room's commits in order.
 #[derive(Message)]
@@ -58,6 +64,7 @@ pub struct Durability {
     waiting: Vec<(Recipient<Committed>, u64)>,
     changes: usize,
     scheduled: bool,
+    last_flush: Option<Instant>,
 }
 
 impl Durability {
@@ -77,6 +84,7 @@ impl Durability {
             waiting: Vec::new(),
             changes: 0,
             scheduled: false,
+            last_flush: None,
         }
     }
 
@@ -90,6 +98,7 @@ impl Durability {
         let waiting = std::mem::take(&mut self.waiting);
         let changes = std::mem::replace(&mut self.changes, 0);
         let started = Instant::now();
+        self.last_flush = Some(started);
         let mut result = self.store.apply(group);
         if result.is_ok() && !self.relaxed {
             result = self.store.flush();
@@ -156,7 +165,15 @@ impl Handler<Commit> for Durability {
 impl Handler<WriteGroup> for Durability {
     type Result = ();
 
-    fn handle(&mut self, _: WriteGroup, _: &mut Context<Self>) {
+    fn handle(&mut self, _: WriteGroup, ctx: &mut Context<Self>) {
+        let since = self
+            .last_flush
+            .map_or(MIN_FLUSH_INTERVAL, |at| at.elapsed());
+        if !self.relaxed && since < MIN_FLUSH_INTERVAL {
+            // Commits arriving meanwhile join this group.
+            ctx.notify_later(WriteGroup, MIN_FLUSH_INTERVAL - since);
+            return;
+        }
         self.scheduled = false;
         // Failures are reported to the rooms and the health flag.
         let _ = self.write_group();
