@@ -4,7 +4,17 @@
 //! its namespace's [`Model`] decides how one incoming change meets the current state of the
 //! record it addresses.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+/// A JSON object of `fields`, moving the values in. On hot paths this replaces `json!`, which
+/// copies every value it interpolates by serialising it.
+pub fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in fields {
+        m.insert(k.to_owned(), v);
+    }
+    Value::Object(m)
+}
 
 /// One change as a codec hands it to a room: what it addresses and what it says.
 #[derive(Debug, Clone, PartialEq)]

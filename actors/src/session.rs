@@ -167,7 +167,7 @@ pub struct Session<D: Dialect> {
     fragments: Option<Fragments>,
     actor: ActorMetrics,
     room_actor: ActorMetrics,
-    frames: DialectMetrics,
+    traffic: DialectMetrics,
     /// Where rooms send their answers; made once, not per request.
     answers: Option<Recipient<RoomAnswer>>,
     /// Requests are numbered as they are sent; rooms answer by number, and the answers are
@@ -188,7 +188,7 @@ impl<D: Dialect> Session<D> {
                 node: hub.node().clone(),
                 session: id,
             },
-            frames: metrics.dialect(dialect.namespace()),
+            traffic: metrics.dialect(dialect.namespace()),
             actor: metrics.session.clone(),
             room_actor: metrics.room.clone(),
             hub,
@@ -219,19 +219,19 @@ impl<D: Dialect> Session<D> {
         for action in actions {
             match action {
                 Action::Text(text) => {
-                    self.frames.frames_out.inc();
+                    self.traffic.frames_out.inc();
                     ctx.text(text);
                 }
                 Action::Binary(bytes) => {
-                    self.frames.frames_out.inc();
+                    self.traffic.frames_out.inc();
                     ctx.binary(bytes);
                 }
                 Action::Frame(OutFrame::Text(text)) => {
-                    self.frames.frames_out.inc();
+                    self.traffic.frames_out.inc();
                     ctx.text(text);
                 }
                 Action::Frame(OutFrame::Binary(bytes)) => {
-                    self.frames.frames_out.inc();
+                    self.traffic.frames_out.inc();
                     ctx.binary(bytes);
                 }
                 Action::Close { code, reason } => {
@@ -388,7 +388,7 @@ impl<D: Dialect> Session<D> {
     }
 
     fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
-        self.frames.frames_in.inc();
+        self.traffic.frames_in.inc();
         let len = match frame {
             Frame::Text(t) => t.len(),
             Frame::Binary(b) => b.len(),

@@ -196,10 +196,12 @@ impl Dialect for PocketDialect {
                 Ok(RoomReply::Submitted(s)),
             ) => {
                 // The client may move to the room's new position only if it already had every
-                // earlier change of the collection; otherwise it keeps its own and catches up.
+                // earlier change of the collection, by its own checkpoint or because this
+                // connection was sent them; otherwise it keeps its position and catches up.
+                let known = position.max(self.positions.get(&collection).copied().unwrap_or(0));
                 let at = match s.heads_before.get(&collection) {
-                    Some(head) if position >= *head => s.seq,
-                    _ => position,
+                    Some(head) if known >= *head => s.seq,
+                    _ => known,
                 };
                 self.advance(&collection, at);
                 let sequences = BTreeMap::from([(collection, at)]);
@@ -382,8 +384,14 @@ mod tests {
         let r = reply_json(d.on_reply(&env, tag(4), Ok(submitted(4, 5))));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 5);
         assert_eq!(r["checkpoint"]["global"], 5);
-        // Behind (position 2, head 6): keep the client's position.
+        // Behind (this connection was sent up to 5, head 6): keep that position.
         let r = reply_json(d.on_reply(&env, tag(2), Ok(submitted(6, 7))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 5);
+        // A client that claims less than it was sent still moves on over what it was sent.
+        let r = reply_json(d.on_reply(&env, tag(0), Ok(submitted(5, 8))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 8);
+        let mut fresh = dialect();
+        let r = reply_json(fresh.on_reply(&env, tag(2), Ok(submitted(6, 7))));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
         // Room failures are retryable INTERNAL errors with the request id.
         let r = reply_json(d.on_reply(&env, tag(0), Err(RoomError::Gone)));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::conflict::{Resolution, Strategy, detect_conflict, resolve};
-use crate::model::{IncomingChange, Merge, Model};
+use crate::model::{IncomingChange, Merge, Model, object};
 
 /// Pocket's merge rules with the hub's conflict strategies.
 #[derive(Debug, Clone)]
@@ -81,13 +81,16 @@ impl Model for PocketModel {
         if current == Some(&next) {
             return Merge::Unchanged;
         }
-        let logged = json!({
-            "operation": op,
-            "documentId": incoming.key,
-            "document": next,
-            "timestamp": body.get("timestamp").cloned().unwrap_or(Value::from(0)),
-            "sequence": 0,
-        });
+        let logged = object([
+            ("operation", Value::from(op)),
+            ("documentId", Value::from(incoming.key.as_str())),
+            ("document", next),
+            (
+                "timestamp",
+                body.get("timestamp").cloned().unwrap_or(Value::from(0)),
+            ),
+            ("sequence", Value::from(0)),
+        ]);
         Merge::Apply { logged }
     }
 

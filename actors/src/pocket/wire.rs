@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 pub use crate::clock::now_ms;
 use crate::limits::json_depth;
-use crate::model::IncomingChange;
+use crate::model::{IncomingChange, object};
 use crate::raw_json::{RawJson, push_json_string};
 use crate::room_key::is_valid_id;
 
@@ -304,12 +304,12 @@ fn parse_change(
     Ok(IncomingChange {
         stream: collection.to_owned(),
         key: document_id.to_owned(),
-        body: json!({
-            "operation": operation,
-            "documentId": document_id,
-            "document": document,
-            "timestamp": timestamp,
-        }),
+        body: object([
+            ("operation", Value::from(operation)),
+            ("documentId", Value::from(document_id)),
+            ("document", document),
+            ("timestamp", timestamp),
+        ]),
     })
 }
 

@@ -93,7 +93,11 @@ impl Model for RelayModel {
     }
 
     fn state_of(&self, logged: &Value) -> Value {
-        json!([version(logged, 7), version(logged, 4), logged[3]])
+        Value::Array(vec![
+            Value::from(version(logged, 7)),
+            Value::from(version(logged, 4)),
+            logged[3].clone(),
+        ])
     }
 
     /// In what the hub sends, `db_version` is the hub's sequence number; `site_id` stays the

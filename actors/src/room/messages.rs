@@ -88,7 +88,7 @@ pub enum RoomReply {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// `(stream, key, value)` of every state record.
-    pub records: Vec<(String, String, Value)>,
+    pub records: Vec<(String, String, Arc<Value>)>,
     pub model: Value,
     pub seq: u64,
 }

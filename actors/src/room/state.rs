@@ -26,7 +26,8 @@ struct Record {
     /// The newest change of this record that readers may see (durable).
     visible: u64,
     hash: Digest,
-    value: Value,
+    /// Shared, so a snapshot of the room copies pointers rather than every value.
+    value: Arc<Value>,
 }
 
 /// The digest contribution of a model's room-wide value.
@@ -91,7 +92,7 @@ impl RoomState {
                     seq: r.seq,
                     visible: r.seq,
                     hash: r.hash,
-                    value: r.value,
+                    value: Arc::new(r.value),
                 },
             );
         }
@@ -106,7 +107,7 @@ impl RoomState {
                 seq: e.seq,
                 visible: e.seq,
                 hash: state_hash(&e.stream, &e.key, &value.to_string()),
-                value,
+                value: Arc::new(value),
             };
             let stream = records.entry(e.stream).or_default();
             // A state record compaction kept is older than any log entry of its record.
@@ -157,7 +158,7 @@ impl RoomState {
             let Some(records) = self.records.get_mut(&change.stream) else {
                 continue;
             };
-            let current = records.get(&change.key).map(|r| &r.value);
+            let current = records.get(&change.key).map(|r| &*r.value);
             let mut logged = match model.merge(&mut self.meta.model, current, &change) {
                 Merge::Unchanged => continue,
                 Merge::Reject { report } => {
@@ -178,7 +179,7 @@ impl RoomState {
                         seq,
                         visible: old.visible,
                         hash,
-                        value: state,
+                        value: Arc::new(state),
                     };
                 }
                 None => {
@@ -186,7 +187,7 @@ impl RoomState {
                         seq,
                         visible: 0,
                         hash,
-                        value: state,
+                        value: Arc::new(state),
                     };
                     records.insert(change.key.clone(), record);
                     self.meta.records += 1;
@@ -305,7 +306,7 @@ impl RoomState {
     }
 
     /// `(stream, key, value)` of every record.
-    pub fn records(&self) -> Vec<(String, String, Value)> {
+    pub fn records(&self) -> Vec<(String, String, Arc<Value>)> {
         let mut out = Vec::with_capacity(self.meta.records as usize);
         for (stream, records) in &self.records {
             for (key, r) in records {
@@ -337,7 +338,7 @@ mod tests {
         RoomState::load(st.key.clone(), layout, image, model).expect("replays")
     }
 
-    fn sorted(mut records: Vec<(String, String, Value)>) -> Vec<(String, String, Value)> {
+    fn sorted(mut records: Vec<(String, String, Arc<Value>)>) -> Vec<(String, String, Arc<Value>)> {
         records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         records
     }

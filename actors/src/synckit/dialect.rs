@@ -7,10 +7,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::frame::{self, Framing, InvalidFrame, Message};
-use super::model::document_state;
+use super::model::live_fields;
 use crate::clock::now_ms;
 use crate::identity::{AuthError, Identity};
-use crate::model::IncomingChange;
+use crate::model::{IncomingChange, object};
 use crate::out_frame::OutFrame;
 use crate::raw_json::push_json_string;
 use crate::room::{Broadcast, RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
@@ -80,12 +80,21 @@ impl SynckitDialect {
         format!("{}-{}{}", now_ms(), self.label, self.next_id)
     }
 
-    fn send(&mut self, kind: &str, mut fields: Map<String, Value>) -> Action<Tag> {
-        if !fields.contains_key("id") {
-            fields.insert("id".into(), Value::from(self.make_id()));
+    fn send(&mut self, kind: &str, fields: Map<String, Value>) -> Action<Tag> {
+        let mut text = String::new();
+        for (k, v) in &fields {
+            frame::push_field(&mut text, k, &v.to_string());
         }
-        fields.insert("timestamp".into(), Value::from(now_ms()));
-        match frame::encode(self.framing, kind, &fields) {
+        self.send_text(kind, text)
+    }
+
+    /// Sends a message whose fields are already JSON text (the inside of an object); adds its
+    /// `id` and `timestamp`.
+    fn send_text(&mut self, kind: &str, mut fields: String) -> Action<Tag> {
+        let mut id = String::new();
+        push_json_string(&mut id, &self.make_id());
+        frame::push_field(&mut fields, "id", &id);
+        match frame::encode_fields(self.framing, kind, now_ms(), &fields) {
             Ok(bytes) if self.framing == Framing::Binary => Action::Binary(bytes),
             Ok(bytes) => Action::Text(String::from_utf8_lossy(&bytes).into_owned()),
             Err(e) => {
@@ -224,13 +233,19 @@ impl SynckitDialect {
         };
         let counter = clock.get(&writer).and_then(Value::as_u64).unwrap_or(0);
         let ts = msg.timestamp().map_or(Value::from(now_ms()), Value::from);
+        let clock = Value::Object(clock);
         let changes = fields
             .into_iter()
             .map(|(field, value)| IncomingChange {
                 stream: String::new(),
                 key: field,
-                body: json!({"value": value, "ts": ts, "counter": counter, "writer": writer,
-                             "clock": clock}),
+                body: object([
+                    ("value", value),
+                    ("ts", ts.clone()),
+                    ("counter", Value::from(counter)),
+                    ("writer", Value::from(writer.as_str())),
+                    ("clock", clock.clone()),
+                ]),
             })
             .collect();
         let message_id = msg
@@ -302,9 +317,9 @@ impl Dialect for SynckitDialect {
         match (tag, reply) {
             (Tag::Auth, _) => Vec::new(),
             (Tag::Delta { message_id }, Ok(RoomReply::Submitted(_))) => {
-                let mut f = Map::new();
-                f.insert("messageId".into(), Value::from(message_id));
-                vec![self.send("ack", f)]
+                let mut f = String::from(r#""messageId":"#);
+                push_json_string(&mut f, &message_id);
+                vec![self.send_text("ack", f)]
             }
             (
                 Tag::Sync {
@@ -313,19 +328,37 @@ impl Dialect for SynckitDialect {
                 },
                 Ok(RoomReply::Snapshot(snap)),
             ) => {
-                let state = document_state(snap.records.iter().map(|(_, k, v)| (k.as_str(), v)));
-                let clock = if snap.model.is_object() {
-                    snap.model
-                } else {
-                    json!({})
+                // Written straight into one buffer: a document can hold many fields, and this
+                // is its whole catch-up.
+                let mut f = String::with_capacity(48 * snap.records.len() + 128);
+                let quoted = |name: &str, s: &str, f: &mut String| {
+                    let mut q = String::with_capacity(s.len() + 2);
+                    push_json_string(&mut q, s);
+                    frame::push_field(f, name, &q);
                 };
-                let mut f = Map::new();
-                f.insert("requestId".into(), Value::from(request_id));
-                f.insert("documentId".into(), Value::from(document_id));
-                f.insert("state".into(), Value::Object(state));
-                f.insert("clock".into(), clock);
-                f.insert("deltas".into(), json!([]));
-                vec![self.send("sync_response", f)]
+                quoted("requestId", &request_id, &mut f);
+                quoted("documentId", &document_id, &mut f);
+                f.push_str(r#","state":{"#);
+                let mut first = true;
+                for (field, value) in
+                    live_fields(snap.records.iter().map(|(_, k, v)| (k.as_str(), &**v)))
+                {
+                    if !first {
+                        f.push(',');
+                    }
+                    first = false;
+                    push_json_string(&mut f, field);
+                    f.push(':');
+                    push_value(&mut f, value);
+                }
+                f.push('}');
+                let clock = snap
+                    .model
+                    .as_object()
+                    .map_or("{}".into(), |_| snap.model.to_string());
+                frame::push_field(&mut f, "clock", &clock);
+                frame::push_field(&mut f, "deltas", "[]");
+                vec![self.send_text("sync_response", f)]
             }
             (Tag::Delta { .. } | Tag::Sync { .. }, Err(e)) => {
                 log::warn!("synckit request failed: {e}");
@@ -423,4 +456,11 @@ fn deltas(framing: Framing, event: &Broadcast) -> Vec<OutFrame> {
         }
     }
     frames
+}
+
+/// Appends a value's JSON text to `out` without an intermediate string.
+fn push_value(out: &mut String, value: &Value) {
+    use std::fmt::Write;
+    // Writing into a String cannot fail.
+    let _ = write!(out, "{value}");
 }

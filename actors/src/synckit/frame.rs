@@ -128,28 +128,22 @@ pub fn encode(
     kind: &str,
     fields: &Map<String, Value>,
 ) -> Result<Vec<u8>, String> {
-    match framing {
-        Framing::Json => {
-            let mut out = Map::new();
-            out.insert("type".into(), Value::from(kind));
-            out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Ok(Value::Object(out).to_string().into_bytes())
-        }
-        Framing::Binary => {
-            let code = code_of(kind).ok_or_else(|| format!("no code for {kind}"))?;
-            let ts = fields.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
-            let mut payload = fields.clone();
-            payload.remove("timestamp");
-            let json = Value::Object(payload).to_string();
-            let len = u32::try_from(json.len()).map_err(|_| "payload too large".to_string())?;
-            let mut out = Vec::with_capacity(HEADER + json.len());
-            out.push(code);
-            out.extend_from_slice(&ts.to_be_bytes());
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(json.as_bytes());
-            Ok(out)
-        }
+    let ts = fields.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
+    let mut text = String::new();
+    for (k, v) in fields.iter().filter(|(k, _)| *k != "timestamp") {
+        push_field(&mut text, k, &v.to_string());
     }
+    encode_fields(framing, kind, ts, &text)
+}
+
+/// Appends `"name":json` to the inside of an object being written.
+pub fn push_field(fields: &mut String, name: &str, json: &str) {
+    if !fields.is_empty() {
+        fields.push(',');
+    }
+    crate::raw_json::push_json_string(fields, name);
+    fields.push(':');
+    fields.push_str(json);
 }
 
 /// Encodes a message whose fields other than `type` and `timestamp` are already JSON text:

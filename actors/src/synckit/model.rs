@@ -4,9 +4,9 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::model::{IncomingChange, Merge, Model};
+use crate::model::{IncomingChange, Merge, Model, object};
 
 /// The SyncKit merge rules; `batch` is the broadcast coalescing window (`synckit.batch_ms`).
 #[derive(Debug, Clone, Default)]
@@ -32,12 +32,27 @@ impl Stamp<'_> {
     }
 }
 
-fn stamp_of<'a>(v: &'a Value, ts: &str, counter: &str, writer: &str) -> Stamp<'a> {
+/// The stamp of an incoming write: `{ts, counter, writer, …}`.
+fn stamp_of_write(body: &Value) -> Stamp<'_> {
     Stamp {
-        ts: v.get(ts).and_then(Value::as_f64).unwrap_or(0.0),
-        counter: v.get(counter).and_then(Value::as_u64).unwrap_or(0),
-        writer: v.get(writer).and_then(Value::as_str).unwrap_or(""),
+        ts: body.get("ts").and_then(Value::as_f64).unwrap_or(0.0),
+        counter: body.get("counter").and_then(Value::as_u64).unwrap_or(0),
+        writer: body.get("writer").and_then(Value::as_str).unwrap_or(""),
     }
+}
+
+/// The stamp of a field's record: `[t, c, w, …]`.
+fn stamp_of_record(record: &Value) -> Stamp<'_> {
+    Stamp {
+        ts: record.get(0).and_then(Value::as_f64).unwrap_or(0.0),
+        counter: record.get(1).and_then(Value::as_u64).unwrap_or(0),
+        writer: record.get(2).and_then(Value::as_str).unwrap_or(""),
+    }
+}
+
+/// A field record's value; `None` once the field is deleted.
+pub fn field_value(record: &Value) -> Option<&Value> {
+    record.get(3)
 }
 
 /// The value a field delete is written as.
@@ -67,8 +82,9 @@ fn advance_clock(clock: &mut Value, writer: &str, sent: Option<&Map<String, Valu
 
 impl Model for SynckitModel {
     /// `incoming.key` is the field; `incoming.body` is `{value, ts, counter, writer, clock}`.
-    /// A field's record is `{v, t, c, w}`, or `{d: true, t, c, w}` once deleted: the tombstone
-    /// keeps its stamp so an older write cannot bring the field back.
+    /// A field's record is `[t, c, w, value]`, or `[t, c, w]` once deleted: the tombstone keeps
+    /// its stamp so an older write cannot bring the field back. (An array, not an object:
+    /// reading it takes no key lookups.)
     fn merge(
         &self,
         clock: &mut Value,
@@ -76,9 +92,9 @@ impl Model for SynckitModel {
         incoming: &IncomingChange,
     ) -> Merge {
         let body = &incoming.body;
-        let new = stamp_of(body, "ts", "counter", "writer");
+        let new = stamp_of_write(body);
         if let Some(cur) = current
-            && new.cmp(&stamp_of(cur, "t", "c", "w")) != Ordering::Greater
+            && new.cmp(&stamp_of_record(cur)) != Ordering::Greater
         {
             return Merge::Unchanged;
         }
@@ -89,30 +105,37 @@ impl Model for SynckitModel {
             new.writer,
             body.get("clock").and_then(Value::as_object),
         );
-        let logged = json!({
-            "field": incoming.key,
-            "value": if deleted { json!({"__deleted": true}) } else { value },
-            "clock": clock.clone(),
-            "clientId": new.writer,
-            "counter": new.counter,
-            "timestamp": body["ts"],
-            "seq": 0,
-        });
+        let logged = object([
+            ("field", Value::from(incoming.key.as_str())),
+            (
+                "value",
+                if deleted {
+                    object([("__deleted", Value::Bool(true))])
+                } else {
+                    value
+                },
+            ),
+            ("clock", clock.clone()),
+            ("clientId", Value::from(new.writer)),
+            ("counter", Value::from(new.counter)),
+            ("timestamp", body["ts"].clone()),
+            ("seq", Value::from(0)),
+        ]);
         Merge::Apply { logged }
     }
 
-    /// `{v, t, c, w}`, or `{d: true, t, c, w}` for a delete.
+    /// `[t, c, w, value]`, or `[t, c, w]` for a delete.
     fn state_of(&self, logged: &Value) -> Value {
-        let mut state = json!({
-            "t": logged["timestamp"],
-            "c": logged.get("counter").and_then(Value::as_u64).unwrap_or(0),
-            "w": logged["clientId"],
-        });
+        let mut record = vec![
+            logged["timestamp"].clone(),
+            Value::from(logged.get("counter").and_then(Value::as_u64).unwrap_or(0)),
+            logged["clientId"].clone(),
+        ];
         match logged.get("value") {
-            Some(v) if is_delete(v) => state["d"] = Value::Bool(true),
-            v => state["v"] = v.cloned().unwrap_or(Value::Null),
+            Some(v) if is_delete(v) => {}
+            v => record.push(v.cloned().unwrap_or(Value::Null)),
         }
-        state
+        Value::Array(record)
     }
 
     fn stamp(&self, logged: &mut Value, seq: u64) {
@@ -126,19 +149,26 @@ impl Model for SynckitModel {
     }
 }
 
-/// The live fields of a document's records: `(field, record)` → `{field: value}`.
-pub fn document_state<'a>(
+/// The live fields of a document's records: `(field, record)` → `(field, value)`, deleted
+/// fields left out.
+pub fn live_fields<'a>(
     records: impl Iterator<Item = (&'a str, &'a Value)>,
-) -> Map<String, Value> {
-    records
-        .filter(|(_, r)| r.get("d").is_none())
-        .map(|(f, r)| (f.to_owned(), r.get("v").cloned().unwrap_or(Value::Null)))
-        .collect()
+) -> impl Iterator<Item = (&'a str, &'a Value)> {
+    records.filter_map(|(f, r)| Some((f, field_value(r)?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn document_state<'a>(
+        records: impl Iterator<Item = (&'a str, &'a Value)>,
+    ) -> Map<String, Value> {
+        live_fields(records)
+            .map(|(f, v)| (f.to_owned(), v.clone()))
+            .collect()
+    }
 
     fn write(field: &str, value: Value, ts: i64, counter: u64, writer: &str) -> IncomingChange {
         IncomingChange {
@@ -225,7 +255,7 @@ mod tests {
         let v = apply(&m, &mut clock, None, &write("f", json!("x"), 10, 1, "a")).expect("applies");
         let del = write("f", json!({"__deleted": true}), 20, 1, "a");
         let tomb = apply(&m, &mut clock, Some(&v), &del).expect("delete wins");
-        assert_eq!(tomb["d"], true);
+        assert_eq!(field_value(&tomb), None);
         assert_eq!(document_state([("f", &tomb)].into_iter()), Map::new());
         // An older write cannot resurrect it; a newer one re-creates the field.
         assert!(
