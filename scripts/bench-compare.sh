@@ -9,7 +9,7 @@
 #   -s  scenarios (default "writes rooms fanout conns catchup")
 #   NAME=URL@PID  another server to compare with; its pid gives its CPU and memory figures.
 # Extra bench options go in BENCH_ARGS, e.g. BENCH_ARGS="--duration 5".
-# The raw JSON lines are kept in bench-results.jsonl in the working directory.
+# The raw JSON lines are kept in bench-results.jsonl at the top of the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
