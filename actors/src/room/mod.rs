@@ -687,4 +687,6 @@ impl Handler<Leave> for Room {
 }
 
 #[cfg(test)]
+mod test_changes;
+#[cfg(test)]
 mod tests;

@@ -323,6 +323,7 @@ mod tests {
     use crate::pocket::PocketModel;
     use crate::relay::{RelayModel, parse_change};
     use crate::room::numbering::LocalCounter;
+    use crate::room::test_changes::{cell, doc};
     use crate::room_key::Namespace;
     use serde_json::json;
 
@@ -341,19 +342,6 @@ mod tests {
     fn sorted(mut records: Vec<(String, String, Arc<Value>)>) -> Vec<(String, String, Arc<Value>)> {
         records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         records
-    }
-
-    fn doc(id: &str, v: i64) -> IncomingChange {
-        IncomingChange {
-            stream: "todos".into(),
-            key: id.into(),
-            body: json!({"operation": "insert", "documentId": id,
-                         "document": {"_id": id, "v": v}, "timestamp": 1}),
-        }
-    }
-
-    fn cell(pk: &str, v: i64) -> IncomingChange {
-        parse_change(&json!(["t", pk, "c", v, v, 1, "s1", 1, 0])).expect("valid")
     }
 
     #[test]

@@ -3,13 +3,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use serde_json::json;
-
 use super::*;
 use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts};
-use crate::model::IncomingChange;
 use crate::pocket::PocketModel;
-use crate::relay::{RelayModel, parse_change};
+use crate::relay::RelayModel;
+use crate::room::test_changes::{cell, doc};
 use crate::room_key::Namespace;
 use crate::store::{Kv, KvBatch, MemoryKv, StorageError, Visit};
 
@@ -153,19 +151,6 @@ async fn join(room: &Addr<Room>, session: u64) -> (Addr<Member>, Arc<Mutex<Seen>
     (member, seen)
 }
 
-fn insert(id: &str, v: i64) -> IncomingChange {
-    IncomingChange {
-        stream: "todos".into(),
-        key: id.into(),
-        body: json!({"operation": "insert", "documentId": id,
-                     "document": {"_id": id, "v": v}, "timestamp": 1}),
-    }
-}
-
-fn cell(pk: &str, v: i64) -> IncomingChange {
-    parse_change(&json!(["t", pk, "c", v, 1, 1, "site", 1, 0])).expect("valid")
-}
-
 async fn ask(room: &Addr<Room>, origin: Option<Origin>, body: RoomRequest) -> RoomReply {
     let (reply, answer) = Reply::channel();
     room.do_send(Request {
@@ -245,7 +230,7 @@ async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
         &room,
         None,
         RoomRequest::Submit {
-            changes: vec![insert("a", 1), insert("a", 1), insert("a", 2)],
+            changes: vec![doc("a", 1), doc("a", 1), doc("a", 2)],
         },
     )
     .await
@@ -258,7 +243,7 @@ async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
         &room,
         None,
         RoomRequest::Submit {
-            changes: vec![insert("a", 2)],
+            changes: vec![doc("a", 2)],
         },
     )
     .await

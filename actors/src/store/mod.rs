@@ -100,6 +100,19 @@ pub struct LogEntry {
     pub origin: Option<Origin>,
 }
 
+impl LogEntry {
+    /// An entry as a segment holds it: the hub's own JSON text, no origin.
+    fn stored(seq: u64, stream: String, key: &str, body: &str) -> LogEntry {
+        LogEntry {
+            seq,
+            stream,
+            key: key.to_owned(),
+            body: RawJson::trusted(body.to_owned()),
+            origin: None,
+        }
+    }
+}
+
 /// The current value of one state record, the change that wrote it, and its digest hash.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateRecord {
@@ -454,13 +467,7 @@ impl Store {
                     more = true;
                     return Ok(ControlFlow::Break(()));
                 }
-                out.push(LogEntry {
-                    seq,
-                    stream: stream.to_owned(),
-                    key: key.to_owned(),
-                    body: RawJson::trusted(body.to_owned()),
-                    origin: None,
-                });
+                out.push(LogEntry::stored(seq, stream.to_owned(), key, body));
                 Ok(ControlFlow::Continue(()))
             })
         })?;
@@ -518,13 +525,8 @@ impl Store {
                     report.removed += 1;
                 } else {
                     report.kept += 1;
-                    kept.entry(stream.clone()).or_default().push(LogEntry {
-                        seq,
-                        stream: stream.clone(),
-                        key: key.to_owned(),
-                        body: RawJson::trusted(body.to_owned()),
-                        origin: None,
-                    });
+                    let entry = LogEntry::stored(seq, stream.clone(), key, body);
+                    kept.entry(stream.clone()).or_default().push(entry);
                 }
                 Ok(ControlFlow::Continue(()))
             })
