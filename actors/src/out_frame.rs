@@ -17,15 +17,4 @@ impl OutFrame {
     pub fn binary(b: Vec<u8>) -> OutFrame {
         OutFrame::Binary(Bytes::from(b))
     }
-
-    pub fn len(&self) -> usize {
-        match self {
-            OutFrame::Text(t) => t.len(),
-            OutFrame::Binary(b) => b.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

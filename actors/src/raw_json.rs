@@ -38,12 +38,6 @@ impl fmt::Debug for RawJson {
     }
 }
 
-impl fmt::Display for RawJson {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Appends `s` to `out` as a JSON string literal.
 pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
