@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use synchub_actors::HubSettings;
+use synchub_actors::cluster::ClusterSettings;
 use synchub_actors::directory::ConnectionLimits;
 use synchub_actors::pocket::{PocketModel, Strategy};
 use synchub_actors::session::SessionSettings;
@@ -81,10 +82,29 @@ pub struct AuthConfig {
     pub leeway_s: u64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
+    /// Empty: a single node.
     pub redis_url: String,
+    /// Where the other nodes reach this node's HTTP API (to read a room's history from it);
+    /// empty: `http://` and the address the hub listens on.
+    pub advertise_url: String,
+    /// Prefix of every Redis key and channel the cluster uses.
+    pub key_prefix: String,
+    /// About how many batches each room's Redis stream keeps.
+    pub stream_max_len: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            redis_url: String::new(),
+            advertise_url: String::new(),
+            key_prefix: "synchub".into(),
+            stream_max_len: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -370,11 +390,44 @@ impl Config {
             ));
         }
         if !self.cluster.redis_url.is_empty() {
-            errors.push(
-                "cluster.redis_url is set, but this build runs single-node only; \
-                 leave it empty"
-                    .into(),
-            );
+            let url = &self.cluster.redis_url;
+            if !url.starts_with("redis://") {
+                errors.push(format!(
+                    "cluster.redis_url {url:?} must be a redis:// URL (TLS is not supported)"
+                ));
+            }
+            let bind_unspecified = self
+                .server
+                .bind
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified());
+            if self.cluster.advertise_url.is_empty() && bind_unspecified {
+                errors.push(format!(
+                    "cluster.advertise_url is needed when server.bind ({}) listens on every \
+                     address: the other nodes read history from it",
+                    self.server.bind
+                ));
+            }
+            if !self.cluster.advertise_url.is_empty()
+                && !self.cluster.advertise_url.starts_with("http://")
+            {
+                errors.push("cluster.advertise_url must be an http:// URL".into());
+            }
+            if self.cluster.stream_max_len == 0 {
+                errors.push("cluster.stream_max_len must be at least 1".into());
+            }
+            if self.cluster.key_prefix.is_empty()
+                || self.cluster.key_prefix.contains(char::is_whitespace)
+            {
+                errors.push("cluster.key_prefix must be a word without spaces".into());
+            }
+            if self.auth.admin_token.is_empty() {
+                warnings.push(
+                    "cluster: auth.admin_token is empty, so any client can read room history \
+                     from /cluster/rooms/…/history; set the same token on every node"
+                        .into(),
+                );
+            }
         }
         if !self.auth.required {
             warnings.push(
@@ -405,8 +458,9 @@ impl Config {
         }
     }
 
-    /// The settings of the actor system. Call after [`Config::validate`].
-    pub fn hub_settings(&self) -> HubSettings {
+    /// The settings of the actor system, for a hub listening on `listening`. Call after
+    /// [`Config::validate`].
+    pub fn hub_settings(&self, listening: SocketAddr) -> HubSettings {
         let strategy = |s: &str| s.parse::<Strategy>().unwrap_or(Strategy::LastWriteWins);
         let retention = self.storage.tombstone_retention_s;
         HubSettings {
@@ -440,6 +494,17 @@ impl Config {
             },
             room_idle_timeout: Duration::from_secs(self.server.room_idle_timeout_s),
             room_threads: self.server.room_threads,
+            cluster: (!self.cluster.redis_url.is_empty()).then(|| ClusterSettings {
+                redis_url: self.cluster.redis_url.clone(),
+                advertise_url: match self.cluster.advertise_url.as_str() {
+                    "" => format!("http://{listening}"),
+                    url => url.trim_end_matches('/').to_owned(),
+                },
+                key_prefix: self.cluster.key_prefix.clone(),
+                stream_max_len: self.cluster.stream_max_len,
+                peer_token: (!self.auth.admin_token.is_empty())
+                    .then(|| self.auth.admin_token.clone()),
+            }),
         }
     }
 

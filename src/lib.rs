@@ -54,7 +54,7 @@ pub async fn run(
         .auth
         .required
         .then(|| verifier.clone() as Arc<dyn TokenVerifier>);
-    let hub = Hub::start(config.hub_settings(), hub_verifier)?;
+    let hub = Hub::start(config.hub_settings(listener.local_addr()?), hub_verifier)?;
     log::info!(
         "synchub {} node {} serving on http://{} (data in {})",
         env!("CARGO_PKG_VERSION"),

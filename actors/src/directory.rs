@@ -14,11 +14,11 @@ use crate::durability::Durability;
 use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::room::{
-    Numbering, Reply, Request, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus,
-    RoomStopped, SessionId,
+    ClusterLink, Numbering, Reply, Request, Room, RoomContext, RoomError, RoomReply, RoomRequest,
+    RoomStatus, RoomStopped, SessionId,
 };
 use crate::room_key::{Namespace, RoomKey};
-use crate::store::{RoomLayout, Store};
+use crate::store::{HistoryPage, RoomLayout, Store};
 
 /// Asks a session to close with a WebSocket close code.
 #[derive(Message, Debug, Clone)]
@@ -91,6 +91,16 @@ pub struct GetRoomStatus {
     pub key: RoomKey,
 }
 
+/// A room's durable history for a peer; see [`crate::Hub::history`].
+#[derive(Message)]
+#[rtype(result = "Result<HistoryPage, RoomError>")]
+pub struct ReadHistory {
+    pub key: RoomKey,
+    pub after: u64,
+    pub upto: u64,
+    pub limit: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
@@ -110,6 +120,7 @@ pub struct Directory {
     models: HashMap<Namespace, Arc<dyn Model>>,
     numbering: Arc<dyn Numbering>,
     durability: Addr<Durability>,
+    cluster: Option<ClusterLink>,
     metrics: Arc<Metrics>,
     actor: ActorMetrics,
     idle_timeout: Duration,
@@ -124,6 +135,7 @@ pub struct DirectoryParts {
     pub models: HashMap<Namespace, Arc<dyn Model>>,
     pub numbering: Arc<dyn Numbering>,
     pub durability: Addr<Durability>,
+    pub cluster: Option<ClusterLink>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub limits: ConnectionLimits,
@@ -138,6 +150,7 @@ impl Directory {
             models: parts.models,
             numbering: parts.numbering,
             durability: parts.durability,
+            cluster: parts.cluster,
             actor: parts.metrics.directory.clone(),
             metrics: parts.metrics,
             idle_timeout: parts.idle_timeout,
@@ -165,6 +178,7 @@ impl Directory {
             metrics: self.metrics.clone(),
             idle_timeout: self.idle_timeout,
             directory: ctx.address().recipient(),
+            cluster: self.cluster.clone(),
         };
         // Rooms are pinned to an arbiter by their key so that merges use every core.
         let mut h = DefaultHasher::new();
@@ -340,5 +354,75 @@ impl Handler<GetRoomStatus> for Directory {
             .map(|m| m.map(|meta| RoomStatus::at_rest(&msg.key, &meta)))
             .map_err(|e| RoomError::Storage(e.to_string()));
         Box::pin(async move { at_rest })
+    }
+}
+
+impl Handler<ReadHistory> for Directory {
+    type Result = ResponseFuture<Result<HistoryPage, RoomError>>;
+
+    fn handle(&mut self, msg: ReadHistory, _: &mut Context<Self>) -> Self::Result {
+        self.actor.handled();
+        if let Some(addr) = self.live_room(&msg.key) {
+            self.metrics.room.queued();
+            let (reply, answer) = Reply::channel();
+            addr.do_send(Request {
+                origin: None,
+                body: RoomRequest::History {
+                    after: msg.after,
+                    upto: msg.upto,
+                    limit: msg.limit,
+                },
+                reply,
+            });
+            return Box::pin(async move {
+                match answer.await {
+                    Ok(Ok(RoomReply::History(page))) => Ok(page),
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(RoomError::Gone),
+                }
+            });
+        }
+        // A room at rest: nothing writes to it, storage holds all of it.
+        let page = self
+            .store
+            .history(&RoomLayout::new(&msg.key), msg.after, msg.upto, msg.limit)
+            .map_err(|e| RoomError::Storage(e.to_string()));
+        Box::pin(async move { page })
+    }
+}
+
+/// The status of every room running here.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomStatus>")]
+pub struct LiveRoomStatuses;
+
+impl Handler<LiveRoomStatuses> for Directory {
+    type Result = ResponseFuture<Vec<RoomStatus>>;
+
+    fn handle(&mut self, _: LiveRoomStatuses, _: &mut Context<Self>) -> Self::Result {
+        self.actor.handled();
+        let answers: Vec<_> = self
+            .rooms
+            .values()
+            .filter(|a| a.connected())
+            .map(|addr| {
+                let (reply, answer) = Reply::channel();
+                addr.do_send(Request {
+                    origin: None,
+                    body: RoomRequest::Status,
+                    reply,
+                });
+                answer
+            })
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(answers.len());
+            for answer in answers {
+                if let Ok(Ok(RoomReply::Status(s))) = answer.await {
+                    out.push(s);
+                }
+            }
+            out
+        })
     }
 }

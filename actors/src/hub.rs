@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::directory::{Checkout, CloseAll, ConnectionLimits, Directory, DirectoryParts};
+use crate::cluster::{Cluster, ClusterError, ClusterHandle, ClusterSettings};
+use crate::directory::{
+    Checkout, CloseAll, ConnectionLimits, Directory, DirectoryParts, ReadHistory,
+};
 use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
@@ -17,10 +20,12 @@ use crate::model::Model;
 use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
 use crate::relay::RelayModel;
-use crate::room::{LocalCounter, Reply, Request, RoomError, RoomReply, RoomRequest, SessionId};
+use crate::room::{
+    ClusterLink, LocalCounter, Reply, Request, RoomError, RoomReply, RoomRequest, SessionId,
+};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
-use crate::store::{StorageError, Store};
+use crate::store::{HistoryPage, StorageError, Store};
 use crate::synckit::SynckitModel;
 
 /// Everything the hub needs to start, already validated by the caller.
@@ -46,6 +51,8 @@ pub struct HubSettings {
     pub room_idle_timeout: Duration,
     /// Threads that run room actors; 0 means one per core.
     pub room_threads: usize,
+    /// Set when the node is part of a cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +63,8 @@ pub enum HubError {
         #[source]
         source: StorageError,
     },
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 struct Inner {
@@ -63,6 +72,7 @@ struct Inner {
     store: Store,
     directory: Addr<Directory>,
     durability: Addr<Durability>,
+    cluster: Option<ClusterLink>,
     metrics: Arc<Metrics>,
     verifier: Option<Arc<dyn TokenVerifier>>,
     node: NodeId,
@@ -159,12 +169,27 @@ impl Hub {
             }),
         );
         models.insert(Namespace::Relay, Arc::new(RelayModel));
+        let cluster = match &settings.cluster {
+            None => None,
+            Some(cs) => {
+                let (pushes, pushed) = tokio::sync::mpsc::unbounded_channel();
+                let handle = ClusterHandle::connect(
+                    cs.clone(),
+                    NodeId::new(&node_id),
+                    pushes,
+                    metrics.cluster.clone(),
+                )?;
+                let bridge = Cluster::new(handle.clone(), store.clone(), pushed).start();
+                Some(ClusterLink { handle, bridge })
+            }
+        };
         let directory = Directory::new(DirectoryParts {
             arbiters: handles,
             store: store.clone(),
             models,
             numbering: Arc::new(LocalCounter),
             durability: durability.clone(),
+            cluster: cluster.clone(),
             metrics: metrics.clone(),
             idle_timeout: settings.room_idle_timeout,
             limits: settings.connections,
@@ -179,6 +204,7 @@ impl Hub {
                 store,
                 directory,
                 durability,
+                cluster,
                 metrics,
                 verifier,
                 node: NodeId::new(&node_id),
@@ -219,6 +245,40 @@ impl Hub {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    /// The node's way into the cluster, when it is part of one.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.inner.cluster.as_ref()
+    }
+
+    /// Whether the cluster bridge works (true on a single node).
+    pub fn cluster_healthy(&self) -> bool {
+        self.inner
+            .cluster
+            .as_ref()
+            .is_none_or(|c| c.handle.healthy())
+    }
+
+    /// A room's durable history after `after`, for a peer catching up: from the room when it
+    /// runs here (it serialises the read with its compactions), from storage otherwise.
+    pub async fn history(
+        &self,
+        key: &RoomKey,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, RoomError> {
+        self.inner
+            .directory
+            .send(ReadHistory {
+                key: key.clone(),
+                after,
+                upto,
+                limit,
+            })
+            .await
+            .map_err(|_| RoomError::Gone)?
     }
 
     pub fn directory(&self) -> &Addr<Directory> {

@@ -9,6 +9,7 @@
 //! - [`pocket`], [`synckit`], [`relay`]: the three wire dialects (codec and model each).
 
 pub mod clock;
+pub mod cluster;
 pub mod directory;
 pub mod durability;
 pub mod hub;

@@ -68,8 +68,31 @@ pub struct DialectMetrics {
     pub frames_out: IntCounter,
 }
 
+/// The cluster bridge's series.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// Calls to the sequencer, and the changes they ordered.
+    pub orders: IntCounter,
+    pub ordered_changes: IntCounter,
+    /// Redis round trips made for rooms (orders, counters, stream reads).
+    pub round_trips: IntCounter,
+    /// Gaps a room closed after pub/sub skipped batches.
+    pub gaps_repaired: IntCounter,
+    /// Catch-ups of a room that started or resynced.
+    pub catch_ups: IntCounter,
+    /// History pages read from peers.
+    pub peer_reads: IntCounter,
+    /// Times Redis was found to have lost its data.
+    pub epoch_changes: IntCounter,
+    /// 1 while the bridge works.
+    pub healthy: IntGauge,
+    /// Other nodes heard from lately.
+    pub peers: IntGauge,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub cluster: ClusterMetrics,
     pub session: ActorMetrics,
     pub room: ActorMetrics,
     pub directory: ActorMetrics,
@@ -146,7 +169,52 @@ impl Metrics {
                 backlog: backlog.with_label_values(&label),
             }
         };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            r.register(Box::new(g.clone())).expect("unique metric name");
+            g
+        };
+        let cluster = ClusterMetrics {
+            orders: counter(
+                &r,
+                "cluster_orders_total",
+                "Batches the cluster's sequencer ordered",
+            ),
+            ordered_changes: counter(
+                &r,
+                "cluster_ordered_changes_total",
+                "Changes the cluster's sequencer ordered",
+            ),
+            round_trips: counter(
+                &r,
+                "cluster_redis_round_trips_total",
+                "Redis round trips for rooms",
+            ),
+            gaps_repaired: counter(
+                &r,
+                "cluster_gaps_repaired_total",
+                "Gaps filled after pub/sub skipped batches",
+            ),
+            catch_ups: counter(
+                &r,
+                "cluster_catch_ups_total",
+                "Room catch-ups with the cluster",
+            ),
+            peer_reads: counter(
+                &r,
+                "cluster_peer_reads_total",
+                "History pages read from peers",
+            ),
+            epoch_changes: counter(
+                &r,
+                "cluster_epoch_changes_total",
+                "Times Redis lost its data",
+            ),
+            healthy: gauge("cluster_healthy", "1 while the cluster bridge works"),
+            peers: gauge("cluster_peers", "Other nodes heard from lately"),
+        };
         let m = Metrics {
+            cluster,
             session: kind(ActorKind::Session),
             room: kind(ActorKind::Room),
             directory: kind(ActorKind::Directory),

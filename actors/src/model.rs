@@ -57,6 +57,10 @@ pub trait Model: Send + Sync + 'static {
     /// never disagree.
     fn state_of(&self, logged: &Value) -> Value;
 
+    /// Brings the room-wide value up to a change another node logged, when a room catches up
+    /// from a peer's log instead of merging the change itself.
+    fn replay(&self, _room_state: &mut Value, _logged: &Value) {}
+
     /// Writes the room's sequence number into a logged change.
     fn stamp(&self, logged: &mut Value, seq: u64);
 

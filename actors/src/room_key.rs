@@ -62,6 +62,14 @@ impl RoomKey {
     }
 }
 
+impl RoomKey {
+    /// The inverse of the `namespace/room` display form.
+    pub fn parse(s: &str) -> Option<RoomKey> {
+        let (ns, room) = s.split_once('/')?;
+        RoomKey::new(Namespace::parse(ns)?, room)
+    }
+}
+
 impl fmt::Display for RoomKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.room)
@@ -89,6 +97,9 @@ mod tests {
     fn keys_display_as_namespace_slash_room() {
         let key = RoomKey::new(Namespace::Pocket, "r1").expect("valid");
         assert_eq!(key.to_string(), "pocket/r1");
+        assert_eq!(RoomKey::parse("pocket/r1"), Some(key));
+        assert_eq!(RoomKey::parse("pocket"), None);
+        assert_eq!(RoomKey::parse("nope/r1"), None);
         assert!(RoomKey::new(Namespace::Relay, "bad id").is_none());
         assert_eq!(Namespace::parse("synckit"), Some(Namespace::Synckit));
         assert_eq!(Namespace::parse("other"), None);

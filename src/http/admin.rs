@@ -15,16 +15,26 @@ use super::{AppState, unauthorized};
 pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let hub = &state.hub;
     let storage_ok = hub.storage_healthy();
+    let cluster_ok = hub.cluster_healthy();
+    let healthy = storage_ok && cluster_ok;
     let census = hub.directory().send(GetCensus).await.ok();
+    let cluster = match hub.cluster() {
+        None => Value::Null,
+        Some(c) => json!({
+            "bridge": if cluster_ok { "ok" } else { "stuck" },
+            "epoch": c.handle.epoch(),
+            "peers": c.handle.peers().len(),
+        }),
+    };
     let body = json!({
-        "status": if storage_ok { "healthy" } else { "degraded" },
+        "status": if healthy { "healthy" } else { "degraded" },
         "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": hub.uptime().as_secs(),
         "uptime_s": hub.uptime().as_secs(),
         "node_id": hub.node_id(),
         "storage": if storage_ok { "ok" } else { "failing" },
-        "cluster": Value::Null,
+        "cluster": cluster,
         "connections": {
             "totalConnections": census.as_ref().map_or(0, |c| c.sessions_total),
             "totalUsers": census.as_ref().map_or(0, |c| c.users),
@@ -34,7 +44,7 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
             "totalDocuments": census.as_ref().and_then(|c| c.rooms.get("synckit").copied()).unwrap_or(0),
         },
     });
-    if storage_ok {
+    if healthy {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
@@ -132,12 +142,12 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             "flush_latency_ms_mean": mean(m.flush_seconds.get_sample_sum() * 1000.0, latency_count),
             "size_on_disk_bytes": hub.store().size_on_disk(),
         },
-        "cluster": Value::Null,
+        "cluster": super::cluster::stats(hub).await,
     }))
 }
 
 /// The room an admin path names, or the response refusing it.
-fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
+pub(super) fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
     let Some(ns) = Namespace::parse(&path.0) else {
         return Err(Box::new(
             HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
@@ -169,8 +179,22 @@ pub(super) async fn room_stats(
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    match state.hub.directory().send(GetRoomStatus { key }).await {
-        Ok(Ok(Some(status))) => HttpResponse::Ok().json(status),
+    match state
+        .hub
+        .directory()
+        .send(GetRoomStatus { key: key.clone() })
+        .await
+    {
+        Ok(Ok(Some(status))) => {
+            let cluster = super::cluster::room_position(&state.hub, &key, status.seq).await;
+            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
+            if let Some(o) = body.as_object_mut()
+                && !cluster.is_null()
+            {
+                o.insert("cluster".into(), cluster);
+            }
+            HttpResponse::Ok().json(body)
+        }
         Ok(Ok(None)) => HttpResponse::NotFound().json(json!({"error": "Unknown room"})),
         Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),

@@ -2,6 +2,7 @@
 //! SyncKit auth endpoints, health, stats and metrics.
 
 mod admin;
+mod cluster;
 mod pocket;
 mod relay;
 mod synckit;
@@ -112,6 +113,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/admin/rooms/{namespace}/{room}/compact",
             web::post().to(admin::compact_room),
+        )
+        .route(
+            "/cluster/rooms/{namespace}/{room}/history",
+            web::get().to(cluster::history),
         );
 }
 

@@ -51,6 +51,14 @@ fn error(e: WireError) -> Vec<Action<Tag>> {
 }
 
 fn internal(id: String, e: &RoomError) -> Vec<Action<Tag>> {
+    if matches!(e, RoomError::Unavailable) {
+        // Retryable: the push was not taken (or will merge as a no-op when resent).
+        return error(WireError::new(
+            Some(id),
+            code::INTERNAL,
+            "Service unavailable, retry",
+        ));
+    }
     log::warn!("pocket request {id} failed: {e}");
     error(WireError::new(Some(id), code::INTERNAL, "Internal error"))
 }

@@ -232,6 +232,9 @@ impl Dialect for RelayDialect {
                     _ => vec![Action::Text(self.update(bodies, f.seq))],
                 }
             }
+            (_, Err(RoomError::Unavailable)) => {
+                self.error("UNAVAILABLE", "Service unavailable, retry")
+            }
             (_, Err(e)) => {
                 log::warn!("relay request failed: {e}");
                 self.error("INTERNAL", "Internal error")

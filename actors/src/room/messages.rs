@@ -16,7 +16,7 @@ use crate::model::IncomingChange;
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
 use crate::room_key::RoomKey;
-use crate::store::{CompactReport, LogEntry, RoomMeta};
+use crate::store::{CompactReport, HistoryPage, LogEntry, RoomMeta};
 
 /// Which streams of a room a session follows.
 #[derive(Debug, Clone)]
@@ -56,6 +56,12 @@ pub enum RoomRequest {
     },
     Compact,
     Status,
+    /// The durable history after `after`, up to `upto`, for a peer catching up.
+    History {
+        after: u64,
+        upto: u64,
+        limit: usize,
+    },
 }
 
 /// One request: what to do, on whose behalf, and where the answer goes.
@@ -82,6 +88,7 @@ pub enum RoomReply {
     Compacted(CompactReport),
     Status(RoomStatus),
     Snapshot(Snapshot),
+    History(HistoryPage),
     Done,
 }
 
@@ -133,6 +140,17 @@ pub struct RoomStatus {
     /// Answers waiting for a flush.
     pub pending: usize,
     pub live: bool,
+    /// In a cluster: how the room stands with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaStatus {
+    /// Caught up with the cluster since the room started (it takes writes).
+    pub ready: bool,
+    /// Batches numbered and received but not applied yet (waiting for a gap to close).
+    pub waiting_batches: usize,
 }
 
 impl RoomStatus {
@@ -149,6 +167,7 @@ impl RoomStatus {
             log_len: meta.log_len,
             pending: 0,
             live: false,
+            replica: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod messages;
 mod numbering;
+mod replica;
 mod reply;
 mod state;
 
@@ -19,16 +20,18 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 pub use messages::{
-    Broadcast, Fetched, Join, Leave, Request, RoomAnswer, RoomEvent, RoomReply, RoomRequest,
-    RoomStatus, RoomStopped, Snapshot, StreamPage, Streams, Submitted,
+    Broadcast, Fetched, Join, Leave, ReplicaStatus, Request, RoomAnswer, RoomEvent, RoomReply,
+    RoomRequest, RoomStatus, RoomStopped, Snapshot, StreamPage, Streams, Submitted,
 };
 pub use numbering::{LocalCounter, Numbering};
+pub use replica::Replica;
 pub use reply::Reply;
 pub use state::{OpenBatch, RoomState};
 
 pub use crate::origin::{NodeId, Origin, SessionId};
 
 use crate::clock::now_ms;
+use crate::cluster::{Cluster, ClusterHandle};
 use crate::directory::CloseSession;
 use crate::durability::{Commit, Committed, Durability};
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
@@ -47,6 +50,8 @@ pub enum RoomError {
     Storage(String),
     #[error("the room is not running")]
     Gone,
+    #[error("the cluster is not ordering changes right now; retry")]
+    Unavailable,
 }
 
 /// What a room needs from the node.
@@ -59,6 +64,15 @@ pub struct RoomContext {
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub directory: Recipient<RoomStopped>,
+    /// Set when the node is part of a cluster: the room is numbered by the cluster's sequencer.
+    pub cluster: Option<ClusterLink>,
+}
+
+/// A node's way into the cluster.
+#[derive(Clone)]
+pub struct ClusterLink {
+    pub handle: ClusterHandle,
+    pub bridge: Addr<Cluster>,
 }
 
 struct Member {
@@ -127,10 +141,16 @@ pub struct Room {
     compaction_replies: Vec<Reply>,
     /// Log reads that arrived while the log was being rewritten; served once it is done.
     reads_after_compaction: Vec<Request>,
+    /// Set in a cluster.
+    replica: Option<Replica>,
 }
 
 impl Room {
     pub fn new(key: RoomKey, cx: RoomContext) -> Room {
+        let replica = cx
+            .cluster
+            .as_ref()
+            .map(|c| Replica::new(c.handle.clone(), c.bridge.clone()));
         Room {
             actor: cx.metrics.room.clone(),
             dialect: cx.metrics.dialect(key.namespace),
@@ -150,6 +170,7 @@ impl Room {
             compaction: Compaction::Idle,
             compaction_replies: Vec::new(),
             reads_after_compaction: Vec::new(),
+            replica,
         }
     }
 
@@ -163,6 +184,10 @@ impl Room {
             pending: self.pending(),
             durable_seq: self.durable_seq,
             live: true,
+            replica: self.replica.as_ref().map(|r| ReplicaStatus {
+                ready: r.ready(),
+                waiting_batches: r.waiting(),
+            }),
             ..RoomStatus::at_rest(&self.key, state.meta())
         }
     }
@@ -189,6 +214,9 @@ impl Room {
         reply: Reply,
         ctx: &mut Context<Self>,
     ) {
+        if self.replica.is_some() {
+            return self.submit_to_cluster(origin, changes, reply, ctx);
+        }
         let Some(state) = self.state.as_mut() else {
             return reply.send(Err(RoomError::Gone));
         };
@@ -207,6 +235,14 @@ impl Room {
         self.dialect.changes.inc_by(submitted.accepted as u64);
         self.open_held
             .push(Held(reply, RoomReply::Submitted(submitted)));
+        self.schedule_commit(ctx);
+    }
+
+    /// Commits the open batch once the mailbox is drained, or at once when it is large.
+    fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
+        if self.open.is_empty() {
+            return;
+        }
         if self.open.len() >= MAX_OPEN_CHANGES {
             self.commit(ctx);
         } else if !self.commit_scheduled {
@@ -473,6 +509,7 @@ impl Room {
             && self.in_flight.is_empty()
             && self.gathered.is_none()
             && matches!(self.compaction, Compaction::Idle)
+            && !self.replica.as_ref().is_some_and(Replica::busy)
             && self.last_activity.elapsed() >= self.cx.idle_timeout
     }
 }
@@ -502,6 +539,7 @@ impl Actor for Room {
                 Ok(Ok(state)) => {
                     room.durable_seq = state.meta().seq;
                     room.state = Some(state);
+                    room.join_cluster(ctx);
                 }
                 Ok(Err(e)) => {
                     log::error!("cannot load {}: {e}", room.key);
@@ -532,6 +570,7 @@ impl Actor for Room {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.leave_cluster();
         self.flush_gathered();
         self.actor.count.dec();
         self.cx.metrics.rooms_stopped.inc();
@@ -558,8 +597,10 @@ impl Handler<Request> for Room {
 impl Room {
     fn serve(&mut self, msg: Request, ctx: &mut Context<Self>) {
         // A read during a rewrite of the log could see it half done: it waits for the rewrite.
-        if matches!(msg.body, RoomRequest::Fetch { .. })
-            && matches!(self.compaction, Compaction::Running { .. })
+        if matches!(
+            msg.body,
+            RoomRequest::Fetch { .. } | RoomRequest::History { .. }
+        ) && matches!(self.compaction, Compaction::Running { .. })
         {
             return self.reads_after_compaction.push(msg);
         }
@@ -598,6 +639,15 @@ impl Room {
             RoomRequest::Compact => return self.request_compaction(Some(reply), ctx),
             RoomRequest::Status => match self.state.as_ref() {
                 Some(state) => Ok(RoomReply::Status(self.status(state))),
+                None => Err(RoomError::Gone),
+            },
+            RoomRequest::History { after, upto, limit } => match self.state.as_ref() {
+                Some(state) => self
+                    .cx
+                    .store
+                    .history(state.layout(), after, upto.min(self.durable_seq), limit)
+                    .map(RoomReply::History)
+                    .map_err(|e| RoomError::Storage(e.to_string())),
                 None => Err(RoomError::Gone),
             },
         };

@@ -38,6 +38,15 @@ fn model_hash(model: &Value) -> Digest {
     state_hash("\u{0}model", "", &model.to_string())
 }
 
+/// Where the numbers of merged changes come from.
+#[derive(Clone, Copy)]
+enum Numbered<'a> {
+    /// The room's own numbering, for the changes that win.
+    Next(&'a dyn Numbering),
+    /// Numbers a shared sequencer gave the changes, from this one on.
+    From(u64),
+}
+
 /// Compaction writes the log back in segments of at most this many entries.
 const COMPACT_SEGMENT: usize = 1024;
 
@@ -146,19 +155,46 @@ impl RoomState {
         changes: Vec<IncomingChange>,
         open: &mut OpenBatch,
     ) -> Submitted {
+        self.merge_all(model, Numbered::Next(numbering), origin, changes, open)
+    }
+
+    /// Merges the changes of one submit that a shared sequencer already numbered, from `first`
+    /// on: every node merges them in this order and reaches the same state. A change that loses
+    /// leaves its number unused; the room's sequence number moves past it all the same.
+    pub fn apply_ordered(
+        &mut self,
+        model: &dyn Model,
+        first: u64,
+        origin: Option<&Origin>,
+        changes: Vec<IncomingChange>,
+        open: &mut OpenBatch,
+    ) -> Submitted {
+        let last = first + changes.len() as u64 - 1;
+        let mut out = self.merge_all(model, Numbered::From(first), origin, changes, open);
+        self.meta.seq = self.meta.seq.max(last);
+        out.seq = self.meta.seq;
+        out
+    }
+
+    fn merge_all(
+        &mut self,
+        model: &dyn Model,
+        numbered: Numbered<'_>,
+        origin: Option<&Origin>,
+        changes: Vec<IncomingChange>,
+        open: &mut OpenBatch,
+    ) -> Submitted {
         let mut out = Submitted::default();
-        for change in changes {
+        for (i, change) in changes.into_iter().enumerate() {
             if !out.heads_before.contains_key(&change.stream) {
                 out.heads_before
                     .insert(change.stream.clone(), self.meta.head(&change.stream));
             }
-            if !self.records.contains_key(&change.stream) {
-                self.records.insert(change.stream.clone(), HashMap::new());
-            }
-            let Some(records) = self.records.get_mut(&change.stream) else {
-                continue;
-            };
-            let current = records.get(&change.key).map(|r| &*r.value);
+            let current = self
+                .records
+                .get(&change.stream)
+                .and_then(|r| r.get(&change.key))
+                .map(|r| &*r.value);
             let mut logged = match model.merge(&mut self.meta.model, current, &change) {
                 Merge::Unchanged => continue,
                 Merge::Reject { report } => {
@@ -167,11 +203,80 @@ impl RoomState {
                 }
                 Merge::Apply { logged } => logged,
             };
-            let seq = numbering.next(&self.key, self.meta.seq);
+            let seq = match numbered {
+                Numbered::Next(n) => n.next(&self.key, self.meta.seq),
+                Numbered::From(first) => first + i as u64,
+            };
             model.stamp(&mut logged, seq);
-            let state = model.state_of(&logged);
-            let hash = state_hash(&change.stream, &change.key, &state.to_string());
-            match records.get_mut(&change.key) {
+            let body = RawJson::from_value(&logged);
+            let entry = LogEntry {
+                seq,
+                stream: change.stream,
+                key: change.key,
+                body,
+                origin: origin.cloned(),
+            };
+            self.record(model, entry, &logged, open);
+            out.accepted += 1;
+        }
+        if out.accepted > 0 {
+            self.refresh_model_hash();
+        }
+        out.seq = self.meta.seq;
+        out
+    }
+
+    /// Applies a change another node logged (catching up from a peer): its effect, without a
+    /// merge, since the peer merged it in the same order.
+    pub fn replay(
+        &mut self,
+        model: &dyn Model,
+        entry: LogEntry,
+        open: &mut OpenBatch,
+    ) -> Result<(), StorageError> {
+        let logged = entry.body.to_value().map_err(|e| StorageError::Corrupt {
+            key: format!("{}/{}/{}", self.key, entry.stream, entry.seq),
+            why: e.to_string(),
+        })?;
+        model.replay(&mut self.meta.model, &logged);
+        self.record(model, entry, &logged, open);
+        self.refresh_model_hash();
+        Ok(())
+    }
+
+    /// Sets a record another node keeps outside its log (a tombstone whose retention ended).
+    pub fn replay_record(&mut self, stream: &str, key: &str, seq: u64, value: Value) {
+        let hash = state_hash(stream, key, &value.to_string());
+        let records = self.records.entry(stream.to_owned()).or_default();
+        let record = Record {
+            seq,
+            visible: seq,
+            hash,
+            value: Arc::new(value),
+        };
+        match records.insert(key.to_owned(), record) {
+            Some(old) => self.meta.digest.toggle(&old.hash),
+            None => self.meta.records += 1,
+        }
+        self.meta.digest.toggle(&hash);
+        self.meta.seq = self.meta.seq.max(seq);
+    }
+
+    /// Moves the room's sequence number to `seq`: every change up to it has been applied.
+    pub fn advance_to(&mut self, seq: u64) {
+        self.meta.seq = self.meta.seq.max(seq);
+    }
+
+    /// Writes an accepted change into the state and the open batch.
+    fn record(&mut self, model: &dyn Model, entry: LogEntry, logged: &Value, open: &mut OpenBatch) {
+        let seq = entry.seq;
+        let state = model.state_of(logged);
+        let hash = state_hash(&entry.stream, &entry.key, &state.to_string());
+        if !self.records.contains_key(&entry.stream) {
+            self.records.insert(entry.stream.clone(), HashMap::new());
+        }
+        if let Some(records) = self.records.get_mut(&entry.stream) {
+            match records.get_mut(&entry.key) {
                 Some(old) => {
                     self.meta.digest.toggle(&old.hash);
                     // What readers may see stays as it was until this change is durable.
@@ -189,42 +294,34 @@ impl RoomState {
                         hash,
                         value: Arc::new(state),
                     };
-                    records.insert(change.key.clone(), record);
+                    records.insert(entry.key.clone(), record);
                     self.meta.records += 1;
                 }
             }
-            self.meta.digest.toggle(&hash);
-            self.meta.seq = seq;
-            self.meta.log_len += 1;
-            let before = match self.meta.heads.get_mut(&change.stream) {
-                Some(head) => std::mem::replace(head, seq),
-                None => {
-                    self.meta.heads.insert(change.stream.clone(), seq);
-                    0
-                }
-            };
-            if !open.heads_before.contains_key(&change.stream) {
-                open.heads_before.insert(change.stream.clone(), before);
-            }
-            open.entries.push(LogEntry {
-                seq,
-                stream: change.stream,
-                key: change.key,
-                body: RawJson::from_value(&logged),
-                origin: origin.cloned(),
-            });
-            out.accepted += 1;
         }
-        if out.accepted > 0 {
-            let after = model_hash(&self.meta.model);
-            if after != self.model_hash {
-                self.meta.digest.toggle(&self.model_hash);
-                self.meta.digest.toggle(&after);
-                self.model_hash = after;
+        self.meta.digest.toggle(&hash);
+        self.meta.seq = self.meta.seq.max(seq);
+        self.meta.log_len += 1;
+        let before = match self.meta.heads.get_mut(&entry.stream) {
+            Some(head) => std::mem::replace(head, seq),
+            None => {
+                self.meta.heads.insert(entry.stream.clone(), seq);
+                0
             }
+        };
+        if !open.heads_before.contains_key(&entry.stream) {
+            open.heads_before.insert(entry.stream.clone(), before);
         }
-        out.seq = self.meta.seq;
-        out
+        open.entries.push(entry);
+    }
+
+    fn refresh_model_hash(&mut self) {
+        let after = model_hash(&self.meta.model);
+        if after != self.model_hash {
+            self.meta.digest.toggle(&self.model_hash);
+            self.meta.digest.toggle(&after);
+            self.model_hash = after;
+        }
     }
 
     /// Turns the open batch into one storage batch carrying the room's counters as they are now.

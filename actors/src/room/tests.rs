@@ -120,6 +120,7 @@ async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
         models,
         numbering: Arc::new(LocalCounter),
         durability,
+        cluster: None,
         metrics,
         idle_timeout: Duration::from_secs(60),
         limits: ConnectionLimits {

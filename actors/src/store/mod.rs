@@ -149,6 +149,18 @@ pub struct RoomImage {
     pub log: Vec<LogEntry>,
 }
 
+/// A slice of a room's durable history, as a node that lacks it replays it: the log entries
+/// with `after < seq <= upto` in sequence order, and the state records kept outside the log in
+/// that range.
+#[derive(Debug, Default, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<LogEntry>,
+    pub records: Vec<(String, String, StateRecord)>,
+    pub upto: u64,
+    /// Whether the history goes on past `upto`.
+    pub more: bool,
+}
+
 /// What one compaction removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct CompactReport {
@@ -547,6 +559,68 @@ impl Store {
         }
         self.kv.apply(batch)?;
         Ok(report)
+    }
+
+    /// Every room this node stores, with the sequence number it stored last.
+    pub fn rooms(&self) -> Result<Vec<(RoomKey, u64)>> {
+        let mut out = Vec::new();
+        self.kv.scan(b"m", b"n", &mut |k, raw| {
+            let name = std::str::from_utf8(&k[1..]).map_err(|e| corrupt(k, e))?;
+            let meta: RoomMeta = serde_json::from_slice(raw).map_err(|e| corrupt(k, e))?;
+            match RoomKey::parse(name) {
+                Some(room) => out.push((room, meta.seq)),
+                None => log::warn!("storage holds a room with an invalid name: {name:?}"),
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(out)
+    }
+
+    /// A room's durable history after `after`, up to `upto`, at most about `limit` entries.
+    pub fn history(
+        &self,
+        layout: &RoomLayout,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<HistoryPage> {
+        let Some(meta) = self.room_meta(layout)? else {
+            return Ok(HistoryPage::default());
+        };
+        let upto = upto.min(meta.seq);
+        let mut entries = Vec::new();
+        for stream in meta.heads.keys() {
+            let (page, _) =
+                self.stream_entries(layout, stream, after, upto, limit, &mut |_, _| true)?;
+            entries.extend(page);
+        }
+        entries.sort_by_key(|e| e.seq);
+        let (upto, more) = if entries.len() > limit {
+            entries.truncate(limit);
+            (entries.last().map_or(upto, |e| e.seq), true)
+        } else {
+            (upto, false)
+        };
+        let mut records = Vec::new();
+        let prefix = &layout.state;
+        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
+            let record = decode_state(k, raw)?;
+            if record.seq > after && record.seq <= upto {
+                let rest = &k[prefix.len()..];
+                let sep = rest
+                    .iter()
+                    .position(|b| *b == 0)
+                    .ok_or_else(|| corrupt(k, "state key without stream"))?;
+                records.push((text(k, &rest[..sep])?, text(k, &rest[sep + 1..])?, record));
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(HistoryPage {
+            entries,
+            records,
+            upto,
+            more,
+        })
     }
 
     /// A node-level value, e.g. the generated node id.

@@ -229,7 +229,8 @@ impl SynckitDialect {
         };
         let writer = match msg.str("clientId").filter(|c| !c.is_empty()) {
             Some(c) => c.to_owned(),
-            None => format!("conn-{}", env.session().0),
+            // Session numbers are per node: the node's id keeps writers of two nodes apart.
+            None => format!("conn-{}-{}", env.origin.node, env.session().0),
         };
         let counter = clock.get(&writer).and_then(Value::as_u64).unwrap_or(0);
         let ts = msg.timestamp().map_or(Value::from(now_ms()), Value::from);
@@ -359,6 +360,9 @@ impl Dialect for SynckitDialect {
                 frame::push_field(&mut f, "clock", &clock);
                 frame::push_field(&mut f, "deltas", "[]");
                 vec![self.send_text("sync_response", f)]
+            }
+            (Tag::Delta { .. } | Tag::Sync { .. }, Err(RoomError::Unavailable)) => {
+                self.error("Service unavailable, retry")
             }
             (Tag::Delta { .. } | Tag::Sync { .. }, Err(e)) => {
                 log::warn!("synckit request failed: {e}");

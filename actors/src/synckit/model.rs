@@ -138,6 +138,13 @@ impl Model for SynckitModel {
         Value::Array(record)
     }
 
+    /// A logged write carries the document's clock after it.
+    fn replay(&self, clock: &mut Value, logged: &Value) {
+        if let Some(after) = logged.get("clock").filter(|c| c.is_object()) {
+            *clock = after.clone();
+        }
+    }
+
     fn stamp(&self, logged: &mut Value, seq: u64) {
         if let Some(o) = logged.as_object_mut() {
             o.insert("seq".into(), Value::from(seq));

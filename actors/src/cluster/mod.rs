@@ -1,0 +1,271 @@
+//! The cluster: rooms across nodes through Redis.
+//!
+//! One Redis orders every room's changes: a node sends each batch of submits to a Lua script
+//! that takes the room's next numbers from a counter, appends the batch to the room's capped
+//! stream and publishes it ([`scripts::order`]). Every node that has the room applies the
+//! batches in number order, merging each change as the node that ordered it does, so every node
+//! gives a change the same number and reaches the same state. Pub/sub is at most once: a node
+//! that sees a gap, or starts a room, reads what it lacks from the stream, or from a peer's log
+//! once the stream no longer holds it ([`catch_up`]). An epoch key tells when Redis lost its
+//! data; the nodes then raise the counters back past every number they hold before anyone
+//! orders again ([`bridge`]).
+
+pub mod bridge;
+pub mod catch_up;
+pub mod keys;
+pub mod peers;
+pub mod scripts;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+pub use bridge::{Cluster, Follow, Replicated, Resync, Unfollow};
+pub use keys::Keys;
+pub use peers::Peer;
+pub use wire::{BatchBody, OrderedBatch};
+
+use crate::metrics::ClusterMetrics;
+use crate::origin::NodeId;
+use crate::room_key::RoomKey;
+
+/// How long a Redis command may take before it counts as failed.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a node needs to join a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `redis://…`; the hub asks for RESP3 itself.
+    pub redis_url: String,
+    /// Where the other nodes reach this node's HTTP API, to read a room's history from it.
+    pub advertise_url: String,
+    /// Prefix of every Redis key and channel.
+    pub key_prefix: String,
+    /// About how many batches each room's Redis stream keeps.
+    pub stream_max_len: usize,
+    /// The bearer token peers present to read history (the shared admin token), if any.
+    pub peer_token: Option<String>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("redis lost its data (epoch changed); the nodes are restoring it")]
+    Epoch,
+    #[error("the cluster is not ordering changes right now")]
+    Unavailable,
+    #[error("no node holds the history of {room} after {after}")]
+    HistoryUnavailable { room: String, after: u64 },
+    #[error("peer {peer}: {why}")]
+    Peer { peer: String, why: String },
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(e: redis::RedisError) -> ClusterError {
+        if e.code() == Some("EPOCH") {
+            ClusterError::Epoch
+        } else {
+            ClusterError::Redis(e.to_string())
+        }
+    }
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    keys: Keys,
+    node: NodeId,
+    settings: ClusterSettings,
+    /// The epoch this node orders under; `None` while it is unknown or being restored.
+    epoch: RwLock<Option<String>>,
+    /// False while Redis is unreachable or stops delivering what is published.
+    healthy: AtomicBool,
+    peers: RwLock<Vec<Peer>>,
+    order: Script,
+    counters: ClusterMetrics,
+}
+
+/// What rooms use of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    inner: Arc<Inner>,
+}
+
+impl ClusterHandle {
+    /// Connects lazily: a node starts while Redis is down, and reports itself degraded.
+    pub fn connect(
+        settings: ClusterSettings,
+        node: NodeId,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+        counters: ClusterMetrics,
+    ) -> Result<ClusterHandle, ClusterError> {
+        let url = with_resp3(&settings.redis_url);
+        let client = redis::Client::open(url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(pushes)
+            .set_automatic_resubscription()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(ClusterHandle {
+            inner: Arc::new(Inner {
+                conn,
+                keys: Keys::new(&settings.key_prefix),
+                node,
+                settings,
+                epoch: RwLock::new(None),
+                healthy: AtomicBool::new(false),
+                peers: RwLock::new(Vec::new()),
+                order: scripts::order(),
+                counters,
+            }),
+        })
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    pub fn settings(&self) -> &ClusterSettings {
+        &self.inner.settings
+    }
+
+    pub fn counters(&self) -> &ClusterMetrics {
+        &self.inner.counters
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    pub fn epoch(&self) -> Option<String> {
+        self.inner
+            .epoch
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_epoch(&self, epoch: Option<String>) {
+        *self.inner.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    }
+
+    /// Whether the bridge works: Redis answers, and what is published comes back.
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) {
+        self.inner.healthy.store(healthy, Ordering::Relaxed);
+        self.inner.counters.healthy.set(i64::from(healthy));
+    }
+
+    /// The other nodes heard from lately.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_peers(&self, peers: Vec<Peer>) {
+        self.inner.counters.peers.set(peers.len() as i64);
+        *self.inner.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+    }
+
+    /// Orders one batch of a room's changes; answers its first number.
+    pub async fn order(&self, room: &RoomKey, body: &BatchBody) -> Result<u64, ClusterError> {
+        let Some(epoch) = self.epoch() else {
+            return Err(ClusterError::Unavailable);
+        };
+        let n = body.changes.len();
+        let keys = &self.inner.keys;
+        let mut conn = self.conn();
+        self.inner.counters.round_trips.inc();
+        let first: u64 = self
+            .inner
+            .order
+            .key(keys.epoch())
+            .key(keys.counter(room))
+            .key(keys.log(room))
+            .arg(epoch)
+            .arg(n)
+            .arg(body.encode())
+            .arg(self.inner.settings.stream_max_len)
+            .arg(keys.channel(room))
+            .invoke_async(&mut conn)
+            .await?;
+        self.inner.counters.orders.inc();
+        self.inner.counters.ordered_changes.inc_by(n as u64);
+        Ok(first)
+    }
+
+    /// The counters of several rooms, in order (0 for a room Redis does not know).
+    pub async fn counters_of(&self, rooms: &[RoomKey]) -> Result<Vec<u64>, ClusterError> {
+        if rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = rooms.iter().map(|r| self.inner.keys.counter(r)).collect();
+        let mut conn = self.conn();
+        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
+        Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
+    }
+
+    /// The last number Redis gave out for a room.
+    pub async fn counter(&self, room: &RoomKey) -> Result<u64, ClusterError> {
+        let mut conn = self.conn();
+        self.inner.counters.round_trips.inc();
+        let n: Option<u64> = conn.get(self.inner.keys.counter(room)).await?;
+        Ok(n.unwrap_or(0))
+    }
+}
+
+/// The URL with RESP3 asked for: pub/sub pushes share the command connection.
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}protocol=resp3")
+}
+
+/// A fresh random-looking id (an epoch's name).
+pub(crate) fn fresh_id(seed: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(seed.as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.update(&now.to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.finalize().to_hex()[..16].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp3_is_asked_for_once() {
+        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            with_resp3("redis://h:1/?db=2"),
+            "redis://h:1/?db=2&protocol=resp3"
+        );
+        assert_eq!(
+            with_resp3("redis://h:1?protocol=resp3"),
+            "redis://h:1?protocol=resp3"
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The cluster's HTTP side: the history endpoint peers read when the Redis stream no longer
+//! holds what they lack, and the `cluster` figures of `/stats`, `/health` and room stats.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use synchub_actors::cluster::bridge::GetBridgeStatus;
+use synchub_actors::cluster::peers::HistoryResponse;
+use synchub_actors::directory::LiveRoomStatuses;
+use synchub_actors::{Hub, RoomKey};
+
+use super::{AppState, admin::room_key, unauthorized};
+
+/// The most entries one history page carries.
+const MAX_HISTORY_PAGE: usize = 50_000;
+
+#[derive(Deserialize)]
+pub(super) struct HistoryQuery {
+    #[serde(default)]
+    after: u64,
+    upto: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /cluster/rooms/<ns>/<room>/history?after=N&upto=M&limit=L`: the room's durable log
+/// after N (and the records kept outside it), in sequence order, for a peer catching up.
+pub(super) async fn history(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let key = match room_key(&path) {
+        Ok(k) => k,
+        Err(resp) => return *resp,
+    };
+    let limit = query
+        .limit
+        .unwrap_or(MAX_HISTORY_PAGE)
+        .clamp(1, MAX_HISTORY_PAGE);
+    let upto = query.upto.unwrap_or(u64::MAX);
+    match state.hub.history(&key, query.after, upto, limit).await {
+        Ok(page) => HttpResponse::Ok().json(HistoryResponse::from_page(page)),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// The `cluster` object of `/stats`: `null` on a single node.
+pub(super) async fn stats(hub: &Hub) -> Value {
+    let Some(cluster) = hub.cluster() else {
+        return Value::Null;
+    };
+    let bridge = cluster.bridge.send(GetBridgeStatus).await.ok();
+    let now = synchub_actors::clock::now_ms();
+    let peers: Vec<Value> = cluster
+        .handle
+        .peers()
+        .into_iter()
+        .map(|p| {
+            json!({"node_id": p.node, "url": p.url,
+                   "last_heard_ms_ago": (now - p.last_heard_ms).max(0)})
+        })
+        .collect();
+    let statuses = hub
+        .directory()
+        .send(LiveRoomStatuses)
+        .await
+        .unwrap_or_default();
+    let keys: Vec<RoomKey> = statuses
+        .iter()
+        .filter_map(|s| RoomKey::parse(&format!("{}/{}", s.namespace, s.room)))
+        .collect();
+    let counters = cluster.handle.counters_of(&keys).await.ok();
+    let rooms: Vec<Value> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let redis_seq = counters.as_ref().and_then(|c| c.get(i).copied());
+            json!({
+                "room": format!("{}/{}", s.namespace, s.room),
+                "seq": s.seq,
+                "durable_seq": s.durable_seq,
+                "redis_seq": redis_seq,
+                "lag": redis_seq.map(|r| r.saturating_sub(s.seq)),
+                "ready": s.replica.as_ref().map(|r| r.ready),
+            })
+        })
+        .collect();
+    let m = &hub.metrics().cluster;
+    let ordered = m.ordered_changes.get();
+    json!({
+        "node_id": hub.node_id(),
+        "redis": bridge.as_ref().map_or("unknown", |b| b.redis),
+        "epoch": cluster.handle.epoch(),
+        "healthy": cluster.handle.healthy(),
+        "last_echo_ms_ago": bridge.and_then(|b| b.last_echo_ms_ago),
+        "peers": peers,
+        "rooms": rooms,
+        "orders": m.orders.get(),
+        "ordered_changes": ordered,
+        "redis_round_trips": m.round_trips.get(),
+        "redis_round_trips_per_change": if ordered == 0 {
+            0.0
+        } else {
+            m.round_trips.get() as f64 / ordered as f64
+        },
+        "gaps_repaired": m.gaps_repaired.get(),
+        "catch_ups": m.catch_ups.get(),
+        "peer_reads": m.peer_reads.get(),
+        "epoch_changes": m.epoch_changes.get(),
+    })
+}
+
+/// A room's position in the cluster, for its `/stats/rooms/…` answer.
+pub(super) async fn room_position(hub: &Hub, key: &RoomKey, seq: u64) -> Value {
+    let Some(cluster) = hub.cluster() else {
+        return Value::Null;
+    };
+    match cluster.handle.counter(key).await {
+        Ok(redis_seq) => json!({"redis_seq": redis_seq, "lag": redis_seq.saturating_sub(seq)}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
