@@ -1,6 +1,8 @@
 //! Test support: a real hub on a free port, and a small WebSocket / HTTP client.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -143,6 +145,14 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends, reporting a connection that is gone instead of failing the test.
+    pub async fn try_send_text(&mut self, text: &str) -> Result<(), String> {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.stream
             .send(Message::Binary(bytes.into()))
@@ -174,6 +184,24 @@ impl Ws {
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("socket error: {e}"),
                 None => panic!("socket ended"),
+            }
+        }
+    }
+
+    /// The next message; `Ok(None)` if nothing came in time, `Err` once the connection is gone
+    /// (closed, reset, or its server killed).
+    pub async fn recv_or_lost(&mut self, wait: Duration) -> Result<Option<String>, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let Ok(next) = tokio::time::timeout_at(deadline, self.stream.next()).await else {
+                return Ok(None);
+            };
+            match next {
+                Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+                Some(Ok(Message::Close(c))) => return Err(format!("closed: {c:?}")),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("ended".into()),
             }
         }
     }
@@ -288,7 +316,7 @@ pub struct ChildHub {
     pub addr: SocketAddr,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -336,6 +364,11 @@ impl ChildHub {
 
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(mut self) {
+        self.sigkill();
+    }
+
+    /// SIGKILL, keeping the handle (its data directory is reused by a new process).
+    pub fn sigkill(&mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("reap");
     }

@@ -27,8 +27,13 @@ const PEER_ALIVE_MS: i64 = 5_000;
 const ECHO_STALE: Duration = Duration::from_secs(3);
 /// After Redis lost its data, how long a node waits for the others to restore their counters.
 const RESTORE_WAIT: Duration = Duration::from_secs(10);
+/// How long after a restore starts every live node has written a heartbeat again (they were
+/// lost with Redis): only then does the list of nodes to wait for mean anything.
+const RESTORE_SETTLE: Duration = Duration::from_millis(1_500);
 /// Counters restored per Redis call.
 const RESTORE_CHUNK: usize = 200;
+/// Room counters read per call of the position check.
+const POSITION_CHUNK: usize = 1_000;
 /// The node value that remembers the epoch this node last ordered under.
 const EPOCH_VALUE: &str = "cluster_epoch";
 
@@ -43,6 +48,13 @@ pub struct Replicated(pub OrderedBatch);
 #[rtype(result = "()")]
 pub struct Resync;
 
+/// The room's counter in Redis as a periodic check read it. Pub/sub gives no sign of a lost
+/// message until a later one arrives; a room still short of a number it was shown a beat ago
+/// has lost the room's last batches and catches up.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Position(pub u64);
+
 /// Asks a room to raise its counter in Redis to the last number it applied.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Result<(), ClusterError>")]
@@ -56,6 +68,7 @@ pub struct Follow {
     pub batches: Recipient<Replicated>,
     pub resync: Recipient<Resync>,
     pub restore: Recipient<RestoreCounter>,
+    pub position: Recipient<Position>,
 }
 
 #[derive(Message)]
@@ -91,6 +104,7 @@ struct Followed {
     batches: Recipient<Replicated>,
     resync: Recipient<Resync>,
     restore: Recipient<RestoreCounter>,
+    position: Recipient<Position>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +123,7 @@ pub struct Cluster {
     rooms: HashMap<RoomKey, Followed>,
     link: Link,
     beating: bool,
+    checking: bool,
     last_echo: Option<Instant>,
     nonce: String,
     started: Instant,
@@ -128,6 +143,7 @@ impl Cluster {
             rooms: HashMap::new(),
             link: Link::Down,
             beating: false,
+            checking: false,
             last_echo: None,
             started: Instant::now(),
         }
@@ -167,6 +183,38 @@ impl Cluster {
         for room in self.rooms.values() {
             room.resync.do_send(Resync);
         }
+    }
+
+    /// Reads every followed room's counter (one MGET per chunk) and shows each room its own.
+    fn check_positions(&mut self, ctx: &mut Context<Self>) {
+        if self.checking || self.rooms.is_empty() {
+            return;
+        }
+        self.checking = true;
+        let rooms: Vec<RoomKey> = self.rooms.keys().cloned().collect();
+        let handle = self.handle.clone();
+        let run = async move {
+            let mut seen = Vec::with_capacity(rooms.len());
+            for chunk in rooms.chunks(POSITION_CHUNK) {
+                handle.counters().round_trips.inc();
+                let counters = handle.counters_of(chunk).await?;
+                seen.extend(chunk.iter().cloned().zip(counters));
+            }
+            Ok::<_, ClusterError>(seen)
+        };
+        ctx.spawn(run.into_actor(self).map(|result, act, _| {
+            act.checking = false;
+            match result {
+                Ok(seen) => {
+                    for (room, counter) in seen {
+                        if let Some(followed) = act.rooms.get(&room) {
+                            followed.position.do_send(Position(counter));
+                        }
+                    }
+                }
+                Err(e) => log::debug!("cluster: position check failed: {e}"),
+            }
+        }));
     }
 
     fn beat(&mut self, ctx: &mut Context<Self>) {
@@ -255,6 +303,8 @@ impl Cluster {
                     log::info!("cluster: redis reachable again");
                     self.resubscribe_all(ctx);
                     self.resync_all();
+                } else {
+                    self.check_positions(ctx);
                 }
             }
             (_, current) => self.restore(current, ctx),
@@ -273,6 +323,7 @@ impl Cluster {
         let restorers: Vec<Recipient<RestoreCounter>> =
             self.rooms.values().map(|r| r.restore.clone()).collect();
         let followed: HashSet<RoomKey> = self.rooms.keys().cloned().collect();
+        let began = Instant::now();
         let run = async move {
             let keys = handle.keys().clone();
             let mut conn = handle.conn();
@@ -291,6 +342,8 @@ impl Cluster {
                 // Redis kept its data since this node last ordered: nothing to restore.
                 return Ok((epoch, false));
             }
+            // Redis lost data when this node had ordered under another epoch before.
+            let lost = remembered.is_some();
             log::warn!(
                 "cluster: redis epoch is {epoch} (this node last knew {}): restoring counters",
                 remembered.as_deref().unwrap_or("none")
@@ -326,6 +379,8 @@ impl Cluster {
                 .query_async(&mut conn)
                 .await?;
             // No node orders again before every live node has raised its counters.
+            tokio::time::sleep((began + RESTORE_SETTLE).saturating_duration_since(Instant::now()))
+                .await;
             let deadline = Instant::now() + RESTORE_WAIT;
             loop {
                 let (members, nodes): (HashSet<String>, HashMap<String, String>) = redis::pipe()
@@ -352,12 +407,12 @@ impl Cluster {
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok((epoch, true))
+            Ok((epoch, lost))
         };
         ctx.spawn(run.into_actor(self).map(|result, act, ctx| {
             match result {
-                Ok((epoch, restored)) => {
-                    if restored {
+                Ok((epoch, lost)) => {
+                    if lost {
                         act.handle.counters().epoch_changes.inc();
                     }
                     if let Err(e) = act.store.set_node_value(EPOCH_VALUE, &epoch) {
@@ -463,6 +518,7 @@ impl Handler<Follow> for Cluster {
                 batches: msg.batches,
                 resync: msg.resync,
                 restore: msg.restore,
+                position: msg.position,
             },
         );
         let mut conn = self.handle.conn();

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
-pub use bridge::{Cluster, Follow, Replicated, Resync, Unfollow};
+pub use bridge::{Cluster, Follow, Position, Replicated, Resync, Unfollow};
 pub use keys::Keys;
 pub use peers::Peer;
 pub use wire::{BatchBody, OrderedBatch};

@@ -240,7 +240,8 @@ impl Room {
 
     /// Commits the open batch once the mailbox is drained, or at once when it is large.
     fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
-        if self.open.is_empty() {
+        // A room catching up before it serves writes all of it at once when it is done.
+        if self.open.is_empty() || self.replica.as_ref().is_some_and(|r| !r.ready()) {
             return;
         }
         if self.open.len() >= MAX_OPEN_CHANGES {
@@ -685,13 +686,7 @@ impl Handler<Committed> for Room {
             entries.extend(f.entries);
             held.extend(f.held);
         }
-        if let Some(last) = entries.last() {
-            self.durable_seq = self.durable_seq.max(last.seq);
-            if let Some(state) = self.state.as_mut() {
-                state.release(&entries);
-            }
-            self.publish(entries, heads_before, ctx);
-        }
+        self.made_durable(entries, heads_before, ctx);
         for h in held {
             self.answer(h);
         }
@@ -704,6 +699,24 @@ impl Handler<Committed> for Room {
             self.compaction = Compaction::Pending;
         }
         self.start_compaction(ctx);
+    }
+}
+
+impl Room {
+    /// Entries are on disk: readers may see them and members are sent them.
+    fn made_durable(
+        &mut self,
+        entries: Vec<LogEntry>,
+        heads_before: HashMap<String, u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(last) = entries.last() {
+            self.durable_seq = self.durable_seq.max(last.seq);
+            if let Some(state) = self.state.as_mut() {
+                state.release(&entries);
+            }
+            self.publish(entries, heads_before, ctx);
+        }
     }
 }
 

@@ -12,8 +12,8 @@ use super::{Held, Room, RoomError, RoomReply};
 use crate::cluster::bridge::RestoreCounter;
 use crate::cluster::catch_up::{Step, catch_up};
 use crate::cluster::{
-    BatchBody, Cluster, ClusterError, ClusterHandle, Follow, OrderedBatch, Replicated, Resync,
-    Unfollow, scripts,
+    BatchBody, Cluster, ClusterError, ClusterHandle, Follow, OrderedBatch, Position, Replicated,
+    Resync, Unfollow, scripts,
 };
 use crate::model::IncomingChange;
 use crate::origin::Origin;
@@ -22,6 +22,9 @@ use crate::room::reply::Reply;
 /// How long a gap may stand before it is filled from the stream: batches of several nodes, and
 /// this node's own answers, reach a room in any order.
 const GAP_GRACE: Duration = Duration::from_millis(50);
+
+/// How long a room that could not catch up waits before it tries again.
+const CATCH_UP_RETRY: Duration = Duration::from_secs(1);
 
 /// Where a room in a cluster stands with the cluster.
 pub struct Replica {
@@ -37,6 +40,8 @@ pub struct Replica {
     waiting: BTreeMap<u64, Waiting>,
     gap_check: bool,
     filling: bool,
+    /// The counter the last position check showed, while the room had not reached it.
+    behind: Option<u64>,
 }
 
 struct Queued {
@@ -67,6 +72,7 @@ impl Replica {
             waiting: BTreeMap::new(),
             gap_check: false,
             filling: false,
+            behind: None,
         }
     }
 
@@ -101,6 +107,7 @@ impl Room {
             batches: ctx.address().recipient(),
             resync: ctx.address().recipient(),
             restore: ctx.address().recipient(),
+            position: ctx.address().recipient(),
         });
         let room = self.key.clone();
         let run = async move {
@@ -120,15 +127,65 @@ impl Room {
         match result {
             Ok(steps) => {
                 self.apply_steps(steps, ctx);
+                self.write_catch_up(ctx);
                 if let Some(r) = self.replica.as_mut() {
                     r.ready = true;
                 }
             }
             Err(e) => {
-                // Served from what this node holds; writes wait for the next resync.
+                // Served from what this node holds; writes wait until a retry succeeds.
                 log::warn!("{}: cannot catch up with the cluster: {e}", self.key);
+                self.retry_catch_up(ctx);
             }
         }
+    }
+
+    fn retry_catch_up(&mut self, ctx: &mut Context<Self>) {
+        if self.replica.as_ref().is_some_and(|r| !r.ready) {
+            ctx.run_later(CATCH_UP_RETRY, |room, ctx| room.fill(None, ctx));
+        }
+    }
+
+    /// Writes what the first catch-up merged before the room serves anyone: readers only see
+    /// durable changes, so a first request answered earlier would see none of them. It is
+    /// written here rather than by the durability actor because that actor answers by message
+    /// and the mailbox stays closed until the room is ready.
+    fn write_catch_up(&mut self, ctx: &mut Context<Self>) {
+        if self.open.is_empty() {
+            return;
+        }
+        let Some(state) = self.state.as_ref() else {
+            return;
+        };
+        let commit = match state.commit(std::mem::take(&mut self.open)) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("cannot encode the catch-up of {}: {e}", self.key);
+                return self.fail(ctx);
+            }
+        };
+        let store = self.cx.store.clone();
+        let writes = commit.writes;
+        let write = tokio::task::spawn_blocking(move || {
+            store.apply(writes)?;
+            store.flush()
+        });
+        let (entries, heads_before) = (commit.entries, commit.heads_before);
+        ctx.wait(
+            actix::fut::wrap_future(write).map(
+                move |written, room: &mut Room, ctx| match written {
+                    Ok(Ok(())) => room.made_durable(entries, heads_before, ctx),
+                    Ok(Err(e)) => {
+                        log::error!("cannot write the catch-up of {}: {e}", room.key);
+                        room.fail(ctx);
+                    }
+                    Err(e) => {
+                        log::error!("writing the catch-up of {} failed: {e}", room.key);
+                        room.fail(ctx);
+                    }
+                },
+            ),
+        );
     }
 
     /// A submit in a cluster: queued for the sequencer.
@@ -359,7 +416,10 @@ impl Room {
                         r.ready = true;
                     }
                 }
-                Err(e) => log::warn!("{}: cannot catch up: {e}", room.key),
+                Err(e) => {
+                    log::warn!("{}: cannot catch up: {e}", room.key);
+                    room.retry_catch_up(ctx);
+                }
             }
             room.apply_waiting(ctx);
         }));
@@ -444,6 +504,30 @@ impl Handler<Resync> for Room {
             replica.handle.counters().catch_ups.inc();
         }
         self.fill(None, ctx);
+    }
+}
+
+impl Handler<Position> for Room {
+    type Result = ();
+
+    fn handle(&mut self, Position(counter): Position, ctx: &mut Context<Self>) {
+        let applied = self.state.as_ref().map_or(0, |s| s.meta().seq);
+        let Some(replica) = self.replica.as_mut() else {
+            return;
+        };
+        if counter <= applied {
+            replica.behind = None;
+            return;
+        }
+        // Batches in flight, an order of this node's own, or a fill under way explain a short
+        // lag; one that outlasts a whole beat does not.
+        let stuck = replica.behind.is_some_and(|seen| applied < seen);
+        replica.behind = Some(counter);
+        if stuck && !replica.ordering && !replica.filling {
+            replica.behind = None;
+            replica.handle.counters().gaps_repaired.inc();
+            self.fill(None, ctx);
+        }
     }
 }
 

@@ -1,0 +1,932 @@
+//! Several hub processes sharing one real `redis-server`, all started by the tests on free
+//! ports: live changes across nodes in every dialect, one order, convergence, moving between
+//! nodes with a checkpoint, a node killed and restarted, a node that starts late, Redis
+//! restarted empty, and a seeded random mix of all of it.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
+use common::{ChildHub, TIMEOUT, Ws};
+use serde_json::{Value, json};
+
+/// A relay client that keeps what it was sent while it waits for its own answers.
+struct Relay {
+    ws: Ws,
+    /// Its own changes' keys start with this; they are not counted as received.
+    mine: String,
+    /// Every other change received: pk → db_version.
+    seen: BTreeMap<String, u64>,
+    duplicates: usize,
+    out_of_order: usize,
+    /// The highest number among the changes received: where a pull resumes.
+    received: u64,
+    /// The highest version the hub has sent this client (acks included).
+    version: u64,
+}
+
+fn cell(pk: &str, v: i64) -> Value {
+    json!(["t", pk, "v", v, 1, 1, "site", 1, 0])
+}
+
+impl Relay {
+    async fn connect(hub: &ChildHub, channel: &str) -> Relay {
+        let mut ws = Ws::connect(&hub.ws_url(&format!("/relay?channel={channel}"))).await;
+        let hello = ws.recv_json().await;
+        assert_eq!(hello["type"], "connected", "{hello}");
+        let version = hello["version"].as_u64().expect("version");
+        Relay {
+            ws,
+            mine: String::from("\u{0}"),
+            seen: BTreeMap::new(),
+            duplicates: 0,
+            out_of_order: 0,
+            received: version,
+            version,
+        }
+    }
+
+    /// The same client, connected to another node, carrying what it has seen.
+    async fn moved(mut self, hub: &ChildHub, channel: &str) -> Relay {
+        self.drain(50).await;
+        let mut next = Relay::connect(hub, channel).await;
+        next.mine = std::mem::take(&mut self.mine);
+        next.seen = std::mem::take(&mut self.seen);
+        next.duplicates = self.duplicates;
+        next.out_of_order = self.out_of_order;
+        next.received = self.received;
+        let resume = self.received;
+        for c in next.pull(resume).await {
+            next.take_change(&c);
+        }
+        next
+    }
+
+    fn take_change(&mut self, c: &Value) {
+        let pk = c[1].as_str().unwrap_or_default().to_owned();
+        if pk.starts_with(&self.mine) {
+            return;
+        }
+        let seq = c[5].as_u64().unwrap_or(0);
+        if seq <= self.received {
+            self.out_of_order += 1;
+        }
+        self.received = self.received.max(seq);
+        if self.seen.insert(pk, seq).is_some() {
+            self.duplicates += 1;
+        }
+    }
+
+    fn take(&mut self, m: &Value) {
+        if let Some(changes) = m["changes"].as_array() {
+            for c in changes {
+                self.take_change(c);
+            }
+        }
+        if let Some(v) = m["version"].as_u64() {
+            self.version = self.version.max(v);
+        }
+    }
+
+    /// Sends an update and waits for its answer (updates that arrive meanwhile are kept).
+    async fn update(&mut self, changes: Vec<Value>) -> Result<u64, Failed> {
+        let update = json!({"type": "update", "changes": changes, "version": 0,
+                            "siteId": "client"});
+        if self.ws.try_send_text(&update.to_string()).await.is_err() {
+            return Err(Failed::Lost);
+        }
+        loop {
+            let Some(text) = self
+                .ws
+                .recv_or_lost(TIMEOUT)
+                .await
+                .map_err(|_| Failed::Lost)?
+            else {
+                return Err(Failed::Lost);
+            };
+            let m: Value = serde_json::from_str(&text).expect("json");
+            match m["type"].as_str() {
+                Some("ack") => {
+                    let v = m["version"].as_u64().expect("version");
+                    self.version = self.version.max(v);
+                    return Ok(v);
+                }
+                Some("update") => self.take(&m),
+                Some("error") => {
+                    return Err(Failed::Refused(
+                        m["code"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+                _ => panic!("unexpected {m}"),
+            }
+        }
+    }
+
+    /// Keeps what arrives until nothing has for `ms`, or the connection is gone.
+    async fn drain(&mut self, ms: u64) {
+        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(ms)).await {
+            let m: Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(m["type"], "update", "{m}");
+            self.take(&m);
+        }
+    }
+
+    /// Pulls everything after `after` up to the version the hub last told this client: the
+    /// answer comes in pages, each carrying the version it reaches.
+    async fn pull(&mut self, after: u64) -> Vec<Value> {
+        self.ws
+            .send_json(&json!({"type": "pull", "version": after}))
+            .await;
+        let mut out = Vec::new();
+        loop {
+            let m = self.ws.recv_json().await;
+            assert_eq!(m["type"], "update", "{m}");
+            out.extend(m["changes"].as_array().expect("changes").iter().cloned());
+            if m["version"].as_u64().expect("version") >= self.version {
+                return out;
+            }
+        }
+    }
+}
+
+/// Why an update was not acked.
+#[derive(Debug)]
+enum Failed {
+    /// The hub answered with an error (its code).
+    Refused(String),
+    /// The connection is gone: its node was killed.
+    Lost,
+}
+
+/// pk → db_version of every change a pull from 0 returns.
+async fn everything(hub: &ChildHub, channel: &str) -> BTreeMap<String, u64> {
+    let mut c = Relay::connect(hub, channel).await;
+    c.pull(0)
+        .await
+        .iter()
+        .map(|ch| {
+            (
+                ch[1].as_str().unwrap_or_default().to_owned(),
+                ch[5].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+async fn nodes(redis: &RedisServer, n: usize) -> (Vec<tempfile::TempDir>, Vec<ChildHub>) {
+    let env = node_env(&redis.url());
+    let dirs: Vec<tempfile::TempDir> = (0..n)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut hubs = Vec::new();
+    for d in &dirs {
+        hubs.push(start_node(d.path(), &env).await);
+    }
+    (dirs, hubs)
+}
+
+#[actix_rt::test]
+async fn three_nodes_relay_each_others_changes_under_one_numbering() {
+    let redis = RedisServer::start();
+    let (_dirs, hubs) = nodes(&redis, 3).await;
+    let mut clients = Vec::new();
+    for (n, hub) in hubs.iter().enumerate() {
+        let mut c = Relay::connect(hub, "tri").await;
+        c.mine = format!("n{n}-");
+        clients.push(c);
+    }
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..10 {
+        for (n, c) in clients.iter_mut().enumerate() {
+            let pk = format!("n{n}-{i}");
+            let v = c.update(vec![cell(&pk, i)]).await.expect("acked");
+            acked.insert(pk, v);
+        }
+    }
+    for (n, c) in clients.iter_mut().enumerate() {
+        c.drain(300).await;
+        assert_eq!((c.duplicates, c.out_of_order), (0, 0));
+        let others: BTreeMap<String, u64> = acked
+            .iter()
+            .filter(|(pk, _)| !pk.starts_with(&format!("n{n}-")))
+            .map(|(pk, v)| (pk.clone(), *v))
+            .collect();
+        // Every other node's change arrived once, under the number its writer was acked with.
+        assert_eq!(c.seen, others, "client on node {n}");
+    }
+    let numbers: BTreeSet<u64> = acked.values().copied().collect();
+    assert_eq!(numbers, (1..=30).collect());
+    let refs: Vec<&ChildHub> = hubs.iter().collect();
+    converged(&refs, "relay/tri", 30).await;
+    for hub in &hubs {
+        assert_eq!(everything(hub, "tri").await, acked);
+    }
+}
+
+#[actix_rt::test]
+async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
+    let redis = RedisServer::start();
+    let (_dirs, hubs) = nodes(&redis, 2).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    // Pocket: pushing and pulling subscribe; each side sees the other's push with its number.
+    let mut pa = Ws::connect(&a.ws_url("/sync?room=shared")).await;
+    let mut pb = Ws::connect(&b.ws_url("/sync?room=shared")).await;
+    for (ws, id) in [(&mut pa, "qa"), (&mut pb, "qb")] {
+        let r = ws
+            .request(&json!({"type": "pull", "id": id, "collections": ["todos"], "checkpoint": {}}))
+            .await;
+        assert_eq!(r["type"], "pull-response");
+    }
+    let push = |id: &str, doc: &str| {
+        json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {},
+               "changes": [{"operation": "insert", "documentId": doc, "document": {"by": id}}]})
+    };
+    let r = pa.request(&push("pa1", "x")).await;
+    assert_eq!(
+        (
+            r["success"].clone(),
+            r["checkpoint"]["sequences"]["todos"].clone()
+        ),
+        (json!(true), json!(1))
+    );
+    let got = pb.recv_json().await;
+    assert_eq!(got["changes"]["todos"][0]["documentId"], "x");
+    assert_eq!(got["changes"]["todos"][0]["sequence"], 1);
+    let r = pb.request(&push("pb1", "y")).await;
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
+    let got = pa.recv_json().await;
+    assert_eq!(got["changes"]["todos"][0]["sequence"], 2);
+    converged(&[a, b], "pocket/shared", 2).await;
+    // SyncKit (JSON framing): a delta written on one node reaches a subscriber on the other.
+    let mut sa = Ws::connect(&a.ws_url("/ws")).await;
+    let mut sb = Ws::connect(&b.ws_url("/ws")).await;
+    sb.send_json(&json!({"type": "subscribe", "id": "s1", "timestamp": 1, "documentId": "doc"}))
+        .await;
+    let r = sb.recv_json().await;
+    assert_eq!(
+        (r["type"].clone(), r["documentId"].clone()),
+        (json!("sync_response"), json!("doc"))
+    );
+    sa.send_json(
+        &json!({"type": "delta", "id": "d1", "timestamp": 5, "documentId": "doc",
+                         "field": "title", "value": "milk", "clock": {"ca": 1}, "clientId": "ca",
+                         "messageId": "m1"}),
+    )
+    .await;
+    let mut acked = false;
+    while !acked {
+        let m = sa.recv_json().await;
+        acked = m["type"] == "ack" && m["messageId"] == "m1";
+    }
+    let m = sb.recv_json().await;
+    assert_eq!(
+        (m["type"].clone(), m["field"].clone(), m["value"].clone()),
+        (json!("delta"), json!("title"), json!("milk"))
+    );
+    converged(&[a, b], "synckit/doc", 1).await;
+}
+
+#[actix_rt::test]
+async fn a_client_moving_to_another_node_resumes_from_its_checkpoint() {
+    let redis = RedisServer::start();
+    let (_dirs, hubs) = nodes(&redis, 2).await;
+    let (a, b) = (&hubs[0], &hubs[1]);
+    // Pocket: 30 documents written on A; half read there, the rest from B.
+    let mut pa = Ws::connect(&a.ws_url("/sync?room=move")).await;
+    for i in 0..30 {
+        let r = pa
+            .request(
+                &json!({"type": "push", "id": format!("p{i}"), "collection": "todos",
+                             "checkpoint": {}, "changes": [{"operation": "insert",
+                             "documentId": format!("d{i}"), "document": {"n": i}}]}),
+            )
+            .await;
+        assert_eq!(r["success"], true);
+    }
+    let r = pa
+        .request(
+            &json!({"type": "pull", "id": "q1", "collections": ["todos"],
+                         "checkpoint": {"global": 0}, "limit": 12}),
+        )
+        .await;
+    assert_eq!(r["hasMore"], true);
+    let first: Vec<u64> = r["changes"]["todos"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["sequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(first, (1..=12).collect::<Vec<_>>());
+    drop(pa);
+    let mut pb = Ws::connect(&b.ws_url("/sync?room=move")).await;
+    let r = pb
+        .request(
+            &json!({"type": "pull", "id": "q2", "collections": ["todos"],
+                         "checkpoint": r["checkpoint"], "limit": 100}),
+        )
+        .await;
+    assert_eq!(r["hasMore"], false);
+    let rest: Vec<u64> = r["changes"]["todos"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["sequence"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(rest, (13..=30).collect::<Vec<_>>());
+    // Relay: the version a client holds from A is good on B.
+    let mut ra = Relay::connect(a, "move").await;
+    for i in 0..20 {
+        ra.update(vec![cell(&format!("k{i}"), i)])
+            .await
+            .expect("acked");
+    }
+    let held = 7;
+    let mut rb = Relay::connect(b, "move").await;
+    assert_eq!(rb.version, 20);
+    let changes = rb.pull(held).await;
+    let numbers: Vec<u64> = changes.iter().map(|c| c[5].as_u64().expect("n")).collect();
+    assert_eq!(numbers, (8..=20).collect::<Vec<_>>());
+}
+
+/// Writes unique cells one at a time until told to stop or the socket fails; returns what was
+/// acked (pk → version).
+async fn writer(
+    mut c: Relay,
+    name: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (BTreeMap<String, u64>, usize) {
+    let mut acked = BTreeMap::new();
+    let mut refused = 0;
+    let mut i = 0;
+    while !*stop.borrow() {
+        let pk = format!("{name}-{i}");
+        i += 1;
+        let send = c.update(vec![cell(&pk, i)]);
+        match send.await {
+            Ok(v) => {
+                acked.insert(pk, v);
+            }
+            Err(Failed::Refused(code)) => {
+                assert_eq!(code, "UNAVAILABLE");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Failed::Lost) => break,
+        }
+    }
+    (acked, refused)
+}
+
+#[actix_rt::test]
+async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
+    let redis = RedisServer::start();
+    let env = node_env(&redis.url());
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut a = start_node(da.path(), &env).await;
+    let b = start_node(db.path(), &env).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let on_a = actix_rt::spawn(writer(
+        Relay::connect(&a, "crash").await,
+        "a".into(),
+        stop.clone(),
+    ));
+    let on_b = actix_rt::spawn(writer(
+        Relay::connect(&b, "crash").await,
+        "b".into(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    a.sigkill();
+    // The writer on A sees its socket end; B goes on meanwhile.
+    let (acked_a, _) = on_a.await.expect("writer a");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = start_node(da.path(), &env).await;
+    // A's client comes back: A catches up before it answers, then takes writes again.
+    let (_, on_b_then) = common::get(&b.http_url("/stats/rooms/relay/crash")).await;
+    let back = Relay::connect(&a, "crash").await;
+    assert!(
+        back.version >= on_b_then["seq"].as_u64().expect("seq"),
+        "{on_b_then}"
+    );
+    let on_a = actix_rt::spawn(writer(back, "a2".into(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
+    let (acked_a2, _) = on_a.await.expect("writer a2");
+    let (acked_b, _) = on_b.await.expect("writer b");
+    assert!(!acked_a.is_empty() && !acked_a2.is_empty() && !acked_b.is_empty());
+    let mut acked = acked_a;
+    acked.extend(acked_a2);
+    acked.extend(acked_b);
+    let last = acked.values().copied().max().unwrap_or(0);
+    converged(&[&a, &b], "relay/crash", last).await;
+    for hub in [&a, &b] {
+        let all = everything(hub, "crash").await;
+        for (pk, v) in &acked {
+            assert_eq!(all.get(pk), Some(v), "acked {pk} lost");
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn a_node_started_late_serves_the_whole_history_from_its_peer() {
+    let redis = RedisServer::start();
+    // A stream this short cannot hold the history: the late node must read it from its peer.
+    let mut env = node_env(&redis.url());
+    env.push(("SYNCHUB_CLUSTER_STREAM_MAX_LEN".into(), "5".into()));
+    let da = tempfile::tempdir().expect("dir");
+    let a = start_node(da.path(), &env).await;
+    let mut c = Relay::connect(&a, "history").await;
+    for batch in 0..100 {
+        let changes = (0..100)
+            .map(|i| cell(&format!("k{}", batch * 100 + i), i))
+            .collect();
+        c.update(changes).await.expect("acked");
+    }
+    assert_eq!(c.version, 10_000);
+    let db = tempfile::tempdir().expect("dir");
+    let b = start_node(db.path(), &env).await;
+    // The first client of the room on B gets the full history at once.
+    let mut late = Relay::connect(&b, "history").await;
+    assert_eq!(late.version, 10_000);
+    let all = late.pull(0).await;
+    assert_eq!(all.len(), 10_000);
+    let numbers: Vec<u64> = all.iter().map(|c| c[5].as_u64().expect("n")).collect();
+    assert_eq!(numbers, (1..=10_000).collect::<Vec<_>>());
+    converged(&[&a, &b], "relay/history", 10_000).await;
+    let (_, stats) = common::get(&b.http_url("/stats")).await;
+    assert!(
+        stats["cluster"]["peer_reads"].as_u64().expect("n") >= 1,
+        "{stats}"
+    );
+}
+
+#[actix_rt::test]
+async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves() {
+    let redis = RedisServer::start();
+    let env = node_env(&redis.url());
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = start_node(da.path(), &env).await;
+    let b = start_node(db.path(), &env).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let on_a = actix_rt::spawn(writer(
+        Relay::connect(&a, "outage").await,
+        "a".into(),
+        stop.clone(),
+    ));
+    let on_b = actix_rt::spawn(writer(
+        Relay::connect(&b, "outage").await,
+        "b".into(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let port = redis.kill();
+    // While Redis is away, writes are refused with a retryable error; the sockets stay up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, health) = common::get(&a.http_url("/health")).await;
+    assert_eq!((status, health["status"].clone()), (503, json!("degraded")));
+    let _redis = RedisServer::start_on(port);
+    wait_healthy(&a).await;
+    wait_healthy(&b).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _ = stop_tx.send(true);
+    let (acked_a, refused_a) = on_a.await.expect("writer a");
+    let (acked_b, refused_b) = on_b.await.expect("writer b");
+    assert!(
+        refused_a + refused_b > 0,
+        "writes were refused during the outage"
+    );
+    let mut acked = acked_a;
+    acked.extend(acked_b);
+    let last = acked.values().copied().max().unwrap_or(0);
+    converged(&[&a, &b], "relay/outage", last).await;
+    for hub in [&a, &b] {
+        let all = everything(hub, "outage").await;
+        for (pk, v) in &acked {
+            assert_eq!(all.get(pk), Some(v), "acked {pk} lost");
+        }
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        assert!(stats["cluster"]["epoch_changes"].as_u64().expect("n") >= 1);
+    }
+    // Numbers given after the outage never repeat one given before it.
+    let numbers: Vec<u64> = acked.values().copied().collect();
+    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len());
+}
+
+/// A small deterministic generator, so a seed always replays the same run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a client of the random run was sent: each other client's change once, in order.
+#[derive(Default)]
+struct Received {
+    /// Its own changes start with this; they are not counted.
+    mine: String,
+    /// key → sequence number (0 where the dialect sends none).
+    seen: BTreeMap<String, u64>,
+    duplicates: usize,
+    out_of_order: usize,
+    /// The highest number received: where the client resumes.
+    last: u64,
+}
+
+impl Received {
+    fn take(&mut self, key: &str, seq: u64) {
+        if key.starts_with(&self.mine) {
+            return;
+        }
+        if seq != 0 {
+            if seq <= self.last {
+                self.out_of_order += 1;
+            }
+            self.last = self.last.max(seq);
+        }
+        if self.seen.insert(key.to_owned(), seq).is_some() {
+            self.duplicates += 1;
+        }
+    }
+}
+
+/// A Pocket client: it subscribes to `todos` by pulling, resumes from its checkpoint.
+struct Pocket {
+    ws: Ws,
+    got: Received,
+}
+
+impl Pocket {
+    async fn connect(hub: &ChildHub, got: Received) -> Pocket {
+        let ws = Ws::connect(&hub.ws_url("/sync?room=chaos")).await;
+        let mut p = Pocket { ws, got };
+        p.catch_up().await;
+        p
+    }
+
+    /// Pulls everything after its checkpoint, page by page; the pull also subscribes.
+    async fn catch_up(&mut self) {
+        loop {
+            let r = self
+                .ws
+                .request(&json!({"type": "pull", "id": format!("q{}", self.got.last),
+                                 "collections": ["todos"],
+                                 "checkpoint": {"sequences": {"todos": self.got.last}},
+                                 "limit": 500}))
+                .await;
+            assert_eq!(r["type"], "pull-response", "{r}");
+            self.take(&r);
+            if r["hasMore"] != true {
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self, m: &Value) {
+        for c in m["changes"]["todos"].as_array().into_iter().flatten() {
+            let doc = c["documentId"].as_str().unwrap_or_default();
+            self.got.take(doc, c["sequence"].as_u64().unwrap_or(0));
+        }
+    }
+
+    async fn write(&mut self, doc: &str) -> Result<(), Failed> {
+        let id = format!("push-{doc}");
+        let push = json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {},
+                          "changes": [{"operation": "insert", "documentId": doc,
+                                       "document": {"by": doc}}]});
+        if self.ws.try_send_text(&push.to_string()).await.is_err() {
+            return Err(Failed::Lost);
+        }
+        loop {
+            let Some(text) = self
+                .ws
+                .recv_or_lost(TIMEOUT)
+                .await
+                .map_err(|_| Failed::Lost)?
+            else {
+                return Err(Failed::Lost);
+            };
+            let m: Value = serde_json::from_str(&text).expect("json");
+            match (m["type"].as_str(), m["id"] == id.as_str()) {
+                (Some("push-response"), true) if m["success"] == true => return Ok(()),
+                (Some("error"), true) => return Err(Failed::Refused(m.to_string())),
+                (Some("pull-response"), false) => self.take(&m),
+                _ => panic!("unexpected {m}"),
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(300)).await {
+            let m: Value = serde_json::from_str(&text).expect("json");
+            assert_eq!(m["type"], "pull-response", "{m}");
+            self.take(&m);
+        }
+    }
+}
+
+/// A SyncKit client (JSON framing) subscribed to one document; every write sets a field of
+/// its own. Deltas carry no numbers: a field delivered twice on one connection is a duplicate.
+struct Kit {
+    ws: Ws,
+    got: Received,
+    counter: u64,
+}
+
+impl Kit {
+    /// Subscribes; the state it gets holds everything written so far.
+    async fn connect(hub: &ChildHub, mut got: Received) -> Kit {
+        let mut ws = Ws::connect(&hub.ws_url("/ws")).await;
+        ws.send_json(&json!({"type": "subscribe", "id": "s", "timestamp": 1,
+                             "documentId": "chaos"}))
+            .await;
+        let r = ws.recv_json().await;
+        assert_eq!(r["type"], "sync_response", "{r}");
+        // SyncKit has no resume point: a client that reconnects may be sent again what it
+        // had (its merge is idempotent), so duplicates count per connection.
+        got.seen
+            .values_mut()
+            .for_each(|on_this_connection| *on_this_connection = 0);
+        for field in r["state"].as_object().expect("state").keys() {
+            if !field.starts_with(&got.mine) {
+                got.seen.entry(field.clone()).or_insert(0);
+            }
+        }
+        Kit {
+            ws,
+            got,
+            counter: 0,
+        }
+    }
+
+    fn take(&mut self, m: &Value) {
+        assert_eq!(m["type"], "delta", "{m}");
+        let field = m["field"].as_str().unwrap_or_default().to_owned();
+        if field.starts_with(&self.got.mine) {
+            return;
+        }
+        if self.got.seen.get(&field) == Some(&1) {
+            self.got.duplicates += 1;
+        }
+        // 1: delivered as a delta on this connection.
+        self.got.seen.insert(field, 1);
+    }
+
+    async fn write(&mut self, field: &str) -> Result<(), Failed> {
+        self.counter += 1;
+        let client = self.got.mine.clone();
+        let mid = format!("m-{field}");
+        let delta = json!({"type": "delta", "id": mid, "timestamp": 1000 + self.counter,
+                           "documentId": "chaos", "field": field, "value": self.counter,
+                           "clock": {client.as_str(): self.counter}, "clientId": client,
+                           "messageId": mid});
+        if self.ws.try_send_text(&delta.to_string()).await.is_err() {
+            return Err(Failed::Lost);
+        }
+        loop {
+            let Some(text) = self
+                .ws
+                .recv_or_lost(TIMEOUT)
+                .await
+                .map_err(|_| Failed::Lost)?
+            else {
+                return Err(Failed::Lost);
+            };
+            let m: Value = serde_json::from_str(&text).expect("json");
+            match m["type"].as_str() {
+                Some("ack") if m["messageId"] == mid.as_str() => return Ok(()),
+                Some("error") => return Err(Failed::Refused(m.to_string())),
+                _ => self.take(&m),
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(300)).await {
+            let m: Value = serde_json::from_str(&text).expect("json");
+            self.take(&m);
+        }
+    }
+}
+
+/// One client of the random run, in any dialect.
+enum Client {
+    Relay(Relay),
+    Pocket(Pocket),
+    Kit(Kit),
+}
+
+impl Client {
+    async fn connect(dialect: usize, hub: &ChildHub, mine: String) -> Client {
+        let got = Received {
+            mine,
+            ..Received::default()
+        };
+        match dialect {
+            0 => {
+                let mut r = Relay::connect(hub, "chaos").await;
+                r.mine = got.mine;
+                Client::Relay(r)
+            }
+            1 => Client::Pocket(Pocket::connect(hub, got).await),
+            _ => Client::Kit(Kit::connect(hub, got).await),
+        }
+    }
+
+    /// Writes one change named `key`; the key is what every node must end up holding.
+    async fn write(&mut self, key: &str, step: i64) -> Result<(), Failed> {
+        match self {
+            Client::Relay(r) => r.update(vec![cell(key, step)]).await.map(|_| ()),
+            Client::Pocket(p) => p.write(key).await,
+            Client::Kit(k) => k.write(key).await,
+        }
+    }
+
+    /// The same client on another node, resuming from what it received.
+    async fn moved(self, hub: &ChildHub) -> Client {
+        match self {
+            Client::Relay(r) => Client::Relay(r.moved(hub, "chaos").await),
+            Client::Pocket(mut p) => {
+                p.drain().await;
+                Client::Pocket(Pocket::connect(hub, p.got).await)
+            }
+            Client::Kit(mut k) => {
+                k.drain().await;
+                Client::Kit(Kit::connect(hub, k.got).await)
+            }
+        }
+    }
+
+    fn dialect(&self) -> usize {
+        match self {
+            Client::Relay(_) => 0,
+            Client::Pocket(_) => 1,
+            Client::Kit(_) => 2,
+        }
+    }
+
+    /// Takes in what is still on its way, then reports (mine, seen, duplicates, out of order).
+    async fn finish(self, hub: &ChildHub) -> (String, BTreeMap<String, u64>, usize, usize) {
+        match self.moved(hub).await {
+            Client::Relay(r) => (r.mine, r.seen, r.duplicates, r.out_of_order),
+            Client::Pocket(p) => (p.got.mine, p.got.seen, p.got.duplicates, p.got.out_of_order),
+            Client::Kit(k) => (k.got.mine, k.got.seen, k.got.duplicates, k.got.out_of_order),
+        }
+    }
+}
+
+/// Every key a room holds on a node, with its number where the dialect has one.
+async fn contents(hub: &ChildHub, dialect: usize) -> BTreeMap<String, u64> {
+    let nobody = || Received {
+        mine: "\u{0}".into(),
+        ..Received::default()
+    };
+    match dialect {
+        0 => everything(hub, "chaos").await,
+        1 => Pocket::connect(hub, nobody()).await.got.seen,
+        _ => Kit::connect(hub, nobody()).await.got.seen,
+    }
+}
+
+const ROOMS: [&str; 3] = ["relay/chaos", "pocket/chaos", "synckit/chaos"];
+
+#[actix_rt::test]
+async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
+    let seed: u64 = std::env::var("CLUSTER_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261128);
+    let mut rng = Lcg(seed);
+    let mut redis = Some(RedisServer::start());
+    let env = node_env(&redis.as_ref().expect("redis").url());
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let mut hubs: Vec<ChildHub> = Vec::new();
+    for d in &dirs {
+        hubs.push(start_node(d.path(), &env).await);
+    }
+    // Two clients per dialect, spread over the nodes.
+    let mut clients: Vec<(usize, Client)> = Vec::new();
+    for i in 0..6 {
+        let node = i % 3;
+        clients.push((
+            node,
+            Client::connect(i / 2, &hubs[node], format!("c{i}-")).await,
+        ));
+    }
+    // key → (dialect, writer)
+    let mut acked: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut redis_restarted = false;
+    let (mut moves, mut kills) = (0, 0);
+    for step in 0..150 {
+        let roll = rng.below(100);
+        if roll < 80 {
+            let i = rng.below(clients.len() as u64) as usize;
+            let key = format!("c{i}-{step}");
+            let dialect = clients[i].1.dialect();
+            if clients[i].1.write(&key, step).await.is_ok() {
+                acked.insert(key, (dialect, i));
+            }
+        } else if roll < 92 {
+            // A client moves to a random node, resuming from what it has received.
+            let i = rng.below(clients.len() as u64) as usize;
+            let to = rng.below(3) as usize;
+            let (_, client) = clients.remove(i);
+            clients.insert(i, (to, client.moved(&hubs[to]).await));
+            moves += 1;
+        } else if roll < 97 {
+            // A node killed with SIGKILL and started again; its clients come back to it.
+            let victim = rng.below(3) as usize;
+            kills += 1;
+            hubs[victim].sigkill();
+            hubs[victim] = start_node(dirs[victim].path(), &env).await;
+            for i in 0..clients.len() {
+                if clients[i].0 == victim {
+                    let (_, client) = clients.remove(i);
+                    clients.insert(i, (victim, client.moved(&hubs[victim]).await));
+                }
+            }
+        } else if !redis_restarted {
+            // Redis killed and started again, empty.
+            redis_restarted = true;
+            let port = redis.take().expect("redis").kill();
+            redis = Some(RedisServer::start_on(port));
+            for hub in &hubs {
+                wait_healthy(hub).await;
+            }
+        }
+    }
+    eprintln!(
+        "seed {seed}: {} writes acked, {moves} moves, {kills} node kills, redis restarted: \
+         {redis_restarted}",
+        acked.len()
+    );
+    // A node holds a room while a client uses it: one per room on each node, then every copy
+    // of every room agrees.
+    let mut lookers = Vec::new();
+    for hub in &hubs {
+        for dialect in 0..3 {
+            lookers.push(Client::connect(dialect, hub, "looker-".into()).await);
+        }
+    }
+    let live: Vec<&ChildHub> = hubs.iter().collect();
+    for room in ROOMS {
+        converged(&live, room, 1).await;
+    }
+    let mut held = Vec::new();
+    for dialect in 0..3 {
+        let on_first = contents(&hubs[0], dialect).await;
+        for hub in &hubs[1..] {
+            assert_eq!(contents(hub, dialect).await, on_first, "seed {seed}");
+        }
+        held.push(on_first);
+    }
+    for (key, (dialect, _)) in &acked {
+        assert!(
+            held[*dialect].contains_key(key),
+            "acked {key} lost (seed {seed})"
+        );
+    }
+    for (i, (node, client)) in clients.into_iter().enumerate() {
+        let dialect = client.dialect();
+        let (mine, seen, duplicates, out_of_order) = client.finish(&hubs[node]).await;
+        assert_eq!(
+            (duplicates, out_of_order),
+            (0, 0),
+            "client {i} (seed {seed})"
+        );
+        let others: BTreeSet<&String> = held[dialect]
+            .keys()
+            .filter(|k| !k.starts_with(&mine))
+            .collect();
+        let got: BTreeSet<&String> = seen.keys().collect();
+        assert_eq!(got, others, "client {i} (seed {seed})");
+        if dialect != 2 {
+            // Delivered under the number every node gives the change.
+            for (k, n) in &seen {
+                assert_eq!(
+                    held[dialect].get(k),
+                    Some(n),
+                    "client {i}: {k} (seed {seed})"
+                );
+            }
+        }
+    }
+}
