@@ -223,6 +223,45 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     for hub in &hubs {
         assert_eq!(everything(hub, "tri").await, acked);
     }
+    // Each node reports the others, Redis, and the room's position, in /stats and /metrics.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let stats = loop {
+        let (_, stats) = common::get(&hubs[0].http_url("/stats")).await;
+        if stats["cluster"]["peers"].as_array().map_or(0, Vec::len) == 2 {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cluster = &stats["cluster"];
+    assert_eq!(
+        (cluster["redis"].clone(), cluster["healthy"].clone()),
+        (json!("up"), json!(true))
+    );
+    let room = cluster["rooms"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["room"] == "relay/tri"))
+        .expect("the room");
+    assert_eq!(
+        (
+            room["seq"].clone(),
+            room["redis_seq"].clone(),
+            room["lag"].clone()
+        ),
+        (json!(30), json!(30), json!(0))
+    );
+    assert!(cluster["ordered_changes"].as_u64().expect("n") >= 10);
+    let (_, room) = common::get(&hubs[1].http_url("/stats/rooms/relay/tri")).await;
+    assert_eq!(room["cluster"], json!({"redis_seq": 30, "lag": 0}));
+    let (_, metrics) = common::get(&hubs[2].http_url("/metrics")).await;
+    let metrics = metrics.as_str().expect("text");
+    for line in [
+        "synchub_cluster_redis_up 1",
+        "synchub_cluster_healthy 1",
+        "synchub_cluster_lag_max 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 #[actix_rt::test]
@@ -351,12 +390,12 @@ async fn a_client_moving_to_another_node_resumes_from_its_checkpoint() {
 }
 
 /// Writes unique cells one at a time until told to stop or the socket fails; returns what was
-/// acked (pk → version).
+/// acked (pk → version), how many writes were refused, and whether the connection was lost.
 async fn writer(
     mut c: Relay,
     name: String,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> (BTreeMap<String, u64>, usize) {
+) -> (BTreeMap<String, u64>, usize, bool) {
     let mut acked = BTreeMap::new();
     let mut refused = 0;
     let mut i = 0;
@@ -373,10 +412,10 @@ async fn writer(
                 refused += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(Failed::Lost) => break,
+            Err(Failed::Lost) => return (acked, refused, true),
         }
     }
-    (acked, refused)
+    (acked, refused, false)
 }
 
 #[actix_rt::test]
@@ -403,7 +442,8 @@ async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     a.sigkill();
     // The writer on A sees its socket end; B goes on meanwhile.
-    let (acked_a, _) = on_a.await.expect("writer a");
+    let (acked_a, _, lost) = on_a.await.expect("writer a");
+    assert!(lost, "the writer on the killed node lost its connection");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let a = start_node(da.path(), &env).await;
     // A's client comes back: A catches up before it answers, then takes writes again.
@@ -416,8 +456,8 @@ async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     let on_a = actix_rt::spawn(writer(back, "a2".into(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(true);
-    let (acked_a2, _) = on_a.await.expect("writer a2");
-    let (acked_b, _) = on_b.await.expect("writer b");
+    let (acked_a2, _, _) = on_a.await.expect("writer a2");
+    let (acked_b, _, _) = on_b.await.expect("writer b");
     assert!(!acked_a.is_empty() && !acked_a2.is_empty() && !acked_b.is_empty());
     let mut acked = acked_a;
     acked.extend(acked_a2);
@@ -497,8 +537,12 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     wait_healthy(&b).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let _ = stop_tx.send(true);
-    let (acked_a, refused_a) = on_a.await.expect("writer a");
-    let (acked_b, refused_b) = on_b.await.expect("writer b");
+    let (acked_a, refused_a, lost_a) = on_a.await.expect("writer a");
+    let (acked_b, refused_b, lost_b) = on_b.await.expect("writer b");
+    assert!(
+        !lost_a && !lost_b,
+        "sessions stay connected while Redis is away"
+    );
     assert!(
         refused_a + refused_b > 0,
         "writes were refused during the outage"

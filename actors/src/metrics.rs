@@ -88,6 +88,13 @@ pub struct ClusterMetrics {
     pub healthy: IntGauge,
     /// Other nodes heard from lately.
     pub peers: IntGauge,
+    /// 1 while Redis answers the heartbeat.
+    pub redis_up: IntGauge,
+    /// 1 for the epoch this node orders under (the label), set at scrape time.
+    pub epoch: IntGaugeVec,
+    /// Live rooms behind their Redis counter, and the largest lag in changes, at scrape time.
+    pub rooms_behind: IntGauge,
+    pub lag_max: IntGauge,
 }
 
 pub struct Metrics {
@@ -212,6 +219,21 @@ impl Metrics {
             ),
             healthy: gauge("cluster_healthy", "1 while the cluster bridge works"),
             peers: gauge("cluster_peers", "Other nodes heard from lately"),
+            redis_up: gauge("cluster_redis_up", "1 while Redis answers the heartbeat"),
+            epoch: gauge_vec(
+                &r,
+                "cluster_epoch",
+                "1 for the Redis epoch this node orders under",
+                "epoch",
+            ),
+            rooms_behind: gauge(
+                "cluster_rooms_behind",
+                "Live rooms behind their counter in Redis",
+            ),
+            lag_max: gauge(
+                "cluster_lag_max",
+                "The largest replication lag of a live room, in changes",
+            ),
         };
         let m = Metrics {
             cluster,

@@ -227,6 +227,7 @@ pub(super) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Htt
     if !state.admin_allowed(&req) {
         return unauthorized();
     }
+    super::cluster::refresh_gauges(&state.hub).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.hub.metrics().render())

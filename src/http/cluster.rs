@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use synchub_actors::cluster::bridge::GetBridgeStatus;
 use synchub_actors::cluster::peers::HistoryResponse;
 use synchub_actors::directory::LiveRoomStatuses;
+use synchub_actors::room::{ClusterLink, RoomStatus};
 use synchub_actors::{Hub, RoomKey};
 
 use super::{AppState, admin::room_key, unauthorized};
@@ -64,21 +65,10 @@ pub(super) async fn stats(hub: &Hub) -> Value {
                    "last_heard_ms_ago": (now - p.last_heard_ms).max(0)})
         })
         .collect();
-    let statuses = hub
-        .directory()
-        .send(LiveRoomStatuses)
+    let rooms: Vec<Value> = positions(hub, cluster)
         .await
-        .unwrap_or_default();
-    let keys: Vec<RoomKey> = statuses
         .iter()
-        .filter_map(|s| RoomKey::parse(&format!("{}/{}", s.namespace, s.room)))
-        .collect();
-    let counters = cluster.handle.counters_of(&keys).await.ok();
-    let rooms: Vec<Value> = statuses
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let redis_seq = counters.as_ref().and_then(|c| c.get(i).copied());
+        .map(|(s, redis_seq)| {
             json!({
                 "room": format!("{}/{}", s.namespace, s.room),
                 "seq": s.seq,
@@ -112,6 +102,49 @@ pub(super) async fn stats(hub: &Hub) -> Value {
         "peer_reads": m.peer_reads.get(),
         "epoch_changes": m.epoch_changes.get(),
     })
+}
+
+/// Every live room's status with its counter in Redis (`None` while Redis does not answer).
+async fn positions(hub: &Hub, cluster: &ClusterLink) -> Vec<(RoomStatus, Option<u64>)> {
+    let statuses = hub
+        .directory()
+        .send(LiveRoomStatuses)
+        .await
+        .unwrap_or_default();
+    let keys: Vec<RoomKey> = statuses
+        .iter()
+        .filter_map(|s| RoomKey::parse(&format!("{}/{}", s.namespace, s.room)))
+        .collect();
+    let counters = cluster.handle.counters_of(&keys).await.ok();
+    statuses
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (s, counters.as_ref().and_then(|c| c.get(i).copied())))
+        .collect()
+}
+
+/// Sets the cluster gauges that are only worth computing when someone scrapes `/metrics`.
+pub(super) async fn refresh_gauges(hub: &Hub) {
+    let Some(cluster) = hub.cluster() else {
+        return;
+    };
+    let m = &hub.metrics().cluster;
+    let bridge = cluster.bridge.send(GetBridgeStatus).await.ok();
+    m.redis_up
+        .set(i64::from(bridge.as_ref().is_some_and(|b| b.redis == "up")));
+    m.epoch.reset();
+    if let Some(epoch) = cluster.handle.epoch() {
+        m.epoch.with_label_values(&[epoch.as_str()]).set(1);
+    }
+    let lags: Vec<u64> = positions(hub, cluster)
+        .await
+        .iter()
+        .filter_map(|(s, redis_seq)| redis_seq.map(|r| r.saturating_sub(s.seq)))
+        .collect();
+    m.rooms_behind
+        .set(lags.iter().filter(|l| **l > 0).count() as i64);
+    m.lag_max
+        .set(lags.iter().copied().max().unwrap_or(0) as i64);
 }
 
 /// A room's position in the cluster, for its `/stats/rooms/…` answer.
