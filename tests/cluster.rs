@@ -446,6 +446,26 @@ async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     assert!(lost, "the writer on the killed node lost its connection");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let a = start_node(da.path(), &env).await;
+    // A catches up by itself: with no client asking, it loads the room it holds that is behind.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, stats) = common::get(&a.http_url("/stats")).await;
+        let rooms = stats["cluster"]["rooms"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if rooms
+            .iter()
+            .any(|r| r["room"] == "relay/crash" && r["ready"] == true)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A did not catch up by itself: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A's client comes back: A catches up before it answers, then takes writes again.
     let (_, on_b_then) = common::get(&b.http_url("/stats/rooms/relay/crash")).await;
     let back = Relay::connect(&a, "crash").await;

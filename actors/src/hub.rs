@@ -28,6 +28,9 @@ use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
 use crate::synckit::SynckitModel;
 
+/// How long shutdown waits for the final storage flush.
+const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Everything the hub needs to start, already validated by the caller.
 #[derive(Clone)]
 pub struct HubSettings {
@@ -195,6 +198,14 @@ impl Hub {
             limits: settings.connections,
         })
         .start();
+        if let Some(link) = &cluster {
+            actix::spawn(crate::cluster::sweep::catch_up_stored_rooms(
+                link.handle.clone(),
+                store.clone(),
+                directory.clone(),
+                metrics.room.clone(),
+            ));
+        }
         // cr-sqlite site ids are 16 bytes; derive a stable one from the node id.
         let site_id = blake3::hash(node_id.as_bytes()).to_hex()[..32].to_owned();
         Ok(Hub {
@@ -345,10 +356,17 @@ impl Hub {
             .await
             .unwrap_or(0);
         log::info!("closing {closing} session(s)");
-        match self.inner.durability.send(FlushAll).await {
-            Ok(Ok(())) => log::info!("storage flushed"),
-            Ok(Err(e)) => log::error!("final flush failed: {e}"),
-            Err(e) => log::error!("final flush not run: {e}"),
+        // Everything acked is durable already; a final flush that hangs (storage gone from
+        // under the process) must not keep it from exiting.
+        match tokio::time::timeout(FINAL_FLUSH_LIMIT, self.inner.durability.send(FlushAll)).await {
+            Ok(Ok(Ok(()))) => log::info!("storage flushed"),
+            Ok(Ok(Err(e))) => log::error!("final flush failed: {e}"),
+            Ok(Err(e)) => log::error!("final flush not run: {e}"),
+            Err(_) => {
+                // Its thread is stuck: joining the threads would hang too.
+                log::error!("final flush did not finish in {FINAL_FLUSH_LIMIT:?}; exiting");
+                return;
+            }
         }
         let arbiters = std::mem::take(
             &mut *self

@@ -6,6 +6,7 @@
 //! directory). Every scenario is bounded in time; the last line on stdout is one JSON object
 //! with every figure.
 
+pub mod cluster_figures;
 pub mod conn;
 pub mod dialect;
 pub mod scenario;
@@ -347,6 +348,7 @@ async fn run_async(
         c.dialect.name()
     ));
 
+    let cluster_before = cluster_figures::read(&ctx.endpoints).await;
     let hard = args.scenario.hard_deadline(c);
     let progress = Progress::start(format!("bench {}", args.scenario.name()), counters.clone());
     let outcome = tokio::select! {
@@ -359,10 +361,26 @@ async fn run_async(
     };
     counters.set_phase(Phase::Done);
     progress.finish();
+    let mut cluster_line = None;
+    if let Some(before) = cluster_before
+        && let Some(after) = cluster_figures::read(&ctx.endpoints).await
+    {
+        let figures = after.since(&before, ctx.endpoints.len());
+        cluster_line = Some(format!(
+            "cluster of {} nodes: {} changes ordered, {:.3} Redis round trips per change",
+            ctx.endpoints.len(),
+            figures["ordered_changes"],
+            figures["redis_round_trips_per_change"]
+                .as_f64()
+                .unwrap_or(0.0)
+        ));
+        report.insert("cluster".into(), figures);
+    }
     if let Some(mut h) = hub {
         report.insert("hub_stop".into(), h.stop().await.into());
     }
     summary.extend(outcome.summary);
+    summary.extend(cluster_line);
     let completed = outcome.error.is_none();
     report.insert("completed".into(), completed.into());
     if let Some(e) = &outcome.error {

@@ -185,7 +185,16 @@ pub(super) async fn room_stats(
         .send(GetRoomStatus { key: key.clone() })
         .await
     {
-        Ok(Ok(Some(status))) => {
+        Ok(Ok(Some(mut status))) => {
+            // In a cluster a room at rest may be behind: loading it catches it up, so what is
+            // reported is where every node that has the room converges.
+            if !status.live && state.hub.cluster().is_some() {
+                match state.hub.call(&key, RoomRequest::Status).await {
+                    Ok(RoomReply::Status(live)) => status = live,
+                    Ok(_) => {}
+                    Err(e) => log::warn!("{key}: cannot bring the room up to date: {e}"),
+                }
+            }
             let cluster = super::cluster::room_position(&state.hub, &key, status.seq).await;
             let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
             if let Some(o) = body.as_object_mut()
