@@ -2,7 +2,7 @@
 # Cluster benchmark on one machine: a fresh redis-server and 1, 2 or 3 synchub nodes on
 # loopback ports, the bench spreading its clients over the nodes round-robin. Each node count
 # runs RUNS times per scenario, alternating with the others so drift hits them alike; prints
-# the medians (the figures are summed over the nodes, CPU included) as a Markdown table.
+# the medians as a Markdown table. Server CPU and memory are summed over the nodes and Redis.
 #
 # Usage: scripts/bench-cluster.sh [-n RUNS] [-d DIALECT] [-s "SCENARIOS"] [-c "NODE COUNTS"]
 #   -n  runs per scenario and node count (default 3)
@@ -57,6 +57,8 @@ start() {
       --appendfsync everysec --dir "$work" --maxmemory-policy noeviction \
       >"$work/redis.log" 2>&1 &
     echo $! >>"$pids"
+    # Redis's CPU and memory count as the cluster's.
+    args="--server-pid $!"
     until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
   fi
   for ((i = 1; i <= (n > 0 ? n : 1); i++)); do

@@ -223,6 +223,13 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     for hub in &hubs {
         assert_eq!(everything(hub, "tri").await, acked);
     }
+    // The nodes present one relay site id: a client that moves talks to the same hub.
+    let mut sites = BTreeSet::new();
+    for hub in &hubs {
+        let mut ws = Ws::connect(&hub.ws_url("/relay?channel=tri")).await;
+        sites.insert(ws.recv_json().await["siteId"].to_string());
+    }
+    assert_eq!(sites.len(), 1, "{sites:?}");
     // Each node reports the others, Redis, and the room's position, in /stats and /metrics.
     let deadline = std::time::Instant::now() + TIMEOUT;
     let stats = loop {

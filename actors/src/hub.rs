@@ -206,8 +206,14 @@ impl Hub {
                 metrics.room.clone(),
             ));
         }
-        // cr-sqlite site ids are 16 bytes; derive a stable one from the node id.
-        let site_id = blake3::hash(node_id.as_bytes()).to_hex()[..32].to_owned();
+        // cr-sqlite site ids are 16 bytes; derive a stable one from the node id. The nodes of a
+        // cluster share one: a relay client that reconnects to another node talks to the same
+        // hub, whose versions are valid on every node.
+        let site_seed = match &settings.cluster {
+            Some(cs) => format!("cluster:{}", cs.key_prefix),
+            None => node_id.clone(),
+        };
+        let site_id = blake3::hash(site_seed.as_bytes()).to_hex()[..32].to_owned();
         Ok(Hub {
             inner: Arc::new(Inner {
                 site_id,
