@@ -23,10 +23,18 @@ pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
+    /// Not valid before (checked, with `auth.leeway_s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permissions: Option<Permissions>,
+    /// The audience, a string or a list (checked against `auth.audience` when that is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
     /// `"refresh"` for refresh tokens; absent or `"access"` for access tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub typ: Option<String>,
@@ -42,6 +50,8 @@ pub enum KeyError {
     },
     #[error("{path} holds neither an RSA nor an EC public key in PEM form")]
     Pem { path: String },
+    #[error("{path} holds a private key: give auth.jwt_public_key_file the public key only")]
+    PrivateKey { path: String },
     #[error("the JWT backend failed its self-test: {0}")]
     SelfTest(String),
 }
@@ -50,6 +60,8 @@ pub struct JwtVerifier {
     hmac: Option<DecodingKey>,
     public: Option<(DecodingKey, Algorithm)>,
     leeway: u64,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl JwtVerifier {
@@ -65,6 +77,8 @@ impl JwtVerifier {
             hmac,
             public,
             leeway: auth.leeway_s,
+            audience: Some(auth.audience.clone()).filter(|a| !a.is_empty()),
+            issuer: Some(auth.issuer.clone()).filter(|i| !i.is_empty()),
         })
     }
 
@@ -82,9 +96,19 @@ impl JwtVerifier {
         .ok_or_else(|| AuthError::Invalid(format!("no key for {:?}", header.alg)))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
-        validation.validate_aud = false;
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured audience or issuer must be in the token, not merely match when present.
+        let mut required = vec!["exp"];
+        required.extend(self.audience.as_ref().map(|_| "aud"));
+        required.extend(self.issuer.as_ref().map(|_| "iss"));
+        validation.set_required_spec_claims(&required);
         jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
@@ -165,6 +189,13 @@ fn load_public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {
         path: path.display().to_string(),
         source,
     })?;
+    // A private key where the public one belongs would work for nothing and leak a secret into
+    // every copy of the config.
+    if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+        return Err(KeyError::PrivateKey {
+            path: path.display().to_string(),
+        });
+    }
     if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
         return Ok((k, Algorithm::RS256));
     }
@@ -201,6 +232,8 @@ pub fn self_test() -> Result<(), KeyError> {
         hmac: Some(DecodingKey::from_secret(secret.as_bytes())),
         public: None,
         leeway: 0,
+        audience: None,
+        issuer: None,
     };
     verifier
         .verify(&token)

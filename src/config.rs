@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub room_idle_timeout_s: u64,
     /// Threads running room actors; 0 = one per core.
     pub room_threads: usize,
+    /// Browser origins allowed to open WebSockets (`Origin` header); empty: any. Clients that
+    /// send no `Origin` (not browsers) are not affected.
+    pub allowed_origins: Vec<String>,
     /// HTTP/WebSocket worker threads; 0 = one per core.
     pub workers: usize,
 }
@@ -68,6 +71,8 @@ pub struct StorageConfig {
     pub durability: String,
     /// How long a delete stays in the log after compaction; 0 keeps it forever.
     pub tombstone_retention_s: u64,
+    /// The most memory the storage's page cache may use.
+    pub cache_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +85,10 @@ pub struct AuthConfig {
     pub dev_login: bool,
     /// Clock-skew allowance for `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
+    /// When set, a token's `aud` must name it.
+    pub audience: String,
+    /// When set, a token's `iss` must be it.
+    pub issuer: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,6 +155,8 @@ pub struct LimitsConfig {
     pub max_messages_per_second: u32,
     pub max_rooms_per_session: usize,
     pub max_outbound_bytes: usize,
+    /// How far ahead of the hub's clock a client's timestamp may be (SyncKit deltas).
+    pub max_clock_skew_s: u64,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +168,7 @@ impl Default for ServerConfig {
             client_timeout_s: 60,
             room_idle_timeout_s: 60,
             room_threads: 0,
+            allowed_origins: Vec::new(),
             workers: 0,
         }
     }
@@ -168,6 +180,7 @@ impl Default for StorageConfig {
             path: "./data".into(),
             durability: "flush".into(),
             tombstone_retention_s: 30 * 24 * 3600,
+            cache_bytes: synchub_actors::store::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -181,6 +194,8 @@ impl Default for AuthConfig {
             admin_token: String::new(),
             dev_login: false,
             leeway_s: 30,
+            audience: String::new(),
+            issuer: String::new(),
         }
     }
 }
@@ -221,6 +236,7 @@ impl Default for LimitsConfig {
             max_messages_per_second: 1000,
             max_rooms_per_session: 128,
             max_outbound_bytes: 4_194_304,
+            max_clock_skew_s: 600,
         }
     }
 }
@@ -319,6 +335,110 @@ impl Config {
         Ok((Config::from_toml(&text, std::env::vars())?, path))
     }
 
+    /// Every numeric key with the range it must lie in: below the minimum a feature stops
+    /// working; above the maximum, arithmetic on the value would overflow (seconds become
+    /// milliseconds in an `i64`), a pool would not start, or one client could claim the machine.
+    fn numbers(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        const DAY: u64 = 24 * 3600;
+        const MIB: u64 = 1 << 20;
+        let (s, st, l) = (&self.server, &self.storage, &self.limits);
+        vec![
+            (
+                "server.heartbeat_interval_s",
+                s.heartbeat_interval_s,
+                1,
+                3600,
+            ),
+            ("server.client_timeout_s", s.client_timeout_s, 1, DAY),
+            (
+                "server.room_idle_timeout_s",
+                s.room_idle_timeout_s,
+                0,
+                30 * DAY,
+            ),
+            ("server.room_threads", s.room_threads as u64, 0, 1024),
+            ("server.workers", s.workers as u64, 0, 1024),
+            (
+                "storage.tombstone_retention_s",
+                st.tombstone_retention_s,
+                0,
+                100 * 365 * DAY,
+            ),
+            ("storage.cache_bytes", st.cache_bytes, MIB, 1 << 40),
+            ("auth.leeway_s", self.auth.leeway_s, 0, DAY),
+            (
+                "cluster.stream_max_len",
+                self.cluster.stream_max_len as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "pocket.max_pull_limit",
+                self.pocket.max_pull_limit as u64,
+                1,
+                1_000_000,
+            ),
+            ("synckit.batch_ms", self.synckit.batch_ms, 0, 60_000),
+            (
+                "relay.max_changes_per_message",
+                self.relay.max_changes_per_message as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.max_frame_bytes",
+                l.max_frame_bytes as u64,
+                1024,
+                256 * MIB,
+            ),
+            (
+                "limits.max_document_bytes",
+                l.max_document_bytes as u64,
+                64,
+                256 * MIB,
+            ),
+            // serde_json reads 128 levels; a stored record nests its value one level deeper.
+            ("limits.max_json_depth", l.max_json_depth as u64, 1, 100),
+            (
+                "limits.max_connections",
+                l.max_connections as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "limits.max_connections_per_user",
+                l.max_connections_per_user as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip as u64,
+                1,
+                10_000_000,
+            ),
+            (
+                "limits.max_messages_per_second",
+                u64::from(l.max_messages_per_second),
+                1,
+                10_000_000,
+            ),
+            (
+                "limits.max_rooms_per_session",
+                l.max_rooms_per_session as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "limits.max_outbound_bytes",
+                l.max_outbound_bytes as u64,
+                64 * 1024,
+                1 << 40,
+            ),
+            ("limits.max_clock_skew_s", l.max_clock_skew_s, 0, 365 * DAY),
+        ]
+    }
+
     /// Checks what types alone cannot; returns warnings for settings that run but surprise.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut errors = Vec::new();
@@ -353,32 +473,9 @@ impl Config {
                 errors.push(format!("pocket.collections.{name}.conflict_strategy: {e}"));
             }
         }
-        let positive = [
-            ("pocket.max_pull_limit", self.pocket.max_pull_limit),
-            ("limits.max_frame_bytes", self.limits.max_frame_bytes),
-            ("limits.max_document_bytes", self.limits.max_document_bytes),
-            ("limits.max_json_depth", self.limits.max_json_depth),
-            ("limits.max_connections", self.limits.max_connections),
-            (
-                "limits.max_connections_per_user",
-                self.limits.max_connections_per_user,
-            ),
-            (
-                "relay.max_changes_per_message",
-                self.relay.max_changes_per_message,
-            ),
-            (
-                "server.heartbeat_interval_s",
-                self.server.heartbeat_interval_s as usize,
-            ),
-            (
-                "server.client_timeout_s",
-                self.server.client_timeout_s as usize,
-            ),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                errors.push(format!("{name} must be at least 1"));
+        for (name, value, min, max) in self.numbers() {
+            if value < min || value > max {
+                errors.push(format!("{name} = {value} is out of range ({min} to {max})"));
             }
         }
         if !self.auth.jwt_public_key_file.is_empty()
@@ -421,7 +518,14 @@ impl Config {
             {
                 errors.push("cluster.key_prefix must be a word without spaces".into());
             }
-            if self.auth.admin_token.is_empty() {
+            if self.auth.admin_token.is_empty() && self.auth.required {
+                errors.push(
+                    "cluster: auth.admin_token is needed when auth is required: the nodes \
+                     read room history from each other with it; set the same token on every \
+                     node"
+                        .into(),
+                );
+            } else if self.auth.admin_token.is_empty() {
                 warnings.push(
                     "cluster: auth.admin_token is empty, so any client can read room history \
                      from /cluster/rooms/…/history; set the same token on every node"
@@ -442,8 +546,36 @@ impl Config {
                     .into(),
             );
         }
-        if self.auth.admin_token.is_empty() {
-            warnings.push("auth.admin_token is empty: /stats and /metrics are open".into());
+        match (self.auth.admin_token.is_empty(), self.auth.required) {
+            (true, true) => warnings.push(
+                "auth.admin_token is empty while auth is required: /stats, /metrics, /admin/* \
+                 and /cluster/* answer 401 to everyone; set auth.admin_token to use them"
+                    .into(),
+            ),
+            (true, false) => warnings.push(
+                "auth.admin_token is empty: /stats, /metrics and /admin/* are open \
+                 (development mode)"
+                    .into(),
+            ),
+            _ => {}
+        }
+        if self.auth.required && !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32
+        {
+            warnings.push(
+                "auth.jwt_secret is shorter than 32 bytes: an HS256 secret that short can be \
+                 guessed offline from any token"
+                    .into(),
+            );
+        }
+        for origin in &self.server.allowed_origins {
+            let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !ok {
+                errors.push(format!(
+                    "server.allowed_origins: {origin:?} must be a scheme and host like \
+                     https://app.example.com (no path, no trailing slash)"
+                ));
+            }
         }
         if self.auth.dev_login {
             if self.auth.jwt_secret.is_empty() {
@@ -466,6 +598,7 @@ impl Config {
         HubSettings {
             data_dir: PathBuf::from(&self.storage.path),
             relaxed: self.storage.durability == "relaxed",
+            storage_cache_bytes: self.storage.cache_bytes,
             node_id: self.server.node_id.clone(),
             pocket: PocketModel {
                 default_strategy: strategy(&self.pocket.conflict_strategy),
@@ -482,11 +615,15 @@ impl Config {
             relay_max_changes_per_message: self.relay.max_changes_per_message,
             max_json_depth: self.limits.max_json_depth,
             max_document_bytes: self.limits.max_document_bytes,
+            max_rooms_per_session: self.limits.max_rooms_per_session,
+            max_clock_skew_ms: (self.limits.max_clock_skew_s as i64).saturating_mul(1000),
             pocket_max_pull_limit: self.pocket.max_pull_limit,
             session: SessionSettings {
                 heartbeat_interval: Duration::from_secs(self.server.heartbeat_interval_s),
                 client_timeout: Duration::from_secs(self.server.client_timeout_s),
                 max_frame_bytes: self.limits.max_frame_bytes,
+                max_messages_per_second: self.limits.max_messages_per_second,
+                max_outbound_bytes: self.limits.max_outbound_bytes,
             },
             connections: ConnectionLimits {
                 max_connections: self.limits.max_connections,
@@ -584,5 +721,37 @@ mod tests {
             panic!("custom is not a strategy");
         };
         assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_with_their_key() {
+        let file = "[storage]\ntombstone_retention_s = 9223372036854775807\n\
+                    [server]\nroom_threads = 100000\n[limits]\nmax_json_depth = 500\n";
+        let c = Config::from_toml(
+            file,
+            env(&[("SYNCHUB_AUTH_LEEWAY_S", "9223372036854775807")]),
+        )
+        .expect("parses: the types hold these values");
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("out-of-range values pass");
+        };
+        let text = errors.join("\n");
+        for key in [
+            "storage.tombstone_retention_s",
+            "server.room_threads",
+            "limits.max_json_depth",
+            "auth.leeway_s",
+        ] {
+            assert!(text.contains(key), "{key} not named in: {text}");
+        }
+        assert_eq!(errors.len(), 4, "{text}");
+        // The defaults, and every key at the edge of its range, pass.
+        let mut edge = Config::default();
+        for (name, _, min, _) in edge.numbers() {
+            assert!(min <= 1 << 20, "{name}");
+        }
+        edge.limits.max_json_depth = 100;
+        edge.storage.tombstone_retention_s = 0;
+        assert!(edge.validate().is_ok());
     }
 }

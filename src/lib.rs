@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use synchub_actors::directory::GetCensus;
+use synchub_actors::outbound::ConnSocket;
 use synchub_actors::{Hub, HubError, TokenVerifier};
 
 use crate::auth::{JwtVerifier, KeyError};
@@ -70,11 +71,25 @@ pub async fn run(
     let state = web::Data::new(AppState::new(hub.clone(), Arc::new(config), verifier));
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(http::json_errors))
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(payload_limit))
             .configure(http::routes)
     })
     .workers(workers)
+    // Each connection's socket, so that a session whose client stopped reading can be cut off
+    // (see `synchub_actors::outbound`).
+    .on_connect(|conn, ext| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            use std::os::fd::AsFd;
+            match tcp.as_fd().try_clone_to_owned() {
+                Ok(fd) => {
+                    ext.insert(ConnSocket(Arc::new(fd)));
+                }
+                Err(e) => log::warn!("cannot keep a connection's socket: {e}"),
+            }
+        }
+    })
     // Sessions write small frames that must leave at once; the session already gathers what it
     // has into one write per wake-up, so Nagle's delay would only add latency.
     .tcp_nodelay(true)

@@ -46,8 +46,9 @@ enum Command {
         write: Vec<String>,
         #[arg(long)]
         admin: bool,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
+        /// Lifetime in seconds (at most ten years).
+        #[arg(long, default_value_t = 3600,
+              value_parser = clap::value_parser!(i64).range(1..=10 * 365 * 24 * 3600))]
         ttl: i64,
     },
     /// Drive a hub (or any server speaking a dialect) with load and report what it sustains.
@@ -165,7 +166,7 @@ fn main() -> ExitCode {
             let now = auth::unix_now();
             let claims = Claims {
                 sub: Some(sub),
-                exp: now + ttl,
+                exp: now.saturating_add(ttl),
                 iat: Some(now),
                 permissions: Some(Permissions {
                     can_read: read,

@@ -223,3 +223,200 @@ async fn http_transport_and_admin_endpoints_need_their_tokens() {
         200
     );
 }
+
+/// The dialects' ways of refusing a token: Pocket closes with 4001, relay answers 401 before
+/// the upgrade, SyncKit answers 401 at the upgrade and `auth_error` + 1008 in-band.
+async fn refused_everywhere(hub: &TestHub, token: &str, why: &str) {
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?token={token}"))).await;
+    assert_eq!(ws.closed().await.code, 4001, "pocket: {why}");
+    assert_eq!(
+        Ws::refused_status(&hub.ws_url(&format!("/relay?channel=c&token={token}"))).await,
+        401,
+        "relay: {why}"
+    );
+    assert_eq!(
+        Ws::refused_status(&hub.ws_url(&format!("/ws?token={token}"))).await,
+        401,
+        "synckit at the upgrade: {why}"
+    );
+    let mut kit = Ws::connect(&hub.ws_url("/ws")).await;
+    kit.send_json(&json!({"type": "auth", "id": "a", "token": token, "timestamp": 1}))
+        .await;
+    let reply = kit.recv_json().await;
+    assert_eq!(
+        reply["type"], "auth_error",
+        "synckit in-band: {why}: {reply}"
+    );
+    assert_eq!(kit.closed().await.code, 1008, "synckit in-band: {why}");
+}
+
+async fn admitted_everywhere(hub: &TestHub, token: &str) {
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?token={token}"))).await;
+    assert_eq!(ws.request(&pull("ok")).await["type"], "pull-response");
+    let mut relay = Ws::connect(&hub.ws_url(&format!("/relay?channel=c&token={token}"))).await;
+    assert_eq!(relay.recv_json().await["type"], "connected");
+    let mut kit = Ws::connect(&hub.ws_url("/ws")).await;
+    let ok = kit
+        .request_typed(
+            &json!({"type": "auth", "id": "a", "token": token, "timestamp": 1}),
+            "auth_success",
+        )
+        .await;
+    assert_eq!(ok["userId"], "alice");
+}
+
+fn claims(exp_in: i64) -> Claims {
+    Claims {
+        sub: Some("alice".into()),
+        exp: unix_now() + exp_in,
+        permissions: Some(Permissions {
+            can_read: vec!["*".into()],
+            can_write: vec!["*".into()],
+            is_admin: false,
+        }),
+        aud: Some(json!("synchub-test")),
+        iss: Some("https://issuer.test".into()),
+        ..Claims::default()
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[actix_rt::test]
+async fn bad_tokens_are_refused_in_every_dialect() {
+    let hub = TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = SECRET.into();
+        c.auth.admin_token = ADMIN.into();
+        c.auth.leeway_s = 0;
+        c.auth.audience = "synchub-test".into();
+        c.auth.issuer = "https://issuer.test".into();
+    });
+    admitted_everywhere(&hub, &mint(SECRET, &claims(60)).expect("mint")).await;
+    // A list of audiences that names the hub is fine too.
+    let mut listed = claims(60);
+    listed.aud = Some(json!(["other", "synchub-test"]));
+    admitted_everywhere(&hub, &mint(SECRET, &listed).expect("mint")).await;
+
+    let expired = mint(SECRET, &claims(-60)).expect("mint");
+    let mut early = claims(600);
+    early.nbf = Some(unix_now() + 300);
+    let not_yet = mint(SECRET, &early).expect("mint");
+    let wrong_signature = mint("another-secret", &claims(60)).expect("mint");
+    let mut wrong_aud = claims(60);
+    wrong_aud.aud = Some(json!("someone-else"));
+    let mut no_aud = claims(60);
+    no_aud.aud = None;
+    let mut wrong_iss = claims(60);
+    wrong_iss.iss = Some("https://evil.test".into());
+    let payload = serde_json::to_vec(&claims(60)).expect("json");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(&payload)
+    );
+    for (token, why) in [
+        (expired, "expired"),
+        (not_yet, "not yet valid"),
+        (wrong_signature, "wrong signature"),
+        (mint(SECRET, &wrong_aud).expect("mint"), "wrong audience"),
+        (mint(SECRET, &no_aud).expect("mint"), "no audience"),
+        (mint(SECRET, &wrong_iss).expect("mint"), "wrong issuer"),
+        (unsigned, "alg none"),
+    ] {
+        refused_everywhere(&hub, &token, why).await;
+    }
+}
+
+/// With an RSA public key configured, a token signed with HS256 using that public key as the
+/// HMAC secret (the classic algorithm confusion) is refused; a real RS256 token is admitted.
+#[actix_rt::test]
+async fn hs256_signed_with_the_public_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    let openssl = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl)")
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().expect("path"),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        private.to_str().expect("path"),
+        "-pubout",
+        "-out",
+        public.to_str().expect("path"),
+    ]);
+    let public_pem = std::fs::read(&public).expect("public key");
+    let private_pem = std::fs::read(&private).expect("private key");
+    let key_file = public.display().to_string();
+    let hub = TestHub::start_with(move |c| {
+        c.auth.required = true;
+        c.auth.jwt_public_key_file = key_file;
+        c.auth.admin_token = ADMIN.into();
+        c.auth.audience = "synchub-test".into();
+        c.auth.issuer = "https://issuer.test".into();
+    });
+    let rs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims(60),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&private_pem).expect("RSA key"),
+    )
+    .expect("sign");
+    admitted_everywhere(&hub, &rs256).await;
+    let confused = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims(60),
+        &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+    )
+    .expect("sign");
+    refused_everywhere(&hub, &confused, "HS256 with the public key").await;
+
+    // And a private key where the public one belongs is refused at start, by name.
+    let mut config = common::test_config(dir.path());
+    config.auth.required = true;
+    config.auth.jwt_public_key_file = private.display().to_string();
+    let err = synchub::auth::JwtVerifier::from_config(&config.auth)
+        .err()
+        .expect("a private key is refused");
+    assert!(err.to_string().contains("private key"), "{err}");
+}
+
+#[actix_rt::test]
+async fn admin_endpoints_are_closed_without_an_admin_token_when_auth_is_required() {
+    let hub = TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = SECRET.into();
+    });
+    for path in ["/stats", "/metrics", "/stats/rooms/pocket/x"] {
+        let (status, _) = http("GET", &hub.http_url(path), None, None).await;
+        assert_eq!(status, 401, "{path}");
+    }
+    let (status, _) = http(
+        "POST",
+        &hub.http_url("/admin/rooms/pocket/x/compact"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, _) = http("GET", &hub.http_url("/health"), None, None).await;
+    assert_eq!(status, 200);
+}

@@ -102,6 +102,8 @@ async fn oversized_frames_documents_and_nesting_are_refused() {
     );
     let r = error_for(&mut ws, &huge).await;
     assert_eq!(r["code"], "TOO_LARGE");
+    // Under the request's id, so the client's pending request resolves at once.
+    assert_eq!(r["id"], "big");
     still_works(&mut ws, "after-frame").await;
 
     let doc = json!({"type": "push", "id": "bigdoc", "collection": "todos", "changes": [
@@ -173,7 +175,11 @@ async fn frames_split_over_continuations_are_reassembled_and_bounded() {
     // Past max_frame_bytes in total: refused whole, and the socket goes on.
     let big = json!({"type": "pull", "id": "fragbig", "pad": "z".repeat(6000)});
     send_fragmented(&mut raw, &big.to_string(), 1000).await;
-    assert_eq!(next_json(&mut raw).await["code"], "TOO_LARGE");
+    let r = next_json(&mut raw).await;
+    assert_eq!(
+        (r["code"].clone(), r["id"].clone()),
+        (json!("TOO_LARGE"), json!("fragbig"))
+    );
     send_fragmented(&mut raw, &msg.to_string(), 100).await;
     assert_eq!(next_json(&mut raw).await["id"], "frag");
 }
@@ -216,4 +222,43 @@ async fn one_clients_garbage_does_not_disturb_another() {
         good.recv_json().await["changes"]["todos"][0]["documentId"],
         "d"
     );
+}
+
+/// What the HTTP layer refuses before any handler runs is JSON too.
+#[actix_rt::test]
+async fn http_errors_are_json_even_before_a_handler_runs() {
+    let hub = limited_hub();
+    let client = awc::Client::default();
+    let url = hub.http_url("/sync/push?room=enc");
+    let mut res = client
+        .post(&url)
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("Content-Encoding", "gzip"))
+        .send_body("this is not gzip")
+        .await
+        .expect("response");
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.expect("a JSON body");
+    assert!(body["error"].is_string(), "{body}");
+
+    // Over the body limit (a multiple of max_frame_bytes).
+    let big = "x".repeat(20 << 20);
+    let mut res = client
+        .post(&url)
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(big)
+        .await
+        .expect("response");
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.expect("a JSON body");
+    assert!(body["error"].is_string(), "{body}");
+
+    let mut res = client
+        .get(hub.http_url("/no/such/route"))
+        .send()
+        .await
+        .expect("response");
+    assert_eq!(res.status().as_u16(), 404);
+    let body: Value = res.json().await.expect("a JSON body");
+    assert!(body["error"].is_string(), "{body}");
 }

@@ -22,7 +22,10 @@ async fn health_and_stats_report_the_node() {
     assert!(h["node_id"].is_string());
     assert!(h["version"].is_string());
     assert!(h["timestamp"].is_string());
-    assert!(h["uptime"].is_number());
+    // Seconds with a fraction, as SyncKit's server reports it: not 0 right after the start.
+    let uptime = h["uptime"].as_f64().expect("uptime is a number");
+    assert!(uptime > 0.0 && uptime < 60.0, "{uptime}");
+    assert!(h["uptime_s"].is_u64());
     assert_eq!(h["connections"]["totalConnections"], 0);
     assert_eq!(h["documents"]["totalDocuments"], 0);
 
@@ -118,6 +121,7 @@ async fn the_digest_is_the_same_after_a_restart() {
     ws.request(&push("p", &[("a", 1), ("b", 2), ("c", 3)]))
         .await;
     let (_, before) = get(&hub.http_url("/stats/rooms/pocket/keep")).await;
+    let (_, first_run) = get(&hub.http_url("/health")).await;
     drop(ws);
     let dir = hub.stop();
     let hub = TestHub::start_in(dir, config);
@@ -126,9 +130,16 @@ async fn the_digest_is_the_same_after_a_restart() {
     assert_eq!(after["digest"], before["digest"]);
     assert_eq!(after["seq"], 3);
     assert_eq!(after["live"], false);
+    // The generated node id is kept in the data directory: the same after the restart.
     let (_, h) = get(&hub.http_url("/health")).await;
     let (_, s) = get(&hub.http_url("/stats")).await;
-    assert_eq!(h["node_id"], s["node_id"]);
+    assert!(
+        first_run["node_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert_eq!(h["node_id"], first_run["node_id"]);
+    assert_eq!(s["node_id"], first_run["node_id"]);
 }
 
 #[actix_rt::test]

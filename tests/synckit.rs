@@ -321,7 +321,12 @@ async fn lww_ties_deletes_nulls_and_unicode() {
     // Deleting a field that never existed is fine.
     c.set("d", "ghost", json!({"__deleted": true}), 300, "bob", 6)
         .await;
-    let _ = c.deltas(200).await;
+    let deltas = c.deltas(200).await;
+    assert!(
+        deltas.contains(&("ghost".into(), json!({"__deleted": true}))),
+        "the delete is broadcast like any other: {deltas:?}"
+    );
+    assert_eq!(c.state("d").await.get("ghost"), None);
 }
 
 #[actix_rt::test]

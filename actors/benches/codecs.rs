@@ -17,7 +17,7 @@ use synchub_actors::relay::{RelayDialect, Tag as RelayTag};
 use synchub_actors::room::{Broadcast, Fetched, RoomEvent, RoomReply, StreamPage, Submitted};
 use synchub_actors::session::{Dialect, Env, Frame};
 use synchub_actors::store::LogEntry;
-use synchub_actors::synckit::SynckitDialect;
+use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
 use synchub_actors::{Namespace, RoomKey};
 
 fn origin(session: u64) -> Origin {
@@ -171,7 +171,16 @@ fn synckit(c: &mut Criterion) {
         origin: &me,
         identity: &identity,
     };
-    let mut d = SynckitDialect::new(true, false, 262_144);
+    let mut d = SynckitDialect::new(
+        true,
+        false,
+        SynckitLimits {
+            max_document_bytes: 262_144,
+            max_json_depth: 64,
+            max_rooms: 128,
+            max_clock_skew_ms: 600_000,
+        },
+    );
     let payload = json!({"documentId": "bench", "field": "title", "value": "buy milk",
                          "clock": {"client-a": 7}, "clientId": "client-a",
                          "timestamp": 1_700_000_000_000u64, "messageId": "m7"})

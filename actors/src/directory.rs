@@ -11,6 +11,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::durability::Durability;
+use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::room::{
@@ -44,6 +45,16 @@ pub enum Refusal {
     TooMany,
 }
 
+impl Refusal {
+    /// The limit that refused.
+    pub fn limit(self) -> Limit {
+        match self {
+            Refusal::TooManyForUser => Limit::ConnectionsPerUser,
+            Refusal::TooMany => Limit::Connections,
+        }
+    }
+}
+
 /// A session announces itself; refused past the connection limits.
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
@@ -53,6 +64,15 @@ pub struct Register {
     /// The user the per-user limit counts; `None` when auth is off.
     pub user: Option<String>,
     pub closer: Recipient<CloseSession>,
+}
+
+/// A session authenticated in-band (SyncKit's `auth`, a fresh token): from now on it counts
+/// against `user`'s connections; refused past the per-user limit.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct SetUser {
+    pub id: SessionId,
+    pub user: String,
 }
 
 #[derive(Message)]
@@ -255,6 +275,34 @@ impl Handler<Register> for Directory {
                 closer: msg.closer,
             },
         );
+        Ok(())
+    }
+}
+
+impl Handler<SetUser> for Directory {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: SetUser, _: &mut Context<Self>) -> Self::Result {
+        self.actor.handled();
+        let Some(entry) = self.sessions.get_mut(&msg.id) else {
+            return Ok(());
+        };
+        if entry.user.as_deref() == Some(msg.user.as_str()) {
+            return Ok(());
+        }
+        let count = self.per_user.get(&msg.user).copied().unwrap_or(0);
+        if count >= self.limits.max_connections_per_user {
+            return Err(Refusal::TooManyForUser);
+        }
+        *self.per_user.entry(msg.user.clone()).or_default() += 1;
+        if let Some(old) = entry.user.replace(msg.user)
+            && let Some(n) = self.per_user.get_mut(&old)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(&old);
+            }
+        }
         Ok(())
     }
 }

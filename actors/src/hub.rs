@@ -37,6 +37,8 @@ pub struct HubSettings {
     pub data_dir: PathBuf,
     /// Ack before the flush (`storage.durability = "relaxed"`).
     pub relaxed: bool,
+    /// The most memory the storage's page cache may use (`storage.cache_bytes`).
+    pub storage_cache_bytes: u64,
     /// A fixed node id; empty: generated once and kept in the data directory.
     pub node_id: String,
     pub pocket: PocketModel,
@@ -48,6 +50,10 @@ pub struct HubSettings {
     /// Message limits every dialect enforces.
     pub max_json_depth: usize,
     pub max_document_bytes: usize,
+    /// Rooms (SyncKit documents) one session may follow at once.
+    pub max_rooms_per_session: usize,
+    /// How far ahead of the hub's clock a client's timestamp may be, in milliseconds.
+    pub max_clock_skew_ms: i64,
     pub session: SessionSettings,
     pub connections: ConnectionLimits,
     /// A room with no sessions and no traffic for this long stops (its state stays on disk).
@@ -128,7 +134,8 @@ impl Hub {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
-        let store = Store::open(&settings.data_dir).map_err(storage_error)?;
+        let store = Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes)
+            .map_err(storage_error)?;
         let node_id = if settings.node_id.is_empty() {
             match store.node_value("node_id").map_err(storage_error)? {
                 Some(id) => id,

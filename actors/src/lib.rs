@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod origin;
 pub mod out_frame;
+pub mod outbound;
 pub mod pocket;
 pub mod raw_json;
 pub mod relay;

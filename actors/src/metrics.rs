@@ -1,9 +1,13 @@
 //! The hub's counters, kept in a prometheus registry: `/metrics` renders the registry and
 //! `/stats` reads the same values back, so the two never disagree.
 
+use std::collections::BTreeMap;
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::limits::Limit;
 
 /// The actor kinds whose counts and traffic are tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +131,8 @@ pub struct Metrics {
     pub rooms_started: IntCounter,
     pub rooms_stopped: IntCounter,
     pub connections_refused: IntCounterVec,
+    /// Messages and connections a `[limits]` key turned away, by limit.
+    pub limits_hit: IntCounterVec,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -276,6 +282,12 @@ impl Metrics {
                 "Connections refused by reason",
                 "reason",
             ),
+            limits_hit: counter_vec(
+                &r,
+                "limits_hit_total",
+                "Messages and connections turned away by a limit",
+                "limit",
+            ),
             registry: r,
         };
         // Make every series visible from the start, not only once it moved.
@@ -285,7 +297,27 @@ impl Metrics {
             m.frames_in.with_label_values(&[ns.as_str()]);
             m.frames_out.with_label_values(&[ns.as_str()]);
         }
+        for limit in Limit::ALL {
+            m.limits_hit.with_label_values(&[limit.as_str()]);
+        }
         m
+    }
+
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limits_hit.with_label_values(&[limit.as_str()]).inc();
+    }
+
+    /// How often each limit was hit, for `/stats`.
+    pub fn limits(&self) -> BTreeMap<&'static str, u64> {
+        Limit::ALL
+            .iter()
+            .map(|l| {
+                (
+                    l.as_str(),
+                    self.limits_hit.with_label_values(&[l.as_str()]).get(),
+                )
+            })
+            .collect()
     }
 
     /// The series of one actor kind.

@@ -57,6 +57,23 @@ pub trait Model: Send + Sync + 'static {
     /// never disagree.
     fn state_of(&self, logged: &Value) -> Value;
 
+    /// The record whose state also decides `incoming`'s merge (a relay cell's row), if any.
+    fn governing_key(&self, _incoming: &IncomingChange) -> Option<String> {
+        None
+    }
+
+    /// [`Model::merge`] for a change whose [`Model::governing_key`] names a record: `governing`
+    /// is that record's state.
+    fn merge_governed(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        _governing: Option<&Value>,
+        incoming: &IncomingChange,
+    ) -> Merge {
+        self.merge(room_state, current, incoming)
+    }
+
     /// Brings the room-wide value up to a change another node logged, when a room catches up
     /// from a peer's log instead of merging the change itself.
     fn replay(&self, _room_state: &mut Value, _logged: &Value) {}

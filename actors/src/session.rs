@@ -5,19 +5,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::clock::unix_now;
-use crate::directory::{Checkout, CloseSession, Register, Unregister};
+use crate::directory::{Checkout, CloseSession, Register, SetUser, Unregister};
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
+use crate::limits::{IpSlot, Limit, TokenBucket};
 use crate::metrics::{ActorMetrics, DialectMetrics};
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
+use crate::outbound::{ConnSocket, Outbound, frame_bytes};
 use crate::room::{
     Join, Leave, Reply, Request, Room, RoomAnswer, RoomError, RoomEvent, RoomReply, RoomRequest,
     Streams,
@@ -48,6 +49,10 @@ pub struct SessionSettings {
     pub client_timeout: Duration,
     /// Larger messages get the dialect's error; the session goes on.
     pub max_frame_bytes: usize,
+    /// Messages a second a client may send (a token bucket holding one second's worth).
+    pub max_messages_per_second: u32,
+    /// Bytes that may wait for one socket before the session is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
 }
 
 impl SessionSettings {
@@ -92,6 +97,8 @@ pub enum Action<T> {
         code: u16,
         reason: String,
     },
+    /// A limit turned the client's message away (the dialect has answered it): counted.
+    LimitHit(Limit),
 }
 
 /// What a dialect can see of its session.
@@ -128,7 +135,19 @@ pub trait Dialect: Unpin + Sized + 'static {
 
     fn on_frame(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Self::Tag>>;
 
-    fn on_oversized(&mut self, env: &Env, size: usize, max: usize) -> Vec<Action<Self::Tag>>;
+    /// A message larger than `limits.max_frame_bytes`; `frame` holds it when it was received
+    /// whole, or its first few KiB when it came in pieces (which are not kept past the limit).
+    fn on_oversized(
+        &mut self,
+        env: &Env,
+        frame: Option<Frame<'_>>,
+        size: usize,
+        max: usize,
+    ) -> Vec<Action<Self::Tag>>;
+
+    /// A message over the session's rate: answered with the dialect's retryable error, not acted
+    /// on.
+    fn on_rate_limited(&mut self, env: &Env, frame: Frame<'_>) -> Vec<Action<Self::Tag>>;
 
     fn on_reply(
         &mut self,
@@ -152,7 +171,12 @@ struct Fragments {
     text: bool,
     buf: Vec<u8>,
     oversized: usize,
+    /// The start of a message refused for its size, kept to answer it under its request id.
+    head: Vec<u8>,
 }
+
+/// How much of an oversized fragmented message is kept to find its request id in.
+const OVERSIZED_HEAD: usize = 4096;
 
 pub struct Session<D: Dialect> {
     id: SessionId,
@@ -162,8 +186,10 @@ pub struct Session<D: Dialect> {
     identity: Identity,
     rooms: HashMap<RoomKey, Addr<Room>>,
     last_seen: Instant,
-    evicted: Arc<AtomicBool>,
-    registered: bool,
+    outbound: Arc<Outbound>,
+    bucket: TokenBucket,
+    /// The client address's connection slot, given back when the session is dropped.
+    _ip_slot: Option<IpSlot>,
     fragments: Option<Fragments>,
     actor: ActorMetrics,
     room_actor: ActorMetrics,
@@ -182,6 +208,7 @@ impl<D: Dialect> Session<D> {
     pub fn new(hub: Hub, dialect: D, identity: Identity) -> Session<D> {
         let id = hub.next_session_id();
         let metrics = hub.metrics().clone();
+        let settings = hub.session_settings();
         Session {
             id,
             origin: Origin {
@@ -196,8 +223,9 @@ impl<D: Dialect> Session<D> {
             identity,
             rooms: HashMap::new(),
             last_seen: Instant::now(),
-            evicted: Arc::new(AtomicBool::new(false)),
-            registered: false,
+            outbound: Outbound::new(settings.max_outbound_bytes, None),
+            bucket: TokenBucket::new(settings.max_messages_per_second),
+            _ip_slot: None,
             fragments: None,
             answers: None,
             sent: 0,
@@ -207,7 +235,39 @@ impl<D: Dialect> Session<D> {
         }
     }
 
+    /// Ties the session to its connection: the socket a slow consumer is cut off by, and the
+    /// address slot it holds.
+    pub fn with_connection(mut self, socket: Option<ConnSocket>, ip_slot: Option<IpSlot>) -> Self {
+        self.outbound = Outbound::new(self.hub.session_settings().max_outbound_bytes, socket);
+        self._ip_slot = ip_slot;
+        self
+    }
+
+    /// What the session has queued for its socket; the HTTP layer takes off what it sends.
+    pub fn outbound(&self) -> Arc<Outbound> {
+        self.outbound.clone()
+    }
+
+    fn text(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        text: impl Into<bytestring::ByteString>,
+    ) {
+        let text = text.into();
+        self.traffic.frames_out.inc();
+        self.outbound.add(frame_bytes(text.len()));
+        ctx.text(text);
+    }
+
+    fn binary(&mut self, ctx: &mut ws::WebsocketContext<Self>, bytes: impl Into<bytes::Bytes>) {
+        let bytes = bytes.into();
+        self.traffic.frames_out.inc();
+        self.outbound.add(frame_bytes(bytes.len()));
+        ctx.binary(bytes);
+    }
+
     fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        self.outbound.add(frame_bytes(2 + reason.len()));
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),
             description: Some(reason.to_owned()),
@@ -218,22 +278,11 @@ impl<D: Dialect> Session<D> {
     fn run(&mut self, actions: Vec<Action<D::Tag>>, ctx: &mut ws::WebsocketContext<Self>) {
         for action in actions {
             match action {
-                Action::Text(text) => {
-                    self.traffic.frames_out.inc();
-                    ctx.text(text);
-                }
-                Action::Binary(bytes) => {
-                    self.traffic.frames_out.inc();
-                    ctx.binary(bytes);
-                }
-                Action::Frame(OutFrame::Text(text)) => {
-                    self.traffic.frames_out.inc();
-                    ctx.text(text);
-                }
-                Action::Frame(OutFrame::Binary(bytes)) => {
-                    self.traffic.frames_out.inc();
-                    ctx.binary(bytes);
-                }
+                Action::Text(text) => self.text(ctx, text),
+                Action::Binary(bytes) => self.binary(ctx, bytes),
+                Action::Frame(OutFrame::Text(text)) => self.text(ctx, text),
+                Action::Frame(OutFrame::Binary(bytes)) => self.binary(ctx, bytes),
+                Action::LimitHit(limit) => self.hub.metrics().limit_hit(limit),
                 Action::Close { code, reason } => {
                     self.close(ctx, code, &reason);
                     return;
@@ -247,6 +296,9 @@ impl<D: Dialect> Session<D> {
                     let outcome = result.map(|identity| {
                         self.identity = identity;
                         self.schedule_expiry(ctx);
+                        if self.identity.authenticated {
+                            self.count_as_user(ctx);
+                        }
                     });
                     let env = Env {
                         origin: &self.origin,
@@ -367,7 +419,7 @@ impl<D: Dialect> Session<D> {
             events: ctx.address().recipient(),
             closer: ctx.address().recipient(),
             streams,
-            evicted: self.evicted.clone(),
+            outbound: self.outbound.clone(),
         });
         self.rooms.insert(key.clone(), addr);
         ctx.wait(join.into_actor(self).map(move |res, act, ctx| match res {
@@ -398,12 +450,31 @@ impl<D: Dialect> Session<D> {
             identity: &self.identity,
         };
         let max = self.hub.session_settings().max_frame_bytes;
-        let actions = if len > max {
-            self.dialect.on_oversized(&env, len, max)
+        let actions = if !self.bucket.take() {
+            self.hub.metrics().limit_hit(Limit::Rate);
+            self.dialect.on_rate_limited(&env, frame)
+        } else if len > max {
+            self.hub.metrics().limit_hit(Limit::FrameBytes);
+            self.dialect.on_oversized(&env, Some(frame), len, max)
         } else {
             self.dialect.on_frame(&env, frame)
         };
         self.run(actions, ctx);
+    }
+
+    /// A session that authenticated in-band counts against its user's connections from then on;
+    /// past the per-user limit it is closed like a connection refused at the upgrade.
+    fn count_as_user(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let set = self.hub.directory().send(SetUser {
+            id: self.id,
+            user: self.identity.user_id.clone(),
+        });
+        ctx.wait(set.into_actor(self).map(|res, act, ctx| {
+            if let Ok(Err(refusal)) = res {
+                act.hub.metrics().limit_hit(refusal.limit());
+                act.close(ctx, close_code::TOO_MANY, &refusal.to_string());
+            }
+        }));
     }
 
     fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -436,13 +507,9 @@ impl<D: Dialect> Actor for Session<D> {
             closer: ctx.address().recipient(),
         });
         ctx.wait(register.into_actor(self).map(|res, act, ctx| match res {
-            Ok(Ok(())) => act.registered = true,
+            Ok(Ok(())) => {}
             Ok(Err(refusal)) => {
-                act.hub
-                    .metrics()
-                    .connections_refused
-                    .with_label_values(&["limit"])
-                    .inc();
+                act.hub.metrics().limit_hit(refusal.limit());
                 act.close(ctx, close_code::TOO_MANY, &refusal.to_string());
             }
             Err(_) => act.close(ctx, close_code::INTERNAL, "Server error"),
@@ -452,12 +519,13 @@ impl<D: Dialect> Actor for Session<D> {
         }
         let settings = self.hub.session_settings();
         ctx.run_interval(settings.heartbeat_interval, move |act, ctx| {
-            if act.evicted.load(Ordering::Relaxed) {
+            if act.outbound.is_evicted() {
                 act.close(ctx, close_code::SLOW_CONSUMER, "Slow consumer");
             } else if act.last_seen.elapsed() > settings.client_timeout {
                 log::debug!("session {:?} timed out", act.id);
                 ctx.stop();
             } else {
+                act.outbound.add(frame_bytes(0));
                 ctx.ping(b"");
             }
         });
@@ -466,9 +534,11 @@ impl<D: Dialect> Actor for Session<D> {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.actor.count.dec();
-        if self.registered {
-            self.hub.directory().do_send(Unregister { id: self.id });
-        }
+        self.outbound.mark_closed();
+        // Always, even when the answer to `Register` never came back (a connection reset during
+        // the upgrade): the directory ignores sessions it does not know, and a registration it
+        // does know is never left behind.
+        self.hub.directory().do_send(Unregister { id: self.id });
         for addr in self.rooms.values() {
             self.room_actor.queued();
             addr.do_send(Leave { session: self.id });
@@ -482,13 +552,17 @@ impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Sessi
             Ok(m) => m,
             Err(e) => {
                 log::debug!("session {:?}: protocol error: {e}", self.id);
-                self.close(ctx, 1009, "Protocol error");
+                let (code, reason) = protocol_close(&e);
+                self.close(ctx, code, reason);
                 return;
             }
         };
         self.last_seen = Instant::now();
         match msg {
-            ws::Message::Ping(b) => ctx.pong(&b),
+            ws::Message::Ping(b) => {
+                self.outbound.add(frame_bytes(b.len()));
+                ctx.pong(&b);
+            }
             ws::Message::Pong(_) | ws::Message::Nop => {}
             ws::Message::Text(t) => self.deliver(Frame::Text(&t), ctx),
             ws::Message::Binary(b) => self.deliver(Frame::Binary(&b), ctx),
@@ -515,6 +589,7 @@ impl<D: Dialect> Session<D> {
                 text,
                 buf: Vec::new(),
                 oversized: 0,
+                head: Vec::new(),
             });
         }
         let Some(f) = self.fragments.as_mut() else {
@@ -522,8 +597,16 @@ impl<D: Dialect> Session<D> {
         };
         if f.oversized > 0 || f.buf.len() + chunk.len() > max {
             // Keep counting, stop buffering: the message will be refused whole.
-            f.oversized = f.oversized.max(f.buf.len()) + chunk.len();
-            f.buf = Vec::new();
+            if f.oversized == 0 {
+                let buffered = f.buf.len();
+                f.head = std::mem::take(&mut f.buf);
+                f.head
+                    .extend_from_slice(&chunk[..chunk.len().min(OVERSIZED_HEAD)]);
+                f.head.truncate(OVERSIZED_HEAD);
+                f.oversized = buffered + chunk.len();
+            } else {
+                f.oversized += chunk.len();
+            }
         } else {
             f.buf.extend_from_slice(&chunk);
         }
@@ -538,7 +621,11 @@ impl<D: Dialect> Session<D> {
                 origin: &self.origin,
                 identity: &self.identity,
             };
-            let actions = self.dialect.on_oversized(&env, f.oversized, max);
+            self.hub.metrics().limit_hit(Limit::FrameBytes);
+            let head = Frame::Binary(&f.head);
+            let actions = self
+                .dialect
+                .on_oversized(&env, Some(head), f.oversized, max);
             self.run(actions, ctx);
         } else if f.text {
             match std::str::from_utf8(&f.buf) {
@@ -556,8 +643,9 @@ impl<D: Dialect> Handler<RoomEvent> for Session<D> {
 
     fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
         self.actor.dequeued();
+        self.outbound.sub(event.bytes());
         // The room dropped this session for falling behind: the events it holds have gaps.
-        if self.evicted.load(Ordering::Relaxed) {
+        if self.outbound.is_evicted() {
             self.close(ctx, close_code::SLOW_CONSUMER, "Slow consumer");
             return;
         }
@@ -593,5 +681,40 @@ impl<D: Dialect> Handler<CloseSession> for Session<D> {
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         self.actor.handled();
         self.close(ctx, msg.code, &msg.reason);
+    }
+}
+
+/// The close code RFC 6455 gives a broken frame: 1007 for a text message that is not UTF-8,
+/// 1009 for one over the size the hub accepts at all, 1002 for the rest.
+fn protocol_close(e: &ws::ProtocolError) -> (u16, &'static str) {
+    match e {
+        // The WebSocket layer reports a text frame that fails UTF-8 decoding as an I/O error
+        // of kind `Other` carrying the decoder's message.
+        ws::ProtocolError::Io(io)
+            if io.kind() == std::io::ErrorKind::Other
+                && io.to_string().to_ascii_lowercase().contains("utf-8") =>
+        {
+            (1007, "Invalid UTF-8")
+        }
+        ws::ProtocolError::Overflow => (1009, "Message too big"),
+        _ => (1002, "Protocol error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_frames_get_the_rfc_close_codes() {
+        let utf8 = String::from_utf8(vec![0xff]).expect_err("not UTF-8");
+        let io = std::io::Error::other(utf8.to_string());
+        assert_eq!(protocol_close(&ws::ProtocolError::Io(io)).0, 1007);
+        assert_eq!(
+            protocol_close(&ws::ProtocolError::InvalidLength(126)).0,
+            1002
+        );
+        assert_eq!(protocol_close(&ws::ProtocolError::Overflow).0, 1009);
+        assert_eq!(protocol_close(&ws::ProtocolError::UnmaskedFrame).0, 1002);
     }
 }

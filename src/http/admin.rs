@@ -30,7 +30,8 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if healthy { "healthy" } else { "degraded" },
         "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime": hub.uptime().as_secs(),
+        // Seconds with a fraction, as SyncKit's server reports it (`process.uptime()`).
+        "uptime": (hub.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
         "uptime_s": hub.uptime().as_secs(),
         "node_id": hub.node_id(),
         "storage": if storage_ok { "ok" } else { "failing" },
@@ -131,6 +132,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         "actors": actors,
         "changes": changes,
         "frames": frames,
+        "limits": m.limits(),
         "storage": {
             "durability": state.config.storage.durability,
             "healthy": hub.storage_healthy(),

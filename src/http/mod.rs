@@ -16,6 +16,9 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use serde_json::json;
+use synchub_actors::limits::{IpSlots, Limit};
+use synchub_actors::outbound::{ConnSocket, Counted};
+use synchub_actors::session::{Dialect, Session};
 use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
 
 use crate::auth::JwtVerifier;
@@ -27,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub verifier: Arc<JwtVerifier>,
     pub(crate) rates: Mutex<RateWindow>,
+    /// Open WebSocket connections per client address.
+    pub(crate) ip_slots: IpSlots,
 }
 
 /// Per actor kind, the message rate over the window between two `/stats` reads.
@@ -40,6 +45,7 @@ impl AppState {
     pub fn new(hub: Hub, config: Arc<Config>, verifier: Arc<JwtVerifier>) -> AppState {
         AppState {
             hub,
+            ip_slots: IpSlots::new(config.limits.max_connections_per_ip),
             config,
             verifier,
             rates: Mutex::new(RateWindow {
@@ -58,11 +64,12 @@ impl AppState {
         self.verifier.verify(token.ok_or(AuthError::Missing)?)
     }
 
-    /// Admin endpoints need the admin token when one is configured.
+    /// Admin endpoints need the admin token when one is configured. Without one they are open
+    /// only in development mode (auth off); with auth required they are closed to everyone.
     pub(crate) fn admin_allowed(&self, req: &HttpRequest) -> bool {
         let expected = &self.config.auth.admin_token;
         if expected.is_empty() {
-            return true;
+            return !self.config.auth.required;
         }
         bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
@@ -120,6 +127,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Every error the HTTP layer answers on its own (a body over the limit, a bad
+/// `Content-Encoding`, an unknown route) is JSON `{"error": …}` like the hub's own errors.
+pub fn json_errors<B>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    let is_json = res
+        .response()
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(actix_web::middleware::ErrorHandlerResponse::Response(
+            res.map_into_left_body(),
+        ));
+    }
+    let status = res.status();
+    let message = match res.response().error() {
+        Some(e) => e.to_string(),
+        None => status.canonical_reason().unwrap_or("Error").to_owned(),
+    };
+    let (req, _) = res.into_parts();
+    let body = HttpResponse::build(status).json(json!({ "error": message }));
+    Ok(actix_web::middleware::ErrorHandlerResponse::Response(
+        actix_web::dev::ServiceResponse::new(req, body).map_into_right_body(),
+    ))
+}
+
 pub(crate) fn unauthorized() -> HttpResponse {
     HttpResponse::Unauthorized().json(json!({"error": "Admin token required"}))
 }
@@ -145,6 +180,61 @@ impl Actor for Refused {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refused {
     fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
+}
+
+/// Upgrades to a session of dialect `D`, unless the client's address already holds
+/// `limits.max_connections_per_ip` connections (then 429, before the upgrade). The session keeps
+/// the address's slot and the connection's socket; its outgoing bytes are counted as the
+/// connection takes them.
+pub(crate) fn start_session<D: Dialect>(
+    session: Session<D>,
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, actix_web::Error> {
+    if let Some(refused) = origin_refused(req, state) {
+        return Ok(refused);
+    }
+    let slot = match req.peer_addr().map(|a| a.ip()) {
+        Some(ip) => match state.ip_slots.acquire(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                state.hub.metrics().limit_hit(Limit::ConnectionsPerIp);
+                return Ok(HttpResponse::TooManyRequests()
+                    .json(json!({"error": "Too many connections from this address"})));
+            }
+        },
+        None => None,
+    };
+    let socket = req.conn_data::<ConnSocket>().cloned();
+    let session = session.with_connection(socket, slot);
+    let outbound = session.outbound();
+    let max = state.hub.session_settings().codec_max_bytes();
+    let mut response = ws::handshake(req)?;
+    let body = ws::WebsocketContext::with_codec(
+        session,
+        stream,
+        actix_http::ws::Codec::new().max_size(max),
+    );
+    Ok(response.streaming(Counted::new(body, outbound)))
+}
+
+/// A browser page from an origin not in `server.allowed_origins` may not open a socket; answered
+/// 403 before the upgrade. Requests without an `Origin` (not from a browser) pass.
+pub(crate) fn origin_refused(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    let allowed = &state.config.server.allowed_origins;
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = req.headers().get(header::ORIGIN)?;
+    let ok = origin
+        .to_str()
+        .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+    if ok {
+        return None;
+    }
+    state.hub.metrics().limit_hit(Limit::Origin);
+    Some(HttpResponse::Forbidden().json(json!({"error": "Origin not allowed"})))
 }
 
 pub(crate) fn start_ws<A>(

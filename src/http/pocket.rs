@@ -12,7 +12,7 @@ use synchub_actors::room::{Origin, SessionId};
 use synchub_actors::session::{Action, Dialect, Env, Frame, Session, close_code};
 use synchub_actors::{Namespace, RoomKey};
 
-use super::{AppState, Query, Refused, start_ws, token};
+use super::{AppState, Query, Refused, start_session, start_ws, token};
 
 fn pocket_room(query: &Query) -> Option<RoomKey> {
     let room = query.get("room").map_or("default", String::as_str);
@@ -47,7 +47,7 @@ pub(super) async fn websocket(
         }
         Ok(identity) => {
             let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
-            start_ws(
+            start_session(
                 Session::new(state.hub.clone(), dialect, identity),
                 &req,
                 stream,
@@ -121,7 +121,9 @@ pub(super) async fn http(
     };
     let max = state.hub.session_settings().max_frame_bytes;
     let mut actions: VecDeque<_> = if body.len() > max {
-        dialect.on_oversized(&env, body.len(), max).into()
+        dialect
+            .on_oversized(&env, Some(Frame::Binary(&body)), body.len(), max)
+            .into()
     } else {
         dialect.on_frame(&env, Frame::Binary(&body)).into()
     };
@@ -139,6 +141,7 @@ pub(super) async fn http(
                     "Send the token in the Authorization header over HTTP",
                 ));
             }
+            Action::LimitHit(limit) => state.hub.metrics().limit_hit(limit),
             Action::Binary(_) | Action::Frame(_) | Action::Close { .. } | Action::Leave { .. } => {}
         }
     }

@@ -6,7 +6,7 @@ use synchub_actors::relay::RelayDialect;
 use synchub_actors::session::Session;
 use synchub_actors::{Namespace, RoomKey};
 
-use super::{AppState, Query, start_ws, token};
+use super::{AppState, Query, start_session, token};
 
 fn is_upgrade(req: &HttpRequest) -> bool {
     req.headers()
@@ -70,7 +70,7 @@ pub(super) async fn websocket(
         settings.relay_max_changes_per_message,
         settings.max_json_depth,
     );
-    start_ws(
+    start_session(
         Session::new(state.hub.clone(), dialect, identity),
         &req,
         stream,

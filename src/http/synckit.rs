@@ -4,10 +4,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 use synchub_actors::session::Session;
-use synchub_actors::synckit::SynckitDialect;
+use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
 use synchub_actors::{Identity, Permissions};
 
-use super::{AppState, Query, bearer, start_ws, token};
+use super::{AppState, Query, bearer, start_session, token};
 use crate::auth::mint_pair;
 
 /// Auth off: the session is in at once. Auth on: a token at the upgrade authenticates it (a bad
@@ -36,9 +36,14 @@ pub(super) async fn websocket(
     let dialect = SynckitDialect::new(
         identity.authenticated || !required,
         required,
-        settings.max_document_bytes,
+        SynckitLimits {
+            max_document_bytes: settings.max_document_bytes,
+            max_json_depth: settings.max_json_depth,
+            max_rooms: settings.max_rooms_per_session,
+            max_clock_skew_ms: settings.max_clock_skew_ms,
+        },
     );
-    start_ws(
+    start_session(
         Session::new(state.hub.clone(), dialect, identity),
         &req,
         stream,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod raw_ws;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -245,6 +246,17 @@ impl Ws {
         }
     }
 
+    /// Sends a message and returns the first reply of type `kind`; other messages are dropped.
+    pub async fn request_typed(&mut self, v: &Value, kind: &str) -> Value {
+        self.send_json(v).await;
+        loop {
+            let msg = self.recv_json().await;
+            if msg["type"] == kind {
+                return msg;
+            }
+        }
+    }
+
     /// Asserts nothing arrives for `ms` milliseconds.
     pub async fn expect_silence(&mut self, ms: u64) {
         if let Some(m) = self.try_recv(Duration::from_millis(ms)).await {
@@ -328,6 +340,13 @@ impl ChildHub {
     pub async fn spawn(data: &std::path::Path, env: &[(&str, &str)]) -> ChildHub {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
+        // Only what the test sets configures the child: `SYNCHUB_*` variables of whoever runs
+        // the tests (say `SYNCHUB_STORAGE_DURABILITY=relaxed`) would change what is tested.
+        for (var, _) in std::env::vars_os() {
+            if var.to_string_lossy().starts_with("SYNCHUB_") {
+                cmd.env_remove(var);
+            }
+        }
         cmd.arg("serve")
             // A directory without a config.toml: only the environment configures the child.
             .current_dir(data)

@@ -42,6 +42,13 @@ pub struct PocketDialect {
     positions: HashMap<String, u64>,
 }
 
+fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
+    match *frame {
+        Frame::Text(t) => t.as_bytes(),
+        Frame::Binary(b) => b,
+    }
+}
+
 fn text(v: Value) -> Action<Tag> {
     Action::Text(v.to_string())
 }
@@ -177,11 +184,32 @@ impl Dialect for PocketDialect {
         self.on_message(env, raw)
     }
 
-    fn on_oversized(&mut self, _: &Env, size: usize, max: usize) -> Vec<Action<Tag>> {
+    fn on_oversized(
+        &mut self,
+        _: &Env,
+        frame: Option<Frame<'_>>,
+        size: usize,
+        max: usize,
+    ) -> Vec<Action<Tag>> {
+        // Answered under the request's id, so the client's pending push resolves (and it can
+        // split the push) instead of waiting out its timeout and resending the same message.
+        let id = frame.and_then(|f| wire::request_id(frame_bytes(&f)));
         error(WireError::new(
-            None,
+            id,
             code::TOO_LARGE,
             format!("Message too large ({size} bytes, max {max})"),
+        ))
+    }
+
+    fn on_rate_limited(&mut self, _: &Env, frame: Frame<'_>) -> Vec<Action<Tag>> {
+        let raw = frame_bytes(&frame);
+        if raw == b"ping" {
+            return vec![Action::Text("pong".into())];
+        }
+        error(WireError::new(
+            wire::request_id(raw),
+            code::RATE_LIMITED,
+            "Too many requests. Please slow down.",
         ))
     }
 
@@ -491,8 +519,16 @@ mod tests {
         assert!(
             matches!(d.on_frame(&env, Frame::Text("ping")).as_slice(), [Action::Text(t)] if t == "pong")
         );
-        let r = reply_json(d.on_oversized(&env, 10, 5));
+        let r = reply_json(d.on_oversized(&env, None, 10, 5));
         assert_eq!(r["code"], "TOO_LARGE");
         assert_eq!(r["message"], "Message too large (10 bytes, max 5)");
+        // The request's id when the message is there to read it from.
+        let big = r#"{"type":"push","id":"push-9","changes":[]}"#;
+        let r = reply_json(d.on_oversized(&env, Some(Frame::Text(big)), big.len(), 5));
+        assert_eq!(r["id"], "push-9");
+        let r = reply_json(d.on_rate_limited(&env, Frame::Text(big)));
+        assert_eq!(r["id"], "push-9");
+        assert_eq!(r["code"], "RATE_LIMITED");
+        assert_eq!(r["retryable"], true);
     }
 }

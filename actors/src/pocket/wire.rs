@@ -370,6 +370,14 @@ fn parse_pull(
             _ => return Err(invalid(&id, "Field 'limit' must be a positive integer")),
         },
     };
+    // A missing checkpoint is a pull from the start; one of the wrong shape is a client bug
+    // that must not silently turn into a full re-download.
+    if !matches!(
+        msg.get("checkpoint"),
+        None | Some(Value::Null | Value::Object(_))
+    ) {
+        return Err(invalid(&id, "Field 'checkpoint' must be an object"));
+    }
     Ok(Pull {
         id: request_id,
         collections,
@@ -591,6 +599,30 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_that_is_not_an_object_is_invalid() {
+        let limits = PocketLimits {
+            max_pull_limit: 1000,
+            max_document_bytes: 1 << 20,
+            max_json_depth: 32,
+        };
+        for cp in ["5", "\"abc\"", "[1]", "true"] {
+            let raw =
+                format!(r#"{{"type":"pull","id":"p","collections":["c"],"checkpoint":{cp}}}"#);
+            let e = parse(raw.as_bytes(), &limits, 1).expect_err(cp);
+            assert_eq!(
+                (e.code, e.id.as_deref()),
+                (code::INVALID_MESSAGE, Some("p")),
+                "{cp}"
+            );
+        }
+        for cp in ["null", "{}", r#"{"global":3}"#] {
+            let raw =
+                format!(r#"{{"type":"pull","id":"p","collections":["c"],"checkpoint":{cp}}}"#);
+            assert!(parse(raw.as_bytes(), &limits, 1).is_ok(), "{cp}");
+        }
+    }
+
+    #[test]
     fn checkpoint_global_is_the_smallest() {
         let mut s = BTreeMap::new();
         assert_eq!(checkpoint(&s, 9, 1)["global"], json!(9));
@@ -599,5 +631,73 @@ mod tests {
         let c = checkpoint(&s, 9, 1);
         assert_eq!(c["global"], json!(3));
         assert_eq!(c["sequences"], json!({"a": 5, "b": 3}));
+    }
+}
+
+/// The `id` of a request that cannot be served whole (over the frame limit, over the rate), read
+/// from as much of it as is there: the top-level object's keys are read in order and reading
+/// stops at `id`, so a huge or cut-off message costs no more than the bytes before its id.
+pub fn request_id(raw: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::fmt;
+
+    struct Seed<'a>(&'a mut Option<String>);
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "id" {
+                    if let Value::String(id) = map.next_value::<Value>()? {
+                        *self.0 = Some(id);
+                    }
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+
+    let mut id = None;
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    // Stopping early leaves the object unfinished, which the parser reports as an error; the
+    // id, when it was there, is read by then.
+    let _ = Seed(&mut id).deserialize(&mut de);
+    id.filter(|id| !id.is_empty() && id.len() <= 256)
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::request_id;
+
+    #[test]
+    fn reads_the_id_of_whole_cut_and_broken_requests() {
+        assert_eq!(
+            request_id(br#"{"type":"push","id":"p-1","changes":[1,2]}"#).as_deref(),
+            Some("p-1")
+        );
+        // Cut off after the id, as a refused oversized message may be.
+        assert_eq!(
+            request_id(br#"{"type":"push","id":"p-2","changes":[{"a":"#).as_deref(),
+            Some("p-2")
+        );
+        assert_eq!(
+            request_id(br#"{"changes":[{"x":[1,{"y":2}]}],"id":"p-3"}"#).as_deref(),
+            Some("p-3")
+        );
+        assert_eq!(request_id(br#"{"type":"push","id":7}"#), None);
+        assert_eq!(request_id(b"not json"), None);
+        assert_eq!(request_id(br#"{"changes":[1,2"#), None);
     }
 }

@@ -203,11 +203,21 @@ impl Dialect for RelayDialect {
         }
     }
 
-    fn on_oversized(&mut self, _: &Env, size: usize, max: usize) -> Vec<Action<Tag>> {
+    fn on_oversized(
+        &mut self,
+        _: &Env,
+        _: Option<Frame<'_>>,
+        size: usize,
+        max: usize,
+    ) -> Vec<Action<Tag>> {
         self.error(
             "TOO_LARGE",
             format!("Message too large ({size} bytes, max {max})"),
         )
+    }
+
+    fn on_rate_limited(&mut self, _: &Env, _: Frame<'_>) -> Vec<Action<Tag>> {
+        self.error("RATE_LIMITED", "Too many requests. Please slow down.")
     }
 
     fn on_reply(

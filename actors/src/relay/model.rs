@@ -58,15 +58,50 @@ pub fn parse_change(v: &Value) -> Result<IncomingChange, String> {
     text(2, "cid")?;
     text(6, "site_id")?;
     for (i, name) in [(4, "col_version"), (5, "db_version"), (7, "cl"), (8, "seq")] {
-        if t[i].as_i64().is_none() {
-            return Err(format!("{name} must be an integer"));
+        match t[i].as_i64() {
+            Some(n) if (0..=MAX_VERSION).contains(&n) => {}
+            Some(_) => return Err(format!("{name} must be between 0 and {MAX_VERSION}")),
+            None => return Err(format!("{name} must be an integer")),
         }
     }
+    let mut body = v.clone();
+    canonical_numbers(&mut body[3]);
     Ok(IncomingChange {
         stream: String::new(),
-        key: json!([t[0], t[1], t[2]]).to_string(),
-        body: v.clone(),
+        key: cell_key(&t[0], &t[1], &t[2]),
+        body,
     })
+}
+
+/// The largest version, causal length or sequence a change may carry: JavaScript's largest
+/// exact integer, which every client can hold. Anything larger would win every later merge of
+/// its cell for ever.
+pub const MAX_VERSION: i64 = (1 << 53) - 1;
+
+/// The cid of a change that deletes or re-creates a whole row.
+const ROW_CID: &str = "-1";
+
+fn cell_key(table: &Value, pk: &Value, cid: &Value) -> String {
+    json!([table, pk, cid]).to_string()
+}
+
+/// Writes every number that is a whole float (`1.0`, `-0.0`) as the integer it equals, so one
+/// value has one text: the merge treats `1` and `1.0` as equal, and the digest, which hashes
+/// the text, must too.
+fn canonical_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(canonical_numbers),
+        Value::Object(o) => o.values_mut().for_each(canonical_numbers),
+        _ => {}
+    }
 }
 
 fn version(v: &Value, i: usize) -> i64 {
@@ -90,6 +125,28 @@ impl Model for RelayModel {
             }
         }
         Merge::Apply { logged: c.clone() }
+    }
+
+    /// A column change is governed by its row's causal length (cr-sqlite keeps `cl` per row):
+    /// after a delete with `cl = 2`, a write with `cl = 1` loses whatever its column version.
+    fn governing_key(&self, incoming: &IncomingChange) -> Option<String> {
+        let c = &incoming.body;
+        (c[2].as_str() != Some(ROW_CID)).then(|| cell_key(&c[0], &c[1], &Value::from(ROW_CID)))
+    }
+
+    fn merge_governed(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        row: Option<&Value>,
+        incoming: &IncomingChange,
+    ) -> Merge {
+        if let Some(row) = row
+            && version(&incoming.body, 7) < version(row, 0)
+        {
+            return Merge::Unchanged;
+        }
+        self.merge(room_state, current, incoming)
     }
 
     fn state_of(&self, logged: &Value) -> Value {
@@ -200,6 +257,52 @@ mod tests {
             !wins(&base, &change("1", "a", json!("m"), 2, 1, "s9")),
             "full tie"
         );
+    }
+
+    #[test]
+    fn out_of_range_versions_are_refused() {
+        for i in [4, 5, 7, 8] {
+            let mut c = change("1", "a", json!(1), 1, 1, "s");
+            c[i] = json!(-1);
+            assert!(parse_change(&c).is_err(), "-1 at {i}");
+            c[i] = json!(i64::MAX);
+            assert!(parse_change(&c).is_err(), "i64::MAX at {i}");
+            c[i] = json!(MAX_VERSION);
+            assert!(parse_change(&c).is_ok(), "MAX_VERSION at {i}");
+        }
+    }
+
+    #[test]
+    fn whole_floats_are_stored_as_integers() {
+        let c = parse_change(&json!(["t", "1", "a", {"x": [1.0, 2.5, -0.0]}, 1, 1, "s", 1, 0]))
+            .expect("valid");
+        assert_eq!(c.body[3], json!({"x": [1, 2.5, 0]}));
+        let one = parse_change(&json!(["t", "1", "a", 1.0, 1, 1, "s", 1, 0])).expect("valid");
+        assert_eq!(one.body[3].to_string(), "1");
+    }
+
+    #[test]
+    fn a_deleted_row_governs_its_columns() {
+        let m = RelayModel;
+        let state = |c: &Value| match m.merge(&mut Value::Null, None, &parse_change(c).expect("ok"))
+        {
+            Merge::Apply { logged } => m.state_of(&logged),
+            _ => panic!("applies to an empty cell"),
+        };
+        let deleted_row = state(&change("1", "-1", json!(null), 1, 2, "s1"));
+        let cell = state(&change("1", "a", json!("old"), 1, 1, "s1"));
+        let write = |cv: i64, cl: i64| {
+            let c = parse_change(&change("1", "a", json!("new"), cv, cl, "s2")).expect("ok");
+            assert_eq!(m.governing_key(&c), Some(r#"["todos","1","-1"]"#.into()));
+            matches!(
+                m.merge_governed(&mut Value::Null, Some(&cell), Some(&deleted_row), &c),
+                Merge::Apply { .. }
+            )
+        };
+        assert!(!write(99, 1), "a write from before the delete loses");
+        assert!(write(1, 3), "a resurrection wins");
+        let row = parse_change(&change("1", "-1", json!(null), 1, 4, "s1")).expect("ok");
+        assert_eq!(m.governing_key(&row), None);
     }
 
     #[test]

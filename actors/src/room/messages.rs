@@ -2,7 +2,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
@@ -15,6 +14,7 @@ use crate::directory::CloseSession;
 use crate::model::IncomingChange;
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
+use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
 use crate::store::{CompactReport, HistoryPage, LogEntry, RoomMeta};
 
@@ -195,16 +195,29 @@ pub struct Broadcast {
     /// For each stream in `entries`, its last sequence number before them.
     pub heads_before: HashMap<String, u64>,
     frames: Mutex<Vec<(u8, Arc<[OutFrame]>)>>,
+    bytes: usize,
 }
 
 impl Broadcast {
     pub fn new(room: RoomKey, entries: Vec<LogEntry>, heads_before: HashMap<String, u64>) -> Self {
+        let bytes = entries
+            .iter()
+            .map(|e| e.body.as_str().len() + e.key.len() + ENTRY_OVERHEAD)
+            .sum::<usize>()
+            + room.room.len();
         Broadcast {
             room,
             entries,
             heads_before,
             frames: Mutex::new(Vec::new()),
+            bytes,
         }
+    }
+
+    /// About what this broadcast takes on one session's socket, counted against that session's
+    /// `limits.max_outbound_bytes` while it waits: computed once, the same for every member.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The frames of one wire encoding of this broadcast (`variant`, chosen by the codec),
@@ -225,6 +238,10 @@ impl Broadcast {
     }
 }
 
+/// What a broadcast entry adds on the wire beyond its body and key (field names, numbers,
+/// framing), as the dialects encode it.
+const ENTRY_OVERHEAD: usize = 48;
+
 /// A session enters the room to receive its events; answers the room's durable sequence number.
 #[derive(Message)]
 #[rtype(result = "u64")]
@@ -234,8 +251,9 @@ pub struct Join {
     /// Told to close when the room stops under its members (a failed write).
     pub closer: Recipient<CloseSession>,
     pub streams: Streams,
-    /// Raised when the room drops the session for not keeping up; the session then closes.
-    pub evicted: Arc<AtomicBool>,
+    /// What the session has queued for its socket; the room evicts the session (and the
+    /// session then closes) when a broadcast would take it over its limit.
+    pub outbound: Arc<Outbound>,
 }
 
 #[derive(Message)]

@@ -14,7 +14,6 @@ mod state;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -34,8 +33,10 @@ use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};
 use crate::directory::CloseSession;
 use crate::durability::{Commit, Committed, Durability};
+use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
 use crate::model::{IncomingChange, Model};
+use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
 use crate::session::close_code;
 use crate::store::{LogEntry, RoomLayout, Store};
@@ -79,7 +80,7 @@ struct Member {
     events: Recipient<RoomEvent>,
     closer: Recipient<CloseSession>,
     streams: Streams,
-    evicted: Arc<AtomicBool>,
+    outbound: Arc<Outbound>,
 }
 
 /// An answer held back until the writes before it are durable.
@@ -359,6 +360,7 @@ impl Room {
 
     fn broadcast(&mut self, event: RoomEvent) {
         let mut dropped = Vec::new();
+        let bytes = event.bytes();
         for (id, member) in &self.members {
             if !event
                 .entries
@@ -367,14 +369,34 @@ impl Room {
             {
                 continue;
             }
-            match member.events.try_send(event.clone()) {
-                Ok(()) => self.cx.metrics.session.queued(),
-                Err(SendError::Full(_)) => {
-                    // The session is not keeping up: drop it rather than grow without bound.
-                    member.evicted.store(true, Ordering::Relaxed);
-                    dropped.push(*id);
+            // The session is not keeping up (its socket holds its limit's worth, or its mailbox
+            // is full): drop it rather than let what waits for it grow without bound.
+            let evict = if member.outbound.admits(bytes) {
+                member.outbound.add(bytes);
+                match member.events.try_send(event.clone()) {
+                    Ok(()) => {
+                        self.cx.metrics.session.queued();
+                        false
+                    }
+                    Err(SendError::Full(_)) => {
+                        member.outbound.sub(bytes);
+                        true
+                    }
+                    Err(SendError::Closed(_)) => {
+                        member.outbound.sub(bytes);
+                        dropped.push(*id);
+                        false
+                    }
                 }
-                Err(SendError::Closed(_)) => dropped.push(*id),
+            } else {
+                true
+            };
+            if evict {
+                if member.outbound.evict() {
+                    self.cx.metrics.limit_hit(Limit::SlowConsumer);
+                    member.outbound.cut_later();
+                }
+                dropped.push(*id);
             }
         }
         for id in dropped {
@@ -732,7 +754,7 @@ impl Handler<Join> for Room {
                 events: msg.events,
                 closer: msg.closer,
                 streams: msg.streams,
-                evicted: msg.evicted,
+                outbound: msg.outbound,
             },
         );
         self.durable_seq

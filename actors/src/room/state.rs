@@ -190,12 +190,16 @@ impl RoomState {
                 out.heads_before
                     .insert(change.stream.clone(), self.meta.head(&change.stream));
             }
-            let current = self
-                .records
-                .get(&change.stream)
-                .and_then(|r| r.get(&change.key))
-                .map(|r| &*r.value);
-            let mut logged = match model.merge(&mut self.meta.model, current, &change) {
+            let stream = self.records.get(&change.stream);
+            let current = stream.and_then(|r| r.get(&change.key)).map(|r| &*r.value);
+            let merged = match model.governing_key(&change) {
+                None => model.merge(&mut self.meta.model, current, &change),
+                Some(key) => {
+                    let governing = stream.and_then(|r| r.get(&key)).map(|r| &*r.value);
+                    model.merge_governed(&mut self.meta.model, current, governing, &change)
+                }
+            };
+            let mut logged = match merged {
                 Merge::Unchanged => continue,
                 Merge::Reject { report } => {
                     out.rejected.push(report);

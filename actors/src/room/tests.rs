@@ -1,7 +1,7 @@
 //! Room tests on the in-memory store: ordering, batching, acks, broadcasts and failures.
 
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts};
@@ -145,7 +145,7 @@ async fn join(room: &Addr<Room>, session: u64) -> (Addr<Member>, Arc<Mutex<Seen>
         events: member.clone().recipient(),
         closer: member.clone().recipient(),
         streams: Streams::All,
-        evicted: Arc::new(AtomicBool::new(false)),
+        outbound: crate::outbound::Outbound::new(usize::MAX, None),
     })
     .await
     .expect("join");

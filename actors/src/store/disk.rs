@@ -10,9 +10,14 @@ pub struct SledKv {
 }
 
 impl SledKv {
-    pub fn open(path: &Path) -> Result<SledKv, StorageError> {
+    /// `cache_bytes` bounds sled's page cache, the bulk of what the store holds in memory
+    /// (sled's own default is 1 GiB, far more than a small machine should give it).
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledKv, StorageError> {
         Ok(SledKv {
-            db: sled::Config::new().path(path).open()?,
+            db: sled::Config::new()
+                .path(path)
+                .cache_capacity(cache_bytes)
+                .open()?,
         })
     }
 }

@@ -46,6 +46,9 @@ use crate::room_key::RoomKey;
 /// The layout this version writes and reads.
 const FORMAT: &str = "2";
 
+/// The page cache a store opened without a size gets: `storage.cache_bytes`'s default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage: {0}")]
@@ -337,8 +340,13 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the sled database in `path`; refuses one written in another format.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a page cache of at most `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store> {
         let store = Store {
-            kv: Arc::new(SledKv::open(path)?),
+            kv: Arc::new(SledKv::open(path, cache_bytes)?),
         };
         store.check_format()?;
         Ok(store)
@@ -822,7 +830,7 @@ mod tests {
     fn a_directory_of_another_format_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let kv = SledKv::open(dir.path()).expect("open");
+            let kv = SledKv::open(dir.path(), DEFAULT_CACHE_BYTES).expect("open");
             let mut b = KvBatch::default();
             b.insert(b"nnode_id".to_vec(), b"old".to_vec());
             kv.apply(b).expect("apply");

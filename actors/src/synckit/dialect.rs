@@ -7,9 +7,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::frame::{self, Framing, InvalidFrame, Message};
-use super::model::live_fields;
+use super::model::{MAX_CLOCK_ENTRIES, MAX_CLOCK_KEY_BYTES, live_fields};
 use crate::clock::now_ms;
 use crate::identity::{AuthError, Identity};
+use crate::limits::{Limit, json_depth};
 use crate::model::{IncomingChange, object};
 use crate::out_frame::OutFrame;
 use crate::raw_json::push_json_string;
@@ -35,6 +36,19 @@ pub enum Tag {
 /// The longest field name a delta may write.
 const MAX_FIELD_LEN: usize = 1024;
 
+/// The `[limits]` a SyncKit connection checks itself.
+#[derive(Debug, Clone, Copy)]
+pub struct SynckitLimits {
+    pub max_document_bytes: usize,
+    /// How deeply a delta's value may nest.
+    pub max_json_depth: usize,
+    /// Documents one connection may follow at once.
+    pub max_rooms: usize,
+    /// How far ahead of the hub's clock a delta's timestamp may be, in milliseconds: a timestamp
+    /// from the far future would win every later write of its field.
+    pub max_clock_skew_ms: i64,
+}
+
 /// One SyncKit connection's protocol state.
 pub struct SynckitDialect {
     framing: Framing,
@@ -45,7 +59,7 @@ pub struct SynckitDialect {
     /// The writer id of deltas that name no `clientId`.
     label: String,
     next_id: u64,
-    max_document_bytes: usize,
+    limits: SynckitLimits,
 }
 
 fn permissions_json(identity: &Identity) -> Value {
@@ -58,11 +72,7 @@ fn permissions_json(identity: &Identity) -> Value {
 
 impl SynckitDialect {
     /// `authenticated` is true when auth is off or a token came with the upgrade.
-    pub fn new(
-        authenticated: bool,
-        auth_required: bool,
-        max_document_bytes: usize,
-    ) -> SynckitDialect {
+    pub fn new(authenticated: bool, auth_required: bool, limits: SynckitLimits) -> SynckitDialect {
         SynckitDialect {
             // Before the client has spoken, the hub speaks binary, as the SDK expects.
             framing: Framing::Binary,
@@ -71,7 +81,7 @@ impl SynckitDialect {
             documents: HashSet::new(),
             label: String::new(),
             next_id: 0,
-            max_document_bytes,
+            limits,
         }
     }
 
@@ -132,6 +142,17 @@ impl SynckitDialect {
             return self.error("Invalid document ID");
         };
         let perms = &env.identity.permissions;
+        if msg.kind != "unsubscribe"
+            && !self.documents.contains(&room.room)
+            && self.documents.len() >= self.limits.max_rooms
+        {
+            let mut actions = self.error(&format!(
+                "Too many documents on one connection (max {})",
+                self.limits.max_rooms
+            ));
+            actions.push(Action::LimitHit(Limit::RoomsPerSession));
+            return actions;
+        }
         match msg.kind.as_str() {
             "unsubscribe" => {
                 if self.documents.remove(&room.room) {
@@ -213,19 +234,48 @@ impl SynckitDialect {
         {
             return self.error(missing);
         }
+        // Checked before anything is stored: the log record holds the value one level deeper,
+        // and every record must read back.
+        let max_depth = self.limits.max_json_depth;
+        if fields.iter().any(|(_, v)| json_depth(v) > max_depth) {
+            let mut actions = self.error(&format!(
+                "Invalid delta: value nested deeper than {max_depth} levels"
+            ));
+            actions.push(Action::LimitHit(Limit::JsonDepth));
+            return actions;
+        }
         let size: usize = fields
             .iter()
             .map(|(f, v)| f.len() + v.to_string().len())
             .sum();
-        if size > self.max_document_bytes {
-            return self.error(&format!(
+        if size > self.limits.max_document_bytes {
+            let mut actions = self.error(&format!(
                 "Message too large ({size} bytes, max {})",
-                self.max_document_bytes
+                self.limits.max_document_bytes
             ));
+            actions.push(Action::LimitHit(Limit::DocumentBytes));
+            return actions;
         }
         let clock = match (msg.fields.get("vectorClock"), msg.fields.get("clock")) {
             (Some(Value::Object(c)), _) | (None, Some(Value::Object(c))) => c.clone(),
             _ => Map::new(),
+        };
+        if let Err(why) = check_clock(&clock) {
+            return self.error(&format!("Invalid delta: {why}"));
+        }
+        let now = now_ms();
+        let ts = match msg.fields.get("timestamp") {
+            None => now,
+            Some(t) => match t.as_f64() {
+                Some(t) if t.is_finite() && t >= 0.0 => {
+                    if t > (now + self.limits.max_clock_skew_ms) as f64 {
+                        return self
+                            .error("Invalid delta: timestamp is ahead of the server's clock");
+                    }
+                    t as i64
+                }
+                _ => return self.error("Invalid delta: timestamp must be a time in ms"),
+            },
         };
         let writer = match msg.str("clientId").filter(|c| !c.is_empty()) {
             Some(c) => c.to_owned(),
@@ -233,7 +283,7 @@ impl SynckitDialect {
             None => format!("conn-{}-{}", env.origin.node, env.session().0),
         };
         let counter = clock.get(&writer).and_then(Value::as_u64).unwrap_or(0);
-        let ts = msg.timestamp().map_or(Value::from(now_ms()), Value::from);
+        let ts = Value::from(ts);
         let clock = Value::Object(clock);
         let changes = fields
             .into_iter()
@@ -305,8 +355,24 @@ impl Dialect for SynckitDialect {
         }
     }
 
-    fn on_oversized(&mut self, _: &Env, size: usize, max: usize) -> Vec<Action<Tag>> {
+    fn on_oversized(
+        &mut self,
+        _: &Env,
+        _: Option<Frame<'_>>,
+        size: usize,
+        max: usize,
+    ) -> Vec<Action<Tag>> {
         self.error(&format!("Message too large ({size} bytes, max {max})"))
+    }
+
+    fn on_rate_limited(&mut self, _: &Env, _: Frame<'_>) -> Vec<Action<Tag>> {
+        let mut f = Map::new();
+        f.insert(
+            "error".into(),
+            "Too many messages. Please slow down.".into(),
+        );
+        f.insert("code".into(), "RATE_LIMIT_EXCEEDED".into());
+        vec![self.send("error", f)]
     }
 
     fn on_reply(
@@ -460,6 +526,25 @@ fn deltas(framing: Framing, event: &Broadcast) -> Vec<OutFrame> {
         }
     }
     frames
+}
+
+/// A clock a delta may carry: at most as many writers as a document's clock holds, each a short
+/// id with a counter that is a whole number.
+fn check_clock(clock: &Map<String, Value>) -> Result<(), String> {
+    if clock.len() > MAX_CLOCK_ENTRIES {
+        return Err(format!("clock names more than {MAX_CLOCK_ENTRIES} writers"));
+    }
+    for (writer, n) in clock {
+        if writer.is_empty() || writer.len() > MAX_CLOCK_KEY_BYTES {
+            return Err(format!(
+                "clock writer ids are 1 to {MAX_CLOCK_KEY_BYTES} bytes"
+            ));
+        }
+        if n.as_u64().is_none() {
+            return Err("clock counters are whole numbers".into());
+        }
+    }
+    Ok(())
 }
 
 /// Appends a value's JSON text to `out` without an intermediate string.

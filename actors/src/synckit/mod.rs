@@ -4,5 +4,5 @@ mod dialect;
 pub mod frame;
 mod model;
 
-pub use dialect::{SynckitDialect, Tag};
+pub use dialect::{SynckitDialect, SynckitLimits, Tag};
 pub use model::SynckitModel;

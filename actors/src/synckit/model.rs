@@ -61,22 +61,50 @@ pub fn is_delete(v: &Value) -> bool {
         .is_some_and(|o| o.len() == 1 && o.get("__deleted") == Some(&Value::Bool(true)))
 }
 
-/// Ticks `writer` in the clock, then merges `sent` into it by pointwise maximum.
-fn advance_clock(clock: &mut Value, writer: &str, sent: Option<&Map<String, Value>>) {
+/// The most writers a document's clock names. Every delta carries the whole clock to every
+/// subscriber, so it must stay small whatever clients send; writers past this many are not
+/// added (their writes still merge by timestamp, counter and id).
+pub const MAX_CLOCK_ENTRIES: usize = 256;
+
+/// The longest writer id a clock may hold, in bytes.
+pub const MAX_CLOCK_KEY_BYTES: usize = 128;
+
+/// A writer's entry in a clock (0 when absent).
+fn entry(clock: &Value, writer: &str) -> u64 {
+    clock.get(writer).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The counter a write is ordered by: the one it sent, unless that is not above the document
+/// clock's entry for its writer; then that entry plus one. A writer never ties with itself, so a
+/// session's later write beats its own earlier one.
+fn effective_counter(clock: &Value, writer: &str, sent: u64) -> u64 {
+    let known = entry(clock, writer);
+    if sent > known {
+        sent
+    } else {
+        known.saturating_add(1)
+    }
+}
+
+/// Sets `writer`'s entry to `counter` (a write ticks its writer), then merges `sent` into the
+/// clock by pointwise maximum; entries past [`MAX_CLOCK_ENTRIES`] are left out.
+fn advance_clock(clock: &mut Value, writer: &str, counter: u64, sent: Option<&Map<String, Value>>) {
     if !clock.is_object() {
         *clock = Value::Object(Map::new());
     }
     let Some(c) = clock.as_object_mut() else {
         return;
     };
-    let mine = c.get(writer).and_then(Value::as_u64).unwrap_or(0);
-    c.insert(writer.to_owned(), Value::from(mine + 1));
-    for (node, n) in sent.into_iter().flatten() {
-        let theirs = n.as_u64().unwrap_or(0);
-        let ours = c.get(node).and_then(Value::as_u64).unwrap_or(0);
-        if theirs > ours {
-            c.insert(node.clone(), Value::from(theirs));
+    let raise = |c: &mut Map<String, Value>, node: &str, n: u64| {
+        let ours = c.get(node).and_then(Value::as_u64);
+        let room = ours.is_some() || c.len() < MAX_CLOCK_ENTRIES;
+        if room && node.len() <= MAX_CLOCK_KEY_BYTES && ours.is_none_or(|o| n > o) {
+            c.insert(node.to_owned(), Value::from(n));
         }
+    };
+    raise(c, writer, counter);
+    for (node, n) in sent.into_iter().flatten() {
+        raise(c, node, n.as_u64().unwrap_or(0));
     }
 }
 
@@ -92,17 +120,26 @@ impl Model for SynckitModel {
         incoming: &IncomingChange,
     ) -> Merge {
         let body = &incoming.body;
-        let new = stamp_of_write(body);
-        if let Some(cur) = current
-            && new.cmp(&stamp_of_record(cur)) != Ordering::Greater
-        {
-            return Merge::Unchanged;
-        }
+        let mut new = stamp_of_write(body);
+        new.counter = effective_counter(clock, new.writer, new.counter);
         let value = body.get("value").cloned().unwrap_or(Value::Null);
+        if let Some(cur) = current {
+            let old = stamp_of_record(cur);
+            // A resend: the same writer's write of the same value at the same time. It must not
+            // count as the writer's next write.
+            let resend = old.writer == new.writer
+                && old.ts == new.ts
+                && (field_value(cur) == Some(&value)
+                    || (is_delete(&value) && cur.get(3).is_none()));
+            if resend || new.cmp(&old) != Ordering::Greater {
+                return Merge::Unchanged;
+            }
+        }
         let deleted = is_delete(&value);
         advance_clock(
             clock,
             new.writer,
+            new.counter,
             body.get("clock").and_then(Value::as_object),
         );
         let logged = object([
@@ -204,8 +241,8 @@ mod tests {
         let m = SynckitModel::default();
         let mut clock = Value::Null;
         let first =
-            apply(&m, &mut clock, None, &write("f", json!(1), 10, 1, "a")).expect("applies");
-        // (timestamp, counter, writer) against the stored (10, 1, "a").
+            apply(&m, &mut clock, None, &write("f", json!(1), 10, 3, "a")).expect("applies");
+        // (timestamp, counter, writer) against the stored (10, 3, "a").
         let cases = [
             (
                 9,
@@ -216,33 +253,39 @@ mod tests {
             ),
             (
                 10,
-                2,
+                4,
                 "a",
                 true,
                 "equal timestamps: the larger counter wins",
             ),
             (
                 10,
-                0,
+                2,
                 "z",
                 false,
                 "equal timestamps: the smaller counter loses",
             ),
             (
                 10,
-                1,
+                3,
                 "b",
                 true,
                 "equal counters: the larger writer id wins",
             ),
             (
                 10,
-                1,
+                3,
                 "A",
                 false,
                 "equal counters: the smaller writer id loses",
             ),
-            (10, 1, "a", false, "the same write again changes nothing"),
+            (
+                10,
+                3,
+                "a",
+                true,
+                "the writer's next write (its counter is not above its entry) beats its last",
+            ),
             (11, 0, "0", true, "a newer timestamp wins"),
         ];
         for (ts, counter, writer, wins, why) in cases {
@@ -253,6 +296,73 @@ mod tests {
                 "{why}"
             );
         }
+    }
+
+    #[test]
+    fn a_resend_changes_nothing() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let w = write("f", json!(1), 10, 3, "a");
+        let first = apply(&m, &mut clock, None, &w).expect("applies");
+        assert!(apply(&m, &mut clock, Some(&first), &w).is_none());
+    }
+
+    #[test]
+    fn a_writer_never_ties_with_itself() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let w = |v: i64| IncomingChange {
+            stream: String::new(),
+            key: "f".into(),
+            body: json!({"value": v, "ts": 10, "counter": 0, "writer": "s", "clock": {}}),
+        };
+        let first = apply(&m, &mut clock, None, &w(1)).expect("applies");
+        let second = apply(&m, &mut clock, Some(&first), &w(2)).expect("the later write wins");
+        assert_eq!(field_value(&second), Some(&json!(2)));
+        assert_eq!(clock, json!({"s": 2}));
+    }
+
+    #[test]
+    fn clock_arithmetic_saturates() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let first = apply(
+            &m,
+            &mut clock,
+            None,
+            &write("f", json!(1), 10, u64::MAX, "c"),
+        )
+        .expect("applies");
+        assert_eq!(clock, json!({"c": u64::MAX}));
+        // The writer's next write cannot count past the largest counter, and the clock never
+        // goes backwards.
+        let next = apply(
+            &m,
+            &mut clock,
+            Some(&first),
+            &write("f", json!(2), 11, 1, "c"),
+        );
+        assert!(next.is_some());
+        assert_eq!(clock, json!({"c": u64::MAX}));
+    }
+
+    #[test]
+    fn the_clock_holds_a_bounded_number_of_writers() {
+        let m = SynckitModel::default();
+        let mut clock = Value::Null;
+        let mut cur = None;
+        for round in 0..4 {
+            let sent: Map<String, Value> = (0..200)
+                .map(|i| (format!("w{round}-{i}"), Value::from(1)))
+                .collect();
+            let mut w = write("f", json!(round), 10 + round, 1, "a");
+            w.body["clock"] = Value::Object(sent);
+            cur = apply(&m, &mut clock, cur.as_ref(), &w);
+            assert!(cur.is_some());
+        }
+        let entries = clock.as_object().map_or(0, Map::len);
+        assert_eq!(entries, MAX_CLOCK_ENTRIES);
+        assert_eq!(clock["a"], json!(4), "the writers already in it still tick");
     }
 
     #[test]
