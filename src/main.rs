@@ -46,6 +46,9 @@ enum Command {
         write: Vec<String>,
         #[arg(long)]
         admin: bool,
+        /// A `room` claim: the Pocket room of HTTP requests made with this token.
+        #[arg(long)]
+        room: Option<String>,
         /// Lifetime in seconds (at most ten years).
         #[arg(long, default_value_t = 3600,
               value_parser = clap::value_parser!(i64).range(1..=10 * 365 * 24 * 3600))]
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
             read,
             write,
             admin,
+            room,
             ttl,
         } => {
             let config = match load(config.as_deref()) {
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
                     can_write: write,
                     is_admin: admin,
                 }),
+                room,
                 ..Claims::default()
             };
             match auth::mint(&config.auth.jwt_secret, &claims) {

@@ -521,3 +521,95 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(got, expected);
     assert_eq!(last_cp, 100);
 }
+
+/// Pocket's HTTP client builds `new URL('/sync/push', serverUrl)`, which drops `?room=`: the room
+/// then comes from an `X-Pocket-Room` header or the token's `room` claim.
+#[actix_rt::test]
+async fn http_clients_name_their_room_without_the_query() {
+    use synchub::auth::{Claims, mint, unix_now};
+    use synchub_actors::Permissions;
+    const SECRET: &str = "pocket-http-secret";
+    let token_for = |room: &str| {
+        mint(
+            SECRET,
+            &Claims {
+                sub: Some("pat".into()),
+                exp: unix_now() + 600,
+                permissions: Some(Permissions {
+                    can_read: vec!["*".into()],
+                    can_write: vec!["*".into()],
+                    is_admin: false,
+                }),
+                room: Some(room.into()),
+                ..Claims::default()
+            },
+        )
+        .expect("mint")
+    };
+    let pushed = |id: &str| {
+        push(
+            id,
+            "todos",
+            vec![change("insert", id, json!({"v": 1}))],
+            json!({}),
+        )
+    };
+    let in_room = |room: &str| format!("/sync?room={room}");
+    let docs = |r: &Value| -> Vec<String> {
+        r["changes"]["todos"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["documentId"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // Development mode: the claim names the room; nothing is verified, nothing is granted.
+    let hub = TestHub::start();
+    let (status, _) = http(
+        "POST",
+        &hub.http_url("/sync/push"),
+        Some(&token_for("from-token")),
+        Some(&pushed("t1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let client = awc::Client::default();
+    let mut res = client
+        .post(hub.http_url("/sync/push"))
+        .insert_header(("X-Pocket-Room", "from-header"))
+        .send_json(&pushed("h1"))
+        .await
+        .expect("response");
+    assert_eq!(res.status().as_u16(), 200);
+    let _: Value = res.json().await.expect("json");
+    for (room, doc) in [("from-token", "t1"), ("from-header", "h1")] {
+        let mut ws = Ws::connect(&hub.ws_url(&in_room(room))).await;
+        let r = ws.request(&pull("p", &["todos"], json!({}), None)).await;
+        assert_eq!(docs(&r), [doc], "{room}");
+    }
+    // Nothing went to the default room.
+    let mut ws = Ws::connect(&hub.ws_url("/sync")).await;
+    let r = ws.request(&pull("p", &["todos"], json!({}), None)).await;
+    assert!(docs(&r).is_empty(), "{r}");
+
+    // With auth required, the claim of a verified token.
+    let hub = TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = SECRET.into();
+    });
+    let token = token_for("signed-room");
+    let (status, _) = http(
+        "POST",
+        &hub.http_url("/sync/push"),
+        Some(&token),
+        Some(&pushed("s1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut ws = Ws::connect(&hub.ws_url(&format!("/sync?room=signed-room&token={token}"))).await;
+    let r = ws.request(&pull("p", &["todos"], json!({}), None)).await;
+    assert_eq!(docs(&r), ["s1"]);
+}

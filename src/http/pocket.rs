@@ -19,6 +19,28 @@ fn pocket_room(query: &Query) -> Option<RoomKey> {
     RoomKey::new(Namespace::Pocket, room)
 }
 
+/// The room of an HTTP request. Pocket's HTTP client builds its URLs as
+/// `new URL('/sync/push', serverUrl)`, which drops any `?room=`; what it does send is its token.
+/// So: `?room=`, else an `X-Pocket-Room` header, else the token's `room` claim (verified when
+/// auth is on), else `default`.
+fn http_room(req: &HttpRequest, query: &Query, state: &AppState) -> Option<RoomKey> {
+    let named = query.get("room").cloned().or_else(|| {
+        req.headers()
+            .get("x-pocket-room")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let named = named.or_else(|| {
+        let token = token(req, query)?;
+        if state.config.auth.required {
+            state.verifier.verify_access(token).ok()?.1.room
+        } else {
+            crate::auth::unverified_room(token)
+        }
+    });
+    RoomKey::new(Namespace::Pocket, named.as_deref().unwrap_or("default"))
+}
+
 pub(super) async fn websocket(
     req: HttpRequest,
     stream: web::Payload,
@@ -92,7 +114,7 @@ pub(super) async fn http(
     query: Query,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(room) = pocket_room(&query) else {
+    let Some(room) = http_room(&req, &query, &state) else {
         return pocket_error(WireError::new(
             None,
             code::INVALID_MESSAGE,

@@ -26,7 +26,8 @@ export async function startHub(env = {}) {
   const child = spawn(binary, ['serve'], {
     cwd: dir,
     env: {
-      ...process.env,
+      // The caller's SYNCHUB_* settings would change what is tested: only ours configure it.
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('SYNCHUB_'))),
       SYNCHUB_SERVER_BIND: `127.0.0.1:${port}`,
       SYNCHUB_STORAGE_PATH: join(dir, 'db'),
       SYNCHUB_AUTH_REQUIRED: 'false',

@@ -63,3 +63,39 @@ test('the hub keeps what the SDK wrote', async () => {
   assert.ok(room.seq >= 3, `seq ${room.seq}`);
   assert.equal(room.records, 2);
 });
+
+// What the hub holds for a field, read the way a client reads it (sync_request over JSON).
+async function hubValue(documentId, field) {
+  const ws = new WebSocket(hub.url);
+  await new Promise((ok, fail) => { ws.once('open', ok); ws.once('error', fail); });
+  const reply = new Promise((ok) => ws.on('message', (m) => {
+    const msg = JSON.parse(m.toString());
+    if (msg.type === 'sync_response') ok(msg);
+  }));
+  ws.send(JSON.stringify({ type: 'sync_request', id: 'probe', documentId, timestamp: Date.now() }));
+  const msg = await reply;
+  ws.close();
+  return msg.state[field];
+}
+
+test('clients whose ids sort after "server" converge on the hub\'s value', async () => {
+  // The SDK breaks ties between its own write and the hub's by client id; ids above "server"
+  // once kept their own value for ever.
+  const alice = await client('zz-alice');
+  const bob = await client('zz-bob');
+  const docA = alice.document('race-1');
+  const docB = bob.document('race-1');
+  await docA.init();
+  await docB.init();
+  await until(() => alice.getSyncState('race-1')?.state === 'synced', 'alice subscribed');
+  await until(() => bob.getSyncState('race-1')?.state === 'synced', 'bob subscribed');
+  for (let round = 0; round < 5; round++) {
+    await Promise.all([docA.set('title', `alice ${round}`), docB.set('title', `bob ${round}`)]);
+    const expected = await hubValue('race-1', 'title');
+    assert.ok(expected === `alice ${round}` || expected === `bob ${round}`, `hub holds ${expected}`);
+    await until(
+      () => docA.get().title === expected && docB.get().title === expected,
+      `both clients to hold the hub's ${expected} (alice ${docA.get().title}, bob ${docB.get().title})`,
+    );
+  }
+});

@@ -488,22 +488,18 @@ struct Logged<'a> {
     clock: Option<&'a RawValue>,
 }
 
-/// One `delta {documentId, field, value, clock, clientId}` per entry. The `clock` is the
-/// document's clock after the newest of them, never empty (the SDK crashes on an empty one), and
-/// `clientId` is "server": the hub's value is authoritative, and the SDK breaks clock ties on the
-/// client id.
+/// One `delta {documentId, field, value, clock, clientId}` per entry, `clientId` "server" as
+/// SyncKit's own server sends it. The `clock` is the document's clock after the newest of them
+/// with [`authoritative_clock`]'s extra entry: never empty (the SDK crashes on an empty one), and
+/// it makes every SDK client take the hub's value, whatever its own id.
 fn deltas(framing: Framing, event: &Broadcast) -> Vec<OutFrame> {
     let logged: Vec<Option<Logged>> = event
         .entries
         .iter()
         .map(|e| serde_json::from_str(e.body.as_str()).ok())
         .collect();
-    let clock = logged
-        .last()
-        .and_then(|l| l.as_ref()?.clock)
-        .map(RawValue::get)
-        .filter(|c| c.starts_with('{') && *c != "{}")
-        .unwrap_or(r#"{"server":1}"#);
+    let clock = authoritative_clock(logged.last().and_then(|l| l.as_ref()?.clock));
+    let clock = clock.as_str();
     let now = now_ms();
     let mut frames = Vec::with_capacity(event.entries.len());
     for (e, l) in event.entries.iter().zip(&logged) {
@@ -526,6 +522,21 @@ fn deltas(framing: Framing, event: &Broadcast) -> Vec<OutFrame> {
         }
     }
     frames
+}
+
+/// The SDK applies a delta to its own copy with the largest counter of the delta's clock and the
+/// sender id "server", by (counter, client id): a field the client wrote itself at the same
+/// counter would keep the client's value whenever its id sorts after "server" (`zz-alice`), and
+/// clients would never converge. A `server` entry one above every other counter makes the hub's
+/// value win in every client; the SDK merges it into its clock and sends it back, so the entry
+/// grows by one per round trip, no faster.
+fn authoritative_clock(clock: Option<&RawValue>) -> String {
+    let mut map: Map<String, Value> = clock
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .unwrap_or_default();
+    let top = map.values().filter_map(Value::as_u64).max().unwrap_or(0);
+    map.insert("server".into(), Value::from(top.saturating_add(1)));
+    Value::Object(map).to_string()
 }
 
 /// A clock a delta may carry: at most as many writers as a document's clock holds, each a short
