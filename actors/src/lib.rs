@@ -29,6 +29,9 @@ pub mod session;
 pub mod store;
 pub mod synckit;
 
+#[cfg(test)]
+mod proptests;
+
 pub use hub::{Hub, HubError, HubSettings};
 pub use identity::{AuthError, Identity, Permissions, TokenVerifier};
 pub use room_key::{Namespace, RoomKey};

@@ -56,6 +56,20 @@ pub fn parse_key(key: &str) -> Option<(&str, u64)> {
     Some((client, n.parse().ok()?))
 }
 
+/// What relay writes look like beyond their number (`--keys`, `--pad-bytes`).
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    /// Cycle over this many records per writer; 0 writes a new record every time.
+    pub keys: u64,
+    pub pad: String,
+}
+
+impl Shape {
+    fn key(&self, n: u64) -> u64 {
+        if self.keys == 0 { n } else { n % self.keys }
+    }
+}
+
 impl Dialect {
     pub fn name(self) -> &'static str {
         match self {
@@ -87,18 +101,35 @@ impl Dialect {
         self == Dialect::Relay
     }
 
+    /// Whether `--keys` and `--pad-bytes` apply.
+    pub fn shapes_writes(self) -> bool {
+        self == Dialect::Relay
+    }
+
     /// Whether acks come back in the order of the writes, without a request id.
     pub fn acks_in_order(self) -> bool {
         self == Dialect::Relay
     }
 
-    /// One write: a new cell/document/field `<client>-<n>` whose value is `val_us`.
-    pub fn write(self, room: &str, client: &str, site: &str, n: u64, val_us: u64) -> Message {
+    /// One write: a new cell/document/field `<client>-<n>` whose value is `val_us`. In relay,
+    /// `shape` may cycle the writes over a fixed set of cells (each write wins its cell by its
+    /// larger value) and pad each change's site id, to write volume without growing the state.
+    pub fn write(
+        self,
+        room: &str,
+        client: &str,
+        site: &str,
+        n: u64,
+        val_us: u64,
+        shape: &Shape,
+    ) -> Message {
         let ms = unix_ms();
         match self {
             Dialect::Relay => text(format!(
-                r#"{{"type":"update","changes":[["{TABLE}","{client}-{n}","v",{val_us},1,{v},"{site}",1,0]],"version":{v},"siteId":"{site}","channel":"{room}"}}"#,
-                v = n + 1
+                r#"{{"type":"update","changes":[["{TABLE}","{client}-{k}","v",{val_us},1,{v},"{site}{pad}",1,0]],"version":{v},"siteId":"{site}","channel":"{room}"}}"#,
+                v = n + 1,
+                k = shape.key(n),
+                pad = shape.pad,
             )),
             Dialect::Pocket => text(format!(
                 r#"{{"type":"push","id":"{n}","timestamp":{ms},"collection":"{COLLECTION}","changes":[{{"operation":"insert","documentId":"{client}-{n}","document":{{"_id":"{client}-{n}","t":{val_us}}},"timestamp":{ms},"sequence":{s}}}],"checkpoint":{{"global":0}}}}"#,
@@ -808,7 +839,7 @@ mod tests {
 
     #[test]
     fn synckit_frames_round_trip_through_the_header() {
-        let w = Dialect::Synckit.write("doc", "w1", "", 7, 99);
+        let w = Dialect::Synckit.write("doc", "w1", "", 7, 99, &Shape::default());
         let Message::Binary(b) = &w else {
             panic!("binary")
         };

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite;
 
-use self::dialect::{DecodeError, Dialect};
+use self::dialect::{DecodeError, Dialect, Shape};
 use self::scenario::Scenario;
 use self::stats::{Counters, Phase, Progress, Window};
 use self::target::{CpuUse, Endpoint, Probe, SelfHub};
@@ -67,6 +67,13 @@ pub struct CommonArgs {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64, global = true)]
     pub concurrency: usize,
+    /// Relay only: writes cycle over this many cells per writer (0: every write a new cell),
+    /// so a long run writes volume without growing the room's state.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub keys: u64,
+    /// Relay only: bytes of padding in each change (in its site id), to write more volume.
+    #[arg(long, default_value_t = 0, global = true)]
+    pub pad_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +122,7 @@ pub struct Ctx {
     pub concurrency: usize,
     /// Part of every room name, so runs against a long-lived server never share a room.
     pub run_id: String,
+    pub shape: Shape,
 }
 
 impl Ctx {
@@ -240,6 +248,11 @@ fn check_params(c: &CommonArgs) -> Result<(), BenchError> {
             "--server-pid goes with --url (a self-started hub is probed by itself)".into(),
         ));
     }
+    if (c.keys > 0 || c.pad_bytes > 0) && !c.dialect.shapes_writes() {
+        return Err(BenchError::Params(
+            "--keys and --pad-bytes apply to the relay dialect only".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -275,6 +288,8 @@ async fn run_async(
     params.insert("duration_s".into(), c.duration.into());
     params.insert("timeout_s".into(), c.timeout.into());
     params.insert("concurrency".into(), c.concurrency.into());
+    params.insert("keys".into(), c.keys.into());
+    params.insert("pad_bytes".into(), c.pad_bytes.into());
     report.insert("params".into(), Value::Object(params));
     let mut summary = Vec::new();
     let fail = |mut report: Map<String, Value>, summary: Vec<String>, e: &BenchError| {
@@ -333,6 +348,10 @@ async fn run_async(
         timeout: Duration::from_secs_f64(c.timeout),
         concurrency: c.concurrency.max(1),
         run_id,
+        shape: Shape {
+            keys: c.keys,
+            pad: "x".repeat(c.pad_bytes),
+        },
     });
     let target = match &hub {
         Some(h) => format!(

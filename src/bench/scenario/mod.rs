@@ -211,7 +211,8 @@ pub async fn closed_loop_writer(
             let filled = tokio::time::timeout_at(give_up.into(), async {
                 while out.len() < in_flight {
                     let t = now_us();
-                    ws.feed(d.write(&room, &name, &site, n, t)).await?;
+                    ws.feed(d.write(&room, &name, &site, n, t, &ctx.shape))
+                        .await?;
                     out.push(n, t);
                     n += 1;
                 }

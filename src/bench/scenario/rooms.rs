@@ -96,7 +96,7 @@ async fn paced_writer(
         // Sending can block when the server stops reading; the stop signal still ends it.
         let sending = async {
             while plan.at(k) <= now {
-                sink.feed(d.write(&room, &name, &site, k, plan.at(k)))
+                sink.feed(d.write(&room, &name, &site, k, plan.at(k), &ctx.shape))
                     .await?;
                 k += 1;
             }
