@@ -119,6 +119,10 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
+/// See the note on the `mimalloc` dependency: memory freed under load goes back to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,actix_server=warn,sled=warn"),

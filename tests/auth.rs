@@ -2,10 +2,9 @@
 
 mod common;
 
-use common::{TestHub, Ws, connect_with_bearer, http};
+use common::{TestHub, Ws, connect_with_bearer, http, tokens};
 use serde_json::json;
 use synchub::auth::{Claims, mint, unix_now};
-use synchub_actors::Permissions;
 
 const SECRET: &str = "test-secret";
 const ADMIN: &str = "admin-token";
@@ -15,27 +14,14 @@ fn auth_hub() -> TestHub {
 }
 
 fn auth_hub_with_per_user(per_user: usize) -> TestHub {
-    TestHub::start_with(|c| {
-        c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
-        c.auth.admin_token = ADMIN.into();
+    tokens::auth_hub(SECRET, ADMIN, |c| {
         c.auth.leeway_s = 0;
         c.limits.max_connections_per_user = per_user;
     })
 }
 
 fn token(sub: &str, read: &[&str], write: &[&str], ttl: i64) -> String {
-    let claims = Claims {
-        sub: Some(sub.into()),
-        exp: unix_now() + ttl,
-        permissions: Some(Permissions {
-            can_read: read.iter().map(|s| s.to_string()).collect(),
-            can_write: write.iter().map(|s| s.to_string()).collect(),
-            is_admin: false,
-        }),
-        ..Claims::default()
-    };
-    mint(SECRET, &claims).expect("mint")
+    tokens::token(SECRET, sub, read, write, ttl)
 }
 
 fn push(id: &str) -> serde_json::Value {
@@ -267,16 +253,9 @@ async fn admitted_everywhere(hub: &TestHub, token: &str) {
 
 fn claims(exp_in: i64) -> Claims {
     Claims {
-        sub: Some("alice".into()),
-        exp: unix_now() + exp_in,
-        permissions: Some(Permissions {
-            can_read: vec!["*".into()],
-            can_write: vec!["*".into()],
-            is_admin: false,
-        }),
         aud: Some(json!("synchub-test")),
         iss: Some("https://issuer.test".into()),
-        ..Claims::default()
+        ..tokens::claims("alice", &["*"], &["*"], exp_in)
     }
 }
 

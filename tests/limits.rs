@@ -123,20 +123,18 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes() {
     let mut acked = 0;
     for i in 1..=writes {
         let change = json!(["t", i.to_string(), "v", value, 1, 1, "w", 1, 0]);
-        writer
-            .send_json(&json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"}))
+        // One at a time: the writer's own waiting requests are bounded by the same limit.
+        let ack = writer
+            .request_typed(
+                &json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"}),
+                "ack",
+            )
             .await;
+        assert_eq!(ack["version"], i);
+        acked += 1;
         // Keep the reader drained so only the slow client falls behind.
         while let Some(text) = reader.try_recv(Duration::from_millis(0)).await {
             let _ = text;
-        }
-        if i % 10 == 0 {
-            while acked < i {
-                let a = writer.recv_json().await;
-                if a["type"] == "ack" {
-                    acked += 1;
-                }
-            }
         }
     }
     assert_eq!(acked, writes);
@@ -374,29 +372,9 @@ async fn broken_frames_get_the_rfc_6455_close_codes() {
 
 #[actix_rt::test]
 async fn synckit_sessions_that_authenticate_in_band_count_against_their_user() {
-    use synchub::auth::{Claims, mint, unix_now};
-    use synchub_actors::Permissions;
     const SECRET: &str = "limits-secret";
-    let hub = TestHub::start_with(|c| {
-        c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
-        c.auth.admin_token = ADMIN.into();
-        c.limits.max_connections_per_user = 1;
-    });
-    let token = mint(
-        SECRET,
-        &Claims {
-            sub: Some("ursula".into()),
-            exp: unix_now() + 600,
-            permissions: Some(Permissions {
-                can_read: vec!["*".into()],
-                can_write: vec!["*".into()],
-                is_admin: false,
-            }),
-            ..Claims::default()
-        },
-    )
-    .expect("mint");
+    let hub = common::tokens::auth_hub(SECRET, ADMIN, |c| c.limits.max_connections_per_user = 1);
+    let token = common::tokens::token(SECRET, "ursula", &["*"], &["*"], 600);
     let auth = json!({"type": "auth", "id": "a", "token": token, "timestamp": 1});
     let mut first = Ws::connect(&hub.ws_url("/ws")).await;
     assert_eq!(
@@ -479,4 +457,44 @@ async fn browser_origins_outside_the_allowed_list_are_refused_before_the_upgrade
         let _ = Ws::connect(&hub.ws_url(path)).await;
     }
     assert_eq!(limits_hit(&hub, "origin").await, 3);
+}
+
+/// A client that sends faster than its rooms answer is slowed down with the rate error once its
+/// waiting requests reach the bound, instead of piling them up in the hub; what was taken is
+/// acked, and the refused writes go through when sent again.
+#[actix_rt::test]
+async fn requests_waiting_at_rooms_are_bounded_per_session() {
+    let hub = TestHub::start_with(|c| {
+        c.limits.max_outbound_bytes = 64 * 1024;
+        c.limits.max_messages_per_second = 100_000;
+    });
+    let mut ws = Ws::connect(&hub.ws_url("/relay?channel=backlog")).await;
+    assert_eq!(ws.recv_json().await["type"], "connected");
+    let value = "z".repeat(30_000);
+    let update = |i: u64| {
+        json!({"type": "update", "version": 0, "siteId": "w",
+               "changes": [["t", i.to_string(), "v", value, 1, 1, "w", 1, 0]]})
+    };
+    // One burst, written before the hub can answer any of it.
+    for i in 1..=40 {
+        ws.send_json(&update(i)).await;
+    }
+    let (mut acked, mut refused) = (0, 0);
+    while acked + refused < 40 {
+        let m = ws.recv_json().await;
+        match (m["type"].as_str(), m["code"].as_str()) {
+            (Some("ack"), _) => acked += 1,
+            (Some("error"), Some("RATE_LIMITED")) => refused += 1,
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert!(refused > 0 && acked > 0, "acked {acked}, refused {refused}");
+    assert_eq!(limits_hit(&hub, "backlog").await, refused);
+    // Sent again one at a time, every write is taken.
+    for i in 1..=40 {
+        let a = ws.request_typed(&update(i), "ack").await;
+        assert!(a["version"].as_u64().is_some());
+    }
+    let (_, room) = get(&hub.http_url("/stats/rooms/relay/backlog")).await;
+    assert_eq!(room["records"], 40);
 }

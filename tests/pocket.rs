@@ -2,26 +2,9 @@
 
 mod common;
 
+use common::pocket::{change, pull, push};
 use common::{TestHub, Ws, http};
 use serde_json::{Value, json};
-
-fn change(op: &str, id: &str, doc: Value) -> Value {
-    json!({"operation": op, "documentId": id, "document": doc, "timestamp": 1000, "sequence": 0})
-}
-
-fn push(id: &str, collection: &str, changes: Vec<Value>, checkpoint: Value) -> Value {
-    json!({"type": "push", "id": id, "timestamp": 1, "collection": collection,
-           "changes": changes, "checkpoint": checkpoint})
-}
-
-fn pull(id: &str, collections: &[&str], checkpoint: Value, limit: Option<u64>) -> Value {
-    let mut v = json!({"type": "pull", "id": id, "timestamp": 1, "collections": collections,
-                       "checkpoint": checkpoint});
-    if let Some(l) = limit {
-        v["limit"] = json!(l);
-    }
-    v
-}
 
 fn seqs(changes: &Value) -> Vec<u64> {
     changes
@@ -526,25 +509,12 @@ async fn pipelined_requests_are_answered_in_order() {
 /// then comes from an `X-Pocket-Room` header or the token's `room` claim.
 #[actix_rt::test]
 async fn http_clients_name_their_room_without_the_query() {
-    use synchub::auth::{Claims, mint, unix_now};
-    use synchub_actors::Permissions;
+    use common::tokens::{claims, sign};
     const SECRET: &str = "pocket-http-secret";
     let token_for = |room: &str| {
-        mint(
-            SECRET,
-            &Claims {
-                sub: Some("pat".into()),
-                exp: unix_now() + 600,
-                permissions: Some(Permissions {
-                    can_read: vec!["*".into()],
-                    can_write: vec!["*".into()],
-                    is_admin: false,
-                }),
-                room: Some(room.into()),
-                ..Claims::default()
-            },
-        )
-        .expect("mint")
+        let mut c = claims("pat", &["*"], &["*"], 600);
+        c.room = Some(room.into());
+        sign(SECRET, &c)
     };
     let pushed = |id: &str| {
         push(

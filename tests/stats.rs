@@ -2,16 +2,9 @@
 
 mod common;
 
+use common::pocket::push_docs as push;
 use common::{TestHub, Ws, get};
 use serde_json::{Value, json};
-
-fn push(id: &str, docs: &[(&str, i64)]) -> Value {
-    let changes: Vec<Value> = docs
-        .iter()
-        .map(|(d, v)| json!({"operation": "insert", "documentId": d, "document": {"v": v}, "timestamp": 1}))
-        .collect();
-    json!({"type": "push", "id": id, "collection": "todos", "changes": changes, "checkpoint": {}})
-}
 
 #[actix_rt::test]
 async fn health_and_stats_report_the_node() {

@@ -6,8 +6,7 @@ use common::{TestHub, Ws, http};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;
-use synchub::auth::{Claims, mint, unix_now};
-use synchub_actors::Permissions;
+use synchub::auth::{Claims, unix_now};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A SyncKit client written from the protocol description: binary frames (type code,
@@ -471,26 +470,15 @@ async fn malformed_frames_get_synckit_errors_and_the_socket_goes_on() {
 const SECRET: &str = "kit-secret";
 
 fn auth_hub(dev_login: bool) -> TestHub {
-    TestHub::start_with(|c| {
-        c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
-        c.auth.dev_login = dev_login;
-    })
+    common::tokens::auth_hub(SECRET, "", |c| c.auth.dev_login = dev_login)
 }
 
 fn token(sub: &str, read: &[&str], write: &[&str], typ: Option<&str>) -> String {
     let claims = Claims {
-        sub: Some(sub.into()),
-        exp: unix_now() + 600,
-        permissions: Some(Permissions {
-            can_read: read.iter().map(|s| s.to_string()).collect(),
-            can_write: write.iter().map(|s| s.to_string()).collect(),
-            is_admin: false,
-        }),
         typ: typ.map(str::to_owned),
-        ..Claims::default()
+        ..common::tokens::claims(sub, read, write, 600)
     };
-    mint(SECRET, &claims).expect("mint")
+    common::tokens::sign(SECRET, &claims)
 }
 
 async fn closed_with(c: &mut Kit) -> (u16, String) {

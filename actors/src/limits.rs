@@ -21,6 +21,8 @@ pub fn json_depth(v: &Value) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     Rate,
+    /// A session's requests waiting at its rooms reached `limits.max_outbound_bytes`.
+    Backlog,
     SlowConsumer,
     RoomsPerSession,
     Connections,
@@ -33,8 +35,9 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::Rate,
+        Limit::Backlog,
         Limit::SlowConsumer,
         Limit::RoomsPerSession,
         Limit::Connections,
@@ -49,6 +52,7 @@ impl Limit {
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::Rate => "rate",
+            Limit::Backlog => "backlog",
             Limit::SlowConsumer => "slow_consumer",
             Limit::RoomsPerSession => "rooms_per_session",
             Limit::Connections => "connections",

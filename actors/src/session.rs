@@ -202,6 +202,13 @@ pub struct Session<D: Dialect> {
     delivered: u64,
     tags: HashMap<u64, D::Tag>,
     ready: BTreeMap<u64, (D::Tag, Result<RoomReply, RoomError>)>,
+    /// Bytes of the client's messages whose requests rooms have not answered yet, by request:
+    /// a client that sends faster than its rooms answer is slowed down at a bound instead of
+    /// piling its messages up in the hub's memory.
+    waiting: HashMap<u64, usize>,
+    waiting_bytes: usize,
+    /// The size of the frame being handled, charged to the first request it makes.
+    charge: usize,
 }
 
 impl<D: Dialect> Session<D> {
@@ -232,6 +239,9 @@ impl<D: Dialect> Session<D> {
             delivered: 0,
             tags: HashMap::new(),
             ready: BTreeMap::new(),
+            waiting: HashMap::new(),
+            waiting_bytes: 0,
+            charge: 0,
         }
     }
 
@@ -352,6 +362,11 @@ impl<D: Dialect> Session<D> {
         let n = self.sent;
         self.sent += 1;
         self.tags.insert(n, tag);
+        let charge = std::mem::take(&mut self.charge);
+        if charge > 0 {
+            self.waiting.insert(n, charge);
+            self.waiting_bytes += charge;
+        }
         let to = self
             .answers
             .get_or_insert_with(|| ctx.address().recipient())
@@ -372,6 +387,9 @@ impl<D: Dialect> Session<D> {
         reply: Result<RoomReply, RoomError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        if let Some(bytes) = self.waiting.remove(&n) {
+            self.waiting_bytes = self.waiting_bytes.saturating_sub(bytes);
+        }
         self.ready.insert(n, (tag, reply));
         while let Some((tag, reply)) = self.ready.remove(&self.delivered) {
             self.delivered += 1;
@@ -449,17 +467,24 @@ impl<D: Dialect> Session<D> {
             origin: &self.origin,
             identity: &self.identity,
         };
-        let max = self.hub.session_settings().max_frame_bytes;
+        let settings = self.hub.session_settings();
+        let max = settings.max_frame_bytes;
         let actions = if !self.bucket.take() {
             self.hub.metrics().limit_hit(Limit::Rate);
             self.dialect.on_rate_limited(&env, frame)
         } else if len > max {
             self.hub.metrics().limit_hit(Limit::FrameBytes);
             self.dialect.on_oversized(&env, Some(frame), len, max)
+        } else if self.waiting_bytes.saturating_add(len) > settings.max_outbound_bytes {
+            // Its rooms are behind: the same retryable answer as over the rate.
+            self.hub.metrics().limit_hit(Limit::Backlog);
+            self.dialect.on_rate_limited(&env, frame)
         } else {
+            self.charge = len;
             self.dialect.on_frame(&env, frame)
         };
         self.run(actions, ctx);
+        self.charge = 0;
     }
 
     /// A session that authenticated in-band counts against its user's connections from then on;

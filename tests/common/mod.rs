@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod pocket;
 pub mod raw_ws;
+pub mod tokens;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
