@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod http;
+pub mod memory;
 pub mod open_files;
 
 use std::future::Future;
@@ -80,14 +81,14 @@ pub async fn run(
     // Each connection's socket, so that a session whose client stopped reading can be cut off
     // (see `synchub_actors::outbound`).
     .on_connect(|conn, ext| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            use std::os::fd::AsFd;
-            match tcp.as_fd().try_clone_to_owned() {
-                Ok(fd) => {
-                    ext.insert(ConnSocket(Arc::new(fd)));
-                }
-                Err(e) => log::warn!("cannot keep a connection's socket: {e}"),
-            }
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && let Ok(peer) = tcp.peer_addr()
+        {
+            use std::os::fd::AsRawFd;
+            ext.insert(ConnSocket {
+                fd: tcp.as_raw_fd(),
+                peer,
+            });
         }
     })
     // Sessions write small frames that must leave at once; the session already gathers what it

@@ -98,6 +98,8 @@ fn serve(config: Config) -> ExitCode {
         log::warn!("Every client is admitted with full read and write rights.");
         log::warn!("==============================================================");
     }
+
+    synchub::memory::trim_periodically();
     match synchub::open_files::raise_to_hard_limit() {
         Ok(n) => log::debug!("open files limit: {n}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
@@ -118,10 +120,6 @@ fn serve(config: Config) -> ExitCode {
         }
     }
 }
-
-/// See the note on the `mimalloc` dependency: memory freed under load goes back to the system.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(

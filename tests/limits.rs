@@ -102,6 +102,15 @@ async fn relay_and_synckit_over_the_rate_get_their_errors() {
     assert!(limits_hit(&hub, "rate").await >= 20);
 }
 
+/// Writes relay cell `i` with a 50 KB value and waits for its ack: one at a time, since the
+/// writer's own waiting requests are bounded by the same limit as what is queued for readers.
+async fn write_big(writer: &mut Ws, i: u64) {
+    let change = json!(["t", i.to_string(), "v", "x".repeat(50_000), 1, 1, "w", 1, 0]);
+    let update = json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"});
+    let ack = writer.request_typed(&update, "ack").await;
+    assert_eq!(ack["version"], i);
+}
+
 /// A relay client that stops reading while a writer floods its channel: it is evicted at the
 /// outbound limit and its connection ends, the writer and a reading subscriber lose nothing, and
 /// the slow client catches up from its version when it comes back.
@@ -118,26 +127,14 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes() {
     assert_eq!(writer.recv_json().await["type"], "connected");
     // The slow client reads nothing until it has been evicted. The kernel holds the first few
     // MB (the hub's send buffer grows to several), so the flood must be larger than that.
-    let value = "x".repeat(50_000);
     let writes = 200u64;
-    let mut acked = 0;
     for i in 1..=writes {
-        let change = json!(["t", i.to_string(), "v", value, 1, 1, "w", 1, 0]);
-        // One at a time: the writer's own waiting requests are bounded by the same limit.
-        let ack = writer
-            .request_typed(
-                &json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"}),
-                "ack",
-            )
-            .await;
-        assert_eq!(ack["version"], i);
-        acked += 1;
+        write_big(&mut writer, i).await;
         // Keep the reader drained so only the slow client falls behind.
         while let Some(text) = reader.try_recv(Duration::from_millis(0)).await {
             let _ = text;
         }
     }
-    assert_eq!(acked, writes);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while limits_hit(&hub, "slow_consumer").await == 0 {
         assert!(tokio::time::Instant::now() < deadline, "never evicted");
@@ -190,16 +187,8 @@ async fn a_client_that_never_reads_again_is_disconnected() {
     let _slow = RawWs::connect_with_buffer(hub.addr, "/relay?channel=gone", Some(4096)).await;
     let mut writer = Ws::connect(&hub.ws_url("/relay?channel=gone")).await;
     assert_eq!(writer.recv_json().await["type"], "connected");
-    let value = "y".repeat(50_000);
     for i in 1..=200u64 {
-        let change = json!(["t", i.to_string(), "v", value, 1, 1, "w", 1, 0]);
-        let ack = writer
-            .request_typed(
-                &json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"}),
-                "ack",
-            )
-            .await;
-        assert_eq!(ack["version"], i);
+        write_big(&mut writer, i).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

@@ -4,7 +4,8 @@
 //! client that stops reading stops the connection pulling, so these are what grow; past
 //! `limits.max_outbound_bytes` the room evicts the session.
 
-use std::os::fd::OwnedFd;
+use std::net::SocketAddr;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,10 +20,37 @@ use futures_util::Stream;
 /// it, for as long as it likes.
 pub const EVICTION_GRACE: Duration = Duration::from_secs(5);
 
-/// The connection's socket, kept by the HTTP server for each connection so that a session whose
-/// client stopped reading can be cut off even though its actor is not being polled.
-#[derive(Debug, Clone)]
-pub struct ConnSocket(pub Arc<OwnedFd>);
+/// The connection's socket, noted by the HTTP server for each connection so that a session whose
+/// client stopped reading can be cut off even though its actor is not being polled. Only its
+/// number and its peer are kept: holding a duplicate would double the files every connection
+/// takes, and the peer tells the socket apart from a later one that reuses the number.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSocket {
+    pub fd: RawFd,
+    pub peer: SocketAddr,
+}
+
+impl ConnSocket {
+    /// Shuts the socket down if it is still the connection it was noted for.
+    fn shut_down(self) {
+        // SAFETY: the descriptor is only borrowed for two syscalls. It may have been closed
+        // since it was noted (then both fail with EBADF) or reused by another socket (then its
+        // peer differs and nothing is done); neither touches memory the process owns.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let sock = socket2::SockRef::from(&fd);
+        let same = sock
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|peer| peer == self.peer);
+        if !same {
+            return;
+        }
+        if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
+            log::debug!("cutting off a slow consumer: {e}");
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Outbound {
@@ -87,17 +115,8 @@ impl Outbound {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        let Some(ConnSocket(fd)) = self.take_socket() else {
-            return;
-        };
-        match fd.try_clone() {
-            Ok(dup) => {
-                let stream = std::net::TcpStream::from(dup);
-                if let Err(e) = stream.shutdown(std::net::Shutdown::Both) {
-                    log::debug!("cutting off a slow consumer: {e}");
-                }
-            }
-            Err(e) => log::warn!("cannot cut off a slow consumer: {e}"),
+        if let Some(socket) = self.take_socket() {
+            socket.shut_down();
         }
     }
 
