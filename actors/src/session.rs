@@ -200,12 +200,12 @@ pub struct Session<D: Dialect> {
     /// handed to the dialect in that order (requests to different rooms finish in any order).
     sent: u64,
     delivered: u64,
-    tags: HashMap<u64, D::Tag>,
+    /// Each request's tag, and the bytes of the client's message it holds (see `waiting_bytes`).
+    tags: HashMap<u64, (D::Tag, usize)>,
     ready: BTreeMap<u64, (D::Tag, Result<RoomReply, RoomError>)>,
-    /// Bytes of the client's messages whose requests rooms have not answered yet, by request:
-    /// a client that sends faster than its rooms answer is slowed down at a bound instead of
-    /// piling its messages up in the hub's memory.
-    waiting: HashMap<u64, usize>,
+    /// Bytes of the client's messages whose requests rooms have not answered yet (each
+    /// request's share is kept with its tag): a client that sends faster than its rooms answer
+    /// is slowed down at a bound instead of piling its messages up in the hub's memory.
     waiting_bytes: usize,
     /// The size of the frame being handled, charged to the first request it makes.
     charge: usize,
@@ -239,7 +239,6 @@ impl<D: Dialect> Session<D> {
             delivered: 0,
             tags: HashMap::new(),
             ready: BTreeMap::new(),
-            waiting: HashMap::new(),
             waiting_bytes: 0,
             charge: 0,
         }
@@ -361,12 +360,9 @@ impl<D: Dialect> Session<D> {
         };
         let n = self.sent;
         self.sent += 1;
-        self.tags.insert(n, tag);
         let charge = std::mem::take(&mut self.charge);
-        if charge > 0 {
-            self.waiting.insert(n, charge);
-            self.waiting_bytes += charge;
-        }
+        self.waiting_bytes += charge;
+        self.tags.insert(n, (tag, charge));
         let to = self
             .answers
             .get_or_insert_with(|| ctx.address().recipient())
@@ -387,9 +383,6 @@ impl<D: Dialect> Session<D> {
         reply: Result<RoomReply, RoomError>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        if let Some(bytes) = self.waiting.remove(&n) {
-            self.waiting_bytes = self.waiting_bytes.saturating_sub(bytes);
-        }
         self.ready.insert(n, (tag, reply));
         while let Some((tag, reply)) = self.ready.remove(&self.delivered) {
             self.delivered += 1;
@@ -688,7 +681,7 @@ impl<D: Dialect> Handler<RoomAnswer> for Session<D> {
 
     fn handle(&mut self, msg: RoomAnswer, ctx: &mut Self::Context) {
         self.actor.handled();
-        let Some(tag) = self.tags.remove(&msg.n) else {
+        let Some((tag, charge)) = self.tags.remove(&msg.n) else {
             log::error!(
                 "session {:?}: an answer to unknown request {}",
                 self.id,
@@ -696,6 +689,7 @@ impl<D: Dialect> Handler<RoomAnswer> for Session<D> {
             );
             return;
         };
+        self.waiting_bytes = self.waiting_bytes.saturating_sub(charge);
         self.answer(msg.n, tag, msg.answer, ctx);
     }
 }
