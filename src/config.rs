@@ -287,6 +287,14 @@ fn apply_env(
                     _ => return Err(env_error(format!("{raw:?} is not a boolean"))),
                 })
             }
+            // A list of strings, comma-separated (`server.allowed_origins`).
+            toml::Value::Array(_) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
             _ => {
                 return Err(env_error(
                     "this key cannot be set from the environment".into(),
@@ -695,6 +703,10 @@ mod tests {
                 ("SYNCHUB_SERVER_NODE_ID", "42"),
                 ("SYNCHUB_AUTH_REQUIRED", "false"),
                 ("SYNCHUB_LIMITS_MAX_FRAME_BYTES", "2048"),
+                (
+                    "SYNCHUB_SERVER_ALLOWED_ORIGINS",
+                    "https://a.test, https://b.test",
+                ),
                 ("UNRELATED", "x"),
             ]),
         )
@@ -704,6 +716,10 @@ mod tests {
         assert!(!c.auth.required);
         assert_eq!(c.limits.max_frame_bytes, 2048);
         assert_eq!(c.limits.max_json_depth, 3);
+        assert_eq!(
+            c.server.allowed_origins,
+            ["https://a.test", "https://b.test"]
+        );
     }
 
     #[test]
