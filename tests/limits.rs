@@ -487,3 +487,36 @@ async fn requests_waiting_at_rooms_are_bounded_per_session() {
     let (_, room) = get(&hub.http_url("/stats/rooms/relay/backlog")).await;
     assert_eq!(room["records"], 40);
 }
+
+/// A delta's clock is stored with each field it writes and sent with every delta: it counts
+/// against `limits.max_document_bytes` like the values.
+#[actix_rt::test]
+async fn synckit_clocks_count_against_the_document_size() {
+    let hub = TestHub::start_with(|c| c.limits.max_document_bytes = 1024);
+    let mut ws = Ws::connect(&hub.ws_url("/ws")).await;
+    let clock: serde_json::Map<String, Value> = (0..20)
+        .map(|i| (format!("writer-{i:0>90}"), json!(1)))
+        .collect();
+    ws.send_json(
+        &json!({"type": "delta", "id": "d", "documentId": "clocked", "field": "f",
+                          "value": 1, "clock": clock, "messageId": "m1", "timestamp": 1}),
+    )
+    .await;
+    let r = ws.recv_json().await;
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Message too large")),
+        "{r}"
+    );
+    assert_eq!(limits_hit(&hub, "document_bytes").await, 1);
+    // A small clock is fine.
+    let ack = ws
+        .request_typed(
+            &json!({"type": "delta", "id": "d2", "documentId": "clocked", "field": "f",
+                    "value": 1, "clock": {"c": 1}, "messageId": "m2", "timestamp": 1}),
+            "ack",
+        )
+        .await;
+    assert_eq!(ack["messageId"], "m2");
+}

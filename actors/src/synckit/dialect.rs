@@ -244,9 +244,19 @@ impl SynckitDialect {
             actions.push(Action::LimitHit(Limit::JsonDepth));
             return actions;
         }
+        let clock = match (msg.fields.get("vectorClock"), msg.fields.get("clock")) {
+            (Some(Value::Object(c)), _) | (None, Some(Value::Object(c))) => c.clone(),
+            _ => Map::new(),
+        };
+        // The clock is stored with every field it writes and sent with every delta: it counts
+        // against the document like the values do.
+        let clock_bytes: usize = clock
+            .iter()
+            .map(|(w, n)| w.len() + n.to_string().len())
+            .sum();
         let size: usize = fields
             .iter()
-            .map(|(f, v)| f.len() + v.to_string().len())
+            .map(|(f, v)| f.len() + v.to_string().len() + clock_bytes)
             .sum();
         if size > self.limits.max_document_bytes {
             let mut actions = self.error(&format!(
@@ -256,10 +266,6 @@ impl SynckitDialect {
             actions.push(Action::LimitHit(Limit::DocumentBytes));
             return actions;
         }
-        let clock = match (msg.fields.get("vectorClock"), msg.fields.get("clock")) {
-            (Some(Value::Object(c)), _) | (None, Some(Value::Object(c))) => c.clone(),
-            _ => Map::new(),
-        };
         if let Err(why) = check_clock(&clock) {
             return self.error(&format!("Invalid delta: {why}"));
         }
