@@ -15,8 +15,8 @@ use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::room::{
-    ClusterLink, Numbering, Reply, Request, Room, RoomContext, RoomError, RoomReply, RoomRequest,
-    RoomStatus, RoomStopped, SessionId,
+    ClusterLink, Numbering, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus,
+    RoomStopped, SessionId, ask,
 };
 use crate::room_key::{Namespace, RoomKey};
 use crate::store::{HistoryPage, RoomLayout, Store};
@@ -382,16 +382,10 @@ impl Handler<GetRoomStatus> for Directory {
         self.actor.handled();
         if let Some(addr) = self.live_room(&msg.key) {
             self.metrics.room.queued();
-            let (reply, answer) = Reply::channel();
-            addr.do_send(Request {
-                origin: None,
-                body: RoomRequest::Status,
-                reply,
-            });
+            let answer = ask(&addr, RoomRequest::Status);
             return Box::pin(async move {
-                match answer.await {
-                    Ok(Ok(RoomReply::Status(s))) => Ok(Some(s)),
-                    Ok(Err(e)) => Err(e),
+                match answer.await? {
+                    RoomReply::Status(s) => Ok(Some(s)),
                     _ => Err(RoomError::Gone),
                 }
             });
@@ -412,20 +406,17 @@ impl Handler<ReadHistory> for Directory {
         self.actor.handled();
         if let Some(addr) = self.live_room(&msg.key) {
             self.metrics.room.queued();
-            let (reply, answer) = Reply::channel();
-            addr.do_send(Request {
-                origin: None,
-                body: RoomRequest::History {
+            let answer = ask(
+                &addr,
+                RoomRequest::History {
                     after: msg.after,
                     upto: msg.upto,
                     limit: msg.limit,
                 },
-                reply,
-            });
+            );
             return Box::pin(async move {
-                match answer.await {
-                    Ok(Ok(RoomReply::History(page))) => Ok(page),
-                    Ok(Err(e)) => Err(e),
+                match answer.await? {
+                    RoomReply::History(page) => Ok(page),
                     _ => Err(RoomError::Gone),
                 }
             });
@@ -453,20 +444,12 @@ impl Handler<LiveRoomStatuses> for Directory {
             .rooms
             .values()
             .filter(|a| a.connected())
-            .map(|addr| {
-                let (reply, answer) = Reply::channel();
-                addr.do_send(Request {
-                    origin: None,
-                    body: RoomRequest::Status,
-                    reply,
-                });
-                answer
-            })
+            .map(|addr| ask(addr, RoomRequest::Status))
             .collect();
         Box::pin(async move {
             let mut out = Vec::with_capacity(answers.len());
             for answer in answers {
-                if let Ok(Ok(RoomReply::Status(s))) = answer.await {
+                if let Ok(RoomReply::Status(s)) = answer.await {
                     out.push(s);
                 }
             }

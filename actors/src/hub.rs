@@ -20,9 +20,7 @@ use crate::model::Model;
 use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
 use crate::relay::RelayModel;
-use crate::room::{
-    ClusterLink, LocalCounter, Reply, Request, RoomError, RoomReply, RoomRequest, SessionId,
-};
+use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, SessionId, ask};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
@@ -99,18 +97,6 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
-fn generated_node_id() -> String {
-    let mut h = blake3::Hasher::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.update(&now.to_le_bytes());
-    h.update(&std::process::id().to_le_bytes());
-    h.update(&(&h as *const _ as usize).to_le_bytes());
-    h.finalize().to_hex()[..16].to_owned()
-}
-
 impl HubSettings {
     /// The limits the Pocket codec enforces.
     pub fn pocket_limits(&self) -> PocketLimits {
@@ -140,7 +126,7 @@ impl Hub {
             match store.node_value("node_id").map_err(storage_error)? {
                 Some(id) => id,
                 None => {
-                    let id = generated_node_id();
+                    let id = crate::cluster::fresh_id("node");
                     store
                         .set_node_value("node_id", &id)
                         .map_err(storage_error)?;
@@ -340,17 +326,11 @@ impl Hub {
                 .send(Checkout { key: key.clone() })
                 .await
                 .map_err(|_| RoomError::Gone)??;
-            let (reply, answer) = Reply::channel();
             self.inner.metrics.room.queued();
             // A room that stopped meanwhile drops the request, and with it the reply: `Gone`.
-            addr.do_send(Request {
-                origin: None,
-                body: body.clone(),
-                reply,
-            });
-            match answer.await {
-                Ok(Err(RoomError::Gone)) | Err(_) => continue,
-                Ok(result) => return result,
+            match ask(&addr, body.clone()).await {
+                Err(RoomError::Gone) => continue,
+                result => return result,
             }
         }
         Err(RoomError::Gone)

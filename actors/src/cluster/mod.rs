@@ -240,7 +240,7 @@ fn with_resp3(url: &str) -> String {
     format!("{url}{sep}protocol=resp3")
 }
 
-/// A fresh random-looking id (an epoch's name).
+/// A fresh random-looking id (an epoch's name, a node's generated id).
 pub(crate) fn fresh_id(seed: &str) -> String {
     let mut h = blake3::Hasher::new();
     h.update(seed.as_bytes());

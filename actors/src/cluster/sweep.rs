@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use super::ClusterHandle;
 use crate::directory::{Checkout, Directory};
 use crate::metrics::ActorMetrics;
-use crate::room::{Reply, Request, RoomRequest};
+use crate::room::{RoomRequest, ask};
 use crate::room_key::RoomKey;
 use crate::store::Store;
 
@@ -77,14 +77,8 @@ pub async fn catch_up_stored_rooms(
                 let Ok(Ok(room)) = directory.send(Checkout { key: key.clone() }).await else {
                     return;
                 };
-                let (reply, answer) = Reply::channel();
                 rooms.queued();
-                room.do_send(Request {
-                    origin: None,
-                    body: RoomRequest::Status,
-                    reply,
-                });
-                if !matches!(answer.await, Ok(Ok(_))) {
+                if ask(&room, RoomRequest::Status).await.is_err() {
                     log::warn!("cluster: {key} did not catch up at start");
                 }
             }

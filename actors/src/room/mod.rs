@@ -24,7 +24,7 @@ pub use messages::{
 };
 pub use numbering::{LocalCounter, Numbering};
 pub use replica::Replica;
-pub use reply::Reply;
+pub use reply::{Reply, ask};
 pub use state::{OpenBatch, RoomState};
 
 pub use crate::origin::{NodeId, Origin, SessionId};

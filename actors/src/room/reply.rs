@@ -7,8 +7,8 @@
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::RoomError;
-use super::messages::{RoomAnswer, RoomReply};
+use super::messages::{Request, RoomAnswer, RoomReply, RoomRequest};
+use super::{Room, RoomError};
 
 enum Target {
     /// A session, which matches the answer to its request by number.
@@ -58,6 +58,21 @@ impl Drop for Reply {
             target.deliver(Err(RoomError::Gone));
         }
     }
+}
+
+/// Asks a room something on the node's own behalf (no session) and answers with its reply; a
+/// room that stops before answering answers `Gone`.
+pub fn ask(
+    room: &Addr<Room>,
+    body: RoomRequest,
+) -> impl Future<Output = Result<RoomReply, RoomError>> + use<> {
+    let (reply, answer) = Reply::channel();
+    room.do_send(Request {
+        origin: None,
+        body,
+        reply,
+    });
+    async move { answer.await.unwrap_or(Err(RoomError::Gone)) }
 }
 
 impl std::fmt::Debug for Reply {
