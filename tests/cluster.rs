@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
-use common::{ChildHub, TIMEOUT, Ws};
+use common::{ChildHub, Lcg, TIMEOUT, Ws};
 use serde_json::{Value, json};
 
 /// A relay client that keeps what it was sent while it waits for its own answers.
@@ -590,23 +590,6 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     let numbers: Vec<u64> = acked.values().copied().collect();
     let unique: BTreeSet<u64> = numbers.iter().copied().collect();
     assert_eq!(unique.len(), numbers.len());
-}
-
-/// A small deterministic generator, so a seed always replays the same run.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What a client of the random run was sent: each other client's change once, in order.

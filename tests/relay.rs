@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestHub, Ws, get};
+use common::{Lcg, TestHub, Ws, get};
 use serde_json::{Value, json};
 
 fn ch(table: &str, pk: &str, cid: &str, val: Value, cv: i64, cl: i64, site: &str) -> Value {
@@ -123,26 +123,6 @@ async fn ack_to_the_sender_update_to_the_others() {
         json!([["todos", "1", "title", "eggs", 2, 3, "site-b", 1, 0]])
     );
     b.expect_silence(200).await;
-}
-
-/// A small deterministic generator, so every run tries the same permutations.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
 }
 
 /// Changes that fight over the same cells in every way the rules distinguish.
