@@ -57,9 +57,18 @@ pub trait Model: Send + Sync + 'static {
     /// never disagree.
     fn state_of(&self, logged: &Value) -> Value;
 
-    /// The record whose state also decides `incoming`'s merge (a relay cell's row), if any.
-    fn governing_key(&self, _incoming: &IncomingChange) -> Option<String> {
+    /// The record whose state also decides the merge of a change to record `key` whose body is
+    /// `change` (a relay cell's row), if any.
+    fn governing_key(&self, _key: &str, _change: &Value) -> Option<String> {
         None
+    }
+
+    /// Whether a record whose governing record now holds `governing` has ended: a change
+    /// leaving it in `governed` would now lose (a relay cell from an earlier life of its row,
+    /// once the row is deleted or re-created). The room drops such a record, so the state does
+    /// not depend on whether the record's change arrived before its governor's or after.
+    fn ended_by(&self, _governing: &Value, _governed: &Value) -> bool {
+        false
     }
 
     /// [`Model::merge`] for a change whose [`Model::governing_key`] names a record: `governing`

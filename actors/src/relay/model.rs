@@ -129,9 +129,13 @@ impl Model for RelayModel {
 
     /// A column change is governed by its row's causal length (cr-sqlite keeps `cl` per row):
     /// after a delete with `cl = 2`, a write with `cl = 1` loses whatever its column version.
-    fn governing_key(&self, incoming: &IncomingChange) -> Option<String> {
-        let c = &incoming.body;
+    fn governing_key(&self, _key: &str, c: &Value) -> Option<String> {
         (c[2].as_str() != Some(ROW_CID)).then(|| cell_key(&c[0], &c[1], &Value::from(ROW_CID)))
+    }
+
+    /// Both are states, `[cl, col_version, val]`.
+    fn ended_by(&self, row: &Value, cell: &Value) -> bool {
+        version(cell, 0) < version(row, 0)
     }
 
     fn merge_governed(
@@ -293,7 +297,10 @@ mod tests {
         let cell = state(&change("1", "a", json!("old"), 1, 1, "s1"));
         let write = |cv: i64, cl: i64| {
             let c = parse_change(&change("1", "a", json!("new"), cv, cl, "s2")).expect("ok");
-            assert_eq!(m.governing_key(&c), Some(r#"["todos","1","-1"]"#.into()));
+            assert_eq!(
+                m.governing_key(&c.key, &c.body),
+                Some(r#"["todos","1","-1"]"#.into())
+            );
             matches!(
                 m.merge_governed(&mut Value::Null, Some(&cell), Some(&deleted_row), &c),
                 Merge::Apply { .. }
@@ -302,7 +309,15 @@ mod tests {
         assert!(!write(99, 1), "a write from before the delete loses");
         assert!(write(1, 3), "a resurrection wins");
         let row = parse_change(&change("1", "-1", json!(null), 1, 4, "s1")).expect("ok");
-        assert_eq!(m.governing_key(&row), None);
+        assert_eq!(m.governing_key(&row.key, &row.body), None);
+        assert!(
+            m.ended_by(&deleted_row, &cell),
+            "the old cell ended with the delete"
+        );
+        assert!(!m.ended_by(
+            &deleted_row,
+            &state(&change("1", "a", json!(1), 1, 3, "s2"))
+        ));
     }
 
     #[test]
