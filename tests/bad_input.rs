@@ -142,14 +142,20 @@ async fn send_fragmented(ws: &mut common::RawWs, text: &str, chunk: usize) {
             OpCode::Data(Data::Continue)
         };
         let frame = Frame::message(piece.to_vec(), opcode, i == chunks.len() - 1);
-        ws.send(Message::Frame(frame)).await.expect("send");
+        common::within("send", ws.send(Message::Frame(frame)))
+            .await
+            .expect("send");
     }
 }
 
 async fn next_json(ws: &mut common::RawWs) -> Value {
     use futures_util::StreamExt;
     loop {
-        match ws.next().await.expect("reply").expect("frame") {
+        match common::within("a reply", ws.next())
+            .await
+            .expect("reply")
+            .expect("frame")
+        {
             tokio_tungstenite::tungstenite::Message::Text(t) => {
                 return serde_json::from_str(&t).expect("json");
             }
@@ -161,9 +167,12 @@ async fn next_json(ws: &mut common::RawWs) -> Value {
 #[actix_rt::test]
 async fn frames_split_over_continuations_are_reassembled_and_bounded() {
     let hub = limited_hub();
-    let (mut raw, _) = tokio_tungstenite::connect_async(hub.ws_url("/sync"))
-        .await
-        .expect("connect");
+    let (mut raw, _) = common::within(
+        "connect",
+        tokio_tungstenite::connect_async(hub.ws_url("/sync")),
+    )
+    .await
+    .expect("connect");
     let msg = json!({"type": "pull", "id": "frag", "collections": ["todos"], "checkpoint": {},
                      "pad": "z".repeat(500)});
     send_fragmented(&mut raw, &msg.to_string(), 100).await;

@@ -9,20 +9,78 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
-use common::{ChildHub, Lcg, TIMEOUT, Ws};
+use common::{ChildHub, Lcg, TIMEOUT, Ws, synckit};
 use serde_json::{Value, json};
+
+/// What a client was sent: each other client's change once, in order.
+#[derive(Default)]
+struct Received {
+    /// Its own changes start with this; they are not counted.
+    mine: String,
+    /// key → sequence number (0 where the dialect sends none).
+    seen: BTreeMap<String, u64>,
+    duplicates: usize,
+    out_of_order: usize,
+    /// The highest number received: where the client resumes.
+    last: u64,
+}
+
+impl Received {
+    fn take(&mut self, key: &str, seq: u64) {
+        if key.starts_with(&self.mine) {
+            return;
+        }
+        if seq != 0 {
+            if seq <= self.last {
+                self.out_of_order += 1;
+            }
+            self.last = self.last.max(seq);
+        }
+        if self.seen.insert(key.to_owned(), seq).is_some() {
+            self.duplicates += 1;
+        }
+    }
+}
+
+/// Why a write was not acked.
+#[derive(Debug)]
+enum Failed {
+    /// The hub answered with an error.
+    Refused(String),
+    /// The connection is gone: its node was killed.
+    Lost,
+}
+
+/// Sends `msg`, then reads until `settle` says a message answers it (returning `Some`); what
+/// arrives meanwhile `settle` keeps and answers `None` to.
+async fn exchange<T>(
+    ws: &mut Ws,
+    msg: &Value,
+    mut settle: impl FnMut(Value) -> Option<Result<T, Failed>>,
+) -> Result<T, Failed> {
+    ws.try_send_text(&msg.to_string())
+        .await
+        .map_err(|_| Failed::Lost)?;
+    loop {
+        let text = ws.recv_or_lost(TIMEOUT).await.map_err(|_| Failed::Lost)?;
+        let m: Value = serde_json::from_str(&text.ok_or(Failed::Lost)?).expect("json");
+        if let Some(answer) = settle(m) {
+            return answer;
+        }
+    }
+}
+
+/// Hands what arrives to `take` until nothing has for `ms`, or the connection is gone.
+async fn drain(ws: &mut Ws, ms: u64, mut take: impl FnMut(Value)) {
+    while let Ok(Some(text)) = ws.recv_or_lost(Duration::from_millis(ms)).await {
+        take(serde_json::from_str(&text).expect("json"));
+    }
+}
 
 /// A relay client that keeps what it was sent while it waits for its own answers.
 struct Relay {
     ws: Ws,
-    /// Its own changes' keys start with this; they are not counted as received.
-    mine: String,
-    /// Every other change received: pk → db_version.
-    seen: BTreeMap<String, u64>,
-    duplicates: usize,
-    out_of_order: usize,
-    /// The highest number among the changes received: where a pull resumes.
-    received: u64,
+    got: Received,
     /// The highest version the hub has sent this client (acks included).
     version: u64,
 }
@@ -39,11 +97,11 @@ impl Relay {
         let version = hello["version"].as_u64().expect("version");
         Relay {
             ws,
-            mine: String::from("\u{0}"),
-            seen: BTreeMap::new(),
-            duplicates: 0,
-            out_of_order: 0,
-            received: version,
+            got: Received {
+                mine: String::from("\u{0}"),
+                last: version,
+                ..Received::default()
+            },
             version,
         }
     }
@@ -52,85 +110,43 @@ impl Relay {
     async fn moved(mut self, hub: &ChildHub, channel: &str) -> Relay {
         self.drain(50).await;
         let mut next = Relay::connect(hub, channel).await;
-        next.mine = std::mem::take(&mut self.mine);
-        next.seen = std::mem::take(&mut self.seen);
-        next.duplicates = self.duplicates;
-        next.out_of_order = self.out_of_order;
-        next.received = self.received;
-        let resume = self.received;
-        for c in next.pull(resume).await {
-            next.take_change(&c);
+        next.got = self.got;
+        for c in next.pull(next.got.last).await {
+            take_change(&mut next.got, &c);
         }
         next
-    }
-
-    fn take_change(&mut self, c: &Value) {
-        let pk = c[1].as_str().unwrap_or_default().to_owned();
-        if pk.starts_with(&self.mine) {
-            return;
-        }
-        let seq = c[5].as_u64().unwrap_or(0);
-        if seq <= self.received {
-            self.out_of_order += 1;
-        }
-        self.received = self.received.max(seq);
-        if self.seen.insert(pk, seq).is_some() {
-            self.duplicates += 1;
-        }
-    }
-
-    fn take(&mut self, m: &Value) {
-        if let Some(changes) = m["changes"].as_array() {
-            for c in changes {
-                self.take_change(c);
-            }
-        }
-        if let Some(v) = m["version"].as_u64() {
-            self.version = self.version.max(v);
-        }
     }
 
     /// Sends an update and waits for its answer (updates that arrive meanwhile are kept).
     async fn update(&mut self, changes: Vec<Value>) -> Result<u64, Failed> {
         let update = json!({"type": "update", "changes": changes, "version": 0,
                             "siteId": "client"});
-        if self.ws.try_send_text(&update.to_string()).await.is_err() {
-            return Err(Failed::Lost);
-        }
-        loop {
-            let Some(text) = self
-                .ws
-                .recv_or_lost(TIMEOUT)
-                .await
-                .map_err(|_| Failed::Lost)?
-            else {
-                return Err(Failed::Lost);
-            };
-            let m: Value = serde_json::from_str(&text).expect("json");
-            match m["type"].as_str() {
-                Some("ack") => {
-                    let v = m["version"].as_u64().expect("version");
-                    self.version = self.version.max(v);
-                    return Ok(v);
-                }
-                Some("update") => self.take(&m),
-                Some("error") => {
-                    return Err(Failed::Refused(
-                        m["code"].as_str().unwrap_or_default().to_owned(),
-                    ));
-                }
-                _ => panic!("unexpected {m}"),
+        let (got, version) = (&mut self.got, &mut self.version);
+        exchange(&mut self.ws, &update, |m| match m["type"].as_str() {
+            Some("ack") => {
+                let v = m["version"].as_u64().expect("version");
+                *version = (*version).max(v);
+                Some(Ok(v))
             }
-        }
+            Some("update") => {
+                take_update(got, version, &m);
+                None
+            }
+            Some("error") => Some(Err(Failed::Refused(
+                m["code"].as_str().unwrap_or_default().to_owned(),
+            ))),
+            _ => panic!("unexpected {m}"),
+        })
+        .await
     }
 
-    /// Keeps what arrives until nothing has for `ms`, or the connection is gone.
     async fn drain(&mut self, ms: u64) {
-        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(ms)).await {
-            let m: Value = serde_json::from_str(&text).expect("json");
+        let (got, version) = (&mut self.got, &mut self.version);
+        drain(&mut self.ws, ms, |m| {
             assert_eq!(m["type"], "update", "{m}");
-            self.take(&m);
-        }
+            take_update(got, version, &m);
+        })
+        .await;
     }
 
     /// Pulls everything after `after` up to the version the hub last told this client: the
@@ -151,13 +167,21 @@ impl Relay {
     }
 }
 
-/// Why an update was not acked.
-#[derive(Debug)]
-enum Failed {
-    /// The hub answered with an error (its code).
-    Refused(String),
-    /// The connection is gone: its node was killed.
-    Lost,
+/// A relay change's pk and `db_version`, the hub's number.
+fn take_change(got: &mut Received, c: &Value) {
+    got.take(
+        c[1].as_str().unwrap_or_default(),
+        c[5].as_u64().unwrap_or(0),
+    );
+}
+
+fn take_update(got: &mut Received, version: &mut u64, m: &Value) {
+    for c in m["changes"].as_array().into_iter().flatten() {
+        take_change(got, c);
+    }
+    if let Some(v) = m["version"].as_u64() {
+        *version = (*version).max(v);
+    }
 }
 
 /// pk → db_version of every change a pull from 0 returns.
@@ -194,7 +218,7 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     let mut clients = Vec::new();
     for (n, hub) in hubs.iter().enumerate() {
         let mut c = Relay::connect(hub, "tri").await;
-        c.mine = format!("n{n}-");
+        c.got.mine = format!("n{n}-");
         clients.push(c);
     }
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
@@ -207,14 +231,14 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     }
     for (n, c) in clients.iter_mut().enumerate() {
         c.drain(300).await;
-        assert_eq!((c.duplicates, c.out_of_order), (0, 0));
+        assert_eq!((c.got.duplicates, c.got.out_of_order), (0, 0));
         let others: BTreeMap<String, u64> = acked
             .iter()
             .filter(|(pk, _)| !pk.starts_with(&format!("n{n}-")))
             .map(|(pk, v)| (pk.clone(), *v))
             .collect();
         // Every other node's change arrived once, under the number its writer was acked with.
-        assert_eq!(c.seen, others, "client on node {n}");
+        assert_eq!(c.got.seen, others, "client on node {n}");
     }
     let numbers: BTreeSet<u64> = acked.values().copied().collect();
     assert_eq!(numbers, (1..=30).collect());
@@ -592,36 +616,6 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     assert_eq!(unique.len(), numbers.len());
 }
 
-/// What a client of the random run was sent: each other client's change once, in order.
-#[derive(Default)]
-struct Received {
-    /// Its own changes start with this; they are not counted.
-    mine: String,
-    /// key → sequence number (0 where the dialect sends none).
-    seen: BTreeMap<String, u64>,
-    duplicates: usize,
-    out_of_order: usize,
-    /// The highest number received: where the client resumes.
-    last: u64,
-}
-
-impl Received {
-    fn take(&mut self, key: &str, seq: u64) {
-        if key.starts_with(&self.mine) {
-            return;
-        }
-        if seq != 0 {
-            if seq <= self.last {
-                self.out_of_order += 1;
-            }
-            self.last = self.last.max(seq);
-        }
-        if self.seen.insert(key.to_owned(), seq).is_some() {
-            self.duplicates += 1;
-        }
-    }
-}
-
 /// A Pocket client: it subscribes to `todos` by pulling, resumes from its checkpoint.
 struct Pocket {
     ws: Ws,
@@ -647,17 +641,10 @@ impl Pocket {
                                  "limit": 500}))
                 .await;
             assert_eq!(r["type"], "pull-response", "{r}");
-            self.take(&r);
+            take_pull(&mut self.got, &r);
             if r["hasMore"] != true {
                 return;
             }
-        }
-    }
-
-    fn take(&mut self, m: &Value) {
-        for c in m["changes"]["todos"].as_array().into_iter().flatten() {
-            let doc = c["documentId"].as_str().unwrap_or_default();
-            self.got.take(doc, c["sequence"].as_u64().unwrap_or(0));
         }
     }
 
@@ -666,41 +653,42 @@ impl Pocket {
         let push = json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {},
                           "changes": [{"operation": "insert", "documentId": doc,
                                        "document": {"by": doc}}]});
-        if self.ws.try_send_text(&push.to_string()).await.is_err() {
-            return Err(Failed::Lost);
-        }
-        loop {
-            let Some(text) = self
-                .ws
-                .recv_or_lost(TIMEOUT)
-                .await
-                .map_err(|_| Failed::Lost)?
-            else {
-                return Err(Failed::Lost);
-            };
-            let m: Value = serde_json::from_str(&text).expect("json");
+        let got = &mut self.got;
+        exchange(&mut self.ws, &push, |m| {
             match (m["type"].as_str(), m["id"] == id.as_str()) {
-                (Some("push-response"), true) if m["success"] == true => return Ok(()),
-                (Some("error"), true) => return Err(Failed::Refused(m.to_string())),
-                (Some("pull-response"), false) => self.take(&m),
+                (Some("push-response"), true) if m["success"] == true => Some(Ok(())),
+                (Some("error"), true) => Some(Err(Failed::Refused(m.to_string()))),
+                (Some("pull-response"), false) => {
+                    take_pull(got, &m);
+                    None
+                }
                 _ => panic!("unexpected {m}"),
             }
-        }
+        })
+        .await
     }
 
     async fn drain(&mut self) {
-        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(300)).await {
-            let m: Value = serde_json::from_str(&text).expect("json");
+        let got = &mut self.got;
+        drain(&mut self.ws, 300, |m| {
             assert_eq!(m["type"], "pull-response", "{m}");
-            self.take(&m);
-        }
+            take_pull(got, &m);
+        })
+        .await;
+    }
+}
+
+fn take_pull(got: &mut Received, m: &Value) {
+    for c in m["changes"]["todos"].as_array().into_iter().flatten() {
+        let doc = c["documentId"].as_str().unwrap_or_default();
+        got.take(doc, c["sequence"].as_u64().unwrap_or(0));
     }
 }
 
 /// A SyncKit client (JSON framing) subscribed to one document; every write sets a field of
 /// its own. Deltas carry no numbers: a field delivered twice on one connection is a duplicate.
 struct Kit {
-    ws: Ws,
+    kit: synckit::Kit,
     got: Received,
     counter: u64,
 }
@@ -708,12 +696,8 @@ struct Kit {
 impl Kit {
     /// Subscribes; the state it gets holds everything written so far.
     async fn connect(hub: &ChildHub, mut got: Received) -> Kit {
-        let mut ws = Ws::connect(&hub.ws_url("/ws")).await;
-        ws.send_json(&json!({"type": "subscribe", "id": "s", "timestamp": 1,
-                             "documentId": "chaos"}))
-            .await;
-        let r = ws.recv_json().await;
-        assert_eq!(r["type"], "sync_response", "{r}");
+        let mut kit = synckit::Kit::connect(&hub.ws_url("/ws"), false).await;
+        let r = kit.subscribe("chaos").await;
         // SyncKit has no resume point: a client that reconnects may be sent again what it
         // had (its merge is idempotent), so duplicates count per connection.
         got.seen
@@ -725,7 +709,7 @@ impl Kit {
             }
         }
         Kit {
-            ws,
+            kit,
             got,
             counter: 0,
         }
@@ -748,23 +732,21 @@ impl Kit {
         self.counter += 1;
         let client = self.got.mine.clone();
         let mid = format!("m-{field}");
-        let delta = json!({"type": "delta", "id": mid, "timestamp": 1000 + self.counter,
+        let delta = json!({"id": mid, "timestamp": 1000 + self.counter,
                            "documentId": "chaos", "field": field, "value": self.counter,
                            "clock": {client.as_str(): self.counter}, "clientId": client,
                            "messageId": mid});
-        if self.ws.try_send_text(&delta.to_string()).await.is_err() {
-            return Err(Failed::Lost);
-        }
+        self.kit
+            .try_send("delta", delta)
+            .await
+            .map_err(|_| Failed::Lost)?;
         loop {
-            let Some(text) = self
-                .ws
+            let m = self
+                .kit
                 .recv_or_lost(TIMEOUT)
                 .await
                 .map_err(|_| Failed::Lost)?
-            else {
-                return Err(Failed::Lost);
-            };
-            let m: Value = serde_json::from_str(&text).expect("json");
+                .ok_or(Failed::Lost)?;
             match m["type"].as_str() {
                 Some("ack") if m["messageId"] == mid.as_str() => return Ok(()),
                 Some("error") => return Err(Failed::Refused(m.to_string())),
@@ -774,8 +756,7 @@ impl Kit {
     }
 
     async fn drain(&mut self) {
-        while let Ok(Some(text)) = self.ws.recv_or_lost(Duration::from_millis(300)).await {
-            let m: Value = serde_json::from_str(&text).expect("json");
+        while let Ok(Some(m)) = self.kit.recv_or_lost(Duration::from_millis(300)).await {
             self.take(&m);
         }
     }
@@ -797,7 +778,7 @@ impl Client {
         match dialect {
             0 => {
                 let mut r = Relay::connect(hub, "chaos").await;
-                r.mine = got.mine;
+                r.got.mine = got.mine;
                 Client::Relay(r)
             }
             1 => Client::Pocket(Pocket::connect(hub, got).await),
@@ -840,7 +821,7 @@ impl Client {
     /// Takes in what is still on its way, then reports (mine, seen, duplicates, out of order).
     async fn finish(self, hub: &ChildHub) -> (String, BTreeMap<String, u64>, usize, usize) {
         match self.moved(hub).await {
-            Client::Relay(r) => (r.mine, r.seen, r.duplicates, r.out_of_order),
+            Client::Relay(r) => (r.got.mine, r.got.seen, r.got.duplicates, r.got.out_of_order),
             Client::Pocket(p) => (p.got.mine, p.got.seen, p.got.duplicates, p.got.out_of_order),
             Client::Kit(k) => (k.got.mine, k.got.seen, k.got.duplicates, k.got.out_of_order),
         }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw_ws::{RawFrame, RawWs};
-use common::{TIMEOUT, TestHub, Ws, get};
+use common::{TIMEOUT, TestHub, Ws, get, within};
 use serde_json::{Value, json};
 
 /// The admin token of the hubs here that need one (with auth off, `/stats` is open anyway).
@@ -269,7 +269,12 @@ async fn connections_per_address_are_refused_before_the_upgrade_and_come_back() 
     drop(a);
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        match tokio_tungstenite::connect_async(hub.ws_url("/relay?channel=ip")).await {
+        match within(
+            "upgrade",
+            tokio_tungstenite::connect_async(hub.ws_url("/relay?channel=ip")),
+        )
+        .await
+        {
             Ok(_) => break,
             Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -312,7 +317,7 @@ async fn synckit_values_nested_too_deep_are_refused_before_anything_is_stored() 
 async fn upgrades_reset_at_once_leave_no_session_behind() {
     let hub = TestHub::start();
     for i in 0..100u64 {
-        let mut tcp = tokio::net::TcpStream::connect(hub.addr)
+        let mut tcp = within("connect", tokio::net::TcpStream::connect(hub.addr))
             .await
             .expect("connect");
         let request = "GET /relay?channel=reset HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
@@ -434,13 +439,15 @@ async fn browser_origins_outside_the_allowed_list_are_refused_before_the_upgrade
         req
     };
     for path in ["/sync?room=o", "/ws", "/relay?channel=o"] {
-        match tokio_tungstenite::connect_async(with_origin(path, "https://evil.test")).await {
+        let refused = tokio_tungstenite::connect_async(with_origin(path, "https://evil.test"));
+        match within("upgrade", refused).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status().as_u16(), 403, "{path}")
             }
             other => panic!("{path}: not refused: {:?}", other.map(|_| ())),
         }
-        let allowed = tokio_tungstenite::connect_async(with_origin(path, "https://app.test")).await;
+        let allowed = tokio_tungstenite::connect_async(with_origin(path, "https://app.test"));
+        let allowed = within("upgrade", allowed).await;
         assert!(allowed.is_ok(), "{path}: the allowed origin is refused");
         // Clients that are not browsers send no Origin and are not affected.
         let _ = Ws::connect(&hub.ws_url(path)).await;

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod pocket;
 pub mod raw_ws;
+pub mod synckit;
 pub mod tokens;
 
 use std::net::{SocketAddr, TcpListener};
@@ -17,12 +18,48 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long one test may run once it has started a hub. Every step of a test is bounded by
+/// [`TIMEOUT`] where a helper takes it; this bounds the rest (a loop that never sees what it
+/// waits for), so a hang fails with the test's name instead of stalling the suite.
+pub const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// `f`, or a failure naming `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    match tokio::time::timeout(TIMEOUT, f).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: nothing within {TIMEOUT:?}"),
+    }
+}
+
+/// Aborts the test process if the test that made it is still running after [`TEST_LIMIT`];
+/// dropping it (with the hub that holds it) stands it down.
+pub struct Watchdog {
+    _stand_down: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    pub fn start() -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(TEST_LIMIT) {
+                eprintln!("{test} still runs after {TEST_LIMIT:?}: aborting the test process");
+                std::process::abort();
+            }
+        });
+        Watchdog { _stand_down: tx }
+    }
+}
+
 /// A hub running in-process, in its own actix system on its own thread.
 pub struct TestHub {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Says when the hub's thread is done, so a stop can wait for it with a deadline.
+    stopped: std::sync::mpsc::Receiver<()>,
+    _watchdog: Watchdog,
 }
 
 /// The development configuration tests start from: auth off, data in `dir`.
@@ -53,7 +90,9 @@ impl TestHub {
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            let _done = Done(stopped_tx);
             let system = actix_web::rt::System::new();
             let result = system.block_on(async move {
                 let _ = ready_tx.send(());
@@ -72,6 +111,8 @@ impl TestHub {
             dir,
             stop: Some(tx),
             thread: Some(thread),
+            stopped,
+            _watchdog: Watchdog::start(),
         }
     }
 
@@ -95,6 +136,12 @@ impl TestHub {
             let _ = tx.send(());
         }
         if let Some(t) = self.thread.take() {
+            // A graceful stop waits for open sockets to close (the server's shutdown timeout).
+            let waited = self.stopped.recv_timeout(TIMEOUT + Duration::from_secs(30));
+            assert!(
+                !matches!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout)),
+                "the hub did not stop"
+            );
             t.join().expect("hub thread");
         }
     }
@@ -103,6 +150,15 @@ impl TestHub {
 impl Drop for TestHub {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Sends on its channel when dropped: when the hub's thread ends, however it ends.
+struct Done(std::sync::mpsc::Sender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
     }
 }
 
@@ -134,7 +190,7 @@ impl Ws {
 
     /// The HTTP status of a refused upgrade.
     pub async fn refused_status(url: &str) -> u16 {
-        match tokio_tungstenite::connect_async(url).await {
+        match within("upgrade", tokio_tungstenite::connect_async(url)).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("upgrade was accepted"),
@@ -142,23 +198,20 @@ impl Ws {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.into()))
+        within("send", self.stream.send(Message::Text(text.into())))
             .await
             .expect("send");
     }
 
     /// Sends, reporting a connection that is gone instead of failing the test.
     pub async fn try_send_text(&mut self, text: &str) -> Result<(), String> {
-        self.stream
-            .send(Message::Text(text.into()))
+        within("send", self.stream.send(Message::Text(text.into())))
             .await
             .map_err(|e| e.to_string())
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
-        self.stream
-            .send(Message::Binary(bytes.into()))
+        within("send", self.stream.send(Message::Binary(bytes.into())))
             .await
             .expect("send");
     }
@@ -328,6 +381,7 @@ pub async fn get(url: &str) -> (u16, Value) {
 pub struct ChildHub {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    _watchdog: Watchdog,
 }
 
 pub fn free_port() -> u16 {
@@ -361,10 +415,17 @@ impl ChildHub {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn synchub");
-        let hub = ChildHub { child, addr };
+        let hub = ChildHub {
+            child,
+            addr,
+            _watchdog: Watchdog::start(),
+        };
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            if within("connect", tokio::net::TcpStream::connect(addr))
+                .await
+                .is_ok()
+            {
                 return hub;
             }
             assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::TIMEOUT;
+use super::{TIMEOUT, within};
 
 pub struct RawWs {
     pub tcp: TcpStream,
@@ -42,12 +42,14 @@ impl RawWs {
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
         }
-        let mut tcp = socket.connect(addr).await.expect("connect");
+        let mut tcp = within("connect", socket.connect(addr))
+            .await
+            .expect("connect");
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        tcp.write_all(request.as_bytes())
+        within("send the upgrade", tcp.write_all(request.as_bytes()))
             .await
             .expect("send upgrade");
         let mut buf = Vec::new();
@@ -89,7 +91,9 @@ impl RawWs {
         }
         frame.extend_from_slice(&mask);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&frame).await.expect("send frame");
+        within("send a frame", self.tcp.write_all(&frame))
+            .await
+            .expect("send frame");
     }
 
     pub async fn send_text(&mut self, text: &str) {

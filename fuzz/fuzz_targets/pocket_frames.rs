@@ -1,0 +1,22 @@
+//! Any bytes as a Pocket frame: the codec answers without panicking, and whatever it asks a
+//! room to merge is merged, stored and read back unchanged.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use synchub_actors::pocket::PocketModel;
+use synchub_actors::pocket::wire::{self, PocketLimits};
+use synchub_actors::room_key::Namespace;
+use synchub_fuzz::{Caller, Engine, feed, pocket};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = wire::parse(data, &PocketLimits::default(), 0);
+    let _ = wire::request_id(data);
+    let changes = feed(&mut pocket(), &Caller::new(1), data);
+    if !changes.is_empty() {
+        let mut room = Engine::new(Namespace::Pocket, Arc::new(PocketModel::default()));
+        room.submit(changes);
+        room.check_reload();
+    }
+});
