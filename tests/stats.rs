@@ -4,6 +4,7 @@ mod common;
 
 use common::pocket::push_docs as push;
 use common::{TestHub, Ws, get};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 #[actix_rt::test]
@@ -187,4 +188,73 @@ async fn compaction_keeps_the_latest_change_per_document() {
         .0,
         404
     );
+}
+
+/// Reads server-sent events from `/stats/stream` until `n` have arrived; returns their data.
+async fn stream_events(url: &str, bearer: Option<&str>, n: usize) -> (u16, Vec<Value>) {
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .finish();
+    let mut req = client.get(url);
+    if let Some(t) = bearer {
+        req = req.insert_header(("Authorization", format!("Bearer {t}")));
+    }
+    let mut resp = common::within("the stream's head", req.send())
+        .await
+        .expect("response");
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while events.len() < n {
+        let chunk = common::within("an event", resp.next())
+            .await
+            .expect("the stream goes on")
+            .expect("a chunk");
+        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            assert!(event.starts_with("event: stats\n"), "{event}");
+            let data = event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .expect("a data line");
+            events.push(serde_json::from_str(data).expect("JSON data"));
+        }
+    }
+    (status, events)
+}
+
+#[actix_rt::test]
+async fn the_stats_stream_sends_the_figures_every_second() {
+    let hub = TestHub::start();
+    let mut ws = Ws::connect(&hub.ws_url("/relay?channel=sse")).await;
+    ws.recv_json().await;
+    let (status, events) = stream_events(&hub.http_url("/stats/stream"), None, 3).await;
+    assert_eq!(status, 200);
+    assert_eq!(events[0]["node_id"], events[2]["node_id"]);
+    assert_eq!(events[0]["sessions"]["relay"], 1, "{}", events[0]);
+    let uptime = |e: &Value| e["uptime_s"].as_f64().expect("uptime");
+    // One a second: the third comes about two seconds after the first.
+    let apart = uptime(&events[2]) - uptime(&events[0]);
+    assert!(apart >= 1.0, "{apart}");
+}
+
+#[actix_rt::test]
+async fn the_stats_stream_needs_the_admin_token_when_auth_is_required() {
+    let hub = common::tokens::auth_hub("a-secret-of-32-bytes-or-more-....", "admin-token", |_| {});
+    let url = hub.http_url("/stats/stream");
+    assert_eq!(stream_events(&url, None, 1).await.0, 401);
+    assert_eq!(stream_events(&url, Some("wrong"), 1).await.0, 401);
+    let (status, events) = stream_events(&url, Some("admin-token"), 1).await;
+    assert_eq!(status, 200);
+    assert!(events[0]["sessions"].is_object());
 }

@@ -63,6 +63,18 @@ pub trait Model: Send + Sync + 'static {
         None
     }
 
+    /// [`Model::governing_key`] of a record known by its key alone (a stored record, whose
+    /// change is not at hand).
+    fn governing_key_of(&self, _key: &str) -> Option<String> {
+        None
+    }
+
+    /// Whether record `key` may govern others (a relay row's `-1` record). Cheap: it is asked
+    /// for every record written.
+    fn is_governing(&self, _key: &str) -> bool {
+        false
+    }
+
     /// Whether a record whose governing record now holds `governing` has ended: a change
     /// leaving it in `governed` would now lose (a relay cell from an earlier life of its row,
     /// once the row is deleted or re-created). The room drops such a record, so the state does

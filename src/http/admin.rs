@@ -1,6 +1,6 @@
 //! Health, stats, metrics and room administration.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
@@ -56,6 +56,37 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     if !state.admin_allowed(&req) {
         return unauthorized();
     }
+    HttpResponse::Ok().json(figures(&state).await)
+}
+
+/// How often `/stats/stream` sends the figures.
+const STREAM_EVERY: Duration = Duration::from_secs(1);
+
+/// `GET /stats/stream`: the figures of `/stats` as server-sent events, one `stats` event a
+/// second, for as long as the client stays.
+pub(super) async fn stats_stream(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let ticks = tokio::time::interval(STREAM_EVERY);
+    let events = futures_util::stream::unfold((state, ticks), |(state, mut ticks)| async move {
+        ticks.tick().await;
+        let event = format!("event: stats\ndata: {}\n\n", figures(&state).await);
+        Some((
+            Ok::<_, actix_web::Error>(web::Bytes::from(event)),
+            (state, ticks),
+        ))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        // Proxies that buffer responses (nginx) would hold the events back.
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events)
+}
+
+/// What `/stats` reports.
+async fn figures(state: &AppState) -> Value {
     let hub = &state.hub;
     let m = hub.metrics();
     let census = hub.directory().send(GetCensus).await.unwrap_or_default();
@@ -113,7 +144,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             (d.to_owned(), counts)
         })
         .collect();
-    HttpResponse::Ok().json(json!({
+    json!({
         "node_id": hub.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": hub.uptime().as_secs(),
@@ -145,7 +176,7 @@ pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpR
             "size_on_disk_bytes": hub.store().size_on_disk(),
         },
         "cluster": super::cluster::stats(hub).await,
-    }))
+    })
 }
 
 /// The room an admin path names, or the response refusing it.

@@ -112,6 +112,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/", web::get().to(relay::root))
         .route("/health", web::get().to(admin::health))
         .route("/stats", web::get().to(admin::stats))
+        .route("/stats/stream", web::get().to(admin::stats_stream))
         .route(
             "/stats/rooms/{namespace}/{room}",
             web::get().to(admin::room_stats),

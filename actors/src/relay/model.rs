@@ -81,6 +81,9 @@ pub const MAX_VERSION: i64 = (1 << 53) - 1;
 /// The cid of a change that deletes or re-creates a whole row.
 const ROW_CID: &str = "-1";
 
+/// How the key of a row's own record ends: its cid, `"-1"`, closing the address.
+const ROW_KEY_END: &str = r#","-1"]"#;
+
 fn cell_key(table: &Value, pk: &Value, cid: &Value) -> String {
     json!([table, pk, cid]).to_string()
 }
@@ -131,6 +134,16 @@ impl Model for RelayModel {
     /// after a delete with `cl = 2`, a write with `cl = 1` loses whatever its column version.
     fn governing_key(&self, _key: &str, c: &Value) -> Option<String> {
         (c[2].as_str() != Some(ROW_CID)).then(|| cell_key(&c[0], &c[1], &Value::from(ROW_CID)))
+    }
+
+    fn governing_key_of(&self, key: &str) -> Option<String> {
+        let addr: [Value; 3] = serde_json::from_str(key).ok()?;
+        (addr[2].as_str() != Some(ROW_CID))
+            .then(|| cell_key(&addr[0], &addr[1], &Value::from(ROW_CID)))
+    }
+
+    fn is_governing(&self, key: &str) -> bool {
+        key.ends_with(ROW_KEY_END)
     }
 
     /// Both are states, `[cl, col_version, val]`.
@@ -310,6 +323,10 @@ mod tests {
         assert!(write(1, 3), "a resurrection wins");
         let row = parse_change(&change("1", "-1", json!(null), 1, 4, "s1")).expect("ok");
         assert_eq!(m.governing_key(&row.key, &row.body), None);
+        let c = parse_change(&change("1", "a", json!("new"), 1, 1, "s2")).expect("ok");
+        assert!(m.is_governing(&row.key) && !m.is_governing(&c.key));
+        assert_eq!(m.governing_key_of(&c.key), m.governing_key(&c.key, &c.body));
+        assert_eq!(m.governing_key_of(&row.key), None);
         assert!(
             m.ended_by(&deleted_row, &cell),
             "the old cell ended with the delete"

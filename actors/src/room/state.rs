@@ -82,7 +82,9 @@ pub struct RoomState {
     model_hash: Digest,
     /// stream → key → record. Nested so lookups borrow `&str`s instead of building a key.
     records: HashMap<String, HashMap<String, Record>>,
-    /// stream → governing record → the records it governs ([`Model::governing_key`]).
+    /// stream → governing record → the records it governs ([`Model::governing_key`]). A
+    /// stream is indexed from the first time one of its governing records is written: rooms
+    /// that never delete a row pay nothing for it.
     governed: HashMap<String, HashMap<String, HashSet<String>>>,
 }
 
@@ -121,28 +123,28 @@ impl RoomState {
                 why: err.to_string(),
             })?;
             let value = model.state_of(&logged);
-            let governing = model.governing_key(&e.key, &logged);
             let record = Record {
                 seq: e.seq,
                 visible: e.seq,
                 hash: state_hash(&e.stream, &e.key, &value.to_string()),
                 value: Arc::new(value),
             };
-            let stream = st.records.entry(e.stream.clone()).or_default();
+            let stream = st.records.entry(e.stream).or_default();
             // A state record compaction kept is older than any log entry of its record.
             if stream.get(&e.key).is_none_or(|r| r.seq < record.seq) {
-                stream.insert(e.key.clone(), record);
-                if let Some(g) = governing {
-                    st.index_governed(&e.stream, g, &e.key);
-                }
+                stream.insert(e.key, record);
             }
         }
         // Every record its governor ended, whichever came first in the log: the same records
         // the merges dropped one by one.
         let governors: Vec<(String, String)> = st
-            .governed
+            .records
             .iter()
-            .flat_map(|(s, g)| g.keys().map(|k| (s.clone(), k.clone())))
+            .flat_map(|(s, r)| {
+                r.keys()
+                    .filter(|k| model.is_governing(k))
+                    .map(|k| (s.clone(), k.clone()))
+            })
             .collect();
         for (stream, governor) in governors {
             st.end_governed(model, &stream, &governor);
@@ -162,17 +164,25 @@ impl RoomState {
         Ok(st)
     }
 
+    /// Adds `key` to the records `governor` governs, once its stream is indexed.
     fn index_governed(&mut self, stream: &str, governor: String, key: &str) {
-        self.governed
-            .entry(stream.to_owned())
-            .or_default()
-            .entry(governor)
-            .or_default()
-            .insert(key.to_owned());
+        if let Some(index) = self.governed.get_mut(stream) {
+            index.entry(governor).or_default().insert(key.to_owned());
+        }
     }
 
-    /// Drops the records that `governor`'s state has ended ([`Model::ended_by`]).
+    /// Drops the records that `governor`'s state has ended ([`Model::ended_by`]), indexing the
+    /// stream first if this is its first governing record.
     fn end_governed(&mut self, model: &dyn Model, stream: &str, governor: &str) {
+        if !self.governed.contains_key(stream) {
+            let mut index: HashMap<String, HashSet<String>> = HashMap::new();
+            for key in self.records.get(stream).into_iter().flat_map(HashMap::keys) {
+                if let Some(g) = model.governing_key_of(key) {
+                    index.entry(g).or_default().insert(key.clone());
+                }
+            }
+            self.governed.insert(stream.to_owned(), index);
+        }
         let Some(members) = self
             .governed
             .get_mut(stream)
@@ -380,7 +390,9 @@ impl RoomState {
             }
         }
         self.meta.digest.toggle(&hash);
-        self.end_governed(model, &entry.stream, &entry.key);
+        if model.is_governing(&entry.key) {
+            self.end_governed(model, &entry.stream, &entry.key);
+        }
         self.meta.seq = self.meta.seq.max(seq);
         self.meta.log_len += 1;
         let before = match self.meta.heads.get_mut(&entry.stream) {
