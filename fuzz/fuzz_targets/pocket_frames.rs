@@ -8,15 +8,11 @@ use libfuzzer_sys::fuzz_target;
 use synchub_actors::pocket::PocketModel;
 use synchub_actors::pocket::wire::{self, PocketLimits};
 use synchub_actors::room_key::Namespace;
-use synchub_fuzz::{Caller, Engine, feed, pocket};
+use synchub_fuzz::{Caller, feed, merge_and_reload, pocket};
 
 fuzz_target!(|data: &[u8]| {
     let _ = wire::parse(data, &PocketLimits::default(), 0);
     let _ = wire::request_id(data);
     let changes = feed(&mut pocket(), &Caller::new(1), data);
-    if !changes.is_empty() {
-        let mut room = Engine::new(Namespace::Pocket, Arc::new(PocketModel::default()));
-        room.submit(changes);
-        room.check_reload();
-    }
+    merge_and_reload(Namespace::Pocket, Arc::new(PocketModel::default()), changes);
 });

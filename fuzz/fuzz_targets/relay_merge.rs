@@ -57,10 +57,23 @@ fuzz_target!(|input: Input| {
         .take(64)
         .map(|c| {
             let cid = ["-1", "a", "b"][usize::from(c.cid % 3)];
-            let val = if cid == "-1" { Value::Null } else { value(&c.val) };
+            let val = if cid == "-1" {
+                Value::Null
+            } else {
+                value(&c.val)
+            };
             let site = if c.site { "s1" } else { "s2" };
-            let tuple = json!(["t", (c.pk % 3).to_string(), cid, val,
-                               c.col_version % 4, 1, site, c.cl % 5, 0]);
+            let tuple = json!([
+                "t",
+                (c.pk % 3).to_string(),
+                cid,
+                val,
+                c.col_version % 4,
+                1,
+                site,
+                c.cl % 5,
+                0
+            ]);
             parse_change(&tuple).expect("a valid change")
         })
         .collect();

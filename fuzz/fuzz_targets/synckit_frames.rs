@@ -7,15 +7,15 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use synchub_actors::room_key::Namespace;
 use synchub_actors::synckit::{SynckitModel, frame};
-use synchub_fuzz::{Caller, Engine, feed, synckit};
+use synchub_fuzz::{Caller, feed, merge_and_reload, synckit};
 
 fuzz_target!(|data: &[u8]| {
     let _ = frame::decode_binary(data, || "id".into());
     let _ = frame::decode_json(data);
     let changes = feed(&mut synckit(), &Caller::new(1), data);
-    if !changes.is_empty() {
-        let mut room = Engine::new(Namespace::Synckit, Arc::new(SynckitModel::default()));
-        room.submit(changes);
-        room.check_reload();
-    }
+    merge_and_reload(
+        Namespace::Synckit,
+        Arc::new(SynckitModel::default()),
+        changes,
+    );
 });

@@ -9,9 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use synchub_actors::model::IncomingChange;
 use synchub_actors::room_key::Namespace;
+use synchub_actors::session::{Dialect, Frame};
 use synchub_actors::synckit::SynckitModel;
 use synchub_fuzz::{Caller, Engine, changes_in, synckit};
-use synchub_actors::session::{Dialect, Frame};
 
 #[derive(Arbitrary, Debug)]
 struct Delta {
@@ -65,7 +65,10 @@ fn run(submits: &[Vec<IncomingChange>], order: impl Iterator<Item = usize>) -> E
         let clock = &room.state.meta().model;
         for (writer, n) in before_clock.as_object().into_iter().flatten() {
             let now = clock.get(writer).and_then(Value::as_u64).unwrap_or(0);
-            assert!(now >= n.as_u64().unwrap_or(0), "clock went back: {before_clock} → {clock}");
+            assert!(
+                now >= n.as_u64().unwrap_or(0),
+                "clock went back: {before_clock} → {clock}"
+            );
         }
     }
     room

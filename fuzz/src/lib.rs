@@ -94,6 +94,15 @@ pub fn changes_in<T>(actions: Vec<Action<T>>) -> Vec<IncomingChange> {
     out
 }
 
+/// Merges what a codec submitted in a fresh room of `ns`, then checks that it reads back.
+pub fn merge_and_reload(ns: Namespace, model: Arc<dyn Model>, changes: Vec<IncomingChange>) {
+    if !changes.is_empty() {
+        let mut room = Engine::new(ns, model);
+        room.submit(changes);
+        room.check_reload();
+    }
+}
+
 /// A room of namespace `ns` over in-memory storage, merging one submit per commit as a room does.
 pub struct Engine {
     pub store: Store,
@@ -121,7 +130,9 @@ impl Engine {
         self.state
             .submit(&*self.model, &LocalCounter, None, changes, &mut open);
         let commit = self.state.commit(open).expect("a merged change encodes");
-        self.store.apply(commit.writes).expect("memory storage takes any batch");
+        self.store
+            .apply(commit.writes)
+            .expect("memory storage takes any batch");
         self.state.release(&commit.entries);
     }
 
