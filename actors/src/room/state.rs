@@ -105,8 +105,6 @@ impl RoomState {
             records: HashMap::new(),
             governed: HashMap::new(),
         };
-        // Retired records keep no change to name a governing record by; no model retires
-        // records that a governing record could end.
         for (stream, key, r) in image.records {
             let record = Record {
                 seq: r.seq,
