@@ -10,6 +10,8 @@ command -v cc >/dev/null || need_apt+=(gcc)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# The dashboard test drives Debian's Chromium headless.
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
@@ -23,7 +25,8 @@ fi
 cargo build --locked
 cargo test --locked "$@"
 
-# Real-client interop: the published SyncKit SDK against the binary built above.
+# Real clients against the binary built above: the published SyncKit SDK, and the dashboard in
+# headless Chromium (its screenshot lands in target/dashboard.png).
 (
   cd tests/interop
   if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then

@@ -70,6 +70,7 @@ pub async fn run(
     };
     let payload_limit = hub.session_settings().codec_max_bytes();
     let state = web::Data::new(AppState::new(hub.clone(), Arc::new(config), verifier));
+    let recording = http::start_recording(&state);
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(http::json_errors))
@@ -114,6 +115,7 @@ pub async fn run(
         }
     }
     handle.stop(true).await;
+    recording.abort();
     match serving.await {
         Ok(result) => result?,
         Err(e) => log::warn!("server task ended abnormally: {e}"),

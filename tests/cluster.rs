@@ -284,6 +284,32 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     assert!(cluster["ordered_changes"].as_u64().expect("n") >= 10);
     let (_, room) = common::get(&hubs[1].http_url("/stats/rooms/relay/tri")).await;
     assert_eq!(room["cluster"], json!({"redis_seq": 30, "lag": 0}));
+    // The room as every other node has it, for the dashboard's drill-down.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let room = loop {
+        let url = hubs[1].http_url("/stats/rooms/relay/tri?nodes=true");
+        let (_, room) = common::get(&url).await;
+        if room["nodes"].as_array().map_or(0, Vec::len) == 2 {
+            break room;
+        }
+        assert!(std::time::Instant::now() < deadline, "{room}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut others = BTreeSet::new();
+    for node in room["nodes"].as_array().expect("nodes") {
+        assert_eq!(
+            (&node["seq"], &node["digest"]),
+            (&json!(30), &room["digest"]),
+            "{room}"
+        );
+        others.insert(node["node_id"].as_str().expect("node id").to_owned());
+    }
+    let mut ids = BTreeSet::new();
+    for hub in [&hubs[0], &hubs[2]] {
+        let (_, health) = common::get(&hub.http_url("/health")).await;
+        ids.insert(health["node_id"].as_str().expect("node id").to_owned());
+    }
+    assert_eq!(others, ids);
     let (_, metrics) = common::get(&hubs[2].http_url("/metrics")).await;
     let metrics = metrics.as_str().expect("text");
     for line in [

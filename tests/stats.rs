@@ -38,7 +38,7 @@ async fn health_and_stats_report_the_node() {
     assert_eq!(s["node_id"], h["node_id"]);
     assert_eq!(
         s["sessions"],
-        json!({"total": 1, "pocket": 1, "synckit": 0, "relay": 0})
+        json!({"total": 1, "pocket": 1, "synckit": 0, "relay": 0, "users": 0})
     );
     assert_eq!(s["rooms"]["active"], 1);
     assert_eq!(s["rooms"]["by_namespace"]["pocket"], 1);
@@ -257,4 +257,52 @@ async fn the_stats_stream_needs_the_admin_token_when_auth_is_required() {
     let (status, events) = stream_events(&url, Some("admin-token"), 1).await;
     assert_eq!(status, 200);
     assert!(events[0]["sessions"].is_object());
+}
+
+/// The metric names the Grafana dashboard in `contrib/grafana/` queries.
+fn grafana_metrics() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/grafana/synchub.json");
+    let text = std::fs::read_to_string(path).expect("the Grafana dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut names = std::collections::BTreeSet::new();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    for target in panels
+        .iter()
+        .filter_map(|p| p["targets"].as_array())
+        .flatten()
+    {
+        let expr = target["expr"].as_str().expect("a query");
+        for (at, _) in expr.match_indices("synchub_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            names.insert(base.to_owned());
+        }
+    }
+    names
+}
+
+#[actix_rt::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_hub_exports() {
+    let hub = TestHub::start();
+    let (status, metrics) = get(&hub.http_url("/metrics")).await;
+    assert_eq!(status, 200);
+    let text = metrics.as_str().expect("text");
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let queried = grafana_metrics();
+    assert!(queried.len() >= 20, "{queried:?}");
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
 }

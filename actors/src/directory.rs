@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -14,6 +14,7 @@ use crate::durability::Durability;
 use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
+use crate::outbound::{Backlog, Outbound};
 use crate::room::{
     ClusterLink, Numbering, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus,
     RoomStopped, SessionId, ask,
@@ -55,6 +56,28 @@ impl Refusal {
     }
 }
 
+/// The rooms a session is in: kept by the session, read when an operator lists sessions.
+#[derive(Debug, Default)]
+pub struct Memberships(Mutex<Vec<RoomKey>>);
+
+impl Memberships {
+    pub fn joined(&self, key: &RoomKey) {
+        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !rooms.contains(key) {
+            rooms.push(key.clone());
+        }
+    }
+
+    pub fn left(&self, key: &RoomKey) {
+        let mut rooms = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        rooms.retain(|k| k != key);
+    }
+
+    pub fn rooms(&self) -> Vec<RoomKey> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// A session announces itself; refused past the connection limits.
 #[derive(Message)]
 #[rtype(result = "Result<(), Refusal>")]
@@ -64,6 +87,41 @@ pub struct Register {
     /// The user the per-user limit counts; `None` when auth is off.
     pub user: Option<String>,
     pub closer: Recipient<CloseSession>,
+    /// The session's queue and traffic, and its rooms, for the session listing.
+    pub outbound: Arc<Outbound>,
+    pub rooms: Arc<Memberships>,
+}
+
+/// What an operator sees of one session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSummary {
+    pub id: u64,
+    pub dialect: &'static str,
+    /// The authenticated user; `None` with auth off or before a SyncKit client authenticated.
+    pub user: Option<String>,
+    /// Room names (without the namespace, which is the dialect's).
+    pub rooms: Vec<String>,
+    pub connected_at_ms: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bytes_queued: usize,
+    /// How long the session's queue has held bytes without emptying (0: it keeps up), to the
+    /// second.
+    pub lag_ms: u64,
+}
+
+/// Every session on this node, oldest first.
+#[derive(Message)]
+#[rtype(result = "Vec<SessionSummary>")]
+pub struct ListSessions;
+
+/// Closes one session; answers whether it was found.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct CloseSessionById {
+    pub id: u64,
+    pub code: u16,
+    pub reason: String,
 }
 
 /// A session authenticated in-band (SyncKit's `auth`, a fresh token): from now on it counts
@@ -131,6 +189,33 @@ struct SessionEntry {
     namespace: Namespace,
     user: Option<String>,
     closer: Recipient<CloseSession>,
+    outbound: Arc<Outbound>,
+    rooms: Arc<Memberships>,
+    connected_at: SystemTime,
+    backlog: Backlog,
+}
+
+/// How often the directory looks at every session's queue to tell how far behind it is.
+const BACKLOG_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl SessionEntry {
+    fn summary(&self, id: SessionId, now: Instant) -> SessionSummary {
+        let connected_at_ms = self
+            .connected_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        SessionSummary {
+            id: id.0,
+            dialect: self.namespace.as_str(),
+            user: self.user.clone(),
+            rooms: self.rooms.rooms().into_iter().map(|k| k.room).collect(),
+            connected_at_ms,
+            bytes_in: self.outbound.bytes_in(),
+            bytes_out: self.outbound.bytes_out(),
+            bytes_queued: self.outbound.queued(),
+            lag_ms: self.backlog.lag(now).as_millis() as u64,
+        }
+    }
 }
 
 pub struct Directory {
@@ -217,6 +302,12 @@ impl Actor for Directory {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1 << 14);
         self.actor.count.inc();
+        ctx.run_interval(BACKLOG_LOOK_EVERY, |act, _| {
+            let now = Instant::now();
+            for entry in act.sessions.values_mut() {
+                entry.backlog.look(&entry.outbound, now);
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -263,16 +354,19 @@ impl Handler<Register> for Directory {
             }
             *count += 1;
         }
-        self.metrics
-            .sessions
-            .with_label_values(&[msg.namespace.as_str()])
-            .inc();
+        let dialect = [msg.namespace.as_str()];
+        self.metrics.sessions.with_label_values(&dialect).inc();
+        self.metrics.connects.with_label_values(&dialect).inc();
         self.sessions.insert(
             msg.id,
             SessionEntry {
                 namespace: msg.namespace,
                 user: msg.user,
                 closer: msg.closer,
+                outbound: msg.outbound,
+                rooms: msg.rooms,
+                connected_at: SystemTime::now(),
+                backlog: Backlog::default(),
             },
         );
         Ok(())
@@ -315,10 +409,9 @@ impl Handler<Unregister> for Directory {
         let Some(entry) = self.sessions.remove(&msg.id) else {
             return;
         };
-        self.metrics
-            .sessions
-            .with_label_values(&[entry.namespace.as_str()])
-            .dec();
+        let dialect = [entry.namespace.as_str()];
+        self.metrics.sessions.with_label_values(&dialect).dec();
+        self.metrics.disconnects.with_label_values(&dialect).inc();
         if let Some(user) = entry.user
             && let Some(count) = self.per_user.get_mut(&user)
         {
@@ -342,6 +435,38 @@ impl Handler<CloseAll> for Directory {
             });
         }
         self.sessions.len()
+    }
+}
+
+impl Handler<ListSessions> for Directory {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        self.actor.handled();
+        let now = Instant::now();
+        let mut list: Vec<SessionSummary> = self
+            .sessions
+            .iter()
+            .map(|(id, entry)| entry.summary(*id, now))
+            .collect();
+        list.sort_by_key(|s| s.id);
+        MessageResult(list)
+    }
+}
+
+impl Handler<CloseSessionById> for Directory {
+    type Result = bool;
+
+    fn handle(&mut self, msg: CloseSessionById, _: &mut Context<Self>) -> bool {
+        self.actor.handled();
+        let Some(entry) = self.sessions.get(&SessionId(msg.id)) else {
+            return false;
+        };
+        entry.closer.do_send(CloseSession {
+            code: msg.code,
+            reason: msg.reason,
+        });
+        true
     }
 }
 

@@ -24,7 +24,7 @@ use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, 
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
-use crate::synckit::SynckitModel;
+use crate::synckit::{SynckitLimits, SynckitModel};
 
 /// How long shutdown waits for the final storage flush.
 const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -104,6 +104,15 @@ impl HubSettings {
             max_pull_limit: self.pocket_max_pull_limit,
             max_document_bytes: self.max_document_bytes,
             max_json_depth: self.max_json_depth,
+        }
+    }
+
+    pub fn synckit_limits(&self) -> SynckitLimits {
+        SynckitLimits {
+            max_document_bytes: self.max_document_bytes,
+            max_json_depth: self.max_json_depth,
+            max_rooms: self.max_rooms_per_session,
+            max_clock_skew_ms: self.max_clock_skew_ms,
         }
     }
 }

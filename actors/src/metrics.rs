@@ -110,6 +110,11 @@ pub struct Metrics {
     pub durability: ActorMetrics,
     /// Open sessions by dialect.
     pub sessions: IntGaugeVec,
+    /// Sessions opened and closed, by dialect.
+    pub connects: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    /// Admin HTTP actions carried out, by action.
+    pub admin_actions: IntCounterVec,
     /// Live actors by kind.
     pub actors: IntGaugeVec,
     /// Messages handled by actor kind.
@@ -248,6 +253,14 @@ impl Metrics {
             directory: kind(ActorKind::Directory),
             durability: kind(ActorKind::Durability),
             sessions: gauge_vec(&r, "sessions", "Open sessions by dialect", "dialect"),
+            connects: counter_vec(&r, "connects_total", "Sessions opened", "dialect"),
+            disconnects: counter_vec(&r, "disconnects_total", "Sessions closed", "dialect"),
+            admin_actions: counter_vec(
+                &r,
+                "admin_actions_total",
+                "Admin HTTP actions carried out",
+                "action",
+            ),
             actors,
             messages,
             backlog,
@@ -293,6 +306,8 @@ impl Metrics {
         // Make every series visible from the start, not only once it moved.
         for ns in crate::room_key::Namespace::ALL {
             m.sessions.with_label_values(&[ns.as_str()]);
+            m.connects.with_label_values(&[ns.as_str()]);
+            m.disconnects.with_label_values(&[ns.as_str()]);
             m.changes.with_label_values(&[ns.as_str()]);
             m.frames_in.with_label_values(&[ns.as_str()]);
             m.frames_out.with_label_values(&[ns.as_str()]);
@@ -300,6 +315,7 @@ impl Metrics {
         for limit in Limit::ALL {
             m.limits_hit.with_label_values(&[limit.as_str()]);
         }
+        m.connections_refused.with_label_values(&["auth"]);
         m
     }
 

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::clock::unix_now;
-use crate::directory::{Checkout, CloseSession, Register, SetUser, Unregister};
+use crate::directory::{Checkout, CloseSession, Memberships, Register, SetUser, Unregister};
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
 use crate::limits::{IpSlot, Limit, TokenBucket};
@@ -185,6 +185,8 @@ pub struct Session<D: Dialect> {
     dialect: D,
     identity: Identity,
     rooms: HashMap<RoomKey, Addr<Room>>,
+    /// The same rooms by name, shared with the directory for the session listing.
+    memberships: Arc<Memberships>,
     last_seen: Instant,
     outbound: Arc<Outbound>,
     bucket: TokenBucket,
@@ -229,6 +231,7 @@ impl<D: Dialect> Session<D> {
             dialect,
             identity,
             rooms: HashMap::new(),
+            memberships: Arc::default(),
             last_seen: Instant::now(),
             outbound: Outbound::new(settings.max_outbound_bytes, None),
             bucket: TokenBucket::new(settings.max_messages_per_second),
@@ -318,6 +321,7 @@ impl<D: Dialect> Session<D> {
                 }
                 Action::Request { room, body, tag } => self.request(room, body, tag, ctx),
                 Action::Leave { room } => {
+                    self.memberships.left(&room);
                     if let Some(addr) = self.rooms.remove(&room) {
                         self.room_actor.queued();
                         addr.do_send(Leave { session: self.id });
@@ -433,6 +437,7 @@ impl<D: Dialect> Session<D> {
             outbound: self.outbound.clone(),
         });
         self.rooms.insert(key.clone(), addr);
+        self.memberships.joined(&key);
         ctx.wait(join.into_actor(self).map(move |res, act, ctx| match res {
             Ok(seq) => {
                 let env = Env {
@@ -444,6 +449,7 @@ impl<D: Dialect> Session<D> {
             }
             Err(_) if attempts > 1 => {
                 act.rooms.remove(&key);
+                act.memberships.left(&key);
                 act.checkout_and_join(key, attempts - 1, ctx);
             }
             Err(_) => act.close(ctx, close_code::INTERNAL, "Room unavailable"),
@@ -523,6 +529,8 @@ impl<D: Dialect> Actor for Session<D> {
                 .authenticated
                 .then(|| self.identity.user_id.clone()),
             closer: ctx.address().recipient(),
+            outbound: self.outbound.clone(),
+            rooms: self.memberships.clone(),
         });
         ctx.wait(register.into_actor(self).map(|res, act, ctx| match res {
             Ok(Ok(())) => {}
@@ -576,6 +584,18 @@ impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Sessi
             }
         };
         self.last_seen = Instant::now();
+        let size = match &msg {
+            ws::Message::Text(t) => t.len(),
+            ws::Message::Binary(b) => b.len(),
+            ws::Message::Continuation(
+                actix_http::ws::Item::FirstText(b)
+                | actix_http::ws::Item::FirstBinary(b)
+                | actix_http::ws::Item::Continue(b)
+                | actix_http::ws::Item::Last(b),
+            ) => b.len(),
+            _ => 0,
+        };
+        self.outbound.received(size);
         match msg {
             ws::Message::Ping(b) => {
                 self.outbound.add(frame_bytes(b.len()));

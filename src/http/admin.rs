@@ -1,186 +1,29 @@
-//! Health, stats, metrics and room administration.
-
-use std::time::{Duration, Instant};
+//! Admin actions: list and close sessions, publish a change into a room, compact a room. Each
+//! is behind the admin token, logged and counted (`synchub_admin_actions_total{action}`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
-use synchub_actors::directory::{GetCensus, GetRoomStatus};
-use synchub_actors::metrics::ActorKind;
+use serde_json::{Map, Value, json};
+use synchub_actors::directory::{CloseSessionById, ListSessions};
+use synchub_actors::pocket::PocketDialect;
 use synchub_actors::room::{RoomReply, RoomRequest};
+use synchub_actors::session::{Dialect, close_code};
 use synchub_actors::store::RoomLayout;
-use synchub_actors::{Namespace, RoomKey};
+use synchub_actors::synckit::SynckitDialect;
+use synchub_actors::{Identity, Namespace, Permissions, RoomKey};
 
+use super::headless::{self, Outcome, Written};
 use super::{AppState, unauthorized};
 
-pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let hub = &state.hub;
-    let storage_ok = hub.storage_healthy();
-    let cluster_ok = hub.cluster_healthy();
-    let healthy = storage_ok && cluster_ok;
-    let census = hub.directory().send(GetCensus).await.ok();
-    let cluster = match hub.cluster() {
-        None => Value::Null,
-        Some(c) => json!({
-            "bridge": if cluster_ok { "ok" } else { "stuck" },
-            "epoch": c.handle.epoch(),
-            "peers": c.handle.peers().len(),
-        }),
-    };
-    let body = json!({
-        "status": if healthy { "healthy" } else { "degraded" },
-        "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        "version": env!("CARGO_PKG_VERSION"),
-        // Seconds with a fraction, as SyncKit's server reports it (`process.uptime()`).
-        "uptime": (hub.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
-        "uptime_s": hub.uptime().as_secs(),
-        "node_id": hub.node_id(),
-        "storage": if storage_ok { "ok" } else { "failing" },
-        "cluster": cluster,
-        "connections": {
-            "totalConnections": census.as_ref().map_or(0, |c| c.sessions_total),
-            "totalUsers": census.as_ref().map_or(0, |c| c.users),
-            "totalClients": census.as_ref().map_or(0, |c| c.sessions_total),
-        },
-        "documents": {
-            "totalDocuments": census.as_ref().and_then(|c| c.rooms.get("synckit").copied()).unwrap_or(0),
-        },
-    });
-    if healthy {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
-}
+/// The actions counted, as their metric label.
+pub(super) const ACTIONS: [&str; 4] = ["list_sessions", "close_session", "publish", "compact"];
 
-pub(super) async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    HttpResponse::Ok().json(figures(&state).await)
-}
-
-/// How often `/stats/stream` sends the figures.
-const STREAM_EVERY: Duration = Duration::from_secs(1);
-
-/// `GET /stats/stream`: the figures of `/stats` as server-sent events, one `stats` event a
-/// second, for as long as the client stays.
-pub(super) async fn stats_stream(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    let ticks = tokio::time::interval(STREAM_EVERY);
-    let events = futures_util::stream::unfold((state, ticks), |(state, mut ticks)| async move {
-        ticks.tick().await;
-        let event = format!("event: stats\ndata: {}\n\n", figures(&state).await);
-        Some((
-            Ok::<_, actix_web::Error>(web::Bytes::from(event)),
-            (state, ticks),
-        ))
-    });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        // Proxies that buffer responses (nginx) would hold the events back.
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(events)
-}
-
-/// What `/stats` reports.
-async fn figures(state: &AppState) -> Value {
-    let hub = &state.hub;
-    let m = hub.metrics();
-    let census = hub.directory().send(GetCensus).await.unwrap_or_default();
-    let mut actors = serde_json::Map::new();
-    {
-        let mut window = state.rates.lock().unwrap_or_else(|p| p.into_inner());
-        let elapsed = window.at.elapsed().as_secs_f64();
-        let refresh = elapsed >= 1.0 || window.counts.is_empty();
-        for kind in ActorKind::ALL {
-            let series = m.actor(kind);
-            let kind = kind.as_str();
-            let handled = series.messages.get();
-            if refresh {
-                let before = window.counts.insert(kind, handled).unwrap_or(0);
-                let rate = if elapsed > 0.0 {
-                    (handled - before.min(handled)) as f64 / elapsed
-                } else {
-                    0.0
-                };
-                window.rates.insert(kind, rate);
-            }
-            actors.insert(
-                kind.into(),
-                json!({
-                    "count": series.count.get(),
-                    "messages": handled,
-                    "message_rate": window.rates.get(kind).copied().unwrap_or(0.0),
-                    "mailbox_backlog": series.backlog.get().max(0),
-                }),
-            );
-        }
-        if refresh {
-            window.at = Instant::now();
-        }
-    }
-    let flushes = m.flushes.get();
-    let batch_count = m.flush_batch.get_sample_count();
-    let latency_count = m.flush_seconds.get_sample_count();
-    let mean = |sum: f64, n: u64| if n == 0 { 0.0 } else { sum / n as f64 };
-    let changes: serde_json::Map<String, Value> = Namespace::ALL
-        .iter()
-        .map(|ns| {
-            let n = m.changes.with_label_values(&[ns.as_str()]).get();
-            (ns.as_str().to_owned(), Value::from(n))
-        })
-        .collect();
-    let frames: serde_json::Map<String, Value> = Namespace::ALL
-        .iter()
-        .map(|ns| {
-            let d = ns.as_str();
-            let counts = json!({
-                "in": m.frames_in.with_label_values(&[d]).get(),
-                "out": m.frames_out.with_label_values(&[d]).get(),
-            });
-            (d.to_owned(), counts)
-        })
-        .collect();
-    json!({
-        "node_id": hub.node_id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": hub.uptime().as_secs(),
-        "sessions": {
-            "total": census.sessions_total,
-            "pocket": census.sessions.get("pocket").copied().unwrap_or(0),
-            "synckit": census.sessions.get("synckit").copied().unwrap_or(0),
-            "relay": census.sessions.get("relay").copied().unwrap_or(0),
-        },
-        "rooms": {
-            "active": census.rooms_active,
-            "by_namespace": census.rooms,
-            "started_total": m.rooms_started.get(),
-            "stopped_total": m.rooms_stopped.get(),
-        },
-        "actors": actors,
-        "changes": changes,
-        "frames": frames,
-        "limits": m.limits(),
-        "storage": {
-            "durability": state.config.storage.durability,
-            "healthy": hub.storage_healthy(),
-            "flushes": flushes,
-            "flush_errors": m.flush_errors.get(),
-            "batch_size_mean": mean(m.flush_batch.get_sample_sum(), batch_count),
-            "batched_commits": m.flush_batch.get_sample_sum() as u64,
-            "changes_per_flush_mean": mean(m.flush_changes.get_sample_sum(), batch_count),
-            "flush_latency_ms_mean": mean(m.flush_seconds.get_sample_sum() * 1000.0, latency_count),
-            "size_on_disk_bytes": hub.store().size_on_disk(),
-        },
-        "cluster": super::cluster::stats(hub).await,
-    })
-}
+/// The close code a session closed by an operator gets: a policy close, which every client
+/// treats as a server-side decision and answers by reconnecting after its back-off.
+const CLOSED_BY_ADMIN: u16 = close_code::POLICY;
+const CLOSED_BY_ADMIN_REASON: &str = "Closed by an administrator";
 
 /// The room an admin path names, or the response refusing it.
-pub(super) fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
+fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
     let Some(ns) = Namespace::parse(&path.0) else {
         return Err(Box::new(
             HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
@@ -192,7 +35,7 @@ pub(super) fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpRespo
 }
 
 /// The room an admin request names, once the request passed the admin check.
-fn admin_room(
+pub(super) fn admin_room(
     req: &HttpRequest,
     path: &(String, String),
     state: &AppState,
@@ -203,44 +46,194 @@ fn admin_room(
     room_key(path)
 }
 
-pub(super) async fn room_stats(
+/// Counts and logs an admin action that was carried out.
+fn done(state: &AppState, req: &HttpRequest, action: &'static str, what: &str) {
+    state
+        .hub
+        .metrics()
+        .admin_actions
+        .with_label_values(&[action])
+        .inc();
+    let from = req
+        .peer_addr()
+        .map_or_else(|| "?".to_owned(), |a| a.ip().to_string());
+    log::info!("admin {action} {what} (from {from})");
+}
+
+/// `GET /admin/sessions`: every session on this node.
+pub(super) async fn list_sessions(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    match state.hub.directory().send(ListSessions).await {
+        Ok(sessions) => {
+            done(
+                &state,
+                &req,
+                "list_sessions",
+                &format!("({})", sessions.len()),
+            );
+            HttpResponse::Ok().json(json!({
+                "node_id": state.hub.node_id(),
+                "sessions": sessions,
+            }))
+        }
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// `DELETE /admin/sessions/<id>`: closes the session with a policy close.
+pub(super) async fn close_session(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let Ok(id) = path.parse::<u64>() else {
+        return HttpResponse::BadRequest().json(json!({"error": "A session id is a number"}));
+    };
+    let close = CloseSessionById {
+        id,
+        code: CLOSED_BY_ADMIN,
+        reason: CLOSED_BY_ADMIN_REASON.into(),
+    };
+    match state.hub.directory().send(close).await {
+        Ok(true) => {
+            done(&state, &req, "close_session", &format!("session {id}"));
+            HttpResponse::Ok().json(json!({
+                "closed": id,
+                "code": CLOSED_BY_ADMIN,
+                "reason": CLOSED_BY_ADMIN_REASON,
+            }))
+        }
+        Ok(false) => HttpResponse::NotFound().json(json!({"error": "Unknown session"})),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+/// Hands one message to `dialect` as the operator: user `admin`, with every permission. JSON
+/// text goes in as a text frame (SyncKit answers a text frame in JSON), anything else as binary.
+async fn as_operator<D: Dialect>(state: &AppState, mut dialect: D, body: &[u8]) -> Outcome {
+    let operator = Identity {
+        user_id: "admin".into(),
+        permissions: Permissions::admin(),
+        expires_at: None,
+        authenticated: false,
+    };
+    headless::drive(
+        state,
+        &mut dialect,
+        &operator,
+        body,
+        headless::text_or_binary,
+        false,
+    )
+    .await
+}
+
+/// `POST /admin/rooms/<namespace>/<room>/publish`: one client message in the room's dialect
+/// (a Pocket `push`, a SyncKit `delta`, a relay `update`), taken through the dialect's codec and
+/// the room like a connected client's, so it is merged, made durable and broadcast to every
+/// member. Answered with the dialect's own replies; 400 when the dialect refused the message.
+pub(super) async fn publish(
     req: HttpRequest,
     path: web::Path<(String, String)>,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let key = match admin_room(&req, &path, &state) {
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    match state
-        .hub
-        .directory()
-        .send(GetRoomStatus { key: key.clone() })
-        .await
-    {
-        Ok(Ok(Some(mut status))) => {
-            // In a cluster a room at rest may be behind: loading it catches it up, so what is
-            // reported is where every node that has the room converges.
-            if !status.live && state.hub.cluster().is_some() {
-                match state.hub.call(&key, RoomRequest::Status).await {
-                    Ok(RoomReply::Status(live)) => status = live,
-                    Ok(_) => {}
-                    Err(e) => log::warn!("{key}: cannot bring the room up to date: {e}"),
-                }
-            }
-            let cluster = super::cluster::room_position(&state.hub, &key, status.seq).await;
-            let mut body = serde_json::to_value(&status).unwrap_or(Value::Null);
-            if let Some(o) = body.as_object_mut()
-                && !cluster.is_null()
-            {
-                o.insert("cluster".into(), cluster);
-            }
-            HttpResponse::Ok().json(body)
+    let outcome = match key.namespace {
+        Namespace::Pocket => {
+            let limits = state.hub.settings().pocket_limits();
+            as_operator(&state, PocketDialect::new(key.clone(), limits), &body).await
         }
-        Ok(Ok(None)) => HttpResponse::NotFound().json(json!({"error": "Unknown room"})),
-        Ok(Err(e)) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Namespace::Relay => {
+            as_operator(&state, super::relay::dialect(&state, key.clone()), &body).await
+        }
+        Namespace::Synckit => {
+            let message = match synckit_message(&body, &key) {
+                Ok(m) => m,
+                Err(why) => return HttpResponse::BadRequest().json(json!({"error": why})),
+            };
+            let dialect = SynckitDialect::new(
+                true,
+                state.config.auth.required,
+                state.hub.settings().synckit_limits(),
+            );
+            as_operator(&state, dialect, message.as_bytes()).await
+        }
+    };
+    let replies = replies(outcome);
+    let refused = replies
+        .iter()
+        .any(|r| r["type"] == "error" || r["success"] == false);
+    if refused {
+        return HttpResponse::BadRequest().json(json!({
+            "error": "The dialect refused the message",
+            "replies": replies,
+        }));
     }
+    done(&state, &req, "publish", &key.to_string());
+    let seq = match state.hub.call(&key, RoomRequest::Status).await {
+        Ok(RoomReply::Status(s)) => Some(s.seq),
+        _ => None,
+    };
+    HttpResponse::Ok().json(json!({
+        "namespace": key.namespace.as_str(),
+        "room": key.room,
+        "seq": seq,
+        "replies": replies,
+    }))
+}
+
+/// A SyncKit message for the room: its `documentId` (filled in when absent) must be the room;
+/// a missing `id` or `timestamp` is filled in, as an operator typing one by hand would expect.
+fn synckit_message(body: &[u8], key: &RoomKey) -> Result<String, String> {
+    let Ok(Value::Object(mut top)) = serde_json::from_slice::<Value>(body) else {
+        return Err("A SyncKit message is a JSON object".into());
+    };
+    let named = top
+        .get("documentId")
+        .or_else(|| top.get("payload").and_then(|p| p.get("documentId")))
+        .cloned();
+    match named {
+        None => {
+            top.insert("documentId".into(), Value::from(key.room.as_str()));
+        }
+        Some(Value::String(doc)) if doc == key.room => {}
+        Some(_) => return Err("The message's documentId is not the room published to".into()),
+    }
+    let now = synchub_actors::clock::now_ms();
+    top.entry("id")
+        .or_insert_with(|| Value::from(format!("admin-{now}")));
+    top.entry("timestamp").or_insert_with(|| Value::from(now));
+    Ok(Value::Object(top).to_string())
+}
+
+/// The dialect's replies as JSON (binary replies as their length: none of the dialects answers a
+/// JSON message in binary).
+fn replies(outcome: Outcome) -> Vec<Value> {
+    let mut out: Vec<Value> = outcome
+        .written
+        .into_iter()
+        .map(|w| match w {
+            Written::Text(t) => serde_json::from_str(&t).unwrap_or(Value::String(t)),
+            Written::Binary(b) => json!({"binary_bytes": b.len()}),
+        })
+        .collect();
+    if let Some(closed) = outcome.closed {
+        let mut m = Map::new();
+        m.insert("type".into(), "error".into());
+        m.insert("error".into(), Value::from(closed.reason));
+        m.insert("close_code".into(), Value::from(closed.code));
+        out.push(Value::Object(m));
+    }
+    out
 }
 
 pub(super) async fn compact_room(
@@ -258,19 +251,12 @@ pub(super) async fn compact_room(
         Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
     match state.hub.call(&key, RoomRequest::Compact).await {
-        Ok(RoomReply::Compacted(report)) => HttpResponse::Ok().json(report),
+        Ok(RoomReply::Compacted(report)) => {
+            done(&state, &req, "compact", &key.to_string());
+            HttpResponse::Ok().json(report)
+        }
         Ok(other) => HttpResponse::InternalServerError()
             .json(json!({"error": format!("unexpected answer {other:?}")})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
-}
-
-pub(super) async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    super::cluster::refresh_gauges(&state.hub).await;
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.hub.metrics().render())
 }

@@ -1,6 +1,8 @@
 //! The cluster's HTTP side: the history endpoint peers read when the Redis stream no longer
 //! holds what they lack, and the `cluster` figures of `/stats`, `/health` and room stats.
 
+use std::time::Duration;
+
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -10,7 +12,7 @@ use synchub_actors::directory::LiveRoomStatuses;
 use synchub_actors::room::{ClusterLink, RoomStatus};
 use synchub_actors::{Hub, RoomKey};
 
-use super::{AppState, admin::room_key, unauthorized};
+use super::{AppState, admin::admin_room};
 
 /// The most entries one history page carries.
 const MAX_HISTORY_PAGE: usize = 50_000;
@@ -31,10 +33,7 @@ pub(super) async fn history(
     query: web::Query<HistoryQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if !state.admin_allowed(&req) {
-        return unauthorized();
-    }
-    let key = match room_key(&path) {
+    let key = match admin_room(&req, &path, &state) {
         Ok(k) => k,
         Err(resp) => return *resp,
     };
@@ -49,8 +48,9 @@ pub(super) async fn history(
     }
 }
 
-/// The `cluster` object of `/stats`: `null` on a single node.
-pub(super) async fn stats(hub: &Hub) -> Value {
+/// The `cluster` object of `/stats`, from the statuses of the live rooms: `null` on a single
+/// node.
+pub(super) async fn stats(hub: &Hub, statuses: Vec<RoomStatus>) -> Value {
     let Some(cluster) = hub.cluster() else {
         return Value::Null;
     };
@@ -65,7 +65,7 @@ pub(super) async fn stats(hub: &Hub) -> Value {
                    "last_heard_ms_ago": (now - p.last_heard_ms).max(0)})
         })
         .collect();
-    let rooms: Vec<Value> = positions(hub, cluster)
+    let rooms: Vec<Value> = positions(cluster, statuses)
         .await
         .iter()
         .map(|(s, redis_seq)| {
@@ -104,13 +104,11 @@ pub(super) async fn stats(hub: &Hub) -> Value {
     })
 }
 
-/// Every live room's status with its counter in Redis (`None` while Redis does not answer).
-async fn positions(hub: &Hub, cluster: &ClusterLink) -> Vec<(RoomStatus, Option<u64>)> {
-    let statuses = hub
-        .directory()
-        .send(LiveRoomStatuses)
-        .await
-        .unwrap_or_default();
+/// Each room's status with its counter in Redis (`None` while Redis does not answer).
+async fn positions(
+    cluster: &ClusterLink,
+    statuses: Vec<RoomStatus>,
+) -> Vec<(RoomStatus, Option<u64>)> {
     let keys: Vec<RoomKey> = statuses
         .iter()
         .filter_map(|s| RoomKey::parse(&format!("{}/{}", s.namespace, s.room)))
@@ -136,7 +134,12 @@ pub(super) async fn refresh_gauges(hub: &Hub) {
     if let Some(epoch) = cluster.handle.epoch() {
         m.epoch.with_label_values(&[epoch.as_str()]).set(1);
     }
-    let lags: Vec<u64> = positions(hub, cluster)
+    let statuses = hub
+        .directory()
+        .send(LiveRoomStatuses)
+        .await
+        .unwrap_or_default();
+    let lags: Vec<u64> = positions(cluster, statuses)
         .await
         .iter()
         .filter_map(|(s, redis_seq)| redis_seq.map(|r| r.saturating_sub(s.seq)))
@@ -156,4 +159,47 @@ pub(super) async fn room_position(hub: &Hub, key: &RoomKey, seq: u64) -> Value {
         Ok(redis_seq) => json!({"redis_seq": redis_seq, "lag": redis_seq.saturating_sub(seq)}),
         Err(e) => json!({"error": e.to_string()}),
     }
+}
+
+/// How long the hub waits for a peer's answer about a room.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A room as every other node of the cluster has it (`[]` on a single node): each peer's own
+/// answer to `/stats/rooms/…`, or why there is none.
+pub(super) async fn room_on_peers(state: &AppState, key: &RoomKey) -> Value {
+    let Some(cluster) = state.hub.cluster() else {
+        return json!([]);
+    };
+    let client = awc::Client::builder().timeout(PEER_STATUS_TIMEOUT).finish();
+    let token = &state.config.auth.admin_token;
+    let mut nodes = Vec::new();
+    for peer in cluster.handle.peers() {
+        let url = format!(
+            "{}/stats/rooms/{}/{}",
+            peer.url.trim_end_matches('/'),
+            key.namespace,
+            key.room
+        );
+        let mut request = client.get(&url);
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        let answer = match request.send().await {
+            Ok(mut res) if res.status().is_success() => match res.json::<Value>().await {
+                Ok(v) => json!({
+                    "node_id": peer.node,
+                    "seq": v["seq"],
+                    "durable_seq": v["durable_seq"],
+                    "digest": v["digest"],
+                    "sessions": v["sessions"],
+                    "live": v["live"],
+                }),
+                Err(e) => json!({"node_id": peer.node, "error": e.to_string()}),
+            },
+            Ok(res) => json!({"node_id": peer.node, "error": format!("answered {}", res.status())}),
+            Err(e) => json!({"node_id": peer.node, "error": e.to_string()}),
+        };
+        nodes.push(answer);
+    }
+    Value::Array(nodes)
 }

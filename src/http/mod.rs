@@ -3,13 +3,16 @@
 
 mod admin;
 mod cluster;
+mod dashboard;
+mod headless;
 mod pocket;
+pub(crate) mod recorder;
 mod relay;
+mod stats;
 mod synckit;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use actix::{Actor, ActorContext, StreamHandler};
 use actix_web::http::header;
@@ -29,30 +32,23 @@ pub struct AppState {
     pub hub: Hub,
     pub config: Arc<Config>,
     pub verifier: Arc<JwtVerifier>,
-    pub(crate) rates: Mutex<RateWindow>,
+    /// The last ten minutes of figures, sampled by [`start_recording`].
+    pub(crate) recorder: Mutex<recorder::Recorder>,
     /// Open WebSocket connections per client address.
     pub(crate) ip_slots: IpSlots,
 }
 
-/// Per actor kind, the message rate over the window between two `/stats` reads.
-pub(crate) struct RateWindow {
-    pub(crate) at: Instant,
-    pub(crate) counts: HashMap<&'static str, u64>,
-    pub(crate) rates: HashMap<&'static str, f64>,
-}
-
 impl AppState {
     pub fn new(hub: Hub, config: Arc<Config>, verifier: Arc<JwtVerifier>) -> AppState {
+        for action in admin::ACTIONS {
+            hub.metrics().admin_actions.with_label_values(&[action]);
+        }
         AppState {
             hub,
             ip_slots: IpSlots::new(config.limits.max_connections_per_ip),
             config,
             verifier,
-            rates: Mutex::new(RateWindow {
-                at: Instant::now(),
-                counts: HashMap::new(),
-                rates: HashMap::new(),
-            }),
+            recorder: Mutex::default(),
         }
     }
 
@@ -64,6 +60,14 @@ impl AppState {
         self.verifier.verify(token.ok_or(AuthError::Missing)?)
     }
 
+    /// Takes one sample of the hub's figures.
+    pub(crate) fn record(&self) {
+        self.recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(self.hub.metrics());
+    }
+
     /// Admin endpoints need the admin token when one is configured. Without one they are open
     /// only in development mode (auth off); with auth required they are closed to everyone.
     pub(crate) fn admin_allowed(&self, req: &HttpRequest) -> bool {
@@ -73,6 +77,22 @@ impl AppState {
         }
         bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
+}
+
+/// Samples the hub's figures every [`recorder::EVERY`] for as long as the state lives (the task
+/// holds it weakly, so it never keeps a stopped hub's storage open).
+pub fn start_recording(state: &web::Data<AppState>) -> actix_web::rt::task::JoinHandle<()> {
+    let weak = Arc::downgrade(&state.clone().into_inner());
+    actix_web::rt::spawn(async move {
+        let mut ticks = tokio::time::interval(recorder::EVERY);
+        loop {
+            ticks.tick().await;
+            match weak.upgrade() {
+                Some(state) => state.record(),
+                None => break,
+            }
+        }
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -110,14 +130,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/auth/login", web::post().to(synckit::login))
         .route("/relay", web::get().to(relay::websocket))
         .route("/", web::get().to(relay::root))
-        .route("/health", web::get().to(admin::health))
-        .route("/stats", web::get().to(admin::stats))
-        .route("/stats/stream", web::get().to(admin::stats_stream))
+        .route("/health", web::get().to(stats::health))
+        .route("/stats", web::get().to(stats::stats))
+        .route("/stats/stream", web::get().to(stats::stats_stream))
+        .route("/stats/history", web::get().to(stats::stats_history))
         .route(
             "/stats/rooms/{namespace}/{room}",
-            web::get().to(admin::room_stats),
+            web::get().to(stats::room_stats),
         )
-        .route("/metrics", web::get().to(admin::metrics))
+        .route("/metrics", web::get().to(stats::metrics))
+        .route("/dashboard", web::get().to(dashboard::page))
+        .route("/dashboard/{asset}", web::get().to(dashboard::asset))
+        .route("/admin/sessions", web::get().to(admin::list_sessions))
+        .route(
+            "/admin/sessions/{id}",
+            web::delete().to(admin::close_session),
+        )
+        .route(
+            "/admin/rooms/{namespace}/{room}/publish",
+            web::post().to(admin::publish),
+        )
         .route(
             "/admin/rooms/{namespace}/{room}/compact",
             web::post().to(admin::compact_room),

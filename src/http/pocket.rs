@@ -1,17 +1,15 @@
 //! Pocket: the WebSocket at `/sync` and the HTTP transport at `/sync/push` and `/sync/pull`.
 
-use std::collections::VecDeque;
-
 use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use synchub_actors::pocket::PocketDialect;
 use synchub_actors::pocket::wire::{WireError, code};
-use synchub_actors::room::{Origin, SessionId};
-use synchub_actors::session::{Action, Dialect, Env, Frame, Session, close_code};
+use synchub_actors::session::{Session, close_code};
 use synchub_actors::{Namespace, RoomKey};
 
+use super::headless::{self, Written};
 use super::{AppState, Query, Refused, start_session, start_ws, token};
 
 fn pocket_room(query: &Query) -> Option<RoomKey> {
@@ -133,39 +131,24 @@ pub(super) async fn http(
     };
     let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
     // One request per HTTP call: a session of its own that nothing is broadcast to.
-    let origin = Origin {
-        node: state.hub.node().clone(),
-        session: SessionId(0),
-    };
-    let env = Env {
-        origin: &origin,
-        identity: &identity,
-    };
-    let max = state.hub.session_settings().max_frame_bytes;
-    let mut actions: VecDeque<_> = if body.len() > max {
-        dialect
-            .on_oversized(&env, Some(Frame::Binary(&body)), body.len(), max)
-            .into()
-    } else {
-        dialect.on_frame(&env, Frame::Binary(&body)).into()
-    };
-    while let Some(action) = actions.pop_front() {
-        match action {
-            Action::Text(text) => return pocket_reply(text),
-            Action::Request { room, body, tag } => {
-                let reply = state.hub.call(&room, body).await;
-                actions.extend(dialect.on_reply(&env, tag, reply));
-            }
-            Action::Authenticate { .. } => {
-                return pocket_error(WireError::new(
-                    None,
-                    code::INVALID_MESSAGE,
-                    "Send the token in the Authorization header over HTTP",
-                ));
-            }
-            Action::LimitHit(limit) => state.hub.metrics().limit_hit(limit),
-            Action::Binary(_) | Action::Frame(_) | Action::Close { .. } | Action::Leave { .. } => {}
-        }
+    let outcome = headless::drive(
+        &state,
+        &mut dialect,
+        &identity,
+        &body,
+        headless::binary,
+        true,
+    )
+    .await;
+    if let Some(Written::Text(text)) = outcome.written.into_iter().next() {
+        return pocket_reply(text);
+    }
+    if outcome.authenticate {
+        return pocket_error(WireError::new(
+            None,
+            code::INVALID_MESSAGE,
+            "Send the token in the Authorization header over HTTP",
+        ));
     }
     pocket_error(WireError::new(None, code::INTERNAL, "No reply"))
 }

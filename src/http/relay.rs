@@ -63,17 +63,21 @@ pub(super) async fn websocket(
     if !identity.permissions.can_read(&room.room) {
         return Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})));
     }
+    start_session(
+        Session::new(state.hub.clone(), dialect(&state, room), identity),
+        &req,
+        stream,
+        &state,
+    )
+}
+
+/// The relay codec for one channel.
+pub(super) fn dialect(state: &AppState, room: RoomKey) -> RelayDialect {
     let settings = state.hub.settings();
-    let dialect = RelayDialect::new(
+    RelayDialect::new(
         room,
         state.hub.site_id().to_owned(),
         settings.relay_max_changes_per_message,
         settings.max_json_depth,
-    );
-    start_session(
-        Session::new(state.hub.clone(), dialect, identity),
-        &req,
-        stream,
-        &state,
     )
 }

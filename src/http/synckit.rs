@@ -4,7 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 use synchub_actors::session::Session;
-use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
+use synchub_actors::synckit::SynckitDialect;
 use synchub_actors::{Identity, Permissions};
 
 use super::{AppState, Query, bearer, start_session, token};
@@ -36,12 +36,7 @@ pub(super) async fn websocket(
     let dialect = SynckitDialect::new(
         identity.authenticated || !required,
         required,
-        SynckitLimits {
-            max_document_bytes: settings.max_document_bytes,
-            max_json_depth: settings.max_json_depth,
-            max_rooms: settings.max_rooms_per_session,
-            max_clock_skew_ms: settings.max_clock_skew_ms,
-        },
+        settings.synckit_limits(),
     );
     start_session(
         Session::new(state.hub.clone(), dialect, identity),

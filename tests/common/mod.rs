@@ -356,6 +356,7 @@ pub async fn http(
     let mut req = match method {
         "GET" => client.get(url),
         "POST" => client.post(url),
+        "DELETE" => client.delete(url),
         other => panic!("method {other}"),
     };
     if let Some(t) = bearer {

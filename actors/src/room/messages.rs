@@ -140,6 +140,12 @@ pub struct RoomStatus {
     /// Answers waiting for a flush.
     pub pending: usize,
     pub live: bool,
+    /// Milliseconds since the room last served a client (a write, a read, a join or a leave);
+    /// `None` for a room at rest.
+    pub idle_ms: Option<u64>,
+    /// Changes a second since the room's status was last read (over at least a second); `None`
+    /// for a room at rest.
+    pub writes_per_s: Option<f64>,
     /// In a cluster: how the room stands with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaStatus>,
@@ -167,6 +173,8 @@ impl RoomStatus {
             log_len: meta.log_len,
             pending: 0,
             live: false,
+            idle_ms: None,
+            writes_per_s: None,
             replica: None,
         }
     }

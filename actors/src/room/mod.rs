@@ -11,6 +11,7 @@ mod numbering;
 mod replica;
 mod reply;
 mod state;
+mod write_rate;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
 use crate::session::close_code;
 use crate::store::{LogEntry, RoomLayout, Store};
+use write_rate::WriteRate;
 
 /// A batch this large is committed at once instead of after the mailbox drains, which bounds
 /// both the latency the first change of a batch waits and the size of one storage batch.
@@ -135,6 +137,7 @@ pub struct Room {
     /// This room as the durability actor's answers reach it.
     me: Option<Recipient<Committed>>,
     last_activity: Instant,
+    write_rate: WriteRate,
     /// Durable changes waiting for the end of the model's broadcast window.
     gathered: Option<Gathered>,
     compaction: Compaction,
@@ -167,6 +170,7 @@ impl Room {
             last_token: 0,
             me: None,
             last_activity: Instant::now(),
+            write_rate: WriteRate::default(),
             gathered: None,
             compaction: Compaction::Idle,
             compaction_replies: Vec::new(),
@@ -185,6 +189,7 @@ impl Room {
             pending: self.pending(),
             durable_seq: self.durable_seq,
             live: true,
+            idle_ms: Some(self.last_activity.elapsed().as_millis() as u64),
             replica: self.replica.as_ref().map(|r| ReplicaStatus {
                 ready: r.ready(),
                 waiting_batches: r.waiting(),
@@ -661,7 +666,12 @@ impl Room {
             }
             RoomRequest::Compact => return self.request_compaction(Some(reply), ctx),
             RoomRequest::Status => match self.state.as_ref() {
-                Some(state) => Ok(RoomReply::Status(self.status(state))),
+                Some(state) => {
+                    let mut status = self.status(state);
+                    let rate = self.write_rate.read(status.seq, Instant::now());
+                    status.writes_per_s = Some(rate);
+                    Ok(RoomReply::Status(status))
+                }
                 None => Err(RoomError::Gone),
             },
             RoomRequest::History { after, upto, limit } => match self.state.as_ref() {

@@ -1,0 +1,101 @@
+//! A dialect driven without a socket: one client message in, the room requests it makes carried
+//! out, the replies it writes collected. Pocket's HTTP transport and the admin publish endpoint
+//! use it, so a change that arrives over HTTP takes exactly the path of one from a WebSocket.
+
+use std::collections::VecDeque;
+
+use synchub_actors::Identity;
+use synchub_actors::room::{Origin, SessionId};
+use synchub_actors::session::{Action, Dialect, Env, Frame};
+
+use super::AppState;
+
+/// What the dialect wrote back.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// How the dialect asked to be stopped, if it did.
+#[derive(Debug)]
+pub(crate) struct Closed {
+    pub(crate) code: u16,
+    pub(crate) reason: String,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub(crate) written: Vec<Written>,
+    pub(crate) closed: Option<Closed>,
+    /// The dialect wanted an in-band token checked, which has no meaning here.
+    pub(crate) authenticate: bool,
+}
+
+/// Hands `body` to `dialect` as one message from a client without a connection (session 0 of
+/// this node: rooms broadcast its changes to every member) and runs what it asks for, until it
+/// has nothing left to do or, with `first_reply`, until it has written one reply.
+pub(crate) async fn drive<D: Dialect>(
+    state: &AppState,
+    dialect: &mut D,
+    identity: &Identity,
+    body: &[u8],
+    frame: fn(&[u8]) -> Frame<'_>,
+    first_reply: bool,
+) -> Outcome {
+    let origin = Origin {
+        node: state.hub.node().clone(),
+        session: SessionId(0),
+    };
+    let env = Env {
+        origin: &origin,
+        identity,
+    };
+    let max = state.hub.session_settings().max_frame_bytes;
+    let mut actions: VecDeque<_> = if body.len() > max {
+        state
+            .hub
+            .metrics()
+            .limit_hit(synchub_actors::limits::Limit::FrameBytes);
+        dialect
+            .on_oversized(&env, Some(frame(body)), body.len(), max)
+            .into()
+    } else {
+        dialect.on_frame(&env, frame(body)).into()
+    };
+    let mut outcome = Outcome::default();
+    while let Some(action) = actions.pop_front() {
+        match action {
+            Action::Text(text) => outcome.written.push(Written::Text(text)),
+            Action::Binary(bytes) => outcome.written.push(Written::Binary(bytes)),
+            Action::Request { room, body, tag } => {
+                let reply = state.hub.call(&room, body).await;
+                actions.extend(dialect.on_reply(&env, tag, reply));
+            }
+            Action::Authenticate { .. } => outcome.authenticate = true,
+            Action::LimitHit(limit) => state.hub.metrics().limit_hit(limit),
+            Action::Close { code, reason } => {
+                outcome.closed = Some(Closed { code, reason });
+                break;
+            }
+            // Broadcasts and room membership concern connected sessions only.
+            Action::Frame(_) | Action::Leave { .. } => {}
+        }
+        if first_reply && !outcome.written.is_empty() {
+            break;
+        }
+    }
+    outcome
+}
+
+/// A message read as text when it is UTF-8, as binary otherwise.
+pub(crate) fn text_or_binary(body: &[u8]) -> Frame<'_> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Frame::Text(text),
+        Err(_) => Frame::Binary(body),
+    }
+}
+
+pub(crate) fn binary(body: &[u8]) -> Frame<'_> {
+    Frame::Binary(body)
+}
