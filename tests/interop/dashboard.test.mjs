@@ -1,5 +1,6 @@
 // The dashboard in headless Chromium against a hub with live traffic in all three dialects.
-// Writes a screenshot to target/dashboard.png (or $DASHBOARD_SCREENSHOT).
+// Writes screenshots to target/dashboard.png (or $DASHBOARD_SCREENSHOT) and, of a cluster,
+// dashboard-cluster.png beside it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -7,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
 import { chromium } from 'playwright-core';
-import { startHub, until } from './hub.mjs';
+import { startHub, startRedis, until } from './hub.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const TOKEN = 'dashboard-test-admin-token';
@@ -170,4 +171,42 @@ test('a wrong admin token shows nothing but the token form', async () => {
   await page.locator('#login-form button').click();
   await page.locator('#rooms tr[data-room="pocket/orders"]').waitFor({ timeout: 15000 });
   await context.close();
+});
+
+test('in a cluster it shows Redis, the peers, and a room on every node', async () => {
+  const redis = await startRedis();
+  const env = { SYNCHUB_AUTH_ADMIN_TOKEN: TOKEN, SYNCHUB_CLUSTER_REDIS_URL: redis.url };
+  const a = await startHub(env);
+  const b = await startHub(env);
+  const page = await browser.newPage({ viewport: { width: 1440, height: 1000 } });
+  try {
+    const idOf = async (hub) => (await (await fetch(`${hub.http}/health`)).json()).node_id;
+    const bId = await idOf(b);
+    const onA = await open(`${a.http.replace('http', 'ws')}/relay?channel=shared`);
+    const onB = await open(`${b.http.replace('http', 'ws')}/relay?channel=shared`);
+    for (let i = 0; i < 5; i += 1) {
+      onB.send(JSON.stringify({ type: 'update', changes: [['t', `k${i}`, 'v', i, 1, 1, 'b', 1, 0]] }));
+    }
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`${a.http}/dashboard#token=${TOKEN}`);
+    await waitFor(page, async () => (await text(page, '#cluster')).includes(bId), 'the peer listed');
+    assert.match(await text(page, '#cluster'), /Redis\s+up/);
+    assert.equal(await text(page, '#health'), 'healthy');
+    await page.locator('#rooms tr[data-room="relay/shared"]').click();
+    // This node, the peer, and the room's counter in Redis, all at the same sequence.
+    await waitFor(page, async () => {
+      const rows = await page.locator('#room-nodes tbody tr').allInnerTexts();
+      return rows.length === 3 && rows[1].includes(bId) && rows.every((r) => /\b5\b/.test(r));
+    }, 'the room on both nodes and in Redis');
+    await page.screenshot({ path: join(dirname(SHOT), 'dashboard-cluster.png'), fullPage: true });
+    assert.deepEqual(errors, []);
+    onA.terminate();
+    onB.terminate();
+  } finally {
+    await page.close();
+    await a.stop();
+    await b.stop();
+    await redis.stop();
+  }
 });

@@ -58,6 +58,24 @@ export async function startHub(env = {}) {
   };
 }
 
+// Starts a redis-server without persistence on a free port, for a cluster of hubs.
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+    '--appendonly', 'no'], { stdio: 'ignore' });
+  await until(() => new Promise((ok) => {
+    const sock = net.connect(port, '127.0.0.1', () => { sock.end(); ok(true); });
+    sock.once('error', () => ok(false));
+  }), 'redis-server to listen');
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      child.kill('SIGKILL');
+      await new Promise((r) => child.once('exit', r));
+    },
+  };
+}
+
 export async function until(check, what, ms = 10000) {
   const deadline = Date.now() + ms;
   while (!(await check())) {
