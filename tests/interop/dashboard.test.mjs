@@ -14,7 +14,7 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const TOKEN = 'dashboard-test-admin-token';
 const SHOT = process.env.DASHBOARD_SCREENSHOT ?? join(root, 'target', 'dashboard.png');
 // Seconds of traffic before the screenshot, so that its charts have something to show (the
-// README's picture is taken with 120).
+// README's picture is taken with 150).
 const WARMUP_S = Number(process.env.DASHBOARD_WARMUP_S ?? 0);
 
 let hub;
