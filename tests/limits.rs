@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::raw_ws::{RawFrame, RawWs};
-use common::{TIMEOUT, TestHub, Ws, get, within};
+use common::{TIMEOUT, TestHub, Ws, get, relay_write_big, within};
 use serde_json::{Value, json};
 
 /// The admin token of the hubs here that need one (with auth off, `/stats` is open anyway).
@@ -104,13 +104,6 @@ async fn relay_and_synckit_over_the_rate_get_their_errors() {
 
 /// Writes relay cell `i` with a 50 KB value and waits for its ack: one at a time, since the
 /// writer's own waiting requests are bounded by the same limit as what is queued for readers.
-async fn write_big(writer: &mut Ws, i: u64) {
-    let change = json!(["t", i.to_string(), "v", "x".repeat(50_000), 1, 1, "w", 1, 0]);
-    let update = json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"});
-    let ack = writer.request_typed(&update, "ack").await;
-    assert_eq!(ack["version"], i);
-}
-
 /// A relay client that stops reading while a writer floods its channel: it is evicted at the
 /// outbound limit and its connection ends, the writer and a reading subscriber lose nothing, and
 /// the slow client catches up from its version when it comes back.
@@ -129,7 +122,7 @@ async fn a_client_that_stops_reading_is_cut_off_and_resumes() {
     // MB (the hub's send buffer grows to several), so the flood must be larger than that.
     let writes = 200u64;
     for i in 1..=writes {
-        write_big(&mut writer, i).await;
+        relay_write_big(&mut writer, i).await;
         // Keep the reader drained so only the slow client falls behind.
         while let Some(text) = reader.try_recv(Duration::from_millis(0)).await {
             let _ = text;
@@ -188,7 +181,7 @@ async fn a_client_that_never_reads_again_is_disconnected() {
     let mut writer = Ws::connect(&hub.ws_url("/relay?channel=gone")).await;
     assert_eq!(writer.recv_json().await["type"], "connected");
     for i in 1..=200u64 {
-        write_big(&mut writer, i).await;
+        relay_write_big(&mut writer, i).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

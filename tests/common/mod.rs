@@ -345,6 +345,16 @@ impl Ws {
     }
 }
 
+/// Writes relay change `i` of 50 KB and waits for its ack (version `i`): 200 of them are more
+/// than the kernel's socket buffers hold for a client that stopped reading.
+pub async fn relay_write_big(writer: &mut Ws, i: u64) {
+    let change = serde_json::json!(["t", i.to_string(), "v", "x".repeat(50_000), 1, 1, "w", 1, 0]);
+    let update =
+        serde_json::json!({"type": "update", "changes": [change], "version": 0, "siteId": "w"});
+    let ack = writer.request_typed(&update, "ack").await;
+    assert_eq!(ack["version"], i);
+}
+
 /// An HTTP response's status and body as JSON (or a JSON string of the text).
 pub async fn http(
     method: &str,
