@@ -30,7 +30,12 @@ impl RedisServer {
             .spawn()
             .expect("redis-server (install it: apt-get install redis-server)");
         let deadline = Instant::now() + TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        // A probe connected to itself (the port is in the ephemeral range) is not Redis.
+        let listening = || {
+            TcpStream::connect(("127.0.0.1", port))
+                .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+        };
+        while !listening() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

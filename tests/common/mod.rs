@@ -433,9 +433,11 @@ impl ChildHub {
         };
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
-            if within("connect", tokio::net::TcpStream::connect(addr))
-                .await
-                .is_ok()
+            // A connection whose two ends are the same address is the kernel connecting the
+            // probe to itself (the free port is in the ephemeral range), not the hub listening.
+            let probe = within("connect", tokio::net::TcpStream::connect(addr)).await;
+            if let Ok(stream) = probe
+                && stream.local_addr().ok() != stream.peer_addr().ok()
             {
                 return hub;
             }

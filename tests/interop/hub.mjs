@@ -63,10 +63,12 @@ export async function startRedis() {
   const port = await freePort();
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
     '--appendonly', 'no'], { stdio: 'ignore' });
+  // Redis answers PING: a probe the kernel connected to itself would not.
   await until(() => new Promise((ok) => {
-    const sock = net.connect(port, '127.0.0.1', () => { sock.end(); ok(true); });
+    const sock = net.connect(port, '127.0.0.1', () => sock.write('PING\r\n'));
+    sock.once('data', (d) => { sock.destroy(); ok(d.toString().startsWith('+PONG')); });
     sock.once('error', () => ok(false));
-  }), 'redis-server to listen');
+  }), 'redis-server to answer');
   return {
     url: `redis://127.0.0.1:${port}`,
     async stop() {
