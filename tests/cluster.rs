@@ -335,11 +335,11 @@ async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
             .await;
         assert_eq!(r["type"], "pull-response");
     }
-    let push = |id: &str, doc: &str| {
-        json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {},
+    let push = |id: &str, doc: &str, checkpoint: &Value| {
+        json!({"type": "push", "id": id, "collection": "todos", "checkpoint": checkpoint,
                "changes": [{"operation": "insert", "documentId": doc, "document": {"by": id}}]})
     };
-    let r = pa.request(&push("pa1", "x")).await;
+    let r = pa.request(&push("pa1", "x", &json!({}))).await;
     assert_eq!(
         (
             r["success"].clone(),
@@ -350,7 +350,9 @@ async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
     let got = pb.recv_json().await;
     assert_eq!(got["changes"]["todos"][0]["documentId"], "x");
     assert_eq!(got["changes"]["todos"][0]["sequence"], 1);
-    let r = pb.request(&push("pb1", "y")).await;
+    // b applied the broadcast and holds its checkpoint: its push moves it on to 2.
+    assert_eq!(got["checkpoint"]["sequences"]["todos"], 1);
+    let r = pb.request(&push("pb1", "y", &got["checkpoint"])).await;
     assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
     let got = pa.recv_json().await;
     assert_eq!(got["changes"]["todos"][0]["sequence"], 2);
@@ -723,7 +725,7 @@ impl Kit {
     /// Subscribes; the state it gets holds everything written so far.
     async fn connect(hub: &ChildHub, mut got: Received) -> Kit {
         let mut kit = synckit::Kit::connect(&hub.ws_url("/ws"), false).await;
-        let r = kit.subscribe("chaos").await;
+        let (r, early) = kit.subscribe_live("chaos").await;
         // SyncKit has no resume point: a client that reconnects may be sent again what it
         // had (its merge is idempotent), so duplicates count per connection.
         got.seen
@@ -734,11 +736,15 @@ impl Kit {
                 got.seen.entry(field.clone()).or_insert(0);
             }
         }
-        Kit {
+        let mut kit = Kit {
             kit,
             got,
             counter: 0,
+        };
+        for m in &early {
+            kit.take(m);
         }
+        kit
     }
 
     fn take(&mut self, m: &Value) {

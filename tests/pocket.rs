@@ -583,3 +583,248 @@ async fn http_clients_name_their_room_without_the_query() {
     let r = ws.request(&pull("p", &["todos"], json!({}), None)).await;
     assert_eq!(docs(&r), ["s1"]);
 }
+
+/// The repro of a lost change: A is sent B's change as a broadcast, drops it as Pocket's engine
+/// does, and pushes with its own checkpoint. The push reply must keep A at its own position, so
+/// its next pull brings B's change.
+#[actix_rt::test]
+async fn a_push_reply_covers_only_what_the_client_had() {
+    let hub = TestHub::start();
+    let url = hub.ws_url("/sync?room=lost");
+    let (mut a, mut b) = (Ws::connect(&url).await, Ws::connect(&url).await);
+    let r = a
+        .request(&pull("a1", &["todos"], json!({"global": 0}), None))
+        .await;
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 0);
+    let r = b
+        .request(&push(
+            "b1",
+            "todos",
+            vec![change("insert", "fromB", json!({"v": 1}))],
+            json!({"global": 0}),
+        ))
+        .await;
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 1);
+    let bc = a.recv_json().await;
+    assert_eq!(bc["changes"]["todos"][0]["documentId"], "fromB");
+    // A ignores the broadcast and pushes with the checkpoint of its last reply.
+    let r = a
+        .request(&push(
+            "a2",
+            "todos",
+            vec![change("insert", "fromA", json!({"v": 2}))],
+            json!({"sequences": {"todos": 0}, "global": 0, "id": "x", "nodeId": "a", "timestamp": 1}),
+        ))
+        .await;
+    assert_eq!(r["success"], true);
+    assert_eq!(
+        (
+            r["checkpoint"]["sequences"]["todos"].clone(),
+            r["checkpoint"]["global"].clone()
+        ),
+        (json!(0), json!(0)),
+        "the reply moved A past a change it only was sent: {r}"
+    );
+    let r = a
+        .request(&pull("a3", &["todos"], r["checkpoint"].clone(), None))
+        .await;
+    let ids: Vec<&str> = r["changes"]["todos"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["documentId"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids, ["fromB", "fromA"]);
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
+    // Caught up by its own checkpoint, its next push moves it to the room's position.
+    let r = a
+        .request(&push(
+            "a4",
+            "todos",
+            vec![change("insert", "again", json!({"v": 3}))],
+            r["checkpoint"].clone(),
+        ))
+        .await;
+    assert_eq!(r["checkpoint"]["sequences"]["todos"], 3);
+}
+
+/// Three writers that sync as Pocket's engine does, over two collections, through pushes,
+/// short pulls, reconnects and a restart of the hub: each ends with every change.
+#[actix_rt::test]
+async fn engine_clients_end_with_every_change() {
+    use common::Lcg;
+    use common::pocket::EngineClient;
+    const COLLECTIONS: [&str; 2] = ["todos", "notes"];
+    let config = common::test_config(std::path::Path::new("."));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config;
+    config.storage.path = dir.path().display().to_string();
+    let mut hub = TestHub::start_in(dir, config.clone());
+    let url = |hub: &TestHub| hub.ws_url("/sync?room=engines");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(EngineClient::connect(&url(&hub)).await);
+    }
+    let mut rng = Lcg(0x5eed_0015);
+    let mut written = std::collections::BTreeSet::new();
+    for step in 0..240 {
+        let n = rng.below(3) as usize;
+        match rng.below(10) {
+            0..=4 => {
+                let collection = COLLECTIONS[rng.below(2) as usize];
+                let ids: Vec<String> = (0..=rng.below(3))
+                    .map(|k| format!("w{n}-{step}-{k}"))
+                    .collect();
+                written.extend(ids.iter().cloned());
+                clients[n].push(collection, &ids).await;
+            }
+            5..=7 => {
+                let limit = 1 + rng.below(4);
+                clients[n].pull_once(&COLLECTIONS, limit).await;
+            }
+            8 => clients[n].reconnect(&url(&hub)).await,
+            _ if step % 80 == 9 => {
+                let dir = hub.stop();
+                hub = TestHub::start_in(dir, config.clone());
+                for c in clients.iter_mut() {
+                    c.reconnect(&url(&hub)).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    for (n, c) in clients.iter_mut().enumerate() {
+        c.pull_all(&COLLECTIONS, 5).await;
+        let missing: Vec<&String> = written.difference(&c.has).collect();
+        assert!(missing.is_empty(), "client {n} lacks {missing:?}");
+    }
+}
+
+/// A document over `limits.max_document_bytes` is answered as a conflict with the stored
+/// version; the other changes of the push are applied, and the engine's resend of the rest
+/// goes through.
+#[actix_rt::test]
+async fn an_oversized_document_does_not_block_its_collection() {
+    let hub = TestHub::start_with(|c| {
+        c.limits.max_document_bytes = 256;
+        c.auth.admin_token = "admin-secret".into();
+    });
+    let mut ws = Ws::connect(&hub.ws_url("/sync?room=big")).await;
+    let r = ws
+        .request(&push(
+            "p1",
+            "todos",
+            vec![change("insert", "big", json!({"v": 1}))],
+            json!({}),
+        ))
+        .await;
+    assert_eq!(r["success"], true);
+    let changes = vec![
+        change("insert", "small1", json!({"v": 1})),
+        change("update", "big", json!({"v": 2, "pad": "x".repeat(400)})),
+        change("insert", "fresh-big", json!({"pad": "y".repeat(400)})),
+        change("insert", "small2", json!({"v": 2})),
+    ];
+    let r = ws.request(&push("p2", "todos", changes, json!({}))).await;
+    assert_eq!(r["type"], "push-response", "{r}");
+    assert_eq!(r["success"], false);
+    assert_eq!(
+        r["conflicts"],
+        json!([
+            {"documentId": "big", "serverDocument": {"_id": "big", "v": 1}},
+            {"documentId": "fresh-big", "serverDocument": {"_id": "fresh-big"}},
+        ])
+    );
+    let r = ws.request(&pull("q", &["todos"], json!({}), None)).await;
+    let stored: Vec<(String, Value)> = r["changes"]["todos"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| {
+            (
+                c["documentId"].as_str().expect("id").to_owned(),
+                c["document"]["v"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            ("big".to_owned(), json!(1)),
+            ("small1".to_owned(), json!(1)),
+            ("small2".to_owned(), json!(2)),
+        ]
+    );
+    let (status, stats) = http("GET", &hub.http_url("/stats"), Some("admin-secret"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(stats["limits"]["document_bytes"], 2, "{stats}");
+}
+
+/// Development mode: a JWT-shaped token without `exp` still names the HTTP request's room.
+#[actix_rt::test]
+async fn a_development_token_without_exp_names_the_room() {
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.sig",
+        b64(json!({"alg": "HS256", "typ": "JWT"})),
+        b64(json!({"sub": "dev", "room": "no-exp", "permissions": {"canRead": ["*"]}}))
+    );
+    let hub = TestHub::start();
+    let body = push(
+        "p",
+        "todos",
+        vec![change("insert", "e1", json!({"v": 1}))],
+        json!({}),
+    );
+    let (status, r) = http(
+        "POST",
+        &hub.http_url("/sync/push"),
+        Some(&token),
+        Some(&body),
+    )
+    .await;
+    assert_eq!((status, r["success"].clone()), (200, json!(true)), "{r}");
+    let count = |r: &Value| r["changes"]["todos"].as_array().map_or(0, Vec::len);
+    let mut named = Ws::connect(&hub.ws_url("/sync?room=no-exp")).await;
+    let r = named.request(&pull("q", &["todos"], json!({}), None)).await;
+    assert_eq!(count(&r), 1, "{r}");
+    let mut default = Ws::connect(&hub.ws_url("/sync")).await;
+    let r = default
+        .request(&pull("q", &["todos"], json!({}), None))
+        .await;
+    assert_eq!(count(&r), 0, "{r}");
+}
+
+/// With auth on, a valid token that grants nothing in the room is refused at the upgrade with
+/// 403, in every dialect, instead of a socket that answers every request FORBIDDEN.
+#[actix_rt::test]
+async fn a_token_without_rights_is_refused_at_the_upgrade() {
+    use common::tokens::{auth_hub, token};
+    const SECRET: &str = "rights-secret";
+    let hub = auth_hub(SECRET, "admin-token", |_| {});
+    let other_room = token(SECRET, "u", &["elsewhere"], &["elsewhere"], 600);
+    let nothing = token(SECRET, "u", &[], &[], 600);
+    let reader = token(SECRET, "u", &["mine"], &[], 600);
+    let pocket = |t: &str| hub.ws_url(&format!("/sync?room=mine&token={t}"));
+    assert_eq!(Ws::refused_status(&pocket(&other_room)).await, 403);
+    assert_eq!(Ws::refused_status(&pocket(&nothing)).await, 403);
+    let relay = |t: &str| hub.ws_url(&format!("/relay?channel=mine&token={t}"));
+    assert_eq!(Ws::refused_status(&relay(&other_room)).await, 403);
+    let synckit = |t: &str| hub.ws_url(&format!("/ws?token={t}"));
+    assert_eq!(Ws::refused_status(&synckit(&nothing)).await, 403);
+    // Read rights are enough to open the socket; a push is then refused on its own.
+    let mut ws = Ws::connect(&pocket(&reader)).await;
+    let r = ws
+        .request(&push(
+            "p",
+            "todos",
+            vec![change("insert", "d", json!({}))],
+            json!({}),
+        ))
+        .await;
+    assert_eq!(r["code"], "FORBIDDEN");
+    let r = ws.request(&pull("q", &["todos"], json!({}), None)).await;
+    assert_eq!(r["type"], "pull-response");
+    let _ = Ws::connect(&synckit(&other_room)).await;
+}

@@ -49,6 +49,11 @@ impl Permissions {
     pub fn can_read(&self, room: &str) -> bool {
         self.can_write(room) || self.can_read.iter().any(|p| pattern_matches(p, room))
     }
+
+    /// Whether any room at all can be read (and so whether a session is worth opening).
+    pub fn grants_anything(&self) -> bool {
+        self.is_admin || !self.can_read.is_empty() || !self.can_write.is_empty()
+    }
 }
 
 /// An authenticated (or, with auth off, anonymous) caller.

@@ -65,6 +65,12 @@ pub(super) async fn websocket(
             };
             start_ws(refused, &req, stream, &state)
         }
+        // A token that grants nothing in the room is refused before the upgrade, as the relay
+        // does: Pocket's engine ignores FORBIDDEN replies, so an accepted socket would sync
+        // nothing and say nothing, while a refused upgrade fails the engine's `connect`.
+        Ok(identity) if !identity.permissions.can_read(&room.room) => {
+            Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})))
+        }
         Ok(identity) => {
             let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
             start_session(

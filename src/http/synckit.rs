@@ -23,6 +23,11 @@ pub(super) async fn websocket(
         (false, _) => Identity::anonymous(),
         (true, None) => Identity::unauthenticated(),
         (true, Some(t)) => match state.authenticate(Some(t)) {
+            // A socket is not bound to one document here: refused only when the token can
+            // read nothing at all, as the other dialects refuse a token without their room.
+            Ok(identity) if !identity.permissions.grants_anything() => {
+                return Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})));
+            }
             Ok(identity) => identity,
             Err(e) => {
                 log::debug!("synckit upgrade refused: {e}");

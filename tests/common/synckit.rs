@@ -159,6 +159,25 @@ impl Kit {
         r
     }
 
+    /// Subscribes where other writers are live: a delta of the document may reach the socket
+    /// before the subscribe's answer (the session joins the room first). Answers the
+    /// `sync_response` and the deltas that came before it.
+    pub async fn subscribe_live(&mut self, doc: &str) -> (Value, Vec<Value>) {
+        self.send("subscribe", json!({"id": "sub-1", "documentId": doc}))
+            .await;
+        let mut early = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m["type"] == "delta" {
+                early.push(m);
+                continue;
+            }
+            assert_eq!(m["type"], "sync_response", "{m}");
+            assert_eq!(m["documentId"], doc);
+            return (m, early);
+        }
+    }
+
     pub async fn state(&mut self, doc: &str) -> Value {
         self.send("sync_request", json!({"id": "sr", "documentId": doc}))
             .await;

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::wire::{self, ClientMessage, PocketLimits, WireError, code, now_ms};
 use crate::identity::AuthError;
+use crate::limits::Limit;
 use crate::out_frame::OutFrame;
 use crate::raw_json::RawJson;
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
@@ -38,8 +39,11 @@ pub struct PocketDialect {
     limits: PocketLimits,
     /// Collections this connection follows (pushing or pulling one subscribes).
     subscribed: HashSet<String>,
-    /// Per collection, the position up to which this client has been sent every change.
-    positions: HashMap<String, u64>,
+    /// Per collection, the position this client *has*: the checkpoint its latest request
+    /// claimed, or the position of the latest reply it was answered with. Broadcasts never
+    /// move it: a client may drop them (Pocket's SyncEngine ignores every one), and a position
+    /// that covered a change the client only was sent would lose that change for good.
+    held: HashMap<String, u64>,
 }
 
 fn frame_bytes<'a>(frame: &Frame<'a>) -> &'a [u8] {
@@ -76,13 +80,18 @@ impl PocketDialect {
             room,
             limits,
             subscribed: HashSet::new(),
-            positions: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
-    fn advance(&mut self, collection: &str, to: u64) {
-        let p = self.positions.entry(collection.to_owned()).or_default();
-        *p = (*p).max(to);
+    /// What the client has of `collection` now: set, not raised, since a client that claims
+    /// less than before (its storage was reset, or it adopted an older reply) has less.
+    fn hold(&mut self, collection: &str, at: u64) {
+        self.held.insert(collection.to_owned(), at);
+    }
+
+    fn held(&self, collection: &str) -> u64 {
+        self.held.get(collection).copied().unwrap_or(0)
     }
 
     fn on_message(&mut self, env: &Env, raw: &[u8]) -> Vec<Action<Tag>> {
@@ -101,6 +110,7 @@ impl PocketDialect {
                     ));
                 }
                 let position = push.cursor.position(&push.collection);
+                self.hold(&push.collection, position);
                 let mut actions = Vec::with_capacity(2);
                 if self.subscribed.insert(push.collection.clone()) {
                     actions.push(Action::Request {
@@ -111,6 +121,7 @@ impl PocketDialect {
                         tag: Tag::Quiet,
                     });
                 }
+                actions.extend((0..push.oversized).map(|_| Action::LimitHit(Limit::DocumentBytes)));
                 actions.push(Action::Request {
                     room: self.room.clone(),
                     body: RoomRequest::Submit {
@@ -133,11 +144,14 @@ impl PocketDialect {
                     ));
                 }
                 self.subscribed.extend(pull.collections.iter().cloned());
-                let streams = pull
+                let streams: Vec<(String, u64)> = pull
                     .collections
                     .iter()
                     .map(|c| (c.clone(), pull.cursor.position(c)))
                     .collect();
+                for (c, at) in &streams {
+                    self.hold(c, *at);
+                }
                 vec![Action::Request {
                     room: self.room.clone(),
                     body: RoomRequest::Fetch {
@@ -231,15 +245,15 @@ impl Dialect for PocketDialect {
                 },
                 Ok(RoomReply::Submitted(s)),
             ) => {
-                // The client may move to the room's new position only if it already had every
-                // earlier change of the collection, by its own checkpoint or because this
-                // connection was sent them; otherwise it keeps its position and catches up.
-                let known = position.max(self.positions.get(&collection).copied().unwrap_or(0));
+                // The client may move to the room's new position only if its own checkpoint
+                // already covered every earlier change of the collection: then it has those and
+                // the changes of this push. What this connection was merely sent does not
+                // count. Otherwise it keeps the position it claimed and catches up by pulling.
                 let at = match s.heads_before.get(&collection) {
-                    Some(head) if known >= *head => s.seq,
-                    _ => known,
+                    Some(head) if position >= *head => s.seq,
+                    _ => position,
                 };
-                self.advance(&collection, at);
+                self.hold(&collection, at);
                 let sequences = BTreeMap::from([(collection, at)]);
                 let checkpoint = wire::checkpoint(&sequences, at, now);
                 vec![text(wire::push_response(&id, s.rejected, checkpoint, now))]
@@ -250,7 +264,7 @@ impl Dialect for PocketDialect {
                 for page in &f.pages {
                     let at = page.entries.last().map_or(f.seq, |e| e.seq);
                     has_more |= page.more;
-                    self.advance(&page.stream, at);
+                    self.hold(&page.stream, at);
                     sequences.insert(page.stream.clone(), at);
                 }
                 let checkpoint = wire::checkpoint(&sequences, f.seq, now);
@@ -273,8 +287,10 @@ impl Dialect for PocketDialect {
         }
     }
 
-    /// Other sessions' changes of the collections this one follows, as a `pull-response` with
-    /// a checkpoint that only moves past what this client has been sent.
+    /// Other sessions' changes of the collections this one follows, as a `pull-response`. Its
+    /// checkpoint covers a collection's changes only where the client's own position reached
+    /// the change before them; elsewhere it repeats that position, so a client that adopts it
+    /// (after dropping any number of broadcasts) still pulls everything it lacks.
     fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
         // The sender learns the outcome from its push-response.
         let mut changes: BTreeMap<&str, Vec<&LogEntry>> = BTreeMap::new();
@@ -290,16 +306,16 @@ impl Dialect for PocketDialect {
             return Vec::new();
         }
         let mut sequences = BTreeMap::new();
-        let mut caught_up = true;
+        let mut behind = None;
         for (collection, entries) in &changes {
-            let last = entries.last().map_or(0, |e| e.seq);
+            let held = self.held(collection);
             let head = event.heads_before.get(*collection).copied().unwrap_or(0);
-            let known = self.positions.get(*collection).copied().unwrap_or(0);
-            if known >= head {
-                self.advance(collection, last);
-            }
-            let at = self.positions.get(*collection).copied().unwrap_or(0);
-            caught_up &= at == last;
+            let at = if held >= head {
+                entries.last().map_or(held, |e| e.seq)
+            } else {
+                behind = Some(held);
+                held
+            };
             sequences.insert(collection.to_string(), at);
         }
         let encode = || {
@@ -310,12 +326,21 @@ impl Dialect for PocketDialect {
                 .map(|(c, es)| (*c, es.iter().map(|e| &e.body).collect()));
             wire::pull_response(&format!("broadcast_{now}"), bodies, &checkpoint, false, now)
         };
-        if filtered || !caught_up {
-            return vec![Action::Text(encode())];
+        // Members that get the same changes with the same checkpoint share one encoding: those
+        // whose position reached the broadcast, and, per position, those behind it.
+        let variant = match behind {
+            _ if filtered => None,
+            None => Some(0),
+            Some(held) if changes.len() == 1 => held.checked_add(1),
+            Some(_) => None,
+        };
+        match variant {
+            Some(v) => {
+                let frames = event.shared_frames(v, || vec![OutFrame::text(encode())]);
+                frames.iter().cloned().map(Action::Frame).collect()
+            }
+            None => vec![Action::Text(encode())],
         }
-        // Every member that follows all of it and is caught up gets the same message.
-        let frames = event.shared_frames(0, || vec![OutFrame::text(encode())]);
-        frames.iter().cloned().map(Action::Frame).collect()
     }
 
     fn on_authenticated(
@@ -402,15 +427,20 @@ mod tests {
         RoomEvent(Arc::new(Broadcast::new(room, entries, heads)))
     }
 
+    fn env_of<'a>(me: &'a Origin, identity: &'a Identity) -> Env<'a> {
+        Env {
+            origin: me,
+            identity,
+        }
+    }
+
     #[test]
-    fn push_checkpoints_advance_only_over_seen_changes() {
+    fn push_checkpoints_cover_only_what_the_client_claimed() {
         let identity = Identity::anonymous();
         let me = origin(1);
-        let env = Env {
-            origin: &me,
-            identity: &identity,
-        };
+        let env = env_of(&me, &identity);
         let mut d = dialect();
+        d.subscribed.insert("todos".into());
         let tag = |position| Tag::Push {
             id: "p".into(),
             collection: "todos".into(),
@@ -420,14 +450,14 @@ mod tests {
         let r = reply_json(d.on_reply(&env, tag(4), Ok(submitted(4, 5))));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 5);
         assert_eq!(r["checkpoint"]["global"], 5);
-        // Behind (this connection was sent up to 5, head 6): keep that position.
+        // Sent a broadcast of 6 (contiguous with 5), the client claims 0 in its next push: it
+        // may have dropped that broadcast, so it stays at 0 and pulls 1..=7 again.
+        let bc = reply_json(d.on_event(&env, &event(vec![entry(6, "todos", 9)], &[("todos", 5)])));
+        assert_eq!(bc["checkpoint"]["sequences"]["todos"], 6);
+        let r = reply_json(d.on_reply(&env, tag(0), Ok(submitted(6, 7))));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 0);
+        // Behind by its own claim (2 < head 6): it keeps its claim.
         let r = reply_json(d.on_reply(&env, tag(2), Ok(submitted(6, 7))));
-        assert_eq!(r["checkpoint"]["sequences"]["todos"], 5);
-        // A client that claims less than it was sent still moves on over what it was sent.
-        let r = reply_json(d.on_reply(&env, tag(0), Ok(submitted(5, 8))));
-        assert_eq!(r["checkpoint"]["sequences"]["todos"], 8);
-        let mut fresh = dialect();
-        let r = reply_json(fresh.on_reply(&env, tag(2), Ok(submitted(6, 7))));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 2);
         // Room failures are retryable INTERNAL errors with the request id.
         let r = reply_json(d.on_reply(&env, tag(0), Err(RoomError::Gone)));
@@ -438,30 +468,29 @@ mod tests {
     }
 
     #[test]
-    fn broadcast_checkpoints_follow_what_the_session_has_seen() {
+    fn broadcast_checkpoints_never_pass_what_the_client_holds() {
         let identity = Identity::anonymous();
         let me = origin(1);
-        let env = Env {
-            origin: &me,
-            identity: &identity,
-        };
+        let env = env_of(&me, &identity);
         let mut d = dialect();
         d.subscribed.insert("todos".into());
-        d.positions.insert("todos".into(), 3);
+        d.held.insert("todos".into(), 3);
         let both = |head, seq| {
             event(
                 vec![entry(seq, "todos", 9), entry(seq + 1, "notes", 9)],
                 &[("todos", head), ("notes", 0)],
             )
         };
-        // Contiguous: position moves to the broadcast change; other collections are filtered.
+        // Contiguous with what it holds: the checkpoint covers the broadcast change; other
+        // collections are filtered.
         let r = reply_json(d.on_event(&env, &both(3, 4)));
         assert_eq!(r["checkpoint"]["sequences"], json!({"todos": 4}));
         assert_eq!(r["changes"]["todos"][0]["sequence"], 4);
         assert!(r["changes"].get("notes").is_none());
-        // A gap (head 6 > position 4): the position stays.
-        let r = reply_json(d.on_event(&env, &both(6, 7)));
-        assert_eq!(r["checkpoint"]["sequences"]["todos"], 4);
+        // The next one (head 4): being sent 4 is not having it, so the checkpoint stays at 3.
+        let r = reply_json(d.on_event(&env, &both(4, 5)));
+        assert_eq!(r["checkpoint"]["sequences"]["todos"], 3);
+        assert_eq!(d.held("todos"), 3);
         // Its own changes are not echoed; the others' in the same event are.
         let mixed = event(
             vec![entry(5, "todos", 1), entry(6, "todos", 9)],
@@ -469,7 +498,7 @@ mod tests {
         );
         let mut d = dialect();
         d.subscribed.insert("todos".into());
-        d.positions.insert("todos".into(), 4);
+        d.held.insert("todos".into(), 4);
         let r = reply_json(d.on_event(&env, &mixed));
         assert_eq!(r["changes"]["todos"], json!([{"sequence": 6}]));
         assert_eq!(r["checkpoint"]["sequences"]["todos"], 6);
@@ -478,23 +507,21 @@ mod tests {
     }
 
     #[test]
-    fn caught_up_members_share_one_encoded_broadcast() {
+    fn members_at_the_same_position_share_one_encoded_broadcast() {
         let identity = Identity::anonymous();
         let shared = event(
             vec![entry(4, "todos", 9), entry(5, "todos", 8)],
             &[("todos", 3)],
         );
-        let frames: Vec<Value> = (1..=3)
-            .map(|n| {
-                let me = origin(n);
-                let env = Env {
-                    origin: &me,
-                    identity: &identity,
-                };
+        let frames: Vec<Value> = [3, 3, 3, 1, 1, 2]
+            .into_iter()
+            .enumerate()
+            .map(|(n, held)| {
+                let me = origin(n as u64 + 1);
                 let mut d = dialect();
                 d.subscribed.insert("todos".into());
-                d.positions.insert("todos".into(), 3);
-                let actions = d.on_event(&env, &shared);
+                d.held.insert("todos".into(), held);
+                let actions = d.on_event(&env_of(&me, &identity), &shared);
                 assert!(
                     matches!(actions.as_slice(), [Action::Frame(_)]),
                     "{actions:?}"
@@ -505,6 +532,9 @@ mod tests {
         assert_eq!(frames[0], frames[1]);
         assert_eq!(frames[0], frames[2]);
         assert_eq!(frames[0]["checkpoint"]["sequences"], json!({"todos": 5}));
+        assert_eq!(frames[3], frames[4]);
+        assert_eq!(frames[3]["checkpoint"]["sequences"], json!({"todos": 1}));
+        assert_eq!(frames[5]["checkpoint"]["sequences"], json!({"todos": 2}));
     }
 
     #[test]

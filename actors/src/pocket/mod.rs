@@ -1,5 +1,7 @@
 //! The `pocket` dialect: `@pocket/sync`'s JSON push/pull protocol with checkpoints.
 
+#[cfg(test)]
+mod checkpoint_props;
 pub mod conflict;
 mod dialect;
 mod model;

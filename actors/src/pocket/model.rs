@@ -49,6 +49,16 @@ impl Model for PocketModel {
         let op = body.get("operation").and_then(Value::as_str).unwrap_or("");
         let sent_doc = body.get("document").and_then(Value::as_object);
         let stored = current.and_then(Value::as_object);
+        if op == super::wire::REFUSED {
+            // The stored version, or a bare `{_id}` for a document the hub never had: the
+            // engine resolves every conflict against an object.
+            let server = stored
+                .map(|d| Value::Object(d.clone()))
+                .unwrap_or_else(|| json!({"_id": incoming.key}));
+            return Merge::Reject {
+                report: json!({"documentId": incoming.key, "serverDocument": server}),
+            };
+        }
         let tomb = || {
             let at = sent_doc
                 .and_then(|d| d.get("_updatedAt"))
@@ -247,6 +257,30 @@ mod tests {
             ),
             reject
         );
+    }
+
+    #[test]
+    fn refused_changes_report_the_stored_version_whatever_the_strategy() {
+        let stored = json!({"_id": "a", "v": 1, "_updatedAt": 10});
+        let refused = IncomingChange {
+            stream: "todos".into(),
+            key: "a".into(),
+            body: json!({"operation": super::super::wire::REFUSED, "documentId": "a"}),
+        };
+        for model in [with(Strategy::ClientWins), PocketModel::default()] {
+            assert_eq!(
+                model.merge(&mut Value::Null, Some(&stored), &refused),
+                Merge::Reject {
+                    report: json!({"documentId": "a", "serverDocument": stored.clone()})
+                }
+            );
+            assert_eq!(
+                model.merge(&mut Value::Null, None, &refused),
+                Merge::Reject {
+                    report: json!({"documentId": "a", "serverDocument": {"_id": "a"}})
+                }
+            );
+        }
     }
 
     #[test]

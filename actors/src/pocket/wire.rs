@@ -122,9 +122,20 @@ impl Cursor {
 pub struct Push {
     pub id: String,
     pub collection: String,
+    /// The changes to merge, in order; an oversized document's change is among them as a
+    /// [`REFUSED`] change, so the room answers it with the stored version.
     pub changes: Vec<IncomingChange>,
+    /// How many documents were over `max_document_bytes`.
+    pub oversized: usize,
     pub cursor: Cursor,
 }
+
+/// The operation the codec gives a change whose document is over `max_document_bytes`: the
+/// model never applies it and reports the stored version as a conflict, which Pocket's engine
+/// resolves and stops resending (a refusal of the whole push would block the collection: the
+/// engine resends every pending change of it in one push and settles nothing on an error).
+/// Clients cannot send it: parsing accepts only insert, update and delete.
+pub const REFUSED: &str = "refused";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pull {
@@ -236,13 +247,19 @@ fn parse_push(
         return Err(invalid(&id, "Field 'changes' must be an array"));
     };
     let mut changes = Vec::with_capacity(raw_changes.len());
+    let mut oversized = 0;
     for (i, raw) in raw_changes.iter().enumerate() {
-        changes.push(parse_change(raw, i, &collection, &id, limits, now_ms)?);
+        let change = parse_change(raw, i, &collection, &id, limits, now_ms)?;
+        if change.body.get("operation").and_then(Value::as_str) == Some(REFUSED) {
+            oversized += 1;
+        }
+        changes.push(change);
     }
     Ok(Push {
         id: request_id,
         collection,
         changes,
+        oversized,
         cursor: Cursor::parse(msg.get("checkpoint")),
     })
 }
@@ -286,16 +303,15 @@ fn parse_change(
         None | Some(Value::Null) if operation == "delete" => Value::Null,
         Some(Value::Object(doc)) => {
             let doc = validate_document(doc, document_id, &at)?;
-            let size = doc.to_string().len();
-            if size > limits.max_document_bytes {
-                return Err(WireError::new(
-                    id.clone(),
-                    code::TOO_LARGE,
-                    format!(
-                        "Document {document_id} is too large ({size} bytes, max {})",
-                        limits.max_document_bytes
-                    ),
-                ));
+            if doc.to_string().len() > limits.max_document_bytes {
+                return Ok(IncomingChange {
+                    stream: collection.to_owned(),
+                    key: document_id.to_owned(),
+                    body: object([
+                        ("operation", Value::from(REFUSED)),
+                        ("documentId", Value::from(document_id)),
+                    ]),
+                });
             }
             doc
         }
@@ -561,12 +577,20 @@ mod tests {
             max_document_bytes: 50,
             max_json_depth: 4,
         };
+        // An oversized document is refused on its own; the rest of the push goes on.
         let big = format!(
-            r#"{{"type":"push","id":"p","collection":"c","changes":[{{"operation":"insert","documentId":"a","document":{{"t":"{}"}}}}]}}"#,
+            r#"{{"type":"push","id":"p","collection":"c","changes":[{{"operation":"insert","documentId":"a","document":{{"t":"{}"}}}},{{"operation":"insert","documentId":"b","document":{{}}}}]}}"#,
             "x".repeat(60)
         );
-        let e = parse(big.as_bytes(), &limits, 0).expect_err("too large");
-        assert_eq!((e.code, e.id.as_deref()), (code::TOO_LARGE, Some("p")));
+        let Ok(ClientMessage::Push(p)) = parse(big.as_bytes(), &limits, 0) else {
+            panic!("a push with one oversized document is still a push");
+        };
+        assert_eq!(p.oversized, 1);
+        assert_eq!(
+            p.changes[0].body,
+            json!({"operation": REFUSED, "documentId": "a"})
+        );
+        assert_eq!(p.changes[1].body["operation"], "insert");
         let deep = r#"{"type":"pull","id":"d","collections":[],"checkpoint":{"x":{"y":{"z":{}}}}}"#;
         let e = parse(deep.as_bytes(), &limits, 0).expect_err("too deep");
         assert_eq!(e.code, code::INVALID_MESSAGE);

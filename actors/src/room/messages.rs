@@ -202,7 +202,7 @@ pub struct Broadcast {
     pub entries: Vec<LogEntry>,
     /// For each stream in `entries`, its last sequence number before them.
     pub heads_before: HashMap<String, u64>,
-    frames: Mutex<Vec<(u8, Arc<[OutFrame]>)>>,
+    frames: Mutex<Vec<(u64, Arc<[OutFrame]>)>>,
     bytes: usize,
 }
 
@@ -233,7 +233,7 @@ impl Broadcast {
     /// one serialisation per encoding, not one per recipient.
     pub fn shared_frames(
         &self,
-        variant: u8,
+        variant: u64,
         encode: impl FnOnce() -> Vec<OutFrame>,
     ) -> Arc<[OutFrame]> {
         let mut frames = self.frames.lock().unwrap_or_else(|p| p.into_inner());
