@@ -8,9 +8,16 @@
 //!
 //! With `relaxed` durability the flush is left to sled's background flusher: rooms are told as
 //! soon as their writes are applied (readers see them), before they are on disk.
+//!
+//! A failed write or flush (a full disk, an IO error) fails its whole group: no room is told a
+//! commit is durable unless it is. The store is then marked failing (with the cause, for the
+//! health endpoint), later groups fail at once without touching it, and every
+//! [`RECOVERY_INTERVAL`] the actor tries [`Store::recover`]: reopen the database as the last
+//! flush left it, then write and flush a probe. Once that works the store takes writes again,
+//! and the rooms, which dropped what they had merged since their last durable commit, reload
+//! what is durable. No restart is needed when the disk has room again.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -23,6 +30,14 @@ use crate::store::{KvBatch, Store};
 /// commits from many rooms, waiting this long lets them share flushes; a flush after a quiet
 /// spell starts at once.
 const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How often a failed store is tried again.
+pub const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Tries to get a failed store back; sent to itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Recover;
 
 /// A room's writes of one commit; `token` numbers the room's commits in order.
 #[derive(Message)]
@@ -57,9 +72,9 @@ pub struct Durability {
     store: Store,
     metrics: Arc<Metrics>,
     actor: ActorMetrics,
-    /// False once a write or flush failed, until one succeeds again; read by the health endpoint.
-    healthy: Arc<AtomicBool>,
     relaxed: bool,
+    /// A write or flush failed and the store has not recovered yet.
+    failing: bool,
     group: KvBatch,
     waiting: Vec<(Recipient<Committed>, u64)>,
     changes: usize,
@@ -68,18 +83,13 @@ pub struct Durability {
 }
 
 impl Durability {
-    pub fn new(
-        store: Store,
-        metrics: Arc<Metrics>,
-        healthy: Arc<AtomicBool>,
-        relaxed: bool,
-    ) -> Durability {
+    pub fn new(store: Store, metrics: Arc<Metrics>, relaxed: bool) -> Durability {
         Durability {
             store,
             actor: metrics.durability.clone(),
             metrics,
-            healthy,
             relaxed,
+            failing: false,
             group: KvBatch::default(),
             waiting: Vec::new(),
             changes: 0,
@@ -90,13 +100,20 @@ impl Durability {
 
     /// Applies the gathered group as one batch, flushes it (unless relaxed) and tells the rooms.
     /// Blocks this actor's thread, which has nothing else to do meanwhile.
-    fn write_group(&mut self) -> Result<(), String> {
+    fn write_group(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
         if self.waiting.is_empty() {
             return Ok(());
         }
         let group = std::mem::take(&mut self.group);
         let waiting = std::mem::take(&mut self.waiting);
         let changes = std::mem::replace(&mut self.changes, 0);
+        if self.failing {
+            // The store keeps its error until it is reopened: fail fast, as a flush would.
+            for (room, token) in waiting {
+                let _ = room.try_send(Committed { token, ok: false });
+            }
+            return Err(self.store.health().cause().unwrap_or_default());
+        }
         let started = Instant::now();
         self.last_flush = Some(started);
         let mut result = self.store.apply(group);
@@ -111,13 +128,19 @@ impl Durability {
         let ok = match &result {
             Ok(()) => {
                 self.metrics.flushes.inc();
-                self.healthy.store(true, Ordering::Relaxed);
                 true
             }
             Err(e) => {
-                log::error!("storage write failed: {e}");
+                let cause = e.cause();
+                log::error!(
+                    "storage write failed ({cause}): {e}; writes are refused until it recovers"
+                );
                 self.metrics.flush_errors.inc();
-                self.healthy.store(false, Ordering::Relaxed);
+                self.metrics.storage_failing.set(1);
+                // Before any room hears of it: a room reloads only once the store is healthy.
+                self.store.health().failed(cause);
+                self.failing = true;
+                ctx.notify_later(Recover, RECOVERY_INTERVAL);
                 false
             }
         };
@@ -138,8 +161,8 @@ impl Actor for Durability {
         self.actor.count.inc();
     }
 
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Err(e) = self.write_group() {
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) = self.write_group(ctx) {
             log::error!("final group not written: {e}");
         }
         self.actor.count.dec();
@@ -175,17 +198,36 @@ impl Handler<WriteGroup> for Durability {
             return;
         }
         self.scheduled = false;
-        // Failures are reported to the rooms and the health flag.
-        let _ = self.write_group();
+        // Failures are reported to the rooms and the store's health.
+        let _ = self.write_group(ctx);
+    }
+}
+
+impl Handler<Recover> for Durability {
+    type Result = ();
+
+    fn handle(&mut self, _: Recover, ctx: &mut Context<Self>) {
+        match self.store.recover() {
+            Ok(()) => {
+                log::info!("storage recovered: writes are taken again");
+                self.failing = false;
+                self.metrics.storage_failing.set(0);
+                self.metrics.storage_recoveries.inc();
+            }
+            Err(e) => {
+                log::debug!("storage not back yet: {e}");
+                ctx.notify_later(Recover, RECOVERY_INTERVAL);
+            }
+        }
     }
 }
 
 impl Handler<FlushAll> for Durability {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, _: FlushAll, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) -> Self::Result {
         self.actor.handled();
-        self.write_group()?;
+        self.write_group(ctx)?;
         self.store.flush().map_err(|e| e.to_string())
     }
 }

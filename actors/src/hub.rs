@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -85,7 +85,6 @@ struct Inner {
     node: NodeId,
     site_id: String,
     started: Instant,
-    storage_healthy: Arc<AtomicBool>,
     next_session: AtomicU64,
     /// The room threads and the durability thread; taken and joined at shutdown.
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
@@ -146,15 +145,13 @@ impl Hub {
             settings.node_id.clone()
         };
         let metrics = Arc::new(Metrics::new());
-        let storage_healthy = Arc::new(AtomicBool::new(true));
         // Group commit blocks on the disk: it gets a thread of its own.
         let durability_thread = Arbiter::new();
         let durability = {
-            let (store, metrics, healthy) =
-                (store.clone(), metrics.clone(), storage_healthy.clone());
+            let (store, metrics) = (store.clone(), metrics.clone());
             let relaxed = settings.relaxed;
             Durability::start_in_arbiter(&durability_thread.handle(), move |_| {
-                Durability::new(store, metrics, healthy, relaxed)
+                Durability::new(store, metrics, relaxed)
             })
         };
         let threads = match settings.room_threads {
@@ -228,7 +225,6 @@ impl Hub {
                 verifier,
                 node: NodeId::new(&node_id),
                 started: Instant::now(),
-                storage_healthy,
                 next_session: AtomicU64::new(1),
                 arbiters: std::sync::Mutex::new(arbiters),
             }),
@@ -320,9 +316,18 @@ impl Hub {
         SessionId(self.inner.next_session.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Whether storage works: the last flush succeeded and the database answers.
+    /// Whether storage works: writes go through and the database answers.
     pub fn storage_healthy(&self) -> bool {
-        self.inner.storage_healthy.load(Ordering::Relaxed) && self.inner.store.probe().is_ok()
+        self.storage_problem().is_none()
+    }
+
+    /// Why storage does not work ("disk full", or the error), if it does not.
+    pub fn storage_problem(&self) -> Option<String> {
+        let store = &self.inner.store;
+        if let Some(cause) = store.health().cause() {
+            return Some(cause);
+        }
+        store.probe().err().map(|e| e.cause())
     }
 
     /// Sends one request to a room outside any session (HTTP transport, admin endpoints).

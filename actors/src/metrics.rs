@@ -128,6 +128,10 @@ pub struct Metrics {
     pub frames_out: IntCounterVec,
     pub flushes: IntCounter,
     pub flush_errors: IntCounter,
+    /// 1 while storage refuses writes (a failed write or flush, until it recovers).
+    pub storage_failing: IntGauge,
+    /// Times storage came back by itself after a failure.
+    pub storage_recoveries: IntCounter,
     /// Commit requests covered by one flush.
     pub flush_batch: Histogram,
     /// Changes covered by one flush.
@@ -269,6 +273,15 @@ impl Metrics {
             frames_out: counter_vec(&r, "frames_out_total", "Frames sent", "dialect"),
             flushes: counter(&r, "flushes_total", "Storage flushes completed"),
             flush_errors: counter(&r, "flush_errors_total", "Storage flushes that failed"),
+            storage_failing: gauge(
+                "storage_failing",
+                "1 while storage refuses writes after a failed write or flush",
+            ),
+            storage_recoveries: counter(
+                &r,
+                "storage_recoveries_total",
+                "Times storage recovered by itself after a failure",
+            ),
             flush_batch: histogram(
                 &r,
                 "flush_batch_size",

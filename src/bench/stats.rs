@@ -217,6 +217,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     pub connections: AtomicU64,
     pub changes: AtomicU64,
+    /// The slowest ack since the progress line last looked, in µs.
+    ack_max_us: AtomicU64,
     phase: AtomicU8,
 }
 
@@ -231,6 +233,12 @@ impl Counters {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// An ack took `us`: the progress line shows the slowest of each second, so a stall shows
+    /// when it happens rather than only in the run's percentiles.
+    pub fn ack_took(&self, us: u64) {
+        self.ack_max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> [u64; 6] {
@@ -277,7 +285,13 @@ impl Progress {
                     counters.phase().label()
                 );
                 if now[1] > 0 {
-                    let _ = write!(line, " acks {:>8.0}/s", rate(1));
+                    let slowest = counters.ack_max_us.swap(0, Ordering::Relaxed);
+                    let _ = write!(
+                        line,
+                        " acks {:>8.0}/s (slowest {:>7.1} ms)",
+                        rate(1),
+                        slowest as f64 / 1000.0
+                    );
                 }
                 if now[2] > 0 {
                     let _ = write!(line, " deliveries {:>9.0}/s", rate(2));

@@ -16,9 +16,9 @@ use super::{AppState, admin::admin_room, recorder, unauthorized};
 
 pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let hub = &state.hub;
-    let storage_ok = hub.storage_healthy();
+    let storage_problem = hub.storage_problem();
     let cluster_ok = hub.cluster_healthy();
-    let healthy = storage_ok && cluster_ok;
+    let healthy = storage_problem.is_none() && cluster_ok;
     let census = hub.directory().send(GetCensus).await.ok();
     let cluster = match hub.cluster() {
         None => Value::Null,
@@ -36,7 +36,8 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
         "uptime": (hub.uptime().as_secs_f64() * 1000.0).round() / 1000.0,
         "uptime_s": hub.uptime().as_secs(),
         "node_id": hub.node_id(),
-        "storage": if storage_ok { "ok" } else { "failing" },
+        // "ok", or why writes are refused ("disk full", or the error).
+        "storage": storage_problem.as_deref().unwrap_or("ok"),
         "cluster": cluster,
         "connections": {
             "totalConnections": census.as_ref().map_or(0, |c| c.sessions_total),
@@ -153,7 +154,7 @@ async fn figures(state: &AppState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": hub.uptime().as_secs(),
         "health": {
-            "storage": if hub.storage_healthy() { "ok" } else { "failing" },
+            "storage": hub.storage_problem().unwrap_or_else(|| "ok".into()),
             "cluster": hub.cluster().map(|_| if hub.cluster_healthy() { "ok" } else { "stuck" }),
         },
         "sessions": {
@@ -179,8 +180,10 @@ async fn figures(state: &AppState) -> Value {
         "storage": {
             "durability": state.config.storage.durability,
             "healthy": hub.storage_healthy(),
+            "problem": hub.storage_problem(),
             "flushes": flushes,
             "flush_errors": m.flush_errors.get(),
+            "recoveries": m.storage_recoveries.get(),
             "batch_size_mean": mean(m.flush_batch.get_sample_sum(), batch_count),
             "batched_commits": m.flush_batch.get_sample_sum() as u64,
             "changes_per_flush_mean": mean(m.flush_changes.get_sample_sum(), batch_count),

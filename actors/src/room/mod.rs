@@ -53,7 +53,8 @@ pub enum RoomError {
     Storage(String),
     #[error("the room is not running")]
     Gone,
-    #[error("the cluster is not ordering changes right now; retry")]
+    /// Retryable: the cluster is not ordering changes, or storage refuses writes, right now.
+    #[error("the room cannot take this right now; retry")]
     Unavailable,
 }
 
@@ -93,10 +94,11 @@ struct Held(Reply, RoomReply);
 enum Compaction {
     #[default]
     Idle,
-    /// Asked for: commits are held until those in flight are durable, then it starts.
+    /// Asked for: starts once the room has loaded.
     Pending,
-    /// Running off the room's thread over a log of this length.
-    Running { log_len_before: u64 },
+    /// Running off the room's thread over the log up to the durable sequence number it had
+    /// then; commits and reads go on meanwhile.
+    Running,
 }
 
 /// A commit handed to the durability actor, with what to release once it is durable.
@@ -143,11 +145,18 @@ pub struct Room {
     compaction: Compaction,
     /// Who asked for the compaction under way.
     compaction_replies: Vec<Reply>,
-    /// Log reads that arrived while the log was being rewritten; served once it is done.
-    reads_after_compaction: Vec<Request>,
     /// Set in a cluster.
     replica: Option<Replica>,
+    /// A commit failed: the room dropped what it had merged since its last durable commit and
+    /// waits to reload what is durable; requests are answered `Unavailable` meanwhile.
+    recovering: bool,
+    /// The last commit token the failure took: a later "durable" for one of these means a
+    /// commit the room gave up on reached the disk after all, and the room reloads again.
+    lost_upto: u64,
 }
+
+/// How often a room waiting for storage checks whether it can reload.
+const RELOAD_RETRY: Duration = Duration::from_millis(250);
 
 impl Room {
     pub fn new(key: RoomKey, cx: RoomContext) -> Room {
@@ -174,8 +183,9 @@ impl Room {
             gathered: None,
             compaction: Compaction::Idle,
             compaction_replies: Vec::new(),
-            reads_after_compaction: Vec::new(),
             replica,
+            recovering: false,
+            lost_upto: 0,
         }
     }
 
@@ -223,6 +233,10 @@ impl Room {
         if self.replica.is_some() {
             return self.submit_to_cluster(origin, changes, reply, ctx);
         }
+        if !self.cx.store.health().ok() {
+            // Storage refuses writes (a full disk): nothing to merge that could be kept.
+            return reply.send(Err(RoomError::Unavailable));
+        }
         let Some(state) = self.state.as_mut() else {
             return reply.send(Err(RoomError::Gone));
         };
@@ -258,11 +272,8 @@ impl Room {
         }
     }
 
-    /// Hands the open batch to the durability actor, unless a compaction holds commits.
+    /// Hands the open batch to the durability actor.
     fn commit(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.compaction, Compaction::Idle) {
-            return;
-        }
         if self.open.is_empty() {
             let held = std::mem::take(&mut self.open_held);
             for h in held {
@@ -306,7 +317,35 @@ impl Room {
     /// A write failed: the state in memory is ahead of what storage holds. Fail everything
     /// waiting, close the members (their clients resume from their checkpoints), and stop; the
     /// next request starts the room afresh from storage.
+    /// A commit failed. Every answer waiting for a write gets a retryable error; nothing it
+    /// merged since its last durable commit was sent to anyone, so the room drops it and reloads
+    /// what is durable once storage takes writes again, keeping its members (their sockets stay
+    /// open; reads and writes are refused with a retryable error until then). A room in a
+    /// cluster stops instead and closes its members, which reconnect, possibly elsewhere: its
+    /// numbers came from the cluster, and a new start catches up from it.
     fn fail(&mut self, ctx: &mut Context<Self>) {
+        if self.replica.is_none() {
+            for f in self.in_flight.drain(..) {
+                for Held(reply, _) in f.held {
+                    reply.send(Err(RoomError::Unavailable));
+                }
+            }
+            for Held(reply, _) in self.open_held.drain(..) {
+                reply.send(Err(RoomError::Unavailable));
+            }
+            self.open = OpenBatch::default();
+            self.lost_upto = self.last_token;
+            if !self.recovering {
+                log::warn!(
+                    "{}: a write failed; reloading once storage recovers",
+                    self.key
+                );
+                self.recovering = true;
+                self.state = None;
+                self.reload(ctx);
+            }
+            return;
+        }
         for f in self.in_flight.drain(..) {
             for h in f.held {
                 fail_held(h);
@@ -324,6 +363,41 @@ impl Room {
         self.members.clear();
         self.state = None;
         ctx.stop();
+    }
+
+    /// Loads the room's durable state again, once storage reads only what is durable (it has
+    /// been reopened), which may be before it takes writes again.
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        if !self.cx.store.health().readable() {
+            ctx.run_later(RELOAD_RETRY, |room, ctx| room.reload(ctx));
+            return;
+        }
+        let store = self.cx.store.clone();
+        let model = self.cx.model.clone();
+        let key = self.key.clone();
+        let load = tokio::task::spawn_blocking(move || {
+            let layout = RoomLayout::new(&key);
+            let image = store.load_room(&layout)?;
+            RoomState::load(key, layout, image, model.as_ref())
+        });
+        ctx.spawn(actix::fut::wrap_future(load).map(
+            |loaded, room: &mut Room, ctx: &mut Context<Room>| match loaded {
+                Ok(Ok(state)) => {
+                    log::info!("{}: reloaded at seq {}", room.key, state.meta().seq);
+                    room.durable_seq = state.meta().seq;
+                    room.state = Some(state);
+                    room.recovering = false;
+                }
+                Ok(Err(e)) => {
+                    log::warn!("{}: cannot reload yet: {e}", room.key);
+                    ctx.run_later(RELOAD_RETRY, |room, ctx| room.reload(ctx));
+                }
+                Err(e) => {
+                    log::warn!("{}: reload failed: {e}", room.key);
+                    ctx.run_later(RELOAD_RETRY, |room, ctx| room.reload(ctx));
+                }
+            },
+        ));
     }
 
     /// Broadcasts durable entries, at once or at the end of the model's window.
@@ -463,51 +537,43 @@ impl Room {
         self.start_compaction(ctx);
     }
 
-    /// Starts a pending compaction once every commit is durable. It rewrites the log on a
-    /// blocking thread while the room goes on merging; the room's own commits wait for it.
+    /// Starts a pending compaction of the durable log. It rewrites the log in bounded steps on
+    /// a blocking thread while the room goes on merging, committing and serving reads: it
+    /// leaves alone what is committed after it starts, and each step leaves a whole log.
     fn start_compaction(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.compaction, Compaction::Pending) || !self.in_flight.is_empty() {
+        if !matches!(self.compaction, Compaction::Pending) {
             return;
         }
         let Some(state) = self.state.as_ref() else {
             return;
         };
-        // The open batch is not in the log yet.
-        let durable_log_len = state.meta().log_len - self.open.len() as u64;
-        self.compaction = Compaction::Running {
-            log_len_before: durable_log_len,
-        };
-        let committed = self.open.is_empty();
+        self.compaction = Compaction::Running;
         let job = state.compaction(
             self.cx.store.clone(),
             self.cx.model.clone(),
             now_ms(),
-            committed,
+            self.durable_seq,
         );
         let run = tokio::task::spawn_blocking(job);
         ctx.spawn(actix::fut::wrap_future(run).map(
-            |result, room: &mut Room, ctx: &mut Context<Room>| {
+            |result, room: &mut Room, _: &mut Context<Room>| {
                 let result = match result {
                     Ok(r) => r.map_err(|e| RoomError::Storage(e.to_string())),
                     Err(e) => Err(RoomError::Storage(e.to_string())),
                 };
-                room.compaction_done(result, ctx);
+                room.compaction_done(result);
             },
         ));
     }
 
-    fn compaction_done(
-        &mut self,
-        result: Result<crate::store::CompactReport, RoomError>,
-        ctx: &mut Context<Self>,
-    ) {
-        let Compaction::Running { log_len_before } = std::mem::take(&mut self.compaction) else {
+    fn compaction_done(&mut self, result: Result<crate::store::CompactReport, RoomError>) {
+        if !matches!(std::mem::take(&mut self.compaction), Compaction::Running) {
             return;
-        };
+        }
         match &result {
             Ok(report) => {
                 if let Some(state) = self.state.as_mut() {
-                    state.compacted(log_len_before, report);
+                    state.compacted(report);
                 }
                 if report.removed > 0 {
                     log::info!(
@@ -518,15 +584,11 @@ impl Room {
                     );
                 }
             }
-            // The rewrite is one atomic batch: a failed one left the log as it was.
+            // Each step is one atomic batch: a failed one left a whole log behind.
             Err(e) => log::warn!("compaction of {} failed: {e}", self.key),
         }
         for reply in self.compaction_replies.drain(..) {
             reply.send(result.clone().map(RoomReply::Compacted));
-        }
-        self.commit(ctx);
-        for request in std::mem::take(&mut self.reads_after_compaction) {
-            self.serve(request, ctx);
         }
     }
 
@@ -624,19 +686,23 @@ impl Handler<Request> for Room {
 
 impl Room {
     fn serve(&mut self, msg: Request, ctx: &mut Context<Self>) {
-        // A read during a rewrite of the log could see it half done: it waits for the rewrite.
-        if matches!(
-            msg.body,
-            RoomRequest::Fetch { .. } | RoomRequest::History { .. }
-        ) && matches!(self.compaction, Compaction::Running { .. })
-        {
-            return self.reads_after_compaction.push(msg);
-        }
         let Request {
             origin,
             body,
             reply,
         } = msg;
+        if self.recovering {
+            // A subscription is the room's own bookkeeping: it still counts.
+            if let RoomRequest::Subscribe { streams } = body {
+                if let Some(member) = origin.and_then(|o| self.members.get_mut(&o.session))
+                    && let Streams::Some(set) = &mut member.streams
+                {
+                    set.extend(streams);
+                }
+                return reply.send(Ok(RoomReply::Done));
+            }
+            return reply.send(Err(RoomError::Unavailable));
+        }
         let answer = match body {
             RoomRequest::Submit { changes } => return self.submit(origin, changes, reply, ctx),
             RoomRequest::Fetch {
@@ -702,8 +768,28 @@ impl Handler<Committed> for Room {
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
         self.actor.handled();
+        if !msg.ok && msg.token <= self.lost_upto {
+            // A commit the last failure already took.
+            return;
+        }
         if !msg.ok {
             return self.fail(ctx);
+        }
+        if self.recovering {
+            // A commit given up on (its answers said "retry"); the reload reads what it left.
+            return;
+        }
+        if msg.token <= self.lost_upto && self.in_flight.front().is_none_or(|f| f.token > msg.token)
+        {
+            // It reached the disk after the room had dropped it: what is durable is no longer
+            // what the room holds.
+            log::warn!(
+                "{}: a commit it gave up on became durable; reloading",
+                self.key
+            );
+            self.recovering = true;
+            self.state = None;
+            return self.reload(ctx);
         }
         let mut entries = Vec::new();
         let mut heads_before = HashMap::new();

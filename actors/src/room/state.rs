@@ -47,9 +47,6 @@ enum Numbered<'a> {
     From(u64),
 }
 
-/// Compaction writes the log back in segments of at most this many entries.
-const COMPACT_SEGMENT: usize = 1024;
-
 /// Accepted changes that have not been handed to storage yet.
 #[derive(Default)]
 pub struct OpenBatch {
@@ -86,6 +83,20 @@ pub struct RoomState {
     /// stream is indexed from the first time one of its governing records is written: rooms
     /// that never delete a row pay nothing for it.
     governed: HashMap<String, HashMap<String, HashSet<String>>>,
+    /// Bytes of the log's entries (bodies and keys), as the disk holds them, roughly.
+    log_bytes: u64,
+}
+
+/// While a room is busy, a log this large is compacted once half of it is superseded, however
+/// few entries that is: large changes must not make the disk hold many times the live state.
+const BUSY_LOG_BYTES: u64 = 8 << 20;
+
+/// While a room is busy, superseded entries beyond twice the records that make a compaction
+/// worth its cost: it reads the log once and drops at least half of it.
+const BUSY_LOG_SLACK: u64 = 1024;
+
+fn entry_bytes(e: &LogEntry) -> u64 {
+    (e.body.as_str().len() + e.key.len()) as u64
 }
 
 impl RoomState {
@@ -104,6 +115,7 @@ impl RoomState {
             meta: image.meta,
             records: HashMap::new(),
             governed: HashMap::new(),
+            log_bytes: 0,
         };
         for (stream, key, r) in image.records {
             let record = Record {
@@ -115,6 +127,7 @@ impl RoomState {
             st.records.entry(stream).or_default().insert(key, record);
         }
         let log_len = image.log.len() as u64;
+        let log_bytes = image.log.iter().map(entry_bytes).sum();
         for e in image.log {
             let logged = e.body.to_value().map_err(|err| StorageError::Corrupt {
                 key: format!("{}/{}/{}", st.key, e.stream, e.seq),
@@ -159,6 +172,7 @@ impl RoomState {
         st.meta.records = count;
         // A compaction that ran while the room had changes in memory left the stored length.
         st.meta.log_len = log_len;
+        st.log_bytes = log_bytes;
         Ok(st)
     }
 
@@ -393,6 +407,7 @@ impl RoomState {
         }
         self.meta.seq = self.meta.seq.max(seq);
         self.meta.log_len += 1;
+        self.log_bytes += entry_bytes(&entry);
         let before = match self.meta.heads.get_mut(&entry.stream) {
             Some(head) => std::mem::replace(head, seq),
             None => {
@@ -454,25 +469,23 @@ impl RoomState {
         } else {
             // While the room is busy: only once superseded entries clearly outnumber the
             // records, so the cost of a compaction is spread over as many changes as it reads.
-            m.log_len > 2 * m.records + 4096
+            m.log_len > 2 * m.records + BUSY_LOG_SLACK
+                || (m.log_len > 2 * m.records && self.log_bytes > BUSY_LOG_BYTES)
         }
     }
 
-    /// A compaction of the log as it is durable now, to run off the room's thread; see
-    /// [`Store::compact`]. The room must hold its commits until it finishes. `committed` says
-    /// the counters in memory are those of the last commit (nothing merged since), so the
-    /// compaction may store them.
+    /// A compaction of the log up to `upto` (durable), to run off the room's thread while the
+    /// room goes on; see [`Store::compact`].
     pub fn compaction(
         &self,
         store: Store,
         model: Arc<dyn Model>,
         now_ms: i64,
-        committed: bool,
+        upto: u64,
     ) -> impl FnOnce() -> Result<CompactReport, StorageError> + Send + 'static {
         let layout = self.layout.clone();
-        let meta = committed.then(|| self.meta.clone());
         move || {
-            store.compact(&layout, meta, COMPACT_SEGMENT, &mut |stream, key, body| {
+            store.compact(&layout, upto, &mut |stream, key, body| {
                 let logged = serde_json::from_str(body).ok()?;
                 let state = model.state_of(&logged);
                 if !model.tombstone_expired(&state, now_ms) {
@@ -487,10 +500,10 @@ impl RoomState {
         }
     }
 
-    /// Records a finished compaction: `durable_log_len` is the length of the log it read.
-    pub fn compacted(&mut self, durable_log_len: u64, report: &CompactReport) {
-        let added_since = self.meta.log_len.saturating_sub(durable_log_len);
-        self.meta.log_len = report.kept + added_since;
+    /// Records a finished compaction: the entries it took out of the log.
+    pub fn compacted(&mut self, report: &CompactReport) {
+        self.meta.log_len = self.meta.log_len.saturating_sub(report.removed);
+        self.log_bytes = self.log_bytes.saturating_sub(report.removed_bytes);
     }
 
     /// `(stream, key, value)` of every record.
@@ -763,11 +776,16 @@ mod tests {
             st.release(&commit.entries);
         }
         assert!(st.worth_compacting(true) && !st.worth_compacting(false));
-        let job = st.compaction(store.clone(), Arc::new(model.clone()), 10_000, true);
+        let job = st.compaction(
+            store.clone(),
+            Arc::new(model.clone()),
+            10_000,
+            st.meta().seq,
+        );
         let report = job().expect("compact");
         // The old versions of "a" go, and the tombstone, whose retention ended at 1005.
         assert_eq!((report.removed, report.kept), (70, 2));
-        st.compacted(st.meta().log_len, &report);
+        st.compacted(&report);
         assert_eq!(st.meta().log_len, 2);
         let again = reload(&store, &st, &model);
         assert_eq!(again.meta(), st.meta());

@@ -57,15 +57,74 @@ impl Handler<CloseSession> for Member {
     }
 }
 
-/// A store whose writes fail once `failing` is raised.
-struct Flaky {
-    inner: MemoryKv,
-    failing: Arc<AtomicBool>,
+/// A store that fails writes on cue, as a full disk does: the n-th apply or flush fails, and
+/// every write after it, until `clear`. Like sled, it keeps writes applied since the last
+/// successful flush only until a recovery, which goes back to what that flush covered.
+#[derive(Default)]
+struct Faulty {
+    live: MemoryKv,
+    /// What the last successful flush covered.
+    flushed: Mutex<Vec<(Vec<u8>, Vec<u8>)>>,
+    applies: std::sync::atomic::AtomicU64,
+    flushes: std::sync::atomic::AtomicU64,
+    fail_apply: std::sync::atomic::AtomicU64,
+    fail_flush: std::sync::atomic::AtomicU64,
+    failing: AtomicBool,
 }
 
-impl Kv for Flaky {
+impl Faulty {
+    /// The `n`-th apply from now fails (1 = the next one).
+    fn fail_apply_in(&self, n: u64) {
+        self.fail_apply
+            .store(self.applies.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+    }
+
+    /// The `n`-th flush from now fails.
+    fn fail_flush_in(&self, n: u64) {
+        self.fail_flush
+            .store(self.flushes.load(Ordering::SeqCst) + n, Ordering::SeqCst);
+    }
+
+    /// The disk has room again.
+    fn clear(&self) {
+        self.fail_apply.store(0, Ordering::SeqCst);
+        self.fail_flush.store(0, Ordering::SeqCst);
+        self.failing.store(false, Ordering::SeqCst);
+    }
+
+    fn full() -> StorageError {
+        StorageError::Sled(sled::Error::Io(std::io::Error::from_raw_os_error(28)))
+    }
+
+    fn everything(kv: &MemoryKv) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        let _ = kv.scan(&[], &[u8::MAX], &mut |k, v| {
+            all.push((k.to_vec(), v.to_vec()));
+            Ok(std::ops::ControlFlow::Continue(()))
+        });
+        all
+    }
+
+    /// Counts a write of kind `counter`; fails it if it is the one asked for, or after it.
+    fn write(
+        &self,
+        counter: &std::sync::atomic::AtomicU64,
+        at: &std::sync::atomic::AtomicU64,
+    ) -> Result<(), StorageError> {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == at.load(Ordering::SeqCst) {
+            self.failing.store(true, Ordering::SeqCst);
+        }
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Faulty::full());
+        }
+        Ok(())
+    }
+}
+
+impl Kv for Faulty {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(key)
+        self.live.get(key)
     }
     fn scan(
         &self,
@@ -73,25 +132,34 @@ impl Kv for Flaky {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), StorageError> {
-        self.inner.scan(start, end, visit)
+        self.live.scan(start, end, visit)
     }
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.last_key(start, end)
+        self.live.last_key(start, end)
     }
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StorageError::Corrupt {
-                key: "test".into(),
-                why: "the disk is gone".into(),
-            });
-        }
-        self.inner.apply(batch)
+        self.write(&self.applies, &self.fail_apply)?;
+        self.live.apply(batch)
     }
     fn flush(&self) -> Result<(), StorageError> {
-        self.inner.flush()
+        self.write(&self.flushes, &self.fail_flush)?;
+        *self.flushed.lock().expect("lock") = Faulty::everything(&self.live);
+        Ok(())
     }
     fn size_on_disk(&self) -> u64 {
         0
+    }
+    fn recover(&self) -> Result<(), StorageError> {
+        // Back to what the last flush covered, as a reopened sled database is; reopening reads
+        // only, so it works on a full disk too.
+        let mut back = KvBatch::default();
+        for (k, _) in Faulty::everything(&self.live) {
+            back.remove(k);
+        }
+        for (k, v) in self.flushed.lock().expect("lock").iter() {
+            back.insert(k.clone(), v.clone());
+        }
+        self.live.apply(back)
     }
 }
 
@@ -109,8 +177,7 @@ fn origin(session: u64) -> Origin {
 /// A real room, started through a directory over `store`.
 async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
     let metrics = Arc::new(Metrics::new());
-    let healthy = Arc::new(AtomicBool::new(true));
-    let durability = Durability::new(store.clone(), metrics.clone(), healthy, relaxed).start();
+    let durability = Durability::new(store.clone(), metrics.clone(), relaxed).start();
     let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
     models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
     models.insert(Namespace::Relay, Arc::new(RelayModel));
@@ -309,42 +376,143 @@ async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() 
     assert_eq!(records, in_memory);
 }
 
+/// Sends `body` and waits for the answer, whatever it is.
+async fn try_ask(room: &Addr<Room>, body: RoomRequest) -> Result<RoomReply, RoomError> {
+    let (reply, answer) = Reply::channel();
+    room.do_send(Request {
+        origin: Some(origin(7)),
+        body,
+        reply,
+    });
+    answer.await.expect("answered")
+}
+
+fn submit(key: &str, v: i64) -> RoomRequest {
+    RoomRequest::Submit {
+        changes: vec![cell(key, v)],
+    }
+}
+
+/// Waits until the room takes writes again, writing `key` until one is acked.
+async fn write_once_recovered(room: &Addr<Room>, key: &str) -> u64 {
+    for _ in 0..200 {
+        match try_ask(room, submit(key, 9)).await {
+            Ok(RoomReply::Submitted(s)) => return s.seq,
+            Err(RoomError::Unavailable) => settle().await,
+            other => panic!("a write while recovering: {other:?}"),
+        }
+    }
+    panic!("the room did not recover");
+}
+
+fn snapshot_keys(reply: RoomReply) -> Vec<String> {
+    let RoomReply::Snapshot(s) = reply else {
+        panic!("a snapshot expected");
+    };
+    let mut keys: Vec<String> = s
+        .records
+        .into_iter()
+        .map(|(_, k, _)| cell_name(&k))
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The name a test gave a cell, out of its record key `[table, pk, cid]`.
+fn cell_name(record_key: &str) -> String {
+    let parts: Vec<String> = serde_json::from_str(record_key).expect("a cell key");
+    parts[1].clone()
+}
+
 #[actix_rt::test]
-async fn a_failed_write_fails_its_requests_and_closes_the_members() {
-    let failing = Arc::new(AtomicBool::new(false));
-    let store = Store::over(Arc::new(Flaky {
-        inner: MemoryKv::default(),
-        failing: failing.clone(),
-    }));
-    let room = start_room(store, Namespace::Relay, false).await;
+async fn a_failed_flush_refuses_its_writes_keeps_the_members_and_recovers_by_itself() {
+    let faults = Arc::new(Faulty::default());
+    let store = Store::over(faults.clone());
+    let room = start_room(store.clone(), Namespace::Relay, false).await;
     let (_m, seen) = join(&room, 7).await;
-    ask(
-        &room,
-        None,
-        RoomRequest::Submit {
-            changes: vec![cell("a", 1)],
-        },
-    )
-    .await;
-    failing.store(true, Ordering::Relaxed);
-    let (reply, answer) = Reply::channel();
-    room.do_send(Request {
-        origin: None,
-        body: RoomRequest::Submit {
-            changes: vec![cell("b", 1)],
-        },
-        reply,
-    });
-    assert!(matches!(answer.await, Ok(Err(RoomError::Storage(_)))));
+    ask(&room, None, submit("a", 1)).await;
+    faults.fail_flush_in(1);
+    // The write whose flush fails is answered "retry", never acked.
+    assert!(matches!(
+        try_ask(&room, submit("b", 1)).await,
+        Err(RoomError::Unavailable)
+    ));
+    assert_eq!(store.health().cause().as_deref(), Some("disk full"));
+    // While the disk is full: the member stays; once the store is reopened (as the last flush
+    // left it), reads are served again and writes refused with "retry".
+    assert!(room.connected());
+    assert!(seen.lock().expect("lock").closed.is_empty());
+    let mut reads = None;
+    for _ in 0..100 {
+        match try_ask(&room, RoomRequest::Snapshot).await {
+            Ok(r) => {
+                reads = Some(snapshot_keys(r));
+                break;
+            }
+            Err(RoomError::Unavailable) => settle().await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(reads.expect("reads served while the disk is full"), ["a"]);
+    assert!(matches!(
+        try_ask(&room, submit("c", 1)).await,
+        Err(RoomError::Unavailable)
+    ));
+    assert!(!store.health().ok());
+    // Room again: the room reloads what is durable and takes writes, numbering on from it.
+    faults.clear();
+    let seq = write_once_recovered(&room, "d").await;
+    assert_eq!(seq, 2, "the refused writes left no number behind");
+    assert!(store.health().ok());
+    let keys = snapshot_keys(ask(&room, None, RoomRequest::Snapshot).await);
+    assert_eq!(keys, ["a", "d"]);
     settle().await;
-    assert_eq!(seen.lock().expect("lock").closed, [close_code::INTERNAL]);
-    assert!(!room.connected(), "the room stops after a failed write");
-    // A request that reaches a stopped room is answered, not lost.
-    let (reply, answer) = Reply::channel();
-    room.do_send(Request {
-        origin: None,
-        body: RoomRequest::Status,
-        reply,
-    });
-    assert!(matches!(answer.await, Ok(Err(RoomError::Gone))));
+    let seen = seen.lock().expect("lock");
+    assert!(seen.closed.is_empty());
+    let broadcast: Vec<u64> = seen
+        .events
+        .iter()
+        .flat_map(|e| e.entries.iter().map(|x| x.seq))
+        .collect();
+    assert_eq!(broadcast, [1, 2], "only durable changes are ever sent");
+}
+
+#[actix_rt::test]
+async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept() {
+    for (n, flush) in [(1, false), (2, false), (3, true), (5, true), (8, false)] {
+        let faults = Arc::new(Faulty::default());
+        let store = Store::over(faults.clone());
+        let room = start_room(store.clone(), Namespace::Relay, false).await;
+        if flush {
+            faults.fail_flush_in(n);
+        } else {
+            faults.fail_apply_in(n);
+        }
+        let mut acked = Vec::new();
+        let mut refused = Vec::new();
+        for i in 0..12 {
+            let key = format!("k{i}");
+            match try_ask(&room, submit(&key, i)).await {
+                Ok(RoomReply::Submitted(_)) => acked.push(key),
+                Err(RoomError::Unavailable) => refused.push(key),
+                other => panic!("{other:?}"),
+            }
+            if i == 8 {
+                faults.clear();
+            }
+        }
+        assert!(!refused.is_empty(), "fault {n} (flush: {flush}) never hit");
+        write_once_recovered(&room, "after").await;
+        acked.push("after".into());
+        acked.sort();
+        let keys = snapshot_keys(ask(&room, None, RoomRequest::Snapshot).await);
+        assert_eq!(keys, acked, "fault {n} (flush: {flush})");
+        // And what a fresh load of the store holds is the same.
+        let layout =
+            crate::store::RoomLayout::new(&RoomKey::new(Namespace::Relay, "r").expect("key"));
+        let image = store.load_room(&layout).expect("load");
+        let mut stored: Vec<String> = image.log.iter().map(|e| cell_name(&e.key)).collect();
+        stored.sort();
+        assert_eq!(stored, acked, "fault {n} (flush: {flush})");
+    }
 }

@@ -1,12 +1,28 @@
 //! [`Kv`] on sled: one database, one tree.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use super::StorageError;
 use super::kv::{Kv, KvBatch, Visit};
 
 pub struct SledKv {
-    db: sled::Db,
+    /// `None` only while [`Kv::recover`] reopens it.
+    db: RwLock<Option<sled::Db>>,
+    path: PathBuf,
+    cache_bytes: u64,
+}
+
+/// How long a reopen waits for the previous handle's file lock, which sled lets go of from a
+/// background thread a moment after the handle is dropped.
+const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+fn open(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    Ok(sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .open()?)
 }
 
 impl SledKv {
@@ -14,17 +30,39 @@ impl SledKv {
     /// (sled's own default is 1 GiB, far more than a small machine should give it).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledKv, StorageError> {
         Ok(SledKv {
-            db: sled::Config::new()
-                .path(path)
-                .cache_capacity(cache_bytes)
-                .open()?,
+            db: RwLock::new(Some(open(path, cache_bytes)?)),
+            path: path.to_owned(),
+            cache_bytes,
         })
+    }
+
+    fn db(&self) -> Result<DbGuard<'_>, StorageError> {
+        // A panic while holding the lock left either the old handle or none: both are usable.
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StorageError::Reopening);
+        }
+        Ok(DbGuard(guard))
+    }
+}
+
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<sled::Db>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        match self.0.as_ref() {
+            Some(db) => db,
+            // `SledKv::db` hands out guards only over a handle.
+            None => unreachable!("a storage guard without a database"),
+        }
     }
 }
 
 impl Kv for SledKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+        Ok(self.db()?.get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan(
@@ -33,7 +71,8 @@ impl Kv for SledKv {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), StorageError> {
-        for item in self.db.range(start..end) {
+        let db = self.db()?;
+        for item in db.range(start..end) {
             let (k, v) = item?;
             if visit(&k, &v)?.is_break() {
                 break;
@@ -43,7 +82,7 @@ impl Kv for SledKv {
     }
 
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.db.range(start..end).next_back() {
+        match self.db()?.range(start..end).next_back() {
             None => Ok(None),
             Some(item) => Ok(Some(item?.0.to_vec())),
         }
@@ -57,18 +96,46 @@ impl Kv for SledKv {
                 None => b.remove(k),
             }
         }
-        self.db.apply_batch(b)?;
+        self.db()?.apply_batch(b)?;
         Ok(())
     }
 
     /// A blocking flush. The durability actor calls it on its own thread: sled's `flush_async`
     /// would hand it to sled's pool, which wakes every idle pool thread per flush.
     fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
+        self.db()?.flush()?;
         Ok(())
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db().map_or(0, |db| db.size_on_disk().unwrap_or(0))
     }
+
+    /// sled keeps the first IO error it meets and fails every later write with it, even once
+    /// the disk has room again: the only way back is a new handle, which reads the database as
+    /// the last flush left it.
+    fn recover(&self) -> Result<(), StorageError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // The old handle must be gone before the new one can take the file lock.
+        drop(slot.take());
+        let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+        loop {
+            match open(&self.path, self.cache_bytes) {
+                Ok(db) => {
+                    *slot = Some(db);
+                    return Ok(());
+                }
+                Err(e) if std::time::Instant::now() < deadline && is_lock_held(&e) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Whether opening failed only because the previous handle still holds the file lock (sled
+/// says so only in its message).
+fn is_lock_held(e: &StorageError) -> bool {
+    matches!(e, StorageError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }

@@ -60,6 +60,13 @@ pub trait Kv: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StorageError>;
 
     fn size_on_disk(&self) -> u64;
+
+    /// After a failed write or flush: gets back to the state of the last successful flush,
+    /// ready to write again, or says why it cannot yet. Writes applied since that flush are
+    /// gone afterwards (nobody was told they are durable).
+    fn recover(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 /// The first key after every key that starts with `prefix`. The store's prefixes start with a

@@ -23,6 +23,7 @@
 
 mod digest;
 mod disk;
+mod health;
 mod kv;
 mod memory;
 
@@ -36,6 +37,7 @@ use serde_json::Value;
 
 pub use digest::{Digest, state_hash};
 pub use disk::SledKv;
+pub use health::StorageHealth;
 pub use kv::{Kv, KvBatch, Visit, prefix_end};
 pub use memory::MemoryKv;
 
@@ -49,6 +51,18 @@ const FORMAT: &str = "2";
 /// The page cache a store opened without a size gets: `storage.cache_bytes`'s default.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
+/// How large a log segment grows before the next entry starts another. sled stores a value
+/// over a quarter of its 512 KiB log segment as a file of its own in `blobs/`, and reclaims
+/// such a file only when the log segment that points to it is cleaned, which under a steady
+/// rewrite load lags behind for ever: a commit of hundreds of changes written as one value was
+/// what made the data directory grow without bound. Values this small stay in sled's log, where
+/// its segment cleaner bounds the space they take.
+pub const SEGMENT_BYTES: usize = 6 << 10;
+
+/// How many bytes of log one compaction step reads and rewrites in one atomic batch: what a
+/// compaction holds in memory at once, whatever the length of the log.
+const COMPACT_STEP_BYTES: usize = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage: {0}")]
@@ -60,6 +74,26 @@ pub enum StorageError {
          start it on an empty directory"
     )]
     Format { found: String },
+    #[error("storage is being reopened after a failure")]
+    Reopening,
+}
+
+impl StorageError {
+    /// What an operator is told: "disk full" when the disk has no room left, else the error.
+    pub fn cause(&self) -> String {
+        let full = match self {
+            StorageError::Sled(sled::Error::Io(io)) => {
+                io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+            }
+            _ => false,
+        };
+        // sled wraps some IO errors in its own text: look at the words too.
+        if full || self.to_string().contains("No space left on device") {
+            "disk full".into()
+        } else {
+            self.to_string()
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -169,6 +203,8 @@ pub struct HistoryPage {
 pub struct CompactReport {
     pub removed: u64,
     pub kept: u64,
+    /// Bytes of the removed entries' bodies and keys.
+    pub removed_bytes: u64,
 }
 
 /// The keys of one room, built once per room rather than per change.
@@ -219,6 +255,11 @@ impl RoomLayout {
         k.extend_from_slice(key.as_bytes());
         k
     }
+}
+
+/// The time, as the value of the probe write a recovery makes.
+fn now_bytes() -> Vec<u8> {
+    crate::clock::now_ms().to_be_bytes().to_vec()
 }
 
 fn corrupt(key: &[u8], why: impl ToString) -> StorageError {
@@ -278,26 +319,29 @@ fn read_segment(
     Ok(ControlFlow::Continue(()))
 }
 
-/// The entries of one stream as segments of at most `max` entries, keyed by their first seq.
+/// The entries of one stream as segments of about [`SEGMENT_BYTES`] at most (an entry larger
+/// than that has one of its own), each keyed by its first seq, or by `first_key` for the first
+/// one (compaction keeps a rewritten segment under the key it had).
 fn segments<'a>(
     layout: &RoomLayout,
     stream: &str,
     entries: impl Iterator<Item = &'a LogEntry>,
-    max: usize,
+    first_key: Option<u64>,
     batch: &mut KvBatch,
 ) {
-    let mut current: Option<(u64, usize, Vec<u8>)> = None;
+    let mut key_of_next = first_key;
+    let mut current: Option<(u64, Vec<u8>)> = None;
     for e in entries {
-        let (_, count, segment) = current.get_or_insert_with(|| (e.seq, 0, Vec::new()));
+        let (_, segment) =
+            current.get_or_insert_with(|| (key_of_next.take().unwrap_or(e.seq), Vec::new()));
         push_entry(segment, e);
-        *count += 1;
-        if *count >= max
-            && let Some((first, _, segment)) = current.take()
+        if segment.len() >= SEGMENT_BYTES
+            && let Some((first, segment)) = current.take()
         {
             batch.insert(layout.log_key(stream, first), segment);
         }
     }
-    if let Some((first, _, segment)) = current {
+    if let Some((first, segment)) = current {
         batch.insert(layout.log_key(stream, first), segment);
     }
 }
@@ -335,6 +379,7 @@ fn node_key(name: &str) -> Vec<u8> {
 #[derive(Clone)]
 pub struct Store {
     kv: Arc<dyn Kv>,
+    health: Arc<StorageHealth>,
 }
 
 impl Store {
@@ -345,9 +390,7 @@ impl Store {
 
     /// Opens the store with a page cache of at most `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store> {
-        let store = Store {
-            kv: Arc::new(SledKv::open(path, cache_bytes)?),
-        };
+        let store = Store::over(Arc::new(SledKv::open(path, cache_bytes)?));
         store.check_format()?;
         Ok(store)
     }
@@ -358,7 +401,29 @@ impl Store {
     }
 
     pub fn over(kv: Arc<dyn Kv>) -> Store {
-        Store { kv }
+        Store {
+            kv,
+            health: Arc::default(),
+        }
+    }
+
+    /// Whether the store takes writes, and why not.
+    pub fn health(&self) -> &StorageHealth {
+        &self.health
+    }
+
+    /// After a failed write or flush: reopens the database as the last flush left it and
+    /// checks that a write and a flush go through again; only then does [`Store::health`] say
+    /// so. Blocks: call it off the actors' threads.
+    pub fn recover(&self) -> Result<()> {
+        self.kv.recover()?;
+        self.health.reopened();
+        let mut probe = KvBatch::default();
+        probe.insert(node_key("probe"), now_bytes());
+        self.kv.apply(probe)?;
+        self.kv.flush()?;
+        self.health.recovered();
+        Ok(())
     }
 
     fn check_format(&self) -> Result<()> {
@@ -428,7 +493,7 @@ impl Store {
         streams.dedup();
         for stream in streams {
             let of_stream = entries.iter().filter(|e| e.stream == stream);
-            segments(layout, stream, of_stream, usize::MAX, &mut b);
+            segments(layout, stream, of_stream, None, &mut b);
         }
         let raw_meta = serde_json::to_vec(meta).map_err(|e| corrupt(&layout.meta, e))?;
         b.insert(layout.meta.clone(), raw_meta);
@@ -494,79 +559,114 @@ impl Store {
         Ok((out, more))
     }
 
-    /// Rewrites a room's log keeping only the latest entry of each record, in segments of at
-    /// most `segment_len` entries; with `meta` (the counters of the last commit), writes them
-    /// with the new log length. Where `retire` says a latest entry's time is up (it returns the
-    /// record's state, as JSON with its hash), that entry goes too and the state is kept as a
-    /// state record. The room's state and digest do not change. Nothing else may write to the
-    /// room meanwhile: the room holds its commits.
+    /// Drops from a room's log every entry up to `upto` that is not its record's latest. Where
+    /// `retire` says a latest entry's time is up (it returns the record's state, as JSON with
+    /// its hash), that entry goes too and the state is kept as a state record. The room's state
+    /// and digest do not change.
+    ///
+    /// It works in steps of about [`COMPACT_STEP_BYTES`]: each rewrites some segments in place
+    /// (under the keys they had, so every segment still holds entries from its key's sequence
+    /// number up to the next segment's) in one atomic batch, so it never holds more than a step
+    /// and the records' latest sequence numbers in memory. Any prefix of the steps is a valid
+    /// log, so a crash in the middle loses nothing. Commits may go on meanwhile: they only add
+    /// segments after `upto`, which compaction leaves alone, and an entry superseded after the
+    /// first pass is merely kept.
     pub fn compact(
         &self,
         layout: &RoomLayout,
-        meta: Option<RoomMeta>,
-        segment_len: usize,
+        upto: u64,
         retire: &mut dyn FnMut(&str, &str, &str) -> Option<Retired>,
     ) -> Result<CompactReport> {
         let prefix = &layout.log;
-        let stream_of = |k: &[u8]| -> Result<String> {
+        let end = prefix_end(prefix);
+        let split = |k: &[u8]| -> Result<(String, u64)> {
             let rest = k
                 .get(prefix.len()..k.len().saturating_sub(9))
                 .ok_or_else(|| corrupt(k, "short log key"))?;
-            text(k, rest)
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k[k.len() - 8..]);
+            Ok((text(k, rest)?, u64::from_be_bytes(seq)))
         };
-        // The latest entry of every record.
-        let mut latest: HashMap<(String, String), u64> = HashMap::new();
-        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
-            let stream = stream_of(k)?;
+        // The latest entry of every record, as of `upto`.
+        let mut latest: HashMap<String, HashMap<String, u64>> = HashMap::new();
+        self.kv.scan(prefix, &end, &mut |k, raw| {
+            let (stream, first) = split(k)?;
+            if first > upto {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let of_stream = latest.entry(stream).or_default();
             read_segment(k, raw, &mut |seq, key, _| {
-                latest.insert((stream.clone(), key.to_owned()), seq);
-                Ok(ControlFlow::Continue(()))
-            })
-        })?;
-        let mut report = CompactReport::default();
-        let mut batch = KvBatch::default();
-        let mut kept: BTreeMap<String, Vec<LogEntry>> = BTreeMap::new();
-        self.kv.scan(prefix, &prefix_end(prefix), &mut |k, raw| {
-            let stream = stream_of(k)?;
-            batch.remove(k.to_vec());
-            read_segment(k, raw, &mut |seq, key, body| {
-                let addr = (stream.clone(), key.to_owned());
-                if latest.get(&addr) != Some(&seq) {
-                    report.removed += 1;
-                } else if let Some(Retired { hash, json }) = retire(&stream, key, body) {
-                    let w = StateWrite {
-                        stream: &stream,
-                        key,
-                        seq,
-                        hash,
-                        json: &json,
-                    };
-                    batch.insert(layout.state_key(&stream, key), encode_state(&w));
-                    report.removed += 1;
-                } else {
-                    report.kept += 1;
-                    let entry = LogEntry::stored(seq, stream.clone(), key, body);
-                    kept.entry(stream.clone()).or_default().push(entry);
+                if seq <= upto {
+                    match of_stream.get_mut(key) {
+                        Some(at) => *at = (*at).max(seq),
+                        None => {
+                            of_stream.insert(key.to_owned(), seq);
+                        }
+                    }
                 }
                 Ok(ControlFlow::Continue(()))
             })
         })?;
-        for (stream, entries) in &kept {
-            segments(
-                layout,
-                stream,
-                entries.iter(),
-                segment_len.max(1),
-                &mut batch,
-            );
+        let mut report = CompactReport::default();
+        let mut from = prefix.clone();
+        loop {
+            let mut batch = KvBatch::default();
+            let mut step_bytes = 0;
+            let mut next = None;
+            self.kv.scan(&from, &end, &mut |k, raw| {
+                if step_bytes >= COMPACT_STEP_BYTES {
+                    next = Some(k.to_vec());
+                    return Ok(ControlFlow::Break(()));
+                }
+                step_bytes += raw.len();
+                let (stream, first) = split(k)?;
+                if first > upto {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                let of_stream = latest.get(&stream);
+                let mut kept = Vec::new();
+                let mut dropped = 0;
+                // The visit never stops early: every entry is looked at.
+                let _ = read_segment(k, raw, &mut |seq, key, body| {
+                    let is_latest = of_stream.and_then(|l| l.get(key)) == Some(&seq);
+                    if seq > upto {
+                        kept.push(LogEntry::stored(seq, stream.clone(), key, body));
+                    } else if !is_latest {
+                        dropped += 1;
+                        report.removed_bytes += (key.len() + body.len()) as u64;
+                    } else if let Some(Retired { hash, json }) = retire(&stream, key, body) {
+                        let w = StateWrite {
+                            stream: &stream,
+                            key,
+                            seq,
+                            hash,
+                            json: &json,
+                        };
+                        batch.insert(layout.state_key(&stream, key), encode_state(&w));
+                        dropped += 1;
+                        report.removed_bytes += (key.len() + body.len()) as u64;
+                    } else {
+                        kept.push(LogEntry::stored(seq, stream.clone(), key, body));
+                    }
+                    Ok(ControlFlow::Continue(()))
+                })?;
+                report.removed += dropped;
+                report.kept += kept.len() as u64;
+                if dropped > 0 && kept.is_empty() {
+                    batch.remove(k.to_vec());
+                } else if dropped > 0 {
+                    segments(layout, &stream, kept.iter(), Some(first), &mut batch);
+                }
+                Ok(ControlFlow::Continue(()))
+            })?;
+            if !batch.is_empty() {
+                self.kv.apply(batch)?;
+            }
+            match next {
+                Some(k) => from = k,
+                None => return Ok(report),
+            }
         }
-        if let Some(mut meta) = meta {
-            meta.log_len = report.kept;
-            let raw_meta = serde_json::to_vec(&meta).map_err(|e| corrupt(&layout.meta, e))?;
-            batch.insert(layout.meta.clone(), raw_meta);
-        }
-        self.kv.apply(batch)?;
-        Ok(report)
     }
 
     /// Every room this node stores, with the sequence number it stored last.
@@ -783,7 +883,7 @@ mod tests {
             ],
         );
         let report = store
-            .compact(&l, Some(meta.clone()), 2, &mut |stream, key, body| {
+            .compact(&l, meta.seq, &mut |stream, key, body| {
                 (body == r#""tombstone""#).then(|| Retired {
                     hash: state_hash(stream, key, body),
                     json: body.to_owned(),
@@ -794,7 +894,9 @@ mod tests {
             report,
             CompactReport {
                 removed: 4,
-                kept: 2
+                kept: 2,
+                removed_bytes: 3 * ("same".len() + 1) as u64
+                    + ("gone".len() + r#""tombstone""#.len()) as u64,
             }
         );
         let (todos, _) = store
@@ -805,8 +907,6 @@ mod tests {
             .stream_entries(&l, "notes", 0, meta.seq, 100, &mut everything)
             .expect("scan");
         assert_eq!(seqs(&notes), [6]);
-        let stored = store.room_meta(&l).expect("meta").expect("present");
-        assert_eq!((stored.seq, stored.log_len), (6, 2));
         // The retired tombstone comes back as a state record; the rest from the log.
         let image = store.load_room(&l).expect("load");
         assert_eq!(image.records.len(), 1);
@@ -815,15 +915,82 @@ mod tests {
         assert_eq!(seqs(&image.log), [6, 4]);
         // Compacting a compact log changes nothing.
         let again = store
-            .compact(&l, None, 2, &mut |_, _, _| None)
+            .compact(&l, meta.seq, &mut |_, _, _| None)
             .expect("compact");
         assert_eq!(
             again,
             CompactReport {
                 removed: 0,
-                kept: 2
+                kept: 2,
+                removed_bytes: 0,
             }
         );
+    }
+
+    #[test]
+    fn compaction_leaves_what_came_after_it_and_works_in_steps() {
+        let store = Store::memory();
+        let l = layout("steps");
+        let mut meta = RoomMeta::default();
+        // Enough bytes for several steps: 40 commits of 40 changes of ~1 KB over 10 records.
+        let pad = "p".repeat(1000);
+        for round in 0..40 {
+            let writes: Vec<(&str, String, Value)> = (0..40)
+                .map(|i| ("todos", format!("k{}", i % 10), json!([round, i, pad])))
+                .collect();
+            let writes: Vec<(&str, &str, Value)> = writes
+                .iter()
+                .map(|(s, k, v)| (*s, k.as_str(), v.clone()))
+                .collect();
+            commit(&store, &l, &mut meta, &writes);
+        }
+        let upto = meta.seq;
+        // A commit after the compaction's `upto` supersedes k0 again: it stays, and so does the
+        // entry of k0 that was latest at `upto`.
+        commit(&store, &l, &mut meta, &[("todos", "k0", json!("later"))]);
+        let report = store
+            .compact(&l, upto, &mut |_, _, _| None)
+            .expect("compact");
+        assert_eq!((report.removed, report.kept), (1590, 10));
+        let image = store.load_room(&l).expect("load");
+        let mut keys: Vec<(String, u64)> =
+            image.log.iter().map(|e| (e.key.clone(), e.seq)).collect();
+        keys.sort();
+        assert_eq!(keys.len(), 11);
+        assert_eq!(keys[0], ("k0".to_owned(), 1591));
+        assert_eq!(keys[1], ("k0".to_owned(), 1601));
+        // Reads from any position still find their entries.
+        let (after, _) = store
+            .stream_entries(&l, "todos", 1595, meta.seq, 100, &mut everything)
+            .expect("scan");
+        assert_eq!(seqs(&after), [1596, 1597, 1598, 1599, 1600, 1601]);
+    }
+
+    #[test]
+    fn no_segment_grows_past_its_bound() {
+        let store = Store::memory();
+        let l = layout("bounded");
+        let mut meta = RoomMeta::default();
+        let pad = "q".repeat(4000);
+        let writes: Vec<(String, Value)> =
+            (0..100).map(|i| (format!("k{i}"), json!(pad))).collect();
+        let writes: Vec<(&str, &str, Value)> = writes
+            .iter()
+            .map(|(k, v)| ("todos", k.as_str(), v.clone()))
+            .collect();
+        commit(&store, &l, &mut meta, &writes);
+        let mut sizes = Vec::new();
+        store
+            .kv
+            .scan(&l.log, &prefix_end(&l.log), &mut |_, raw| {
+                sizes.push(raw.len());
+                Ok(ControlFlow::Continue(()))
+            })
+            .expect("scan");
+        assert!(sizes.len() > 10, "{sizes:?}");
+        assert!(sizes.iter().all(|s| *s < SEGMENT_BYTES + 4100), "{sizes:?}");
+        let image = store.load_room(&l).expect("load");
+        assert_eq!(seqs(&image.log), (1..=100).collect::<Vec<u64>>());
     }
 
     #[test]

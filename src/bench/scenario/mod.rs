@@ -282,6 +282,7 @@ pub async fn closed_loop_writer(
         };
         r.acks_total += 1;
         Counters::add(&ctx.counters.acks, 1);
+        ctx.counters.ack_took(t_ack.saturating_sub(t_sent));
         if window.contains(t_ack) {
             r.acks_in_window += 1;
             r.latency.record(t_ack.saturating_sub(t_sent));

@@ -220,6 +220,7 @@ async fn room_reader(
         }
         r.acks_total += 1;
         Counters::add(&ctx.counters.acks, 1);
+        ctx.counters.ack_took(now.saturating_sub(plan.at(k)));
         if in_window {
             r.acks_in_window += 1;
             r.ack_latency.record(now.saturating_sub(plan.at(k)));
