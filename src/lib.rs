@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bench;
 pub mod config;
+pub mod data;
 pub mod http;
 pub mod memory;
 pub mod open_files;

@@ -15,7 +15,13 @@ use super::headless::{self, Outcome, Written};
 use super::{AppState, unauthorized};
 
 /// The actions counted, as their metric label.
-pub(super) const ACTIONS: [&str; 4] = ["list_sessions", "close_session", "publish", "compact"];
+pub(super) const ACTIONS: [&str; 5] = [
+    "list_sessions",
+    "close_session",
+    "publish",
+    "compact",
+    "backup",
+];
 
 /// The close code a session closed by an operator gets: a policy close, which every client
 /// treats as a server-side decision and answers by reconnecting after its back-off.
@@ -259,4 +265,73 @@ pub(super) async fn compact_room(
             .json(json!({"error": format!("unexpected answer {other:?}")})),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
     }
+}
+
+/// Hands what a backup writes to the HTTP response in chunks, waiting while the client is
+/// slower than the disk (the channel is bounded).
+struct ToResponse {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<web::Bytes, std::io::Error>>,
+}
+
+const BACKUP_CHUNK: usize = 64 << 10;
+
+impl std::io::Write for ToResponse {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= BACKUP_CHUNK {
+            self.flush()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = web::Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+/// `GET /admin/backup`: a consistent backup of every room, streamed while the hub goes on
+/// serving (see `synchub backup`).
+pub(super) async fn backup(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.admin_allowed(&req) {
+        return unauthorized();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let store = state.hub.store().clone();
+    let failed = tx.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut out = ToResponse {
+            buf: Vec::with_capacity(BACKUP_CHUNK),
+            tx,
+        };
+        match store.backup(&mut out) {
+            Ok(r) => log::info!(
+                "backup of {} rooms, {} bytes, in {:.1} s",
+                r.rooms,
+                r.bytes,
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                log::error!("backup failed: {e}");
+                // Ends the response early: the client sees a cut-off file and says so.
+                let _ = failed.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    done(&state, &req, "backup", "every room");
+    let body = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            "attachment; filename=\"synchub.backup\"",
+        ))
+        .streaming(body)
 }

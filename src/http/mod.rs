@@ -142,6 +142,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/dashboard", web::get().to(dashboard::page))
         .route("/dashboard/{asset}", web::get().to(dashboard::asset))
         .route("/admin/sessions", web::get().to(admin::list_sessions))
+        .route("/admin/backup", web::get().to(admin::backup))
         .route(
             "/admin/sessions/{id}",
             web::delete().to(admin::close_session),

@@ -21,6 +21,7 @@
 //! half of it behind. Writes become durable only once a flush covers them; see
 //! [`crate::durability`].
 
+mod backup;
 mod digest;
 mod disk;
 mod health;
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use backup::{BackupError, BackupReport, check_backup};
 pub use digest::{Digest, state_hash};
 pub use disk::SledKv;
 pub use health::StorageHealth;
@@ -380,6 +382,9 @@ fn node_key(name: &str) -> Vec<u8> {
 pub struct Store {
     kv: Arc<dyn Kv>,
     health: Arc<StorageHealth>,
+    /// Compactions hold it shared; a backup holds it alone, so no compaction drops an entry
+    /// the backup has yet to read.
+    gate: Arc<std::sync::RwLock<()>>,
 }
 
 impl Store {
@@ -404,6 +409,7 @@ impl Store {
         Store {
             kv,
             health: Arc::default(),
+            gate: Arc::default(),
         }
     }
 
@@ -577,6 +583,7 @@ impl Store {
         upto: u64,
         retire: &mut dyn FnMut(&str, &str, &str) -> Option<Retired>,
     ) -> Result<CompactReport> {
+        let _no_backup = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let prefix = &layout.log;
         let end = prefix_end(prefix);
         let split = |k: &[u8]| -> Result<(String, u64)> {

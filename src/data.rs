@@ -1,0 +1,116 @@
+//! `synchub backup` and `synchub restore`: a running hub's data into a file, and a file into a
+//! new data directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use synchub_actors::store::{BackupError, BackupReport, Store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{0}")]
+    Http(String),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+    #[error("{0} is not empty: restore into an empty or new directory")]
+    NotEmpty(PathBuf),
+}
+
+/// A finished backup or restore, for the line the command prints.
+pub struct Done {
+    pub report: BackupReport,
+    pub took: Duration,
+}
+
+/// Fetches `GET /admin/backup` from the hub at `url` into `out` (written next to it first and
+/// renamed once the file checks out, so `out` is never a cut-off backup).
+pub fn backup(url: &str, token: Option<&str>, out: &Path) -> Result<Done, DataError> {
+    let started = Instant::now();
+    let partial = out.with_extension("partial");
+    let file = |source| DataError::File {
+        path: partial.clone(),
+        source,
+    };
+    let system = actix_web::rt::System::new();
+    system.block_on(async {
+        let client = awc::Client::builder().disable_timeout().finish();
+        let mut req = client.get(format!("{}/admin/backup", url.trim_end_matches('/')));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut res = req
+            .send()
+            .await
+            .map_err(|e| DataError::Http(format!("{url}: {e}")))?;
+        if !res.status().is_success() {
+            let body = res.body().await.unwrap_or_default();
+            return Err(DataError::Http(format!(
+                "{url} answered {}: {}",
+                res.status(),
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(file)?);
+        while let Some(chunk) = res.next().await {
+            let chunk = chunk.map_err(|e| DataError::Http(format!("backup cut off: {e}")))?;
+            f.write_all(&chunk).map_err(file)?;
+        }
+        let f = f.into_inner().map_err(|e| file(e.into_error()))?;
+        f.sync_all().map_err(file)?;
+        Ok(())
+    })?;
+    // Read back whole: the hash in its trailer proves the copy complete.
+    let report = synchub_actors::store::check_backup(&partial).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })?;
+    std::fs::rename(&partial, out).map_err(|source| DataError::File {
+        path: out.to_owned(),
+        source,
+    })?;
+    Ok(Done {
+        report,
+        took: started.elapsed(),
+    })
+}
+
+/// Makes `data` a data directory holding what the backup `file` holds.
+pub fn restore(file: &Path, data: &Path) -> Result<Done, DataError> {
+    let started = Instant::now();
+    match std::fs::read_dir(data) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(DataError::NotEmpty(data.to_owned()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(DataError::File {
+                path: data.to_owned(),
+                source,
+            });
+        }
+    }
+    let store = Store::open(data).map_err(BackupError::from)?;
+    let report = store
+        .restore(&mut || std::fs::File::open(file).map(|f| Box::new(f) as Box<dyn std::io::Read>));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            drop(store);
+            // Leave no half-made directory behind.
+            let _ = std::fs::remove_dir_all(data);
+            return Err(e.into());
+        }
+    };
+    Ok(Done {
+        report,
+        took: started.elapsed(),
+    })
+}
