@@ -68,6 +68,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Check a data directory offline: replay every room, compare its counters, report what is
+    /// corrupt (exit 1 if anything is).
+    CheckData {
+        /// The data directory (`storage.path`) of a hub that is not running.
+        dir: PathBuf,
+    },
+    /// Upgrade a data directory of an earlier storage format (`serve` does it by itself).
+    Migrate {
+        /// The data directory (`storage.path`) of a hub that is not running.
+        dir: PathBuf,
+    },
     /// Make a data directory from a backup file.
     Restore {
         /// The backup file.
@@ -167,6 +178,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::CheckData { dir } => synchub::data::check(&dir),
+        Command::Migrate { dir } => synchub::data::migrate(&dir),
         Command::Restore { file, data } => match synchub::data::restore(&file, &data) {
             Ok(done) => {
                 println!(

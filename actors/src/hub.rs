@@ -128,6 +128,32 @@ impl Hub {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
+        let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
+        models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
+        models.insert(
+            Namespace::Synckit,
+            Arc::new(SynckitModel {
+                batch: settings.synckit_batch,
+            }),
+        );
+        models.insert(Namespace::Relay, Arc::new(RelayModel));
+        // An older data directory is upgraded before anything reads it, never refused.
+        let stamp = |room: &RoomKey, body: &mut serde_json::Value, seq: u64| {
+            if let Some(m) = models.get(&room.namespace) {
+                m.stamp(body, seq);
+            }
+        };
+        let migrated = crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;
+        if let Some(kept) = &migrated.kept_as {
+            log::warn!(
+                "upgraded the data directory from storage format {}: {} rooms, {} log entries; \
+                 the directory as it was is kept in {}",
+                migrated.from,
+                migrated.rooms,
+                migrated.entries,
+                kept.display()
+            );
+        }
         let store = Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes)
             .map_err(storage_error)?;
         let node_id = if settings.node_id.is_empty() {
@@ -162,15 +188,6 @@ impl Hub {
         let handles = arbiters.iter().map(|a| a.handle()).collect();
         // Stopped last, after the room threads have handed over their final commits.
         arbiters.push(durability_thread);
-        let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-        models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
-        models.insert(
-            Namespace::Synckit,
-            Arc::new(SynckitModel {
-                batch: settings.synckit_batch,
-            }),
-        );
-        models.insert(Namespace::Relay, Arc::new(RelayModel));
         let cluster = match &settings.cluster {
             None => None,
             Some(cs) => {

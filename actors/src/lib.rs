@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod cluster;
+pub mod data_check;
 pub mod directory;
 pub mod durability;
 pub mod hub;

@@ -30,7 +30,7 @@ impl SledKv {
     /// (sled's own default is 1 GiB, far more than a small machine should give it).
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledKv, StorageError> {
         Ok(SledKv {
-            db: RwLock::new(Some(open(path, cache_bytes)?)),
+            db: RwLock::new(Some(open_when_free(path, cache_bytes)?)),
             path: path.to_owned(),
             cache_bytes,
         })
@@ -118,18 +118,21 @@ impl Kv for SledKv {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         // The old handle must be gone before the new one can take the file lock.
         drop(slot.take());
-        let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
-        loop {
-            match open(&self.path, self.cache_bytes) {
-                Ok(db) => {
-                    *slot = Some(db);
-                    return Ok(());
-                }
-                Err(e) if std::time::Instant::now() < deadline && is_lock_held(&e) => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
+        *slot = Some(open_when_free(&self.path, self.cache_bytes)?);
+        Ok(())
+    }
+}
+
+/// Opens the database, waiting a moment for a handle this process just dropped to let go of
+/// the file lock.
+fn open_when_free(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + LOCK_RELEASE_WAIT;
+    loop {
+        match open(path, cache_bytes) {
+            Err(e) if std::time::Instant::now() < deadline && is_lock_held(&e) => {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            other => return other,
         }
     }
 }

@@ -27,6 +27,7 @@ mod disk;
 mod health;
 mod kv;
 mod memory;
+mod migrate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -42,6 +43,7 @@ pub use disk::SledKv;
 pub use health::StorageHealth;
 pub use kv::{Kv, KvBatch, Visit, prefix_end};
 pub use memory::MemoryKv;
+pub use migrate::{MigrateReport, format_of, migrate};
 
 use crate::origin::Origin;
 use crate::raw_json::RawJson;
