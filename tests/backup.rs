@@ -68,12 +68,14 @@ async fn room(hub: &ChildHub, path: &str) -> (Value, Value) {
     (r["seq"].clone(), r["digest"].clone())
 }
 
-fn backup_and_restore(hub: &ChildHub, work: &Path) -> std::path::PathBuf {
+/// `synchub backup` from the hub at `http`, then `synchub restore` of it into `work`; answers
+/// the restored data directory's parent (as `ChildHub::spawn` takes it).
+fn backup_and_restore(http: &str, work: &Path) -> std::path::PathBuf {
     let file = work.join("hub.backup");
     let out = synchub(&[
         "backup",
         "--url",
-        &hub.http_url(""),
+        http,
         "--out",
         file.to_str().expect("path"),
     ]);
@@ -122,7 +124,7 @@ async fn a_quiet_hub_restores_to_the_same_rooms_sequences_and_digests() {
     let cells = relay_cells(&hub, "quiet").await;
 
     let work = tempfile::tempdir().expect("tempdir");
-    let restored = backup_and_restore(&hub, work.path());
+    let restored = backup_and_restore(&hub.http_url(""), work.path());
     drop(hub);
     let hub = ChildHub::spawn(&restored, &[]).await;
     let after = [
@@ -169,28 +171,9 @@ async fn a_backup_during_writes_holds_every_change_acked_before_it_began() {
     let started = Instant::now();
     let http = hub.http_url("");
     let work_path = work.path().to_owned();
-    let restored = tokio::task::spawn_blocking(move || {
-        let file = work_path.join("busy.backup");
-        let out = synchub(&[
-            "backup",
-            "--url",
-            &http,
-            "--out",
-            file.to_str().expect("path"),
-        ]);
-        assert!(out.status.success());
-        let restored = work_path.join("restored");
-        let out = synchub(&[
-            "restore",
-            file.to_str().expect("path"),
-            "--data",
-            restored.join("db").to_str().expect("path"),
-        ]);
-        assert!(out.status.success());
-        restored
-    })
-    .await
-    .expect("backup and restore");
+    let restored = tokio::task::spawn_blocking(move || backup_and_restore(&http, &work_path))
+        .await
+        .expect("backup and restore");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop_tx.send(());
     let acked = writer.await.expect("writer");

@@ -11,32 +11,7 @@ use serde_json::json;
 use synchub_actors::store::{DEFAULT_CACHE_BYTES, Kv, KvBatch, SledKv};
 
 fn check_data(dir: &Path) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
-        .arg("check-data")
-        .arg(dir)
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run synchub");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// Copies a directory tree.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
+    common::run_synchub(&["check-data".as_ref(), dir.as_os_str()])
 }
 
 /// Replaces the first `from` inside a stored log segment of the relay channel with `to`.
@@ -101,7 +76,7 @@ async fn check_data_passes_a_whole_directory_and_names_what_is_corrupt() {
     // One digit of the latest value of a cell: still JSON, but not what the counters say.
     let work = tempfile::tempdir().expect("tempdir");
     let digit = work.path().join("digit");
-    copy_dir(&db, &digit);
+    common::copy_dir(&db, &digit);
     alter_log(&digit, b"7770049", b"7770048");
     let (ok, text) = check_data(&digit);
     assert!(!ok, "{text}");
@@ -114,7 +89,7 @@ async fn check_data_passes_a_whole_directory_and_names_what_is_corrupt() {
 
     // A byte that breaks the change's JSON.
     let broken = work.path().join("broken");
-    copy_dir(&db, &broken);
+    common::copy_dir(&db, &broken);
     alter_log(&broken, b"7770049", b"77700x9");
     let (ok, text) = check_data(&broken);
     assert!(!ok, "{text}");

@@ -23,21 +23,8 @@ fn expected() -> serde_json::Map<String, Value> {
 /// A copy of the fixture's data directory, as `<tmp>/db`.
 fn copy_fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&fixture().join("data"), &dir.path().join("db"));
+    common::copy_dir(&fixture().join("data"), &dir.path().join("db"));
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 async fn assert_rooms_as_they_were(hub: &ChildHub) {
@@ -104,19 +91,7 @@ async fn a_format_1_directory_is_upgraded_at_start_and_loses_nothing() {
 fn synchub_migrate_upgrades_a_stopped_directory_and_check_data_passes_it() {
     let dir = copy_fixture();
     let db = dir.path().join("db");
-    let run = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
-            .args(args)
-            .env("RUST_LOG", "off")
-            .output()
-            .expect("run synchub");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |args: &[&std::ffi::OsStr]| common::run_synchub(args);
     let (ok, text) = run(&["migrate".as_ref(), db.as_os_str()]);
     assert!(ok, "{text}");
     assert!(text.contains("upgraded from storage format 1"), "{text}");

@@ -534,3 +534,32 @@ impl Lcg {
         }
     }
 }
+
+/// Copies a directory tree (a data directory, for a test that alters or upgrades the copy).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Runs the built `synchub` with `args`: whether it succeeded, and what it printed.
+pub fn run_synchub<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run synchub");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

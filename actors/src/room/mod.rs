@@ -365,6 +365,18 @@ impl Room {
         ctx.stop();
     }
 
+    /// Loads and replays the room's log off this thread (it serves other rooms).
+    fn load(&self) -> tokio::task::JoinHandle<Result<RoomState, crate::store::StorageError>> {
+        let store = self.cx.store.clone();
+        let model = self.cx.model.clone();
+        let key = self.key.clone();
+        tokio::task::spawn_blocking(move || {
+            let layout = RoomLayout::new(&key);
+            let image = store.load_room(&layout)?;
+            RoomState::load(key, layout, image, model.as_ref())
+        })
+    }
+
     /// Loads the room's durable state again, once storage reads only what is durable (it has
     /// been reopened), which may be before it takes writes again.
     fn reload(&mut self, ctx: &mut Context<Self>) {
@@ -372,15 +384,7 @@ impl Room {
             ctx.run_later(RELOAD_RETRY, |room, ctx| room.reload(ctx));
             return;
         }
-        let store = self.cx.store.clone();
-        let model = self.cx.model.clone();
-        let key = self.key.clone();
-        let load = tokio::task::spawn_blocking(move || {
-            let layout = RoomLayout::new(&key);
-            let image = store.load_room(&layout)?;
-            RoomState::load(key, layout, image, model.as_ref())
-        });
-        ctx.spawn(actix::fut::wrap_future(load).map(
+        ctx.spawn(actix::fut::wrap_future(self.load()).map(
             |loaded, room: &mut Room, ctx: &mut Context<Room>| match loaded {
                 Ok(Ok(state)) => {
                     log::info!("{}: reloaded at seq {}", room.key, state.meta().seq);
@@ -615,16 +619,8 @@ impl Actor for Room {
         ctx.set_mailbox_capacity(1024);
         self.actor.count.inc();
         self.cx.metrics.rooms_started.inc();
-        // Load and replay off this thread (it serves other rooms); the mailbox waits meanwhile.
-        let store = self.cx.store.clone();
-        let model = self.cx.model.clone();
-        let key = self.key.clone();
-        let load = tokio::task::spawn_blocking(move || {
-            let layout = RoomLayout::new(&key);
-            let image = store.load_room(&layout)?;
-            RoomState::load(key, layout, image, model.as_ref())
-        });
-        ctx.wait(actix::fut::wrap_future(load).map(
+        // The mailbox waits while the room loads.
+        ctx.wait(actix::fut::wrap_future(self.load()).map(
             |loaded, room: &mut Room, ctx: &mut Context<Room>| match loaded {
                 Ok(Ok(state)) => {
                     room.durable_seq = state.meta().seq;
