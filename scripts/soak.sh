@@ -37,6 +37,8 @@ for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
   sleep 0.1
 done
+rss_mb() { awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$hub/status"; }
+rss_before=$(rss_mb)
 
 "$bin" bench "$@" --url "ws://127.0.0.1:$port" --server-pid "$hub" --duration "$seconds" \
   >"$out/$name.bench.txt" 2>"$out/$name.bench.log" &
@@ -58,6 +60,9 @@ while kill -0 "$bench" 2>/dev/null; do
     "${acks:-0}" "${slowest:-0}" >>"$out/$name.tsv"
 done
 wait "$bench" || true
+# After the flood: the hub hands freed memory back every 5 s.
+sleep 15
+rss_after=$(rss_mb)
 
 awk -F'\t' -v total="$seconds" '
   NR == 1 { next }
@@ -74,4 +79,5 @@ awk -F'\t' -v total="$seconds" '
     printf "from %d s on: data dir %d MB at %d s, %d MB at the end (min %d, max %d)\n",
       from, d[first], t[first], d[n], lmin, lmax
   }' "$out/$name.tsv"
+echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB"
 grep '^  ' "$out/$name.bench.txt" || true
