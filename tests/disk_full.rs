@@ -186,13 +186,9 @@ async fn a_full_disk_refuses_writes_keeps_sessions_and_recovers_by_itself() {
     );
     assert_eq!(metric(&hub, "synchub_storage_failing").await, 1.0);
     assert!(metric(&hub, "synchub_flush_errors_total").await >= 1.0);
-    // A read while the disk is full: sled cannot reopen its database on a full disk, so it is
-    // refused with the same retryable error, or (where the store could reopen) it holds
-    // exactly what was acked; never a refused change.
-    match read_fresh(&hub).await {
-        Ok(keys) => assert_eq!(keys, acked),
-        Err(code) => assert_eq!(code, "UNAVAILABLE"),
-    }
+    // Reads go on while the disk is full, on a new connection too: exactly what was acked,
+    // never a refused change.
+    assert_eq!(read_fresh(&hub).await.expect("reads on a full disk"), acked);
 
     // Space again: the hub takes writes by itself, within seconds.
     std::fs::remove_file(&filler).expect("free the disk");

@@ -148,7 +148,8 @@ pub struct Room {
     /// Set in a cluster.
     replica: Option<Replica>,
     /// A commit failed: the room dropped what it had merged since its last durable commit and
-    /// waits to reload what is durable; requests are answered `Unavailable` meanwhile.
+    /// waits to reload what is durable. Meanwhile log reads are served (they read the store up
+    /// to `durable_seq`), everything else is answered `Unavailable`.
     recovering: bool,
     /// The last commit token the failure took: a later "durable" for one of these means a
     /// commit the room gave up on reached the disk after all, and the room reloads again.
@@ -319,8 +320,9 @@ impl Room {
     /// next request starts the room afresh from storage.
     /// A commit failed. Every answer waiting for a write gets a retryable error; nothing it
     /// merged since its last durable commit was sent to anyone, so the room drops it and reloads
-    /// what is durable once storage takes writes again, keeping its members (their sockets stay
-    /// open; reads and writes are refused with a retryable error until then). A room in a
+    /// what is durable once storage has been reopened, keeping its members (their sockets stay
+    /// open). Until then it serves log reads, which read the store only up to what is durable,
+    /// and refuses the rest with a retryable error. A room in a
     /// cluster stops instead and closes its members, which reconnect, possibly elsewhere: its
     /// numbers came from the cluster, and a new start catches up from it.
     fn fail(&mut self, ctx: &mut Context<Self>) {
@@ -341,7 +343,6 @@ impl Room {
                     self.key
                 );
                 self.recovering = true;
-                self.state = None;
                 self.reload(ctx);
             }
             return;
@@ -545,7 +546,7 @@ impl Room {
     /// a blocking thread while the room goes on merging, committing and serving reads: it
     /// leaves alone what is committed after it starts, and each step leaves a whole log.
     fn start_compaction(&mut self, ctx: &mut Context<Self>) {
-        if !matches!(self.compaction, Compaction::Pending) {
+        if !matches!(self.compaction, Compaction::Pending) || self.recovering {
             return;
         }
         let Some(state) = self.state.as_ref() else {
@@ -687,16 +688,12 @@ impl Room {
             body,
             reply,
         } = msg;
-        if self.recovering {
-            // A subscription is the room's own bookkeeping: it still counts.
-            if let RoomRequest::Subscribe { streams } = body {
-                if let Some(member) = origin.and_then(|o| self.members.get_mut(&o.session))
-                    && let Streams::Some(set) = &mut member.streams
-                {
-                    set.extend(streams);
-                }
-                return reply.send(Ok(RoomReply::Done));
-            }
+        let reads_log = matches!(
+            body,
+            RoomRequest::Fetch { .. } | RoomRequest::History { .. } | RoomRequest::Subscribe { .. }
+        );
+        if self.recovering && !reads_log {
+            // What the state in memory says may include what never became durable.
             return reply.send(Err(RoomError::Unavailable));
         }
         let answer = match body {
@@ -784,7 +781,6 @@ impl Handler<Committed> for Room {
                 self.key
             );
             self.recovering = true;
-            self.state = None;
             return self.reload(ctx);
         }
         let mut entries = Vec::new();

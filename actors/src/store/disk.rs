@@ -113,14 +113,43 @@ impl Kv for SledKv {
 
     /// sled keeps the first IO error it meets and fails every later write with it, even once
     /// the disk has room again: the only way back is a new handle, which reads the database as
-    /// the last flush left it.
+    /// the last flush left it. sled cannot open a database on a full disk, so the old handle,
+    /// which still reads, is kept until there is room to open a new one.
     fn recover(&self) -> Result<(), StorageError> {
+        if free_bytes(&self.path).is_some_and(|free| free < MIN_FREE_TO_REOPEN) {
+            return Err(StorageError::Sled(sled::Error::Io(
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            )));
+        }
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         // The old handle must be gone before the new one can take the file lock.
         drop(slot.take());
         *slot = Some(open_when_free(&self.path, self.cache_bytes)?);
         Ok(())
     }
+}
+
+/// Free bytes a reopen wants on the disk: sled writes a new log segment (512 KiB) and its
+/// configuration when it opens, and the probe that follows writes again.
+const MIN_FREE_TO_REOPEN: u64 = 8 << 20;
+
+/// Bytes the file system holding `path` has free for this process.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` is written by the call
+    // before it is read; on failure it is not read.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // Both are 64-bit on the 64-bit Linux the hub is built for; elsewhere they widen.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Some(blocks.saturating_mul(size))
 }
 
 /// Opens the database, waiting a moment for a handle this process just dropped to let go of
