@@ -94,7 +94,7 @@ struct Held(Reply, RoomReply);
 enum Compaction {
     #[default]
     Idle,
-    /// Asked for: starts once the room has loaded.
+    /// Asked for: starts once the room is loaded and not recovering from a failed write.
     Pending,
     /// Running off the room's thread over the log up to the durable sequence number it had
     /// then; commits and reads go on meanwhile.

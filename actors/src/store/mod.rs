@@ -6,16 +6,19 @@
 //! | key | value |
 //! |---|---|
 //! | `m` room | [`RoomMeta`] as JSON |
-//! | `l` room NUL stream NUL seq(be) | a log segment: the entries of one commit for one stream, from `seq` on |
+//! | `l` room NUL stream NUL seq(be) | a log segment: entries of one commit for one stream, from `seq` on (at most about [`SEGMENT_BYTES`]) |
 //! | `s` room NUL stream NUL key | a state record: seq (u64 be), digest hash (16 bytes), JSON |
 //! | `n` name | node-level values (node id, format) |
 //!
 //! A segment entry is its seq (u64 be), its record key and its JSON body, each with a u32 length.
-//! Writing one segment per commit, not one key per change, is what lets a busy room commit
-//! hundreds of changes for the price of a few keys.
+//! Writing segments, not one key per change, is what lets a busy room commit hundreds of small
+//! changes for the price of a few keys.
 //!
 //! The log is the truth: a room loads by replaying it, and the state of a record is what its
-//! latest entry says. Compaction keeps that latest entry per record and drops the rest; where it
+//! latest entry says, unless a state record with a number at least as high says otherwise (a
+//! record whose last change compaction retired, or a room upgraded from format 1).
+//!
+//! Compaction keeps the latest entry per record and drops the rest; where it
 //! drops a latest entry too (a tombstone whose retention ended), it keeps the record's state as
 //! a state record. Every commit (segments and meta) is one atomic batch, so a crash never leaves
 //! half of it behind. Writes become durable only once a flush covers them; see
@@ -572,7 +575,7 @@ impl Store {
     /// its hash), that entry goes too and the state is kept as a state record. The room's state
     /// and digest do not change.
     ///
-    /// It works in steps of about [`COMPACT_STEP_BYTES`]: each rewrites some segments in place
+    /// It works in steps of about `COMPACT_STEP_BYTES` (1 MiB): each rewrites some segments in place
     /// (under the keys they had, so every segment still holds entries from its key's sequence
     /// number up to the next segment's) in one atomic batch, so it never holds more than a step
     /// and the records' latest sequence numbers in memory. Any prefix of the steps is a valid
