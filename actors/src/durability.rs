@@ -34,6 +34,11 @@ const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 /// How often a failed store is tried again.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long the store must go unused before it gives back what a flood grew, and how often
+/// that is looked at.
+const IDLE_RELEASE: Duration = Duration::from_secs(30);
+const IDLE_CHECK: Duration = Duration::from_secs(5);
+
 /// Tries to get a failed store back; sent to itself.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -159,6 +164,17 @@ impl Actor for Durability {
         // Rooms hand over one commit per group at most; never make them wait on this mailbox.
         ctx.set_mailbox_capacity(1 << 16);
         self.actor.count.inc();
+        // On this actor's thread: nothing is written while the store is reopened.
+        ctx.run_interval(IDLE_CHECK, |act, _| {
+            if act.failing || !act.waiting.is_empty() {
+                return;
+            }
+            match act.store.release_if_idle(IDLE_RELEASE) {
+                Ok(true) => log::debug!("storage idle: reopened to give back its memory"),
+                Ok(false) => {}
+                Err(e) => log::warn!("storage idle, reopening it failed: {e}"),
+            }
+        });
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {

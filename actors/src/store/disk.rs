@@ -1,6 +1,7 @@
 //! [`Kv`] on sled: one database, one tree.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ pub struct SledKv {
     db: RwLock<Option<sled::Db>>,
     path: PathBuf,
     cache_bytes: u64,
+    /// When the handle was last used (ms), and whether it was used since it was last opened:
+    /// an idle handle is reopened to give back what sled grew, once.
+    last_use_ms: AtomicI64,
+    used: AtomicBool,
 }
 
 /// How long a reopen waits for the previous handle's file lock, which sled lets go of from a
@@ -33,10 +38,15 @@ impl SledKv {
             db: RwLock::new(Some(open_when_free(path, cache_bytes)?)),
             path: path.to_owned(),
             cache_bytes,
+            last_use_ms: AtomicI64::new(crate::clock::now_ms()),
+            used: AtomicBool::new(false),
         })
     }
 
     fn db(&self) -> Result<DbGuard<'_>, StorageError> {
+        self.last_use_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        self.used.store(true, Ordering::Relaxed);
         // A panic while holding the lock left either the old handle or none: both are usable.
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -115,6 +125,24 @@ impl Kv for SledKv {
     /// the disk has room again: the only way back is a new handle, which reads the database as
     /// the last flush left it. sled cannot open a database on a full disk, so the old handle,
     /// which still reads, is kept until there is room to open a new one.
+    /// sled keeps its page cache (up to `storage.cache_bytes`), its page table and IO buffers
+    /// once a flood has grown them: a process that opens the same data afresh holds a fraction
+    /// of it. So an idle handle is reopened, once per stretch of use.
+    fn release_if_idle(&self, idle: Duration) -> Result<bool, StorageError> {
+        let since = crate::clock::now_ms() - self.last_use_ms.load(Ordering::Relaxed);
+        if !self.used.load(Ordering::Relaxed) || since < idle.as_millis() as i64 {
+            return Ok(false);
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = slot.as_ref() {
+            db.flush()?;
+        }
+        drop(slot.take());
+        *slot = Some(open_when_free(&self.path, self.cache_bytes)?);
+        self.used.store(false, Ordering::Relaxed);
+        Ok(true)
+    }
+
     fn recover(&self) -> Result<(), StorageError> {
         if free_bytes(&self.path).is_some_and(|free| free < MIN_FREE_TO_REOPEN) {
             return Err(StorageError::Sled(sled::Error::Io(

@@ -67,6 +67,13 @@ pub trait Kv: Send + Sync + 'static {
     fn recover(&self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// Hands back the memory the store grew (caches, page tables) once nobody has used it for
+    /// `idle`: what a flood left behind. Answers whether it did. Everything written must have
+    /// been flushed. The default keeps what it has.
+    fn release_if_idle(&self, _idle: std::time::Duration) -> Result<bool, StorageError> {
+        Ok(false)
+    }
 }
 
 /// The first key after every key that starts with `prefix`. The store's prefixes start with a

@@ -418,6 +418,19 @@ impl Store {
         }
     }
 
+    /// Gives back what the store grew during a flood once nothing has used it for `idle`:
+    /// waits for no one (a backup or a compaction under way means it is not idle). Answers
+    /// whether it did. Blocks: call it off the actors' threads.
+    pub fn release_if_idle(&self, idle: std::time::Duration) -> Result<bool> {
+        let Ok(_alone) = self.gate.try_write() else {
+            return Ok(false);
+        };
+        if !self.health.ok() {
+            return Ok(false);
+        }
+        self.kv.release_if_idle(idle)
+    }
+
     /// Whether the store takes writes, and why not.
     pub fn health(&self) -> &StorageHealth {
         &self.health
@@ -1003,6 +1016,32 @@ mod tests {
         assert!(sizes.iter().all(|s| *s < SEGMENT_BYTES + 4100), "{sizes:?}");
         let image = store.load_room(&l).expect("load");
         assert_eq!(seqs(&image.log), (1..=100).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn an_idle_store_reopens_once_and_keeps_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let l = layout("idle");
+        let mut meta = RoomMeta::default();
+        commit(&store, &l, &mut meta, &[("todos", "a", json!(1))]);
+        store.flush().expect("flush");
+        let idle = std::time::Duration::ZERO;
+        assert!(store.release_if_idle(idle).expect("release"));
+        // Not used since: nothing to give back.
+        assert!(!store.release_if_idle(idle).expect("release"));
+        let image = store.load_room(&l).expect("load");
+        assert_eq!(seqs(&image.log), [1]);
+        // Used again, and still writable.
+        commit(&store, &l, &mut meta, &[("todos", "b", json!(2))]);
+        assert!(store.release_if_idle(idle).expect("release"));
+        assert_eq!(seqs(&store.load_room(&l).expect("load").log), [1, 2]);
+        // Never while it was used within the idle time.
+        assert!(
+            !store
+                .release_if_idle(std::time::Duration::from_secs(3600))
+                .expect("release")
+        );
     }
 
     #[test]
