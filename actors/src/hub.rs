@@ -143,19 +143,27 @@ impl Hub {
                 m.stamp(body, seq);
             }
         };
-        let migrated = crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;
-        if let Some(kept) = &migrated.kept_as {
-            log::warn!(
-                "upgraded the data directory from storage format {}: {} rooms, {} log entries; \
-                 the directory as it was is kept in {}",
-                migrated.from,
-                migrated.rooms,
-                migrated.entries,
-                kept.display()
-            );
+        let open = || Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes);
+        let store = match open() {
+            // Opened once more only when there was something to upgrade.
+            Err(StorageError::Format { found }) if found == "1" => {
+                let migrated =
+                    crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;
+                if let Some(kept) = &migrated.kept_as {
+                    log::warn!(
+                        "upgraded the data directory from storage format {}: {} rooms, {} log \
+                         entries; the directory as it was is kept in {}",
+                        migrated.from,
+                        migrated.rooms,
+                        migrated.entries,
+                        kept.display()
+                    );
+                }
+                open()
+            }
+            other => other,
         }
-        let store = Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes)
-            .map_err(storage_error)?;
+        .map_err(storage_error)?;
         let node_id = if settings.node_id.is_empty() {
             match store.node_value("node_id").map_err(storage_error)? {
                 Some(id) => id,

@@ -315,9 +315,6 @@ impl Room {
         });
     }
 
-    /// A write failed: the state in memory is ahead of what storage holds. Fail everything
-    /// waiting, close the members (their clients resume from their checkpoints), and stop; the
-    /// next request starts the room afresh from storage.
     /// A commit failed. Every answer waiting for a write gets a retryable error; nothing it
     /// merged since its last durable commit was sent to anyone, so the room drops it and reloads
     /// what is durable once storage has been reopened, keeping its members (their sockets stay

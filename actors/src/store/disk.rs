@@ -1,9 +1,9 @@
 //! [`Kv`] on sled: one database, one tree.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use super::StorageError;
 use super::kv::{Kv, KvBatch, Visit};
@@ -13,10 +13,11 @@ pub struct SledKv {
     db: RwLock<Option<sled::Db>>,
     path: PathBuf,
     cache_bytes: u64,
-    /// When the handle was last used (ms), and whether it was used since it was last opened:
-    /// an idle handle is reopened to give back what sled grew, once.
-    last_use_ms: AtomicI64,
-    used: AtomicBool,
+    /// Set by every use (a plain store: no clock is read per operation); the idle check takes
+    /// it and keeps when it last found it set, `None` once the handle was reopened and not
+    /// used since. An idle handle is reopened to give back what sled grew, once.
+    touched: AtomicBool,
+    last_seen_used: Mutex<Option<Instant>>,
 }
 
 /// How long a reopen waits for the previous handle's file lock, which sled lets go of from a
@@ -38,15 +39,18 @@ impl SledKv {
             db: RwLock::new(Some(open_when_free(path, cache_bytes)?)),
             path: path.to_owned(),
             cache_bytes,
-            last_use_ms: AtomicI64::new(crate::clock::now_ms()),
-            used: AtomicBool::new(false),
+            touched: AtomicBool::new(false),
+            last_seen_used: Mutex::new(None),
         })
     }
 
     fn db(&self) -> Result<DbGuard<'_>, StorageError> {
-        self.last_use_ms
-            .store(crate::clock::now_ms(), Ordering::Relaxed);
-        self.used.store(true, Ordering::Relaxed);
+        self.touched.store(true, Ordering::Relaxed);
+        self.db_untouched()
+    }
+
+    /// The handle, for what does not count as use (health probes, size figures).
+    fn db_untouched(&self) -> Result<DbGuard<'_>, StorageError> {
         // A panic while holding the lock left either the old handle or none: both are usable.
         let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
@@ -118,7 +122,13 @@ impl Kv for SledKv {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.db().map_or(0, |db| db.size_on_disk().unwrap_or(0))
+        self.db_untouched()
+            .map_or(0, |db| db.size_on_disk().unwrap_or(0))
+    }
+
+    fn probe(&self) -> Result<(), StorageError> {
+        self.db_untouched()?.get(b"nprobe")?;
+        Ok(())
     }
 
     /// sled keeps the first IO error it meets and fails every later write with it, even once
@@ -129,8 +139,14 @@ impl Kv for SledKv {
     /// once a flood has grown them: a process that opens the same data afresh holds a fraction
     /// of it. So an idle handle is reopened, once per stretch of use.
     fn release_if_idle(&self, idle: Duration) -> Result<bool, StorageError> {
-        let since = crate::clock::now_ms() - self.last_use_ms.load(Ordering::Relaxed);
-        if !self.used.load(Ordering::Relaxed) || since < idle.as_millis() as i64 {
+        let mut seen = self
+            .last_seen_used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.touched.swap(false, Ordering::Relaxed) {
+            *seen = Some(Instant::now());
+        }
+        if !seen.is_some_and(|at| at.elapsed() >= idle) {
             return Ok(false);
         }
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
@@ -139,7 +155,7 @@ impl Kv for SledKv {
         }
         drop(slot.take());
         *slot = Some(open_when_free(&self.path, self.cache_bytes)?);
-        self.used.store(false, Ordering::Relaxed);
+        *seen = None;
         Ok(true)
     }
 

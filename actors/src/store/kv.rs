@@ -61,6 +61,11 @@ pub trait Kv: Send + Sync + 'static {
 
     fn size_on_disk(&self) -> u64;
 
+    /// Checks that the store answers (for the health endpoint); not counted as use.
+    fn probe(&self) -> Result<(), StorageError> {
+        self.get(b"nprobe").map(|_| ())
+    }
+
     /// After a failed write or flush: gets back to the state of the last successful flush,
     /// ready to write again, or says why it cannot yet. Writes applied since that flush are
     /// gone afterwards (nobody was told they are durable).

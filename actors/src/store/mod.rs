@@ -77,8 +77,8 @@ pub enum StorageError {
     #[error("storage holds a corrupt record at {key}: {why}")]
     Corrupt { key: String, why: String },
     #[error(
-        "the data directory holds storage format {found}, this synchub reads format {FORMAT}; \
-         start it on an empty directory"
+        "the data directory holds storage format {found}, this synchub reads format {FORMAT} \
+         (format 1 is upgraded by `synchub migrate` or when the hub starts)"
     )]
     Format { found: String },
     #[error("storage is being reopened after a failure")]
@@ -451,20 +451,10 @@ impl Store {
     }
 
     fn check_format(&self) -> Result<()> {
-        match self.node_value("format")? {
+        match format_of(self.kv.as_ref())? {
             Some(f) if f == FORMAT => Ok(()),
             Some(found) => Err(StorageError::Format { found }),
-            None => {
-                let mut empty = true;
-                self.kv.scan(&[], &[u8::MAX], &mut |_, _| {
-                    empty = false;
-                    Ok(ControlFlow::Break(()))
-                })?;
-                if !empty {
-                    return Err(StorageError::Format { found: "1".into() });
-                }
-                self.set_node_value("format", FORMAT)
-            }
+            None => self.set_node_value("format", FORMAT),
         }
     }
 
@@ -774,8 +764,7 @@ impl Store {
 
     /// Checks that the database answers, for the health endpoint.
     pub fn probe(&self) -> Result<()> {
-        self.kv.get(b"nprobe")?;
-        Ok(())
+        self.kv.probe()
     }
 
     pub fn size_on_disk(&self) -> u64 {
