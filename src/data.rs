@@ -119,9 +119,8 @@ pub fn restore(file: &Path, data: &Path) -> Result<Done, DataError> {
 /// 2 when the directory cannot be opened at all.
 pub fn check(dir: &Path) -> std::process::ExitCode {
     use std::process::ExitCode;
-    if !dir.join("db").exists() {
-        eprintln!("synchub: {} is not a data directory", dir.display());
-        return ExitCode::from(2);
+    if let Err(code) = data_dir(dir) {
+        return code;
     }
     let store = match Store::open(dir) {
         Ok(s) => s,
@@ -161,16 +160,11 @@ pub fn check(dir: &Path) -> std::process::ExitCode {
 /// `synchub migrate DIR`: brings an older data directory to this version's format.
 pub fn migrate(dir: &Path) -> std::process::ExitCode {
     use std::process::ExitCode;
-    if !dir.join("db").exists() {
-        eprintln!("synchub: {} is not a data directory", dir.display());
-        return ExitCode::from(2);
+    if let Err(code) = data_dir(dir) {
+        return code;
     }
     let models = synchub_actors::data_check::default_models();
-    let stamp = |room: &synchub_actors::RoomKey, body: &mut serde_json::Value, seq: u64| {
-        if let Some(m) = models.get(&room.namespace) {
-            m.stamp(body, seq);
-        }
-    };
+    let stamp = synchub_actors::data_check::stamp_with(&models);
     match synchub_actors::store::migrate(dir, &stamp) {
         Ok(r) => {
             match &r.kept_as {
@@ -192,4 +186,13 @@ pub fn migrate(dir: &Path) -> std::process::ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Refuses (exit 2) what is not a data directory, before anything would create one there.
+fn data_dir(dir: &Path) -> Result<(), std::process::ExitCode> {
+    if dir.join("db").exists() {
+        return Ok(());
+    }
+    eprintln!("synchub: {} is not a data directory", dir.display());
+    Err(std::process::ExitCode::from(2))
 }

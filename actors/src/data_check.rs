@@ -23,22 +23,41 @@ pub struct RoomCheck {
     pub problems: Vec<String>,
 }
 
-/// The models a check replays with: the rules that make a room's state out of its log do not
-/// depend on any setting.
-pub fn default_models() -> HashMap<Namespace, Arc<dyn Model>> {
+/// Every namespace's model, as a hub built with these settings runs them.
+pub fn models(
+    pocket: crate::pocket::PocketModel,
+    synckit_batch: std::time::Duration,
+) -> HashMap<Namespace, Arc<dyn Model>> {
     let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-    models.insert(
-        Namespace::Pocket,
-        Arc::new(crate::pocket::PocketModel::default()),
-    );
+    models.insert(Namespace::Pocket, Arc::new(pocket));
     models.insert(
         Namespace::Synckit,
         Arc::new(crate::synckit::SynckitModel {
-            batch: std::time::Duration::ZERO,
+            batch: synckit_batch,
         }),
     );
     models.insert(Namespace::Relay, Arc::new(crate::relay::RelayModel));
     models
+}
+
+/// The models a check replays with: the rules that make a room's state out of its log do not
+/// depend on any setting.
+pub fn default_models() -> HashMap<Namespace, Arc<dyn Model>> {
+    models(
+        crate::pocket::PocketModel::default(),
+        std::time::Duration::ZERO,
+    )
+}
+
+/// Gives a migrated change its number as its namespace's model writes it.
+pub fn stamp_with(
+    models: &HashMap<Namespace, Arc<dyn Model>>,
+) -> impl Fn(&crate::room_key::RoomKey, &mut serde_json::Value, u64) + '_ {
+    |room, body, seq| {
+        if let Some(m) = models.get(&room.namespace) {
+            m.stamp(body, seq);
+        }
+    }
 }
 
 /// Replays every room of `store` through its namespace's model and compares the counters the

@@ -1,7 +1,6 @@
 //! The assembled hub: storage, the durability and directory actors, the room arbiters, and the
 //! handles the HTTP layer needs. Build one with [`Hub::start`] inside an actix system.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,15 +15,15 @@ use crate::directory::{
 use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
 use crate::metrics::Metrics;
-use crate::model::Model;
+
 use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
-use crate::relay::RelayModel;
+
 use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, SessionId, ask};
-use crate::room_key::{Namespace, RoomKey};
+use crate::room_key::RoomKey;
 use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
-use crate::synckit::{SynckitLimits, SynckitModel};
+use crate::synckit::SynckitLimits;
 
 /// How long shutdown waits for the final storage flush.
 const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -128,25 +127,13 @@ impl Hub {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
-        let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-        models.insert(Namespace::Pocket, Arc::new(settings.pocket.clone()));
-        models.insert(
-            Namespace::Synckit,
-            Arc::new(SynckitModel {
-                batch: settings.synckit_batch,
-            }),
-        );
-        models.insert(Namespace::Relay, Arc::new(RelayModel));
-        // An older data directory is upgraded before anything reads it, never refused.
-        let stamp = |room: &RoomKey, body: &mut serde_json::Value, seq: u64| {
-            if let Some(m) = models.get(&room.namespace) {
-                m.stamp(body, seq);
-            }
-        };
+        let models = crate::data_check::models(settings.pocket.clone(), settings.synckit_batch);
         let open = || Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes);
         let store = match open() {
             // Opened once more only when there was something to upgrade.
+            // An older data directory is upgraded before anything reads it, never refused.
             Err(StorageError::Format { found }) if found == "1" => {
+                let stamp = crate::data_check::stamp_with(&models);
                 let migrated =
                     crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;
                 if let Some(kept) = &migrated.kept_as {
