@@ -104,16 +104,19 @@ pub async fn room_status(hub: &ChildHub, room: &str) -> Value {
 }
 
 /// Waits until every node reports the room at the same sequence number and digest, at least
-/// `seq`; returns that (seq, digest).
+/// `seq`, with all of it durable (a change still being written is broadcast when it lands, so
+/// a node is not done with it before); returns that (seq, digest).
 pub async fn converged(nodes: &[&ChildHub], room: &str, seq: u64) -> (u64, String) {
     let deadline = Instant::now() + 3 * TIMEOUT;
     loop {
         let mut seen = Vec::new();
+        let mut durable = true;
         for node in nodes {
             let s = room_status(node, room).await;
+            durable &= s["durable_seq"] == s["seq"];
             seen.push((s["seq"].as_u64().unwrap_or(0), s["digest"].to_string()));
         }
-        if seen.iter().all(|s| s == &seen[0]) && seen[0].0 >= seq {
+        if durable && seen.iter().all(|s| s == &seen[0]) && seen[0].0 >= seq {
             return seen[0].clone();
         }
         assert!(
