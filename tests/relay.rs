@@ -140,6 +140,40 @@ fn contested_changes() -> Vec<Value> {
         ch("t", "2", "b", json!(9.5), 4, 1, "s3"),
         ch("u", "2", "b", json!(1), 1, 1, "s1"),
         ch("u", "2", "b", json!(1), 1, 1, "s1"),
+        // A delete of the row's second life, after its third began (the cl = 3 column above):
+        // stale, whatever its column version.
+        ch("t", "1", "-1", json!(null), 5, 2, "s7"),
+        // Integers and floats past 2^53, which a float comparison calls equal.
+        ch("n", "1", "v", json!(9_007_199_254_740_993_i64), 1, 1, "s1"),
+        ch(
+            "n",
+            "1",
+            "v",
+            json!(9_007_199_254_740_993.0_f64),
+            1,
+            1,
+            "s2",
+        ),
+        ch("n", "2", "v", json!(u64::MAX), 1, 1, "s1"),
+        ch(
+            "n",
+            "2",
+            "v",
+            json!(18_446_744_073_709_551_615.0_f64),
+            1,
+            1,
+            "s2",
+        ),
+        ch("n", "3", "v", json!(i64::MIN), 1, 1, "s1"),
+        ch(
+            "n",
+            "3",
+            "v",
+            json!(-9_223_372_036_854_775_808.0_f64),
+            1,
+            1,
+            "s2",
+        ),
     ]
 }
 
@@ -185,7 +219,10 @@ async fn every_order_of_arrival_converges_to_one_state_and_digest() {
     assert_eq!(
         states[0],
         vec![
-            json!(["t", "1", "-1", null, 1, 2]),
+            json!(["n", "1", "v", 9_007_199_254_740_993_i64, 1, 1]),
+            json!(["n", "2", "v", 18_446_744_073_709_551_616.0_f64, 1, 1]),
+            json!(["n", "3", "v", i64::MIN, 1, 1]),
+            // The row's delete ended when its next life's column arrived.
             json!(["t", "1", "a", null, 1, 3]),
             json!(["t", "2", "b", {"k": [1]}, 4, 1]),
             json!(["u", "2", "b", 1, 1, 1]),

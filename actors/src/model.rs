@@ -75,21 +75,36 @@ pub trait Model: Send + Sync + 'static {
         false
     }
 
-    /// Whether a record whose governing record now holds `governing` has ended: a change
-    /// leaving it in `governed` would now lose (a relay cell from an earlier life of its row,
-    /// once the row is deleted or re-created). The room drops such a record, so the state does
-    /// not depend on whether the record's change arrived before its governor's or after.
-    fn ended_by(&self, _governing: &Value, _governed: &Value) -> bool {
+    /// Whether record state `earlier` belongs to an earlier life of its group (a governing
+    /// record and those it governs) than `later`: a change leaving a record in `earlier` would
+    /// now lose (a relay cell or row delete from before the row was deleted or re-created). It
+    /// orders the states of a group; the room drops the records the latest one ends, so the
+    /// state does not depend on the order of arrival.
+    fn ended_by(&self, _later: &Value, _earlier: &Value) -> bool {
         false
     }
 
     /// [`Model::merge`] for a change whose [`Model::governing_key`] names a record: `governing`
-    /// is that record's state.
+    /// is that record's state, `siblings` the states of the other records it governs.
     fn merge_governed(
         &self,
         room_state: &mut Value,
         current: Option<&Value>,
         _governing: Option<&Value>,
+        _siblings: &[&Value],
+        incoming: &IncomingChange,
+    ) -> Merge {
+        self.merge(room_state, current, incoming)
+    }
+
+    /// [`Model::merge`] for a change to a governing record ([`Model::is_governing`]):
+    /// `governed` are the states of the records it governs, which may be newer than the
+    /// governing record itself (a relay row re-created by a column change alone).
+    fn merge_governing(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        _governed: &[&Value],
         incoming: &IncomingChange,
     ) -> Merge {
         self.merge(room_state, current, incoming)

@@ -21,18 +21,44 @@ pub fn compare_values(a: &Value, b: &Value) -> Ordering {
         }
     }
     rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x.cmp(&y),
-            _ => x
-                .as_f64()
-                .unwrap_or(0.0)
-                .total_cmp(&y.as_f64().unwrap_or(0.0)),
-        },
+        (Value::Number(x), Value::Number(y)) => compare_numbers(x, y),
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Null, Value::Null) => Ordering::Equal,
         // Canonical JSON text: serde_json sorts object keys.
         _ => a.to_string().cmp(&b.to_string()),
     })
+}
+
+/// An integer JSON number, whichever of serde_json's two integer kinds holds it.
+fn integer(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64()
+        .map(i128::from)
+        .or_else(|| n.as_u64().map(i128::from))
+}
+
+/// Compares two JSON numbers by their exact values. Going through `f64` would make
+/// 9007199254740993 equal to 9007199254740993.0 (which parses as ...992): a tie whose winner is
+/// whichever arrived first, so two nodes could keep different values.
+fn compare_numbers(x: &serde_json::Number, y: &serde_json::Number) -> Ordering {
+    match (integer(x), integer(y)) {
+        (Some(i), Some(j)) => i.cmp(&j),
+        (Some(i), None) => compare_integer_float(i, y.as_f64().unwrap_or(0.0)),
+        (None, Some(j)) => compare_integer_float(j, x.as_f64().unwrap_or(0.0)).reverse(),
+        (None, None) => x
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&y.as_f64().unwrap_or(0.0)),
+    }
+}
+
+/// Rounding an integer to the nearest float never crosses another float, so the rounded
+/// value orders it against `f` unless the two are equal; then `f` is a whole number that
+/// `i128` holds exactly, and the integers decide.
+fn compare_integer_float(i: i128, f: f64) -> Ordering {
+    match (i as f64).total_cmp(&f) {
+        Ordering::Equal => i.cmp(&(f as i128)),
+        other => other,
+    }
 }
 
 const FIELDS: usize = 9;
@@ -88,17 +114,24 @@ fn cell_key(table: &Value, pk: &Value, cid: &Value) -> String {
     json!([table, pk, cid]).to_string()
 }
 
-/// Writes every number that is a whole float (`1.0`, `-0.0`) as the integer it equals, so one
-/// value has one text: the merge treats `1` and `1.0` as equal, and the digest, which hashes
-/// the text, must too.
+/// Writes every number that is a whole float (`1.0`, `-0.0`, `9007199254740992.0`) as the
+/// integer it equals, so one value has one text: the merge treats `1` and `1.0` as equal, and
+/// the digest, which hashes the text, must too. Floats past the 64-bit integers stay floats: no
+/// integer equals them.
 fn canonical_numbers(v: &mut Value) {
     match v {
         Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            // 2^63 and 2^64: the first floats past each integer kind.
+            const I64_END: f64 = 9_223_372_036_854_775_808.0;
+            const U64_END: f64 = 18_446_744_073_709_551_616.0;
             if let Some(f) = n.as_f64()
                 && f.fract() == 0.0
-                && f.abs() < 9.0e15
             {
-                *v = Value::from(f as i64);
+                if (-I64_END..I64_END).contains(&f) {
+                    *v = Value::from(f as i64);
+                } else if (0.0..U64_END).contains(&f) {
+                    *v = Value::from(f as u64);
+                }
             }
         }
         Value::Array(a) => a.iter_mut().for_each(canonical_numbers),
@@ -146,21 +179,44 @@ impl Model for RelayModel {
         key.ends_with(ROW_KEY_END)
     }
 
-    /// Both are states, `[cl, col_version, val]`.
-    fn ended_by(&self, row: &Value, cell: &Value) -> bool {
-        version(cell, 0) < version(row, 0)
+    /// Both are states, `[cl, col_version, val]`, of a row or a cell: the row's life is its
+    /// causal length.
+    fn ended_by(&self, later: &Value, earlier: &Value) -> bool {
+        version(earlier, 0) < version(later, 0)
     }
 
+    /// The row's causal length is the largest its record or any of its columns holds: a
+    /// column re-created without its row's record still moves the row to its new life.
     fn merge_governed(
         &self,
         room_state: &mut Value,
         current: Option<&Value>,
         row: Option<&Value>,
+        siblings: &[&Value],
         incoming: &IncomingChange,
     ) -> Merge {
-        if let Some(row) = row
-            && version(&incoming.body, 7) < version(row, 0)
+        let cl = version(&incoming.body, 7);
+        if row
+            .into_iter()
+            .chain(siblings.iter().copied())
+            .any(|s| version(s, 0) > cl)
         {
+            return Merge::Unchanged;
+        }
+        self.merge(room_state, current, incoming)
+    }
+
+    /// A row change older than the row's life its columns are in loses: after a column change
+    /// with `cl = 3`, a delete with `cl = 2` is stale, whatever its column version.
+    fn merge_governing(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        governed: &[&Value],
+        incoming: &IncomingChange,
+    ) -> Merge {
+        let cl = version(&incoming.body, 7);
+        if governed.iter().any(|cell| version(cell, 0) > cl) {
             return Merge::Unchanged;
         }
         self.merge(room_state, current, incoming)
@@ -290,6 +346,47 @@ mod tests {
     }
 
     #[test]
+    fn numbers_past_two_to_the_53_compare_exactly() {
+        use Ordering::*;
+        let n = |t: &str| -> Value { serde_json::from_str(t).expect("json") };
+        let canon = |t: &str| {
+            let mut v = n(t);
+            canonical_numbers(&mut v);
+            v
+        };
+        // 9007199254740993.0 parses as ...992.0: the integer is larger, in either order.
+        assert_eq!(
+            compare_values(&n("9007199254740993"), &n("9007199254740993.0")),
+            Greater
+        );
+        assert_eq!(
+            compare_values(&n("9007199254740993.0"), &n("9007199254740993")),
+            Less
+        );
+        assert_eq!(
+            compare_values(&n("18446744073709551615"), &n("18446744073709551615.0")),
+            Less
+        );
+        assert_eq!(
+            compare_values(&n("-9223372036854775807"), &n("-9223372036854775808.0")),
+            Greater
+        );
+        assert_eq!(
+            compare_values(&n("1e300"), &n("18446744073709551615")),
+            Greater
+        );
+        // Equal numbers have one text once canonical, so one digest.
+        for (int, float) in [
+            ("9007199254740992", "9007199254740992.0"),
+            ("-9223372036854775808", "-9223372036854775808.0"),
+            ("9223372036854775808", "9223372036854775808.0"),
+        ] {
+            assert_eq!(compare_values(&canon(int), &canon(float)), Equal);
+            assert_eq!(canon(int).to_string(), canon(float).to_string(), "{int}");
+        }
+    }
+
+    #[test]
     fn whole_floats_are_stored_as_integers() {
         let c = parse_change(&json!(["t", "1", "a", {"x": [1.0, 2.5, -0.0]}, 1, 1, "s", 1, 0]))
             .expect("valid");
@@ -315,7 +412,7 @@ mod tests {
                 Some(r#"["todos","1","-1"]"#.into())
             );
             matches!(
-                m.merge_governed(&mut Value::Null, Some(&cell), Some(&deleted_row), &c),
+                m.merge_governed(&mut Value::Null, Some(&cell), Some(&deleted_row), &[], &c),
                 Merge::Apply { .. }
             )
         };

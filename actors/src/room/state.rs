@@ -79,9 +79,9 @@ pub struct RoomState {
     model_hash: Digest,
     /// stream → key → record. Nested so lookups borrow `&str`s instead of building a key.
     records: HashMap<String, HashMap<String, Record>>,
-    /// stream → governing record → the records it governs ([`Model::governing_key`]). A
-    /// stream is indexed from the first time one of its governing records is written: rooms
-    /// that never delete a row pay nothing for it.
+    /// stream → governing record → the records it governs ([`Model::governing_key`]), for
+    /// models that have governing records. Kept for every such stream: a merge reads a
+    /// record's siblings even before their governing record has been written.
     governed: HashMap<String, HashMap<String, HashSet<String>>>,
     /// Bytes of the log's entries (bodies and keys), as the disk holds them, roughly.
     log_bytes: u64,
@@ -146,19 +146,19 @@ impl RoomState {
                 stream.insert(e.key, record);
             }
         }
-        // Every record its governor ended, whichever came first in the log: the same records
-        // the merges dropped one by one.
+        let streams: Vec<String> = st.records.keys().cloned().collect();
+        for stream in &streams {
+            st.index_stream(model, stream);
+        }
+        // Every record a later life of its group ended, whichever came first in the log: the
+        // same records the merges dropped one by one.
         let governors: Vec<(String, String)> = st
-            .records
+            .governed
             .iter()
-            .flat_map(|(s, r)| {
-                r.keys()
-                    .filter(|k| model.is_governing(k))
-                    .map(|k| (s.clone(), k.clone()))
-            })
+            .flat_map(|(s, g)| g.keys().map(|k| (s.clone(), k.clone())))
             .collect();
         for (stream, governor) in governors {
-            st.end_governed(model, &stream, &governor);
+            st.settle(model, &stream, &governor);
         }
         // The counters follow the records as loaded, so a room stored before a rule changed
         // still reports a digest that matches its state.
@@ -178,48 +178,87 @@ impl RoomState {
 
     /// Adds `key` to the records `governor` governs, once its stream is indexed.
     fn index_governed(&mut self, stream: &str, governor: String, key: &str) {
-        if let Some(index) = self.governed.get_mut(stream) {
-            index.entry(governor).or_default().insert(key.to_owned());
+        self.governed
+            .entry(stream.to_owned())
+            .or_default()
+            .entry(governor)
+            .or_default()
+            .insert(key.to_owned());
+    }
+
+    /// Indexes which records each governing record of `stream` governs (at load).
+    fn index_stream(&mut self, model: &dyn Model, stream: &str) {
+        let mut index: HashMap<String, HashSet<String>> = HashMap::new();
+        for key in self.records.get(stream).into_iter().flat_map(HashMap::keys) {
+            if let Some(g) = model.governing_key_of(key) {
+                index.entry(g).or_default().insert(key.clone());
+            }
+        }
+        if !index.is_empty() {
+            self.governed.insert(stream.to_owned(), index);
         }
     }
 
-    /// Drops the records that `governor`'s state has ended ([`Model::ended_by`]), indexing the
-    /// stream first if this is its first governing record.
-    fn end_governed(&mut self, model: &dyn Model, stream: &str, governor: &str) {
-        if !self.governed.contains_key(stream) {
-            let mut index: HashMap<String, HashSet<String>> = HashMap::new();
-            for key in self.records.get(stream).into_iter().flat_map(HashMap::keys) {
-                if let Some(g) = model.governing_key_of(key) {
-                    index.entry(g).or_default().insert(key.clone());
-                }
-            }
-            self.governed.insert(stream.to_owned(), index);
-        }
-        let Some(members) = self
-            .governed
-            .get_mut(stream)
-            .and_then(|g| g.get_mut(governor))
-        else {
-            return;
+    /// The states of the records `governor` governs, but `except`. Takes the two maps rather
+    /// than `self` so that a merge can borrow the room-wide value meanwhile.
+    fn governed_states<'a>(
+        records: &'a HashMap<String, HashMap<String, Record>>,
+        governed: &HashMap<String, HashMap<String, HashSet<String>>>,
+        stream: &str,
+        governor: &str,
+        except: &str,
+    ) -> Vec<&'a Value> {
+        let Some(records) = records.get(stream) else {
+            return Vec::new();
         };
+        governed
+            .get(stream)
+            .and_then(|g| g.get(governor))
+            .into_iter()
+            .flatten()
+            .filter(|k| k.as_str() != except)
+            .filter_map(|k| records.get(k))
+            .map(|r| &*r.value)
+            .collect()
+    }
+
+    /// Drops every record of `governor`'s group (the governing record and those it governs)
+    /// that the group's latest life has ended ([`Model::ended_by`]): what a merge would now
+    /// refuse leaves the state, so the state does not depend on the order of arrival.
+    fn settle(&mut self, model: &dyn Model, stream: &str, governor: &str) {
         let Some(records) = self.records.get_mut(stream) else {
             return;
         };
-        let Some(state) = records.get(governor).map(|r| r.value.clone()) else {
+        let members = self
+            .governed
+            .get_mut(stream)
+            .and_then(|g| g.get_mut(governor));
+        // The latest life: `ended_by` orders the group's states, so one pass finds it.
+        let mut latest: Option<Arc<Value>> = records.get(governor).map(|r| r.value.clone());
+        for key in members.iter().flat_map(|m| m.iter()) {
+            if let Some(r) = records.get(key)
+                && latest.as_ref().is_none_or(|l| model.ended_by(&r.value, l))
+            {
+                latest = Some(r.value.clone());
+            }
+        }
+        let Some(latest) = latest else {
             return;
         };
-        members.retain(|key| {
-            let Some(r) = records.get(key) else {
-                return false;
-            };
-            if !model.ended_by(&state, &r.value) {
-                return true;
+        let mut drop = |key: &str| match records.get(key) {
+            Some(r) if model.ended_by(&latest, &r.value) => {
+                self.meta.digest.toggle(&r.hash);
+                self.meta.records = self.meta.records.saturating_sub(1);
+                records.remove(key);
+                true
             }
-            self.meta.digest.toggle(&r.hash);
-            self.meta.records = self.meta.records.saturating_sub(1);
-            records.remove(key);
-            false
-        });
+            Some(_) => false,
+            None => true,
+        };
+        drop(governor);
+        if let Some(members) = members {
+            members.retain(|key| !drop(key));
+        }
     }
 
     pub fn meta(&self) -> &RoomMeta {
@@ -280,10 +319,33 @@ impl RoomState {
             let current = stream.and_then(|r| r.get(&change.key)).map(|r| &*r.value);
             let governing_key = model.governing_key(&change.key, &change.body);
             let merged = match &governing_key {
+                None if model.is_governing(&change.key) => {
+                    let governed = Self::governed_states(
+                        &self.records,
+                        &self.governed,
+                        &change.stream,
+                        &change.key,
+                        "",
+                    );
+                    model.merge_governing(&mut self.meta.model, current, &governed, &change)
+                }
                 None => model.merge(&mut self.meta.model, current, &change),
                 Some(key) => {
                     let governing = stream.and_then(|r| r.get(key)).map(|r| &*r.value);
-                    model.merge_governed(&mut self.meta.model, current, governing, &change)
+                    let siblings = Self::governed_states(
+                        &self.records,
+                        &self.governed,
+                        &change.stream,
+                        key,
+                        &change.key,
+                    );
+                    model.merge_governed(
+                        &mut self.meta.model,
+                        current,
+                        governing,
+                        &siblings,
+                        &change,
+                    )
                 }
             };
             let mut logged = match merged {
@@ -395,15 +457,17 @@ impl RoomState {
                     };
                     records.insert(entry.key.clone(), record);
                     self.meta.records += 1;
-                    if let Some(g) = governing {
-                        self.index_governed(&entry.stream, g, &entry.key);
+                    if let Some(g) = &governing {
+                        self.index_governed(&entry.stream, g.clone(), &entry.key);
                     }
                 }
             }
         }
         self.meta.digest.toggle(&hash);
         if model.is_governing(&entry.key) {
-            self.end_governed(model, &entry.stream, &entry.key);
+            self.settle(model, &entry.stream, &entry.key);
+        } else if let Some(g) = &governing {
+            self.settle(model, &entry.stream, g);
         }
         self.meta.seq = self.meta.seq.max(seq);
         self.meta.log_len += 1;
@@ -638,7 +702,11 @@ mod tests {
         let second = relay_run(&Store::memory(), &changes, &[1, 2, 0]);
         assert_eq!(sorted(first.records()), sorted(second.records()));
         assert_eq!(first.meta().digest, second.meta().digest);
-        assert_eq!(first.meta().records, 2, "the row and its re-created cell");
+        assert_eq!(
+            first.meta().records,
+            1,
+            "the re-created cell; the delete ended with its row's next life"
+        );
         // The cell's change stays in the log; a reload ends it again.
         assert_eq!(first.meta().log_len, 3);
         let again = reload(&store, &first, &RelayModel);
