@@ -2,6 +2,7 @@
 //! SyncKit auth endpoints, health, stats and metrics.
 
 mod admin;
+mod client_limits;
 mod cluster;
 mod dashboard;
 mod headless;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub(crate) recorder: Mutex<recorder::Recorder>,
     /// Open WebSocket connections per client address.
     pub(crate) ip_slots: IpSlots,
+    /// The message rate and rooms of clients that come over HTTP.
+    pub(crate) client_limits: client_limits::ClientLimits,
 }
 
 impl AppState {
@@ -46,6 +49,11 @@ impl AppState {
         AppState {
             hub,
             ip_slots: IpSlots::new(config.limits.max_connections_per_ip),
+            client_limits: client_limits::ClientLimits::new(
+                config.limits.max_messages_per_second,
+                config.limits.max_rooms_per_session,
+                std::time::Duration::from_secs(config.server.room_idle_timeout_s.max(1)),
+            ),
             config,
             verifier,
             recorder: Mutex::default(),
@@ -121,8 +129,8 @@ pub(crate) fn token<'a>(req: &'a HttpRequest, query: &'a Query) -> Option<&'a st
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/sync", web::get().to(pocket::websocket))
-        .route("/sync/push", web::post().to(pocket::http))
-        .route("/sync/pull", web::post().to(pocket::http))
+        .route("/sync/push", web::post().to(pocket::push))
+        .route("/sync/pull", web::post().to(pocket::pull))
         .route("/ws", web::get().to(synckit::websocket))
         .route("/auth/verify", web::post().to(synckit::verify))
         .route("/auth/me", web::get().to(synckit::me))
