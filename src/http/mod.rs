@@ -9,6 +9,7 @@ mod headless;
 mod pocket;
 pub(crate) mod recorder;
 mod relay;
+mod request_checks;
 mod stats;
 mod synckit;
 
@@ -27,6 +28,7 @@ use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
 
 use crate::auth::JwtVerifier;
 use crate::config::Config;
+pub use request_checks::check as check_request;
 
 /// What every route shares.
 pub struct AppState {
@@ -187,7 +189,7 @@ pub fn json_errors<B>(
     }
     let status = res.status();
     let message = match res.response().error() {
-        Some(e) => e.to_string(),
+        Some(e) => error_text(e),
         None => status.canonical_reason().unwrap_or("Error").to_owned(),
     };
     let (req, _) = res.into_parts();
@@ -195,6 +197,26 @@ pub fn json_errors<B>(
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(
         actix_web::dev::ServiceResponse::new(req, body).map_into_right_body(),
     ))
+}
+
+/// What a client is told of an error the HTTP layer met: a sentence, never the decoder's own
+/// description of its state.
+fn error_text(e: &actix_web::Error) -> String {
+    use actix_web::error::{JsonPayloadError, PayloadError};
+    let payload = e
+        .as_error::<PayloadError>()
+        .or_else(|| match e.as_error::<JsonPayloadError>() {
+            Some(JsonPayloadError::Payload(p)) => Some(p),
+            _ => None,
+        });
+    match payload {
+        Some(PayloadError::Overflow) => "Request body too large".into(),
+        Some(
+            PayloadError::EncodingCorrupted | PayloadError::Incomplete(_) | PayloadError::Io(_),
+        ) => "Request body cut short, or not valid in its Content-Encoding".into(),
+        Some(_) => "Request body could not be read".into(),
+        None => e.to_string(),
+    }
 }
 
 pub(crate) fn unauthorized() -> HttpResponse {
@@ -258,7 +280,7 @@ pub(crate) fn start_session<D: Dialect>(
         stream,
         actix_http::ws::Codec::new().max_size(max),
     );
-    Ok(response.streaming(Counted::new(body, outbound)))
+    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }
 
 /// A browser page from an origin not in `server.allowed_origins` may not open a socket; answered
@@ -279,6 +301,7 @@ pub(crate) fn origin_refused(req: &HttpRequest, state: &AppState) -> Option<Http
     Some(HttpResponse::Forbidden().json(json!({"error": "Origin not allowed"})))
 }
 
+/// Upgrades to a plain WebSocket actor (one that refuses the client with a close code).
 pub(crate) fn start_ws<A>(
     actor: A,
     req: &HttpRequest,
@@ -290,8 +313,11 @@ where
         + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
     let max = state.hub.session_settings().codec_max_bytes();
-    ws::WsResponseBuilder::new(actor, req, stream)
-        .codec(actix_http::ws::Codec::new().max_size(max))
-        .frame_size(max)
-        .start()
+    let mut response = ws::handshake(req)?;
+    let body =
+        ws::WebsocketContext::with_codec(actor, stream, actix_http::ws::Codec::new().max_size(max));
+    // Nothing waits on this connection's queue: no limit to count against.
+    let outbound = synchub_actors::outbound::Outbound::new(usize::MAX, None);
+    let socket = req.conn_data::<ConnSocket>().cloned();
+    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }
