@@ -177,28 +177,82 @@ impl TokenVerifier for JwtVerifier {
 pub const ACCESS_TTL_S: i64 = 24 * 3600;
 pub const REFRESH_TTL_S: i64 = 7 * 24 * 3600;
 
-/// An access and a refresh token for a user, both HS256 with `secret`.
+/// Why the hub could not mint a token.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("auth.jwt_secret is empty")]
+    NoSecret,
+    #[error("signing failed: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+    /// The configuration makes the hub refuse what it signs (say, a public key but no secret
+    /// for HS256): the token is not handed out.
+    #[error("the hub would refuse the token it minted: {0}")]
+    Refused(AuthError),
+}
+
+/// `claims` as the hub's own tokens carry them: with the configured audience and issuer, which
+/// the hub requires of every token when they are set.
+pub fn issued_by(auth: &AuthConfig, claims: Claims) -> Claims {
+    Claims {
+        aud: (!auth.audience.is_empty()).then(|| serde_json::Value::String(auth.audience.clone())),
+        iss: (!auth.issuer.is_empty()).then(|| auth.issuer.clone()),
+        ..claims
+    }
+}
+
+/// An access token of `claims` signed with `auth.jwt_secret`, checked by `verifier` before it
+/// is handed out.
+pub fn mint_access(
+    auth: &AuthConfig,
+    verifier: &JwtVerifier,
+    claims: Claims,
+) -> Result<String, MintError> {
+    if auth.jwt_secret.is_empty() {
+        return Err(MintError::NoSecret);
+    }
+    let token = mint(&auth.jwt_secret, &issued_by(auth, claims))?;
+    verifier.verify_access(&token).map_err(MintError::Refused)?;
+    Ok(token)
+}
+
+/// An access and a refresh token for `user` (its `sub`, `email`, `permissions` and `room` are
+/// kept; lifetimes, audience and issuer are the hub's), each checked the way the hub will check
+/// it when it comes back, so a client never gets a pair the hub refuses.
 pub fn mint_pair(
-    secret: &str,
-    user_id: &str,
-    email: Option<String>,
-    permissions: Permissions,
-) -> Result<(String, String), jsonwebtoken::errors::Error> {
+    auth: &AuthConfig,
+    verifier: &JwtVerifier,
+    user: Claims,
+) -> Result<(String, String), MintError> {
+    if auth.jwt_secret.is_empty() {
+        return Err(MintError::NoSecret);
+    }
     let now = unix_now();
-    let access = Claims {
-        sub: Some(user_id.to_owned()),
-        exp: now + ACCESS_TTL_S,
-        iat: Some(now),
-        email: email.clone(),
-        permissions: Some(permissions.clone()),
-        ..Claims::default()
-    };
+    let access = issued_by(
+        auth,
+        Claims {
+            sub: user.sub,
+            email: user.email,
+            permissions: user.permissions,
+            room: user.room,
+            exp: now + ACCESS_TTL_S,
+            iat: Some(now),
+            ..Claims::default()
+        },
+    );
     let refresh = Claims {
         exp: now + REFRESH_TTL_S,
         typ: Some("refresh".into()),
         ..access.clone()
     };
-    Ok((mint(secret, &access)?, mint(secret, &refresh)?))
+    let access = mint(&auth.jwt_secret, &access)?;
+    let refresh = mint(&auth.jwt_secret, &refresh)?;
+    verifier
+        .verify_access(&access)
+        .map_err(MintError::Refused)?;
+    verifier
+        .verify_refresh(&refresh)
+        .map_err(MintError::Refused)?;
+    Ok((access, refresh))
 }
 
 fn load_public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {

@@ -75,6 +75,7 @@ pub async fn run(
     let server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(http::json_errors))
+            .wrap(actix_web::middleware::from_fn(http::check_request))
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(payload_limit))
             .configure(http::routes)

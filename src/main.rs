@@ -236,6 +236,13 @@ fn main() -> ExitCode {
                 eprintln!("synchub: auth.jwt_secret is empty; set it (or SYNCHUB_AUTH_JWT_SECRET)");
                 return ExitCode::from(2);
             }
+            let verifier = match auth::JwtVerifier::from_config(&config.auth) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("synchub: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let now = auth::unix_now();
             let claims = Claims {
                 sub: Some(sub),
@@ -249,7 +256,7 @@ fn main() -> ExitCode {
                 room,
                 ..Claims::default()
             };
-            match auth::mint(&config.auth.jwt_secret, &claims) {
+            match auth::mint_access(&config.auth, &verifier, claims) {
                 Ok(t) => {
                     println!("{t}");
                     ExitCode::SUCCESS

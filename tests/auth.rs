@@ -395,3 +395,77 @@ async fn admin_endpoints_are_closed_without_an_admin_token_when_auth_is_required
     let (status, _) = http("GET", &hub.http_url("/health"), None, None).await;
     assert_eq!(status, 200);
 }
+
+/// With an audience and an issuer configured, every token the hub mints carries them, so the
+/// hub accepts its own tokens: a `synchub token`, a dev login's pair, and each refresh's pair
+/// work for the next request and for the next refresh.
+#[actix_rt::test]
+async fn tokens_the_hub_mints_carry_its_audience_and_issuer() {
+    const AUDIENCE: &str = "synchub-minted";
+    const ISSUER: &str = "https://hub.minted.test";
+    let hub = TestHub::start_with(|c| {
+        c.auth.required = true;
+        c.auth.jwt_secret = SECRET.into();
+        c.auth.admin_token = ADMIN.into();
+        c.auth.dev_login = true;
+        c.auth.audience = AUDIENCE.into();
+        c.auth.issuer = ISSUER.into();
+    });
+    let me = |token: String| {
+        let url = hub.http_url("/auth/me");
+        async move { http("GET", &url, Some(&token), None).await }
+    };
+
+    let config = hub.dir.path().join("minting.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\naudience = \"{AUDIENCE}\"\nissuer = \"{ISSUER}\"\n"
+        ),
+    )
+    .expect("write config");
+    let config = config.to_str().expect("path");
+    let (ok, out) = common::run_synchub(&[
+        "token", "--config", config, "--sub", "alice", "--read", "*", "--write", "*",
+    ]);
+    assert!(ok, "{out}");
+    let cli_token = out.trim().to_owned();
+    let (status, who) = me(cli_token.clone()).await;
+    assert_eq!((status, &who["userId"]), (200, &json!("alice")), "{who}");
+    admitted_everywhere(&hub, &cli_token).await;
+
+    let (status, login) = http(
+        "POST",
+        &hub.http_url("/auth/login"),
+        None,
+        Some(&json!({"email": "bo@example.com", "password": "x"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{login}");
+    let (status, who) = me(login["accessToken"].as_str().expect("access").into()).await;
+    assert_eq!(
+        (status, &who["userId"]),
+        (200, &json!("bo@example.com")),
+        "{who}"
+    );
+
+    // Refresh twice: each pair is accepted for requests and for the refresh after it.
+    let mut refresh = login["refreshToken"].as_str().expect("refresh").to_owned();
+    for round in 0..2 {
+        let (status, pair) = http(
+            "POST",
+            &hub.http_url("/auth/refresh"),
+            None,
+            Some(&json!({"refreshToken": refresh})),
+        )
+        .await;
+        assert_eq!(status, 200, "refresh {round}: {pair}");
+        let (status, who) = me(pair["accessToken"].as_str().expect("access").into()).await;
+        assert_eq!(
+            (status, &who["userId"]),
+            (200, &json!("bo@example.com")),
+            "refresh {round}: {who}"
+        );
+        refresh = pair["refreshToken"].as_str().expect("refresh").to_owned();
+    }
+}

@@ -252,7 +252,29 @@ async fn http_errors_are_json_even_before_a_handler_runs() {
         .expect("response");
     assert_eq!(res.status().as_u16(), 400);
     let body: Value = res.json().await.expect("a JSON body");
-    assert!(body["error"].is_string(), "{body}");
+    // A sentence, not the decoder's description of its state.
+    assert_eq!(
+        body["error"], "Request body cut short, or not valid in its Content-Encoding",
+        "{body}"
+    );
+
+    // An encoding the hub does not decode is refused, not read as if it were plain: `zstd` is
+    // one the HTTP layer knows by name but was not built to decode.
+    for encoding in ["bogus", "zstd", "gzip, br"] {
+        let mut res = client
+            .post(&url)
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Content-Encoding", encoding))
+            .send_body(r#"{"type":"pull","id":"p","collections":["c"]}"#)
+            .await
+            .expect("response");
+        assert_eq!(res.status().as_u16(), 400, "{encoding}");
+        let body: Value = res.json().await.expect("a JSON body");
+        assert_eq!(
+            body["error"], "Unsupported Content-Encoding: send gzip, deflate, br or none",
+            "{encoding}: {body}"
+        );
+    }
 
     // Over the body limit (a multiple of max_frame_bytes).
     let big = "x".repeat(20 << 20);
@@ -274,4 +296,121 @@ async fn http_errors_are_json_even_before_a_handler_runs() {
     assert_eq!(res.status().as_u16(), 404);
     let body: Value = res.json().await.expect("a JSON body");
     assert!(body["error"].is_string(), "{body}");
+}
+
+/// `/sync/push` takes only pushes and `/sync/pull` only pulls: a proxy rule that exposes one
+/// path exposes only that operation. The other message gets 400 `INVALID_MESSAGE` under its id
+/// and is not acted on.
+#[actix_rt::test]
+async fn each_pocket_http_endpoint_answers_only_its_own_message() {
+    let hub = limited_hub();
+    let push = json!({"type": "push", "id": "w", "collection": "todos", "checkpoint": {},
+                      "changes": [{"operation": "insert", "documentId": "d", "document": {}}]});
+    let pull = json!({"type": "pull", "id": "r", "collections": ["todos"], "checkpoint": {}});
+    let post = |path: &str, body: &Value| {
+        let url = hub.http_url(path);
+        let body = body.clone();
+        async move { common::http("POST", &url, None, Some(&body)).await }
+    };
+    let (status, r) = post("/sync/pull?room=typed", &push).await;
+    assert_eq!(
+        (status, &r["code"], &r["id"]),
+        (400, &json!("INVALID_MESSAGE"), &json!("w")),
+        "{r}"
+    );
+    let (status, r) = post("/sync/push?room=typed", &pull).await;
+    assert_eq!(
+        (status, &r["code"], &r["id"]),
+        (400, &json!("INVALID_MESSAGE"), &json!("r")),
+        "{r}"
+    );
+    let auth = json!({"type": "auth", "id": "a", "token": "t"});
+    assert_eq!(post("/sync/push?room=typed", &auth).await.0, 400);
+    // Nothing was written by the push sent to the pull endpoint.
+    let (status, r) = post("/sync/pull?room=typed", &pull).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["changes"]["todos"], json!([]), "{r}");
+    let (status, r) = post("/sync/push?room=typed", &push).await;
+    assert_eq!((status, &r["success"]), (200, &json!(true)), "{r}");
+}
+
+/// The head of the answer to a raw upgrade request with `Sec-WebSocket-Version: version`.
+async fn upgrade_head(addr: std::net::SocketAddr, path: &str, version: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = common::within("connect", tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+    );
+    common::within("send", tcp.write_all(request.as_bytes()))
+        .await
+        .expect("send");
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = common::within("read", tcp.read(&mut chunk))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed before the head: {head:?}");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+/// RFC 6455 4.2.2: an upgrade of another WebSocket version gets 426 naming version 13, on every
+/// WebSocket path; version 13 is upgraded.
+#[actix_rt::test]
+async fn websocket_versions_other_than_13_get_426_on_every_path() {
+    let hub = limited_hub();
+    for path in ["/sync", "/ws", "/relay?channel=c", "/?channel=c"] {
+        for version in ["8", "7", "12"] {
+            let head = upgrade_head(hub.addr, path, version).await;
+            assert!(
+                head.starts_with("http/1.1 426"),
+                "{path} v{version}: {head}"
+            );
+            assert!(
+                head.contains("\r\nsec-websocket-version: 13\r\n"),
+                "{path} v{version}: {head}"
+            );
+        }
+        let head = upgrade_head(hub.addr, path, "13").await;
+        assert!(head.starts_with("http/1.1 101"), "{path}: {head}");
+    }
+}
+
+/// The server closes the TCP connection as soon as the close handshake is done, as RFC 6455
+/// 7.1.1 asks of it, whoever started the handshake; its client need not wait, nor close first.
+/// (Before, the HTTP layer waited up to a second for the client to close first.)
+#[actix_rt::test]
+async fn the_tcp_connection_ends_right_after_the_close_handshake() {
+    use common::raw_ws::{RawFrame, RawWs};
+    use std::time::Duration;
+    // Far more than a loopback round trip, and well under the second the server used to wait.
+    const PROMPTLY: Duration = Duration::from_millis(300);
+    let hub = limited_hub();
+    for path in ["/sync", "/ws", "/relay?channel=c"] {
+        let mut ws = RawWs::connect(hub.addr, path).await;
+        ws.send_frame(0x8, &1000u16.to_be_bytes()).await;
+        let close = loop {
+            match ws.next_frame(common::TIMEOUT).await {
+                Some(RawFrame::Close(code)) => break code,
+                Some(_) => continue,
+                None => panic!("{path}: ended without a close frame"),
+            }
+        };
+        assert_eq!(close, 1000, "{path}");
+        assert_eq!(ws.next_frame(PROMPTLY).await, None, "{path}: still open");
+    }
+    // Closed by the server: a token it refuses (Pocket's 4001).
+    let hub = common::tokens::auth_hub("close-secret", "close-admin", |_| {});
+    let mut ws = RawWs::connect(hub.addr, "/sync?token=bad").await;
+    assert_eq!(
+        ws.next_frame(common::TIMEOUT).await,
+        Some(RawFrame::Close(4001))
+    );
+    ws.send_frame(0x8, &4001u16.to_be_bytes()).await;
+    assert_eq!(ws.next_frame(PROMPTLY).await, None, "refused: still open");
 }

@@ -520,3 +520,66 @@ async fn synckit_clocks_count_against_the_document_size() {
         .await;
     assert_eq!(ack["messageId"], "m2");
 }
+
+/// `[[…[1]…]]`, `depth` levels deep.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |v, _| json!([v]))
+}
+
+/// `limits.max_json_depth` means the same in every dialect: how deeply the client's data nests
+/// (a Pocket document's field, a relay column's value, a SyncKit field's value), however deep
+/// the message around it. Data at the limit is stored, one level more is refused with the
+/// dialect's error, and every refusal is counted.
+#[actix_rt::test]
+async fn max_json_depth_bounds_the_clients_data_in_every_dialect() {
+    let hub = TestHub::start_with(|c| c.limits.max_json_depth = 4);
+    let doc = |id: &str, depth: usize| {
+        json!({"type": "push", "id": id, "collection": "todos", "checkpoint": {}, "changes": [
+            {"operation": "insert", "documentId": id, "document": {"f": nested(depth)}}]})
+    };
+
+    let mut pocket = Ws::connect(&hub.ws_url("/sync?room=deep")).await;
+    let r = pocket.request(&doc("at-limit", 4)).await;
+    assert_eq!(r["success"], true, "{r}");
+    let r = pocket.request(&doc("over", 5)).await;
+    assert_eq!(
+        (&r["type"], &r["code"]),
+        (&json!("error"), &json!("INVALID_MESSAGE")),
+        "{r}"
+    );
+    let (status, r) = common::http(
+        "POST",
+        &hub.http_url("/sync/push?room=deep"),
+        None,
+        Some(&doc("over-http", 5)),
+    )
+    .await;
+    assert_eq!(
+        (status, &r["code"]),
+        (400, &json!("INVALID_MESSAGE")),
+        "{r}"
+    );
+
+    let mut relay = Ws::connect(&hub.ws_url("/relay?channel=deep")).await;
+    assert_eq!(relay.recv_json().await["type"], "connected");
+    let update = |pk: &str, depth: usize| json!({"type": "update", "changes": [["t", pk, "c", nested(depth), 1, 1, "s", 1, 0]]});
+    let ack = relay.request_typed(&update("a", 4), "ack").await;
+    assert_eq!(ack["version"], 1, "{ack}");
+    let r = relay.request_typed(&update("b", 5), "error").await;
+    assert_eq!(r["code"], "INVALID_MESSAGE", "{r}");
+
+    let mut kit = Ws::connect(&hub.ws_url("/ws")).await;
+    let delta = |m: &str, depth: usize| {
+        json!({"type": "delta", "id": m, "documentId": "deep", "field": "f",
+               "value": nested(depth), "messageId": m, "timestamp": 1})
+    };
+    let ack = kit.request_typed(&delta("m1", 4), "ack").await;
+    assert_eq!(ack["messageId"], "m1");
+    let r = kit.request_typed(&delta("m2", 5), "error").await;
+    assert_eq!(
+        r["error"], "Invalid delta: value nested deeper than 4 levels",
+        "{r}"
+    );
+
+    assert_eq!(limits_hit(&hub, "json_depth").await, 4);
+}

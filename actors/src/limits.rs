@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -25,6 +25,8 @@ pub enum Limit {
     Backlog,
     SlowConsumer,
     RoomsPerSession,
+    /// Distinct rooms one client reached over HTTP within the window (see the HTTP layer).
+    RoomsPerUser,
     Connections,
     ConnectionsPerUser,
     ConnectionsPerIp,
@@ -35,11 +37,12 @@ pub enum Limit {
 }
 
 impl Limit {
-    pub const ALL: [Limit; 11] = [
+    pub const ALL: [Limit; 12] = [
         Limit::Rate,
         Limit::Backlog,
         Limit::SlowConsumer,
         Limit::RoomsPerSession,
+        Limit::RoomsPerUser,
         Limit::Connections,
         Limit::ConnectionsPerUser,
         Limit::ConnectionsPerIp,
@@ -55,6 +58,7 @@ impl Limit {
             Limit::Backlog => "backlog",
             Limit::SlowConsumer => "slow_consumer",
             Limit::RoomsPerSession => "rooms_per_session",
+            Limit::RoomsPerUser => "rooms_per_user",
             Limit::Connections => "connections",
             Limit::ConnectionsPerUser => "connections_per_user",
             Limit::ConnectionsPerIp => "connections_per_ip",
@@ -90,7 +94,8 @@ impl TokenBucket {
         self.take_at(Instant::now())
     }
 
-    fn take_at(&mut self, now: Instant) -> bool {
+    /// Takes one token if there is one at `now`.
+    pub fn take_at(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
@@ -100,6 +105,17 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+
+    /// How long after its last use the bucket holds a token again.
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+
+    /// Whether the bucket is full at `now`: then it is as good as a new one.
+    pub fn is_full_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.rate
     }
 }
 
@@ -163,7 +179,6 @@ impl Drop for IpSlot {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::time::Duration;
 
     #[test]
     fn depth_counts_containers() {
@@ -186,7 +201,11 @@ mod tests {
         assert!(b.take_at(later));
         assert!(!b.take_at(later));
         // Idle time saves up at most one second's worth.
+        let wait = b.wait().as_secs_f64();
+        assert!((0.099..=0.101).contains(&wait), "{wait}");
+        assert!(!b.is_full_at(later + Duration::from_millis(900)));
         let much_later = later + Duration::from_secs(60);
+        assert!(b.is_full_at(much_later));
         assert_eq!((0..20).filter(|_| b.take_at(much_later)).count(), 10);
     }
 

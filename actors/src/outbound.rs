@@ -38,6 +38,18 @@ pub struct ConnSocket {
 impl ConnSocket {
     /// Shuts the socket down if it is still the connection it was noted for.
     fn shut_down(self) {
+        self.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Ends what the connection reads, so the HTTP server sees the end of the client's input at
+    /// once. After a WebSocket's last frame the server otherwise waits (up to its client
+    /// disconnect timeout, 0.5-1 s as its clock is cached) for the client to close first, while
+    /// the client, as RFC 6455 7.1.1 has it, waits for the server to close the TCP connection.
+    pub fn end_reads(self) {
+        self.shutdown(std::net::Shutdown::Read);
+    }
+
+    fn shutdown(self, how: std::net::Shutdown) {
         // SAFETY: the descriptor is only borrowed for two syscalls. It may have been closed
         // since it was noted (then both fail with EBADF) or reused by another socket (then its
         // peer differs and nothing is done); neither touches memory the process owns.
@@ -51,8 +63,8 @@ impl ConnSocket {
         if !same {
             return;
         }
-        if let Err(e) = sock.shutdown(std::net::Shutdown::Both) {
-            log::debug!("cutting off a slow consumer: {e}");
+        if let Err(e) = sock.shutdown(how) {
+            log::debug!("shutting a connection down ({how:?}): {e}");
         }
     }
 }
@@ -203,11 +215,24 @@ pub fn frame_bytes(len: usize) -> usize {
 pub struct Counted<S> {
     inner: S,
     out: Arc<Outbound>,
+    /// Whose reads end with the stream (see [`ConnSocket::end_reads`]).
+    socket: Option<ConnSocket>,
 }
 
 impl<S> Counted<S> {
     pub fn new(inner: S, out: Arc<Outbound>) -> Counted<S> {
-        Counted { inner, out }
+        Counted {
+            inner,
+            out,
+            socket: None,
+        }
+    }
+
+    /// Ends the connection's reads when the stream ends: its last frame (the close frame) is
+    /// then the last thing on the connection, and the server closes it as soon as that is sent.
+    pub fn ending_reads_of(mut self, socket: Option<ConnSocket>) -> Counted<S> {
+        self.socket = socket;
+        self
     }
 }
 
@@ -227,6 +252,13 @@ where
             this.out
                 .bytes_out
                 .store(sent + bytes.len() as u64, Ordering::Relaxed);
+        }
+        // The connection is still open while it pulls from this stream, so the socket is the
+        // one it was noted for.
+        if let Poll::Ready(None) = next
+            && let Some(socket) = this.socket.take()
+        {
+            socket.end_reads();
         }
         next
     }

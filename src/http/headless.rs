@@ -88,6 +88,33 @@ pub(crate) async fn drive<D: Dialect>(
     outcome
 }
 
+/// What `dialect` answers a client over the message rate: its own retryable error, the same a
+/// WebSocket message over the rate gets.
+pub(crate) fn rate_limited<D: Dialect>(
+    state: &AppState,
+    dialect: &mut D,
+    identity: &Identity,
+    body: &[u8],
+    frame: fn(&[u8]) -> Frame<'_>,
+) -> String {
+    let origin = Origin {
+        node: state.hub.node().clone(),
+        session: SessionId(0),
+    };
+    let env = Env {
+        origin: &origin,
+        identity,
+    };
+    dialect
+        .on_rate_limited(&env, frame(body))
+        .into_iter()
+        .find_map(|action| match action {
+            Action::Text(text) => Some(text),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// A message read as text when it is UTF-8, as binary otherwise.
 pub(crate) fn text_or_binary(body: &[u8]) -> Frame<'_> {
     match std::str::from_utf8(body) {

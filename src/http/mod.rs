@@ -2,12 +2,14 @@
 //! SyncKit auth endpoints, health, stats and metrics.
 
 mod admin;
+mod client_limits;
 mod cluster;
 mod dashboard;
 mod headless;
 mod pocket;
 pub(crate) mod recorder;
 mod relay;
+mod request_checks;
 mod stats;
 mod synckit;
 
@@ -26,6 +28,7 @@ use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
 
 use crate::auth::JwtVerifier;
 use crate::config::Config;
+pub use request_checks::check as check_request;
 
 /// What every route shares.
 pub struct AppState {
@@ -36,6 +39,8 @@ pub struct AppState {
     pub(crate) recorder: Mutex<recorder::Recorder>,
     /// Open WebSocket connections per client address.
     pub(crate) ip_slots: IpSlots,
+    /// The message rate and rooms of clients that come over HTTP.
+    pub(crate) client_limits: client_limits::ClientLimits,
 }
 
 impl AppState {
@@ -46,6 +51,11 @@ impl AppState {
         AppState {
             hub,
             ip_slots: IpSlots::new(config.limits.max_connections_per_ip),
+            client_limits: client_limits::ClientLimits::new(
+                config.limits.max_messages_per_second,
+                config.limits.max_rooms_per_session,
+                std::time::Duration::from_secs(config.server.room_idle_timeout_s.max(1)),
+            ),
             config,
             verifier,
             recorder: Mutex::default(),
@@ -121,8 +131,8 @@ pub(crate) fn token<'a>(req: &'a HttpRequest, query: &'a Query) -> Option<&'a st
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/sync", web::get().to(pocket::websocket))
-        .route("/sync/push", web::post().to(pocket::http))
-        .route("/sync/pull", web::post().to(pocket::http))
+        .route("/sync/push", web::post().to(pocket::push))
+        .route("/sync/pull", web::post().to(pocket::pull))
         .route("/ws", web::get().to(synckit::websocket))
         .route("/auth/verify", web::post().to(synckit::verify))
         .route("/auth/me", web::get().to(synckit::me))
@@ -179,7 +189,7 @@ pub fn json_errors<B>(
     }
     let status = res.status();
     let message = match res.response().error() {
-        Some(e) => e.to_string(),
+        Some(e) => error_text(e),
         None => status.canonical_reason().unwrap_or("Error").to_owned(),
     };
     let (req, _) = res.into_parts();
@@ -187,6 +197,26 @@ pub fn json_errors<B>(
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(
         actix_web::dev::ServiceResponse::new(req, body).map_into_right_body(),
     ))
+}
+
+/// What a client is told of an error the HTTP layer met: a sentence, never the decoder's own
+/// description of its state.
+fn error_text(e: &actix_web::Error) -> String {
+    use actix_web::error::{JsonPayloadError, PayloadError};
+    let payload = e
+        .as_error::<PayloadError>()
+        .or_else(|| match e.as_error::<JsonPayloadError>() {
+            Some(JsonPayloadError::Payload(p)) => Some(p),
+            _ => None,
+        });
+    match payload {
+        Some(PayloadError::Overflow) => "Request body too large".into(),
+        Some(
+            PayloadError::EncodingCorrupted | PayloadError::Incomplete(_) | PayloadError::Io(_),
+        ) => "Request body cut short, or not valid in its Content-Encoding".into(),
+        Some(_) => "Request body could not be read".into(),
+        None => e.to_string(),
+    }
 }
 
 pub(crate) fn unauthorized() -> HttpResponse {
@@ -250,7 +280,7 @@ pub(crate) fn start_session<D: Dialect>(
         stream,
         actix_http::ws::Codec::new().max_size(max),
     );
-    Ok(response.streaming(Counted::new(body, outbound)))
+    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }
 
 /// A browser page from an origin not in `server.allowed_origins` may not open a socket; answered
@@ -271,6 +301,7 @@ pub(crate) fn origin_refused(req: &HttpRequest, state: &AppState) -> Option<Http
     Some(HttpResponse::Forbidden().json(json!({"error": "Origin not allowed"})))
 }
 
+/// Upgrades to a plain WebSocket actor (one that refuses the client with a close code).
 pub(crate) fn start_ws<A>(
     actor: A,
     req: &HttpRequest,
@@ -282,8 +313,11 @@ where
         + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
     let max = state.hub.session_settings().codec_max_bytes();
-    ws::WsResponseBuilder::new(actor, req, stream)
-        .codec(actix_http::ws::Codec::new().max_size(max))
-        .frame_size(max)
-        .start()
+    let mut response = ws::handshake(req)?;
+    let body =
+        ws::WebsocketContext::with_codec(actor, stream, actix_http::ws::Codec::new().max_size(max));
+    // Nothing waits on this connection's queue: no limit to count against.
+    let outbound = synchub_actors::outbound::Outbound::new(usize::MAX, None);
+    let socket = req.conn_data::<ConnSocket>().cloned();
+    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }

@@ -1,14 +1,15 @@
 //! Pocket: the WebSocket at `/sync` and the HTTP transport at `/sync/push` and `/sync/pull`.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::ContentType;
+use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use synchub_actors::pocket::PocketDialect;
-use synchub_actors::pocket::wire::{WireError, code};
+use synchub_actors::pocket::wire::{WireError, code, request_id};
 use synchub_actors::session::{Session, close_code};
-use synchub_actors::{Namespace, RoomKey};
+use synchub_actors::{Identity, Namespace, RoomKey};
 
+use super::client_limits::{Client, Refusal};
 use super::headless::{self, Written};
 use super::{AppState, Query, Refused, start_session, start_ws, token};
 
@@ -110,9 +111,109 @@ fn pocket_reply(body: String) -> HttpResponse {
         .body(body)
 }
 
+/// The message each HTTP endpoint answers: a proxy rule that exposes only one of the paths
+/// then exposes only that operation.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Push,
+    Pull,
+}
+
+impl Endpoint {
+    fn message_type(self) -> &'static str {
+        match self {
+            Endpoint::Push => "push",
+            Endpoint::Pull => "pull",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Push => "/sync/push",
+            Endpoint::Pull => "/sync/pull",
+        }
+    }
+}
+
+/// The `type` of a message when it is JSON with a string `type`; the codec answers the rest.
+fn message_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: Option<Value>,
+    }
+    match serde_json::from_slice::<Typed>(body).ok()?.kind? {
+        Value::String(kind) => Some(kind),
+        _ => None,
+    }
+}
+
+/// Who an HTTP request counts against: its token's user, else its address.
+fn client_of(req: &HttpRequest, identity: Option<&Identity>) -> Client {
+    match identity {
+        Some(id) if id.authenticated => Client::User(id.user_id.clone()),
+        _ => req
+            .peer_addr()
+            .map_or(Client::Unknown, |a| Client::Address(a.ip())),
+    }
+}
+
+/// A refusal by the per-client limits: 429 with Pocket's retryable error under the request's
+/// id, and `Retry-After`.
+fn refused(
+    state: &AppState,
+    dialect: &mut PocketDialect,
+    identity: &Identity,
+    body: &[u8],
+    refusal: Refusal,
+) -> HttpResponse {
+    state.hub.metrics().limit_hit(refusal.limit());
+    let text = match refusal {
+        // Word for word what a WebSocket message over the rate gets.
+        Refusal::Rate { .. } => {
+            headless::rate_limited(state, dialect, identity, body, headless::binary)
+        }
+        Refusal::Rooms { max, .. } => WireError::new(
+            request_id(body),
+            code::RATE_LIMITED,
+            format!(
+                "Too many rooms for one client (max {max} in {} s)",
+                state.client_limits.window().as_secs()
+            ),
+        )
+        .to_json(synchub_actors::pocket::wire::now_ms())
+        .to_string(),
+    };
+    let mut response = pocket_reply(text);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(refusal.retry_after_s()),
+    );
+    response
+}
+
+pub(super) async fn push(
+    req: HttpRequest,
+    body: web::Bytes,
+    query: Query,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    http(Endpoint::Push, req, body, query, state).await
+}
+
+pub(super) async fn pull(
+    req: HttpRequest,
+    body: web::Bytes,
+    query: Query,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    http(Endpoint::Pull, req, body, query, state).await
+}
+
 /// `POST /sync/push` and `POST /sync/pull`: one request through the same codec the WebSocket
-/// uses, answered with the same reply.
-pub(super) async fn http(
+/// uses, answered with the same reply, under the per-client limits a WebSocket session has.
+async fn http(
+    endpoint: Endpoint,
     req: HttpRequest,
     body: web::Bytes,
     query: Query,
@@ -125,17 +226,36 @@ pub(super) async fn http(
             "Invalid room id: 1-256 characters of [A-Za-z0-9_.:-]",
         ));
     };
-    let identity = match state.authenticate(token(&req, &query)) {
+    let authenticated = state.authenticate(token(&req, &query));
+    let client = client_of(&req, authenticated.as_ref().ok());
+    let admitted = state.client_limits.admit(client, &room.room);
+    let identity = match authenticated {
         Ok(id) => id,
-        Err(_) => {
+        // A client spraying bad tokens is held to its address's rate all the same.
+        Err(_) if admitted.is_ok() => {
             return pocket_error(WireError::new(
                 None,
                 code::FORBIDDEN,
                 "Authentication failed",
             ));
         }
+        Err(_) => Identity::unauthenticated(),
     };
     let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
+    if let Err(refusal) = admitted {
+        return refused(&state, &mut dialect, &identity, &body, refusal);
+    }
+    if let Some(kind) = message_type(&body).filter(|k| k != endpoint.message_type()) {
+        return pocket_error(WireError::new(
+            request_id(&body),
+            code::INVALID_MESSAGE,
+            format!(
+                "POST {} takes a {} message, not {kind:?}",
+                endpoint.path(),
+                endpoint.message_type()
+            ),
+        ));
+    }
     // One request per HTTP call: a session of its own that nothing is broadcast to.
     let outcome = headless::drive(
         &state,

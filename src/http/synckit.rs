@@ -8,7 +8,7 @@ use synchub_actors::synckit::SynckitDialect;
 use synchub_actors::{Identity, Permissions};
 
 use super::{AppState, Query, bearer, start_session, token};
-use crate::auth::mint_pair;
+use crate::auth::{Claims, MintError, mint_pair};
 
 /// Auth off: the session is in at once. Auth on: a token at the upgrade authenticates it (a bad
 /// one is refused with 401); without one the client must send `auth {token}` first.
@@ -120,27 +120,33 @@ pub(super) async fn refresh(
     };
     let invalid =
         || HttpResponse::Unauthorized().json(json!({"error": "Invalid or expired refresh token"}));
-    let secret = &state.config.auth.jwt_secret;
     let Ok(claims) = state.verifier.verify_refresh(&token) else {
         return invalid();
     };
     let Some(user) = claims.sub.clone().or(claims.user_id.clone()) else {
         return invalid();
     };
-    if secret.is_empty() {
-        return invalid();
-    }
-    match mint_pair(
-        secret,
-        &user,
-        claims.email,
-        claims.permissions.unwrap_or_default(),
-    ) {
+    let user = Claims {
+        sub: Some(user),
+        email: claims.email,
+        permissions: Some(claims.permissions.unwrap_or_default()),
+        room: claims.room,
+        ..Claims::default()
+    };
+    match mint_pair(&state.config.auth, &state.verifier, user) {
         Ok((access, refresh)) => {
             HttpResponse::Ok().json(json!({"accessToken": access, "refreshToken": refresh}))
         }
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        // A refresh token the hub did not sign with a secret (RS256 / ES256): it cannot mint.
+        Err(MintError::NoSecret) => invalid(),
+        Err(e) => minting_failed(&e),
     }
+}
+
+/// The hub cannot mint a token it would accept: a configuration fault, logged for the operator.
+fn minting_failed(e: &MintError) -> HttpResponse {
+    log::error!("cannot mint tokens: {e}");
+    HttpResponse::InternalServerError().json(json!({"error": "The hub cannot mint tokens"}))
 }
 
 #[derive(Deserialize)]
@@ -180,12 +186,13 @@ pub(super) async fn login(
     log::warn!(
         "DEV LOGIN: minting tokens for {email:?} without checking any password (auth.dev_login = true)"
     );
-    match mint_pair(
-        &state.config.auth.jwt_secret,
-        &email,
-        Some(email.clone()),
-        permissions.clone(),
-    ) {
+    let user = Claims {
+        sub: Some(email.clone()),
+        email: Some(email.clone()),
+        permissions: Some(permissions.clone()),
+        ..Claims::default()
+    };
+    match mint_pair(&state.config.auth, &state.verifier, user) {
         Ok((access, refresh)) => HttpResponse::Ok().json(json!({
             "userId": email,
             "email": email,
@@ -193,6 +200,6 @@ pub(super) async fn login(
             "refreshToken": refresh,
             "permissions": permissions,
         })),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+        Err(e) => minting_failed(&e),
     }
 }

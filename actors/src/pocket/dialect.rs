@@ -97,7 +97,10 @@ impl PocketDialect {
     fn on_message(&mut self, env: &Env, raw: &[u8]) -> Vec<Action<Tag>> {
         let msg = match wire::parse(raw, &self.limits, now_ms()) {
             Ok(m) => m,
-            Err(e) => return error(e),
+            Err(e) => {
+                let hit = e.limit.map(Action::LimitHit);
+                return hit.into_iter().chain(error(e)).collect();
+            }
         };
         let room = &self.room.room;
         match msg {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value, json};
 
 pub use crate::clock::now_ms;
-use crate::limits::json_depth;
+use crate::limits::{Limit, json_depth};
 use crate::model::{IncomingChange, object};
 use crate::raw_json::{RawJson, push_json_string};
 use crate::room_key::is_valid_id;
@@ -50,6 +50,8 @@ pub struct WireError {
     pub id: Option<String>,
     pub code: &'static str,
     pub message: String,
+    /// The limit the message was refused by, to be counted.
+    pub limit: Option<Limit>,
 }
 
 impl WireError {
@@ -58,6 +60,15 @@ impl WireError {
             id,
             code,
             message: message.into(),
+            limit: None,
+        }
+    }
+
+    /// The same error, counted as a hit of `limit`.
+    pub fn hitting(self, limit: Limit) -> WireError {
+        WireError {
+            limit: Some(limit),
+            ..self
         }
     }
 
@@ -174,16 +185,6 @@ pub fn parse(raw: &[u8], limits: &PocketLimits, now_ms: i64) -> Result<ClientMes
         return Err(invalid(&None, "Message must be a JSON object"));
     };
     let id = msg.get("id").and_then(Value::as_str).map(str::to_owned);
-    let nesting = msg.values().map(json_depth).max().unwrap_or(0) + 1;
-    if nesting > limits.max_json_depth {
-        return Err(invalid(
-            &id,
-            format!(
-                "JSON nesting depth {nesting} exceeds {}",
-                limits.max_json_depth
-            ),
-        ));
-    }
     let kind = match msg.get("type") {
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
@@ -302,6 +303,16 @@ fn parse_change(
     let document = match change.get("document") {
         None | Some(Value::Null) if operation == "delete" => Value::Null,
         Some(Value::Object(doc)) => {
+            // `max_json_depth` bounds the client's data, as in every dialect: how deeply each
+            // of the document's fields nests, not the message around it.
+            let depth = doc.values().map(json_depth).max().unwrap_or(0);
+            if depth > limits.max_json_depth {
+                return Err(at(&format!(
+                    "a field of 'document' is nested {depth} levels deep, max {}",
+                    limits.max_json_depth
+                ))
+                .hitting(Limit::JsonDepth));
+            }
             let doc = validate_document(doc, document_id, &at)?;
             if doc.to_string().len() > limits.max_document_bytes {
                 return Ok(IncomingChange {
@@ -591,9 +602,19 @@ mod tests {
             json!({"operation": REFUSED, "documentId": "a"})
         );
         assert_eq!(p.changes[1].body["operation"], "insert");
-        let deep = r#"{"type":"pull","id":"d","collections":[],"checkpoint":{"x":{"y":{"z":{}}}}}"#;
-        let e = parse(deep.as_bytes(), &limits, 0).expect_err("too deep");
-        assert_eq!(e.code, code::INVALID_MESSAGE);
+        // The depth limit is the document's fields': a field of depth 4 passes, 5 does not,
+        // however deep the message around it is.
+        let doc = |field: &str| {
+            format!(
+                r#"{{"type":"push","id":"d","collection":"c","changes":[{{"operation":"insert","documentId":"a","document":{{"f":{field}}}}}]}}"#
+            )
+        };
+        assert!(parse(doc("[[[[1]]]]").as_bytes(), &limits, 0).is_ok());
+        let e = parse(doc("[[[[[1]]]]]").as_bytes(), &limits, 0).expect_err("too deep");
+        assert_eq!(
+            (e.code, e.id.as_deref(), e.limit),
+            (code::INVALID_MESSAGE, Some("d"), Some(Limit::JsonDepth))
+        );
         let pull = r#"{"type":"pull","id":"q","collections":["a","a","b"],"limit":500}"#;
         let Ok(ClientMessage::Pull(p)) = parse(pull.as_bytes(), &limits, 0) else {
             panic!("valid pull");

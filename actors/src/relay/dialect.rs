@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::model::parse_change;
 use crate::identity::AuthError;
-use crate::limits::json_depth;
+use crate::limits::{Limit, json_depth};
 use crate::out_frame::OutFrame;
 use crate::raw_json::{RawJson, push_json_string};
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
@@ -144,12 +144,6 @@ impl Dialect for RelayDialect {
             Ok(v) => v,
             Err(e) => return self.error("PARSE_ERROR", format!("Invalid JSON: {e}")),
         };
-        if json_depth(&msg) > self.max_json_depth {
-            return self.error(
-                "INVALID_MESSAGE",
-                format!("JSON nested deeper than {}", self.max_json_depth),
-            );
-        }
         let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
         let room = self.channel().to_owned();
         match kind {
@@ -162,6 +156,20 @@ impl Dialect for RelayDialect {
                 };
                 let mut changes = Vec::with_capacity(raw_changes.len());
                 for (i, c) in raw_changes.iter().enumerate() {
+                    // `max_json_depth` bounds the client's data, as in every dialect: how deeply
+                    // a column's value nests, not the message around it.
+                    let depth = c.get(3).map_or(0, json_depth);
+                    if depth > self.max_json_depth {
+                        let mut refused = vec![Action::LimitHit(Limit::JsonDepth)];
+                        refused.extend(self.error(
+                            "INVALID_MESSAGE",
+                            format!(
+                                "changes[{i}]: val is nested {depth} levels deep, max {}",
+                                self.max_json_depth
+                            ),
+                        ));
+                        return refused;
+                    }
                     match parse_change(c) {
                         Ok(c) => changes.push(c),
                         Err(why) => {
