@@ -60,9 +60,12 @@ while kill -0 "$bench" 2>/dev/null; do
     "${acks:-0}" "${slowest:-0}" >>"$out/$name.tsv"
 done
 wait "$bench" || true
-# After the flood: the hub hands freed memory back every 5 s.
+# After the flood: the hub hands freed memory back every 5 s, reopens its store once it has
+# gone unused for 30 s, and its rooms stop once idle for server.room_idle_timeout_s (60 s).
 sleep 15
 rss_after=$(rss_mb)
+sleep 75
+rss_idle=$(rss_mb)
 
 awk -F'\t' -v total="$seconds" '
   NR == 1 { next }
@@ -79,5 +82,5 @@ awk -F'\t' -v total="$seconds" '
     printf "from %d s on: data dir %d MB at %d s, %d MB at the end (min %d, max %d)\n",
       from, d[first], t[first], d[n], lmin, lmax
   }' "$out/$name.tsv"
-echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB"
+echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB, 90 s after it ${rss_idle} MB"
 grep '^  ' "$out/$name.bench.txt" || true

@@ -13,7 +13,7 @@ use synchub_actors::identity::Identity;
 use synchub_actors::origin::{NodeId, Origin, SessionId};
 use synchub_actors::pocket::{PocketDialect, PocketLimits, Tag as PocketTag};
 use synchub_actors::raw_json::RawJson;
-use synchub_actors::relay::{RelayDialect, Tag as RelayTag};
+use synchub_actors::relay::{RelayDialect, RelayLimits, Tag as RelayTag};
 use synchub_actors::room::{Broadcast, Fetched, RoomEvent, RoomReply, StreamPage, Submitted};
 use synchub_actors::session::{Dialect, Env, Frame};
 use synchub_actors::store::LogEntry;
@@ -66,7 +66,15 @@ fn relay(c: &mut Criterion) {
         origin: &me,
         identity: &identity,
     };
-    let mut d = RelayDialect::new(room.clone(), "a".repeat(32), 1000, 64);
+    let mut d = RelayDialect::new(
+        room.clone(),
+        "a".repeat(32),
+        RelayLimits {
+            max_per_message: 1000,
+            max_json_depth: 64,
+            max_value_bytes: 1 << 20,
+        },
+    );
     let update = json!({"type": "update", "changes": [relay_change(1)], "version": 1,
                         "siteId": "site-a", "channel": "bench"})
     .to_string();

@@ -230,6 +230,7 @@ pub struct Directory {
     actor: ActorMetrics,
     idle_timeout: Duration,
     limits: ConnectionLimits,
+    bounds: RoomBounds,
     sessions: HashMap<SessionId, SessionEntry>,
     per_user: HashMap<String, usize>,
 }
@@ -244,6 +245,16 @@ pub struct DirectoryParts {
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub limits: ConnectionLimits,
+    pub bounds: RoomBounds,
+}
+
+/// What bounds the rooms' replies and states.
+#[derive(Debug, Clone, Default)]
+pub struct RoomBounds {
+    /// Bytes of changes one read answers with ([`crate::room::RoomContext::page_bytes`]).
+    pub page_bytes: usize,
+    /// Per namespace whose rooms are one document each: the most such a room's state holds.
+    pub max_state_bytes: HashMap<Namespace, u64>,
 }
 
 impl Directory {
@@ -260,6 +271,7 @@ impl Directory {
             metrics: parts.metrics,
             idle_timeout: parts.idle_timeout,
             limits: parts.limits,
+            bounds: parts.bounds,
             sessions: HashMap::new(),
             per_user: HashMap::new(),
         }
@@ -284,6 +296,8 @@ impl Directory {
             idle_timeout: self.idle_timeout,
             directory: ctx.address().recipient(),
             cluster: self.cluster.clone(),
+            page_bytes: self.bounds.page_bytes,
+            max_state_bytes: self.bounds.max_state_bytes.get(&key.namespace).copied(),
         };
         // Rooms are pinned to an arbiter by their key so that merges use every core.
         let mut h = DefaultHasher::new();

@@ -10,7 +10,7 @@ use actix::prelude::*;
 
 use crate::cluster::{Cluster, ClusterError, ClusterHandle, ClusterSettings};
 use crate::directory::{
-    Checkout, CloseAll, ConnectionLimits, Directory, DirectoryParts, ReadHistory,
+    Checkout, CloseAll, ConnectionLimits, Directory, DirectoryParts, ReadHistory, RoomBounds,
 };
 use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
@@ -20,7 +20,7 @@ use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
 
 use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, SessionId, ask};
-use crate::room_key::RoomKey;
+use crate::room_key::{Namespace, RoomKey};
 use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
 use crate::synckit::SynckitLimits;
@@ -102,6 +102,21 @@ impl HubSettings {
             max_pull_limit: self.pocket_max_pull_limit,
             max_document_bytes: self.max_document_bytes,
             max_json_depth: self.max_json_depth,
+        }
+    }
+
+    /// A reply page stays within a frame, and within a quarter of what may wait for a socket
+    /// (so a page and the broadcasts behind it fit); a SyncKit document within
+    /// `max_document_bytes`, all its fields together.
+    pub fn room_bounds(&self) -> RoomBounds {
+        let page_bytes = self
+            .session
+            .max_frame_bytes
+            .min(self.session.max_outbound_bytes / 4)
+            .max(1);
+        RoomBounds {
+            page_bytes,
+            max_state_bytes: [(Namespace::Synckit, self.max_document_bytes as u64)].into(),
         }
     }
 
@@ -207,6 +222,7 @@ impl Hub {
             metrics: metrics.clone(),
             idle_timeout: settings.room_idle_timeout,
             limits: settings.connections,
+            bounds: settings.room_bounds(),
         })
         .start();
         if let Some(link) = &cluster {

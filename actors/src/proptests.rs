@@ -9,7 +9,7 @@ use crate::model::{IncomingChange, Merge, Model};
 use crate::origin::{NodeId, Origin, SessionId};
 use crate::pocket::PocketDialect;
 use crate::pocket::wire::{self, PocketLimits};
-use crate::relay::RelayDialect;
+use crate::relay::{RelayDialect, RelayLimits};
 use crate::relay::{RelayModel, parse_change};
 use crate::room_key::{Namespace, RoomKey};
 use crate::session::{Dialect, Env, Frame};
@@ -95,7 +95,15 @@ fn codecs() -> Codecs {
                 max_clock_skew_ms: 600_000,
             },
         ),
-        relay: RelayDialect::new(key(Namespace::Relay, "r"), "site".into(), 100, 16),
+        relay: RelayDialect::new(
+            key(Namespace::Relay, "r"),
+            "site".into(),
+            RelayLimits {
+                max_per_message: 100,
+                max_json_depth: 16,
+                max_value_bytes: 1 << 16,
+            },
+        ),
     }
 }
 

@@ -338,6 +338,20 @@ impl<D: Dialect> Session<D> {
         tag: D::Tag,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        let charge = std::mem::take(&mut self.charge);
+        self.send_request(room, body, tag, charge, ctx);
+    }
+
+    /// `charge`: the bytes of the client's message this request answers, counted as waiting
+    /// until the answer comes.
+    fn send_request(
+        &mut self,
+        room: RoomKey,
+        body: RoomRequest,
+        tag: D::Tag,
+        charge: usize,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let Some(addr) = self.rooms.get(&room).cloned() else {
             // Join first; `wait` holds the session's other input until the room is there, so
             // requests keep their order.
@@ -351,7 +365,7 @@ impl<D: Dialect> Session<D> {
                             if !act.rooms.contains_key(&room) {
                                 act.join(room.clone(), addr, JOIN_ATTEMPTS, ctx);
                             }
-                            act.request(room, body, tag, ctx);
+                            act.send_request(room, body, tag, charge, ctx);
                         }
                         _ => {
                             let n = act.sent;
@@ -364,7 +378,6 @@ impl<D: Dialect> Session<D> {
         };
         let n = self.sent;
         self.sent += 1;
-        let charge = std::mem::take(&mut self.charge);
         self.waiting_bytes += charge;
         self.tags.insert(n, (tag, charge));
         let to = self
@@ -474,8 +487,11 @@ impl<D: Dialect> Session<D> {
         } else if len > max {
             self.hub.metrics().limit_hit(Limit::FrameBytes);
             self.dialect.on_oversized(&env, Some(frame), len, max)
-        } else if self.waiting_bytes.saturating_add(len) > settings.max_outbound_bytes {
-            // Its rooms are behind: the same retryable answer as over the rate.
+        } else if self.waiting_bytes.saturating_add(len) > settings.max_outbound_bytes
+            || self.outbound.queued() > settings.max_outbound_bytes
+        {
+            // Its rooms are behind, or its socket is (what it asked for waits there): the same
+            // retryable answer as over the rate.
             self.hub.metrics().limit_hit(Limit::Backlog);
             self.dialect.on_rate_limited(&env, frame)
         } else {

@@ -9,7 +9,7 @@ use synchub_actors::model::{IncomingChange, Model};
 use synchub_actors::origin::{NodeId, Origin, SessionId};
 use synchub_actors::pocket::PocketDialect;
 use synchub_actors::pocket::wire::PocketLimits;
-use synchub_actors::relay::RelayDialect;
+use synchub_actors::relay::{RelayDialect, RelayLimits};
 use synchub_actors::room::{LocalCounter, OpenBatch, RoomRequest, RoomState};
 use synchub_actors::room_key::{Namespace, RoomKey};
 use synchub_actors::session::{Action, Dialect, Env, Frame};
@@ -38,7 +38,15 @@ pub fn synckit() -> SynckitDialect {
 }
 
 pub fn relay() -> RelayDialect {
-    RelayDialect::new(room(Namespace::Relay), "hub".into(), 100, 32)
+    RelayDialect::new(
+        room(Namespace::Relay),
+        "hub".into(),
+        RelayLimits {
+            max_per_message: 100,
+            max_json_depth: 32,
+            max_value_bytes: 1 << 16,
+        },
+    )
 }
 
 /// Session `n` of one node, anonymous.

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
-use synchub_actors::relay::RelayDialect;
+use synchub_actors::relay::{RelayDialect, RelayLimits};
 use synchub_actors::session::Session;
 use synchub_actors::{Namespace, RoomKey};
 
@@ -77,7 +77,10 @@ pub(super) fn dialect(state: &AppState, room: RoomKey) -> RelayDialect {
     RelayDialect::new(
         room,
         state.hub.site_id().to_owned(),
-        settings.relay_max_changes_per_message,
-        settings.max_json_depth,
+        RelayLimits {
+            max_per_message: settings.relay_max_changes_per_message,
+            max_json_depth: settings.max_json_depth,
+            max_value_bytes: settings.max_document_bytes,
+        },
     )
 }

@@ -19,11 +19,23 @@ pub enum Tag {
     Auth,
 }
 
+/// What a relay session may send and is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Changes per `update` the hub sends in answer to a `pull`.
+    pub max_per_message: usize,
+    /// How deeply a column's value may nest.
+    pub max_json_depth: usize,
+    /// How large a column's value may be, as JSON text (`limits.max_document_bytes`).
+    pub max_value_bytes: usize,
+}
+
 pub struct RelayDialect {
     room: RoomKey,
     site_id: String,
     max_per_message: usize,
     max_json_depth: usize,
+    max_value_bytes: usize,
     /// `{"type":"ack","siteId":…,"version":` and `,"channel":…}`: an ack is these around a
     /// number.
     ack_head: String,
@@ -33,12 +45,7 @@ pub struct RelayDialect {
 }
 
 impl RelayDialect {
-    pub fn new(
-        room: RoomKey,
-        site_id: String,
-        max_per_message: usize,
-        max_json_depth: usize,
-    ) -> RelayDialect {
+    pub fn new(room: RoomKey, site_id: String, limits: RelayLimits) -> RelayDialect {
         let mut ack_head = String::from(r#"{"type":"ack","siteId":"#);
         push_json_string(&mut ack_head, &site_id);
         ack_head.push_str(r#","version":"#);
@@ -51,8 +58,9 @@ impl RelayDialect {
         RelayDialect {
             room,
             site_id,
-            max_per_message: max_per_message.max(1),
-            max_json_depth,
+            max_per_message: limits.max_per_message.max(1),
+            max_json_depth: limits.max_json_depth,
+            max_value_bytes: limits.max_value_bytes,
             ack_head,
             ack_tail,
             update_tail,
@@ -166,6 +174,18 @@ impl Dialect for RelayDialect {
                             format!(
                                 "changes[{i}]: val is nested {depth} levels deep, max {}",
                                 self.max_json_depth
+                            ),
+                        ));
+                        return refused;
+                    }
+                    let size = c.get(3).map_or(0, |v| v.to_string().len());
+                    if size > self.max_value_bytes {
+                        let mut refused = vec![Action::LimitHit(Limit::DocumentBytes)];
+                        refused.extend(self.error(
+                            "TOO_LARGE",
+                            format!(
+                                "changes[{i}]: val is {size} bytes, max {}",
+                                self.max_value_bytes
                             ),
                         ));
                         return refused;

@@ -3,5 +3,5 @@
 mod dialect;
 mod model;
 
-pub use dialect::{RelayDialect, Tag};
+pub use dialect::{RelayDialect, RelayLimits, Tag};
 pub use model::{RelayModel, compare_values, parse_change};

@@ -40,7 +40,7 @@ use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
 use crate::session::close_code;
-use crate::store::{LogEntry, RoomLayout, Store};
+use crate::store::{LogEntry, PageLimit, RoomLayout, Store};
 use write_rate::WriteRate;
 
 /// A batch this large is committed at once instead of after the mailbox drains, which bounds
@@ -56,6 +56,9 @@ pub enum RoomError {
     /// Retryable: the cluster is not ordering changes, or storage refuses writes, right now.
     #[error("the room cannot take this right now; retry")]
     Unavailable,
+    /// The write would make a room that is one document larger than it may be.
+    #[error("the document would hold {size} bytes, max {max}")]
+    TooLarge { size: u64, max: u64 },
 }
 
 /// What a room needs from the node.
@@ -70,6 +73,11 @@ pub struct RoomContext {
     pub directory: Recipient<RoomStopped>,
     /// Set when the node is part of a cluster: the room is numbered by the cluster's sequencer.
     pub cluster: Option<ClusterLink>,
+    /// What one read answers with, in bytes of changes: every dialect's reply page.
+    pub page_bytes: usize,
+    /// The most the room's state may hold, in bytes of keys and states, where the room is one
+    /// document (SyncKit): past it a write is refused whole.
+    pub max_state_bytes: Option<u64>,
 }
 
 /// A node's way into the cluster.
@@ -503,9 +511,18 @@ impl Room {
             return Err(RoomError::Gone);
         };
         let mut pages = Vec::with_capacity(streams.len());
+        // One budget for the whole reply, whatever its streams; only its first entry may pass
+        // it, so a reader always gets on.
+        let mut budget = self.cx.page_bytes;
+        let mut taken_any = false;
         for (stream, after) in streams {
             let mut keep =
                 |key: &str, seq: u64| !latest_only || state.is_latest_visible(&stream, key, seq);
+            let page_limit = PageLimit {
+                entries: limit,
+                bytes: budget,
+                at_least_one: !taken_any,
+            };
             let (entries, more) = self
                 .cx
                 .store
@@ -514,10 +531,16 @@ impl Room {
                     &stream,
                     after,
                     self.durable_seq,
-                    limit,
+                    page_limit,
                     &mut keep,
                 )
                 .map_err(|e| RoomError::Storage(e.to_string()))?;
+            let used: usize = entries
+                .iter()
+                .map(|e| e.key.len() + e.body.as_str().len())
+                .sum();
+            budget = budget.saturating_sub(used);
+            taken_any |= !entries.is_empty();
             pages.push(StreamPage {
                 stream,
                 entries,
@@ -694,7 +717,15 @@ impl Room {
             return reply.send(Err(RoomError::Unavailable));
         }
         let answer = match body {
-            RoomRequest::Submit { changes } => return self.submit(origin, changes, reply, ctx),
+            RoomRequest::Submit { changes } => {
+                if let (Some(max), Some(state)) = (self.cx.max_state_bytes, self.state.as_ref()) {
+                    let size = state.bytes_after(&changes);
+                    if size > max {
+                        return reply.send(Err(RoomError::TooLarge { size, max }));
+                    }
+                }
+                return self.submit(origin, changes, reply, ctx);
+            }
             RoomRequest::Fetch {
                 streams,
                 limit,

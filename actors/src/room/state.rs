@@ -28,6 +28,12 @@ struct Record {
     hash: Digest,
     /// Shared, so a snapshot of the room copies pointers rather than every value.
     value: Arc<Value>,
+    /// Its key and its state as JSON text: what it adds to the room's size.
+    bytes: u32,
+}
+
+fn record_bytes(key: &str, text: &str) -> u32 {
+    (key.len() + text.len()).min(u32::MAX as usize) as u32
 }
 
 /// The digest contribution of a model's room-wide value.
@@ -85,6 +91,9 @@ pub struct RoomState {
     governed: HashMap<String, HashMap<String, HashSet<String>>>,
     /// Bytes of the log's entries (bodies and keys), as the disk holds them, roughly.
     log_bytes: u64,
+    /// Bytes of the records' keys and states ([`Record::bytes`]): the size of the room as a
+    /// document.
+    state_bytes: u64,
 }
 
 /// While a room is busy, a log this large is compacted once half of it is superseded, however
@@ -116,12 +125,14 @@ impl RoomState {
             records: HashMap::new(),
             governed: HashMap::new(),
             log_bytes: 0,
+            state_bytes: 0,
         };
         for (stream, key, r) in image.records {
             let record = Record {
                 seq: r.seq,
                 visible: r.seq,
                 hash: r.hash,
+                bytes: record_bytes(&key, &r.value.to_string()),
                 value: Arc::new(r.value),
             };
             st.records.entry(stream).or_default().insert(key, record);
@@ -134,10 +145,12 @@ impl RoomState {
                 why: err.to_string(),
             })?;
             let value = model.state_of(&logged);
+            let text = value.to_string();
             let record = Record {
                 seq: e.seq,
                 visible: e.seq,
-                hash: state_hash(&e.stream, &e.key, &value.to_string()),
+                hash: state_hash(&e.stream, &e.key, &text),
+                bytes: record_bytes(&e.key, &text),
                 value: Arc::new(value),
             };
             let stream = st.records.entry(e.stream).or_default();
@@ -167,6 +180,7 @@ impl RoomState {
         for r in st.records.values().flat_map(HashMap::values) {
             digest.toggle(&r.hash);
             count += 1;
+            st.state_bytes += u64::from(r.bytes);
         }
         st.meta.digest = digest;
         st.meta.records = count;
@@ -249,6 +263,7 @@ impl RoomState {
             Some(r) if model.ended_by(&latest, &r.value) => {
                 self.meta.digest.toggle(&r.hash);
                 self.meta.records = self.meta.records.saturating_sub(1);
+                self.state_bytes = self.state_bytes.saturating_sub(u64::from(r.bytes));
                 records.remove(key);
                 true
             }
@@ -259,6 +274,27 @@ impl RoomState {
         if let Some(members) = members {
             members.retain(|key| !drop(key));
         }
+    }
+
+    /// What the room would weigh as a document after `changes`, were they all to win: their
+    /// bodies stand in for the states they would leave (a state holds what its change carried,
+    /// no more).
+    pub fn bytes_after(&self, changes: &[IncomingChange]) -> u64 {
+        let mut replaced: HashSet<(&str, &str)> = HashSet::new();
+        let mut bytes = self.state_bytes;
+        for c in changes.iter().rev() {
+            if !replaced.insert((&c.stream, &c.key)) {
+                continue;
+            }
+            let old = self
+                .records
+                .get(&c.stream)
+                .and_then(|r| r.get(&c.key))
+                .map_or(0, |r| u64::from(r.bytes));
+            let new = (c.key.len() + c.body.to_string().len()) as u64;
+            bytes = bytes.saturating_sub(old) + new;
+        }
+        bytes
     }
 
     pub fn meta(&self) -> &RoomMeta {
@@ -400,16 +436,23 @@ impl RoomState {
 
     /// Sets a record another node keeps outside its log (a tombstone whose retention ended).
     pub fn replay_record(&mut self, stream: &str, key: &str, seq: u64, value: Value) {
-        let hash = state_hash(stream, key, &value.to_string());
+        let text = value.to_string();
+        let hash = state_hash(stream, key, &text);
+        let bytes = record_bytes(key, &text);
         let records = self.records.entry(stream.to_owned()).or_default();
         let record = Record {
             seq,
             visible: seq,
             hash,
+            bytes,
             value: Arc::new(value),
         };
+        self.state_bytes += u64::from(bytes);
         match records.insert(key.to_owned(), record) {
-            Some(old) => self.meta.digest.toggle(&old.hash),
+            Some(old) => {
+                self.meta.digest.toggle(&old.hash);
+                self.state_bytes = self.state_bytes.saturating_sub(u64::from(old.bytes));
+            }
             None => self.meta.records += 1,
         }
         self.meta.digest.toggle(&hash);
@@ -432,7 +475,10 @@ impl RoomState {
     ) {
         let seq = entry.seq;
         let state = model.state_of(logged);
-        let hash = state_hash(&entry.stream, &entry.key, &state.to_string());
+        let text = state.to_string();
+        let hash = state_hash(&entry.stream, &entry.key, &text);
+        let bytes = record_bytes(&entry.key, &text);
+        self.state_bytes += u64::from(bytes);
         if !self.records.contains_key(&entry.stream) {
             self.records.insert(entry.stream.clone(), HashMap::new());
         }
@@ -440,11 +486,13 @@ impl RoomState {
             match records.get_mut(&entry.key) {
                 Some(old) => {
                     self.meta.digest.toggle(&old.hash);
+                    self.state_bytes = self.state_bytes.saturating_sub(u64::from(old.bytes));
                     // What readers may see stays as it was until this change is durable.
                     *old = Record {
                         seq,
                         visible: old.visible,
                         hash,
+                        bytes,
                         value: Arc::new(state),
                     };
                 }
@@ -453,6 +501,7 @@ impl RoomState {
                         seq,
                         visible: 0,
                         hash,
+                        bytes,
                         value: Arc::new(state),
                     };
                     records.insert(entry.key.clone(), record);

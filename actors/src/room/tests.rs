@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
-use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts};
+use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts, RoomBounds};
 use crate::pocket::PocketModel;
 use crate::relay::RelayModel;
 use crate::room::test_changes::{cell, doc};
@@ -193,6 +193,10 @@ async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
         limits: ConnectionLimits {
             max_connections: 10,
             max_connections_per_user: 10,
+        },
+        bounds: RoomBounds {
+            page_bytes: usize::MAX,
+            max_state_bytes: HashMap::new(),
         },
     })
     .start();

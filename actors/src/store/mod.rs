@@ -382,6 +382,28 @@ fn node_key(name: &str) -> Vec<u8> {
     k
 }
 
+/// How much one read of a stream may return: a page ends before the entry that would pass
+/// either bound, so what a reply holds stays near a frame whatever its entries weigh.
+#[derive(Debug, Clone, Copy)]
+pub struct PageLimit {
+    pub entries: usize,
+    /// Bytes of the entries' keys and bodies, as stored.
+    pub bytes: usize,
+    /// Take the first entry even when it alone passes `bytes`: a reader must get on.
+    pub at_least_one: bool,
+}
+
+impl PageLimit {
+    /// By count only.
+    pub fn entries(entries: usize) -> PageLimit {
+        PageLimit {
+            entries,
+            bytes: usize::MAX,
+            at_least_one: true,
+        }
+    }
+}
+
 /// The node's storage. Cheap to clone; every clone shares the same database.
 #[derive(Clone)]
 pub struct Store {
@@ -486,8 +508,14 @@ impl Store {
         })?;
         let mut log = Vec::with_capacity(meta.log_len as usize);
         for stream in meta.heads.keys() {
-            let (entries, _) =
-                self.stream_entries(layout, stream, 0, u64::MAX, usize::MAX, &mut |_, _| true)?;
+            let (entries, _) = self.stream_entries(
+                layout,
+                stream,
+                0,
+                u64::MAX,
+                PageLimit::entries(usize::MAX),
+                &mut |_, _| true,
+            )?;
             log.extend(entries);
         }
         Ok(RoomImage { meta, records, log })
@@ -523,7 +551,7 @@ impl Store {
         self.kv.flush()
     }
 
-    /// Log entries of one stream with `after < seq <= upto`, in order, at most `limit`, skipping
+    /// Log entries of one stream with `after < seq <= upto`, in order, within `limit`, skipping
     /// those `keep(key, seq)` refuses; the flag tells whether more such entries exist.
     pub fn stream_entries(
         &self,
@@ -531,11 +559,12 @@ impl Store {
         stream: &str,
         after: u64,
         upto: u64,
-        limit: usize,
+        limit: PageLimit,
         keep: &mut dyn FnMut(&str, u64) -> bool,
     ) -> Result<(Vec<LogEntry>, bool)> {
         let mut out = Vec::new();
         let mut more = false;
+        let mut bytes = 0usize;
         if after >= upto {
             return Ok((out, more));
         }
@@ -562,10 +591,14 @@ impl Store {
                 if !keep(key, seq) {
                     return Ok(ControlFlow::Continue(()));
                 }
-                if out.len() == limit {
+                let size = key.len() + body.len();
+                let over_bytes = bytes.saturating_add(size) > limit.bytes
+                    && !(out.is_empty() && limit.at_least_one);
+                if out.len() == limit.entries || over_bytes {
                     more = true;
                     return Ok(ControlFlow::Break(()));
                 }
+                bytes += size;
                 out.push(LogEntry::stored(seq, stream.to_owned(), key, body));
                 Ok(ControlFlow::Continue(()))
             })
@@ -713,8 +746,14 @@ impl Store {
         let upto = upto.min(meta.seq);
         let mut entries = Vec::new();
         for stream in meta.heads.keys() {
-            let (page, _) =
-                self.stream_entries(layout, stream, after, upto, limit, &mut |_, _| true)?;
+            let (page, _) = self.stream_entries(
+                layout,
+                stream,
+                after,
+                upto,
+                PageLimit::entries(limit),
+                &mut |_, _| true,
+            )?;
             entries.extend(page);
         }
         entries.sort_by_key(|e| e.seq);
@@ -837,7 +876,14 @@ mod tests {
         commit(&store, &b, &mut mb, &[("todos", "x", json!("b"))]);
         let todos: Vec<u64> = (1..=ma.seq).filter(|s| s % 2 == 1).collect();
         let (all, more) = store
-            .stream_entries(&a, "todos", 0, ma.seq, 100, &mut everything)
+            .stream_entries(
+                &a,
+                "todos",
+                0,
+                ma.seq,
+                PageLimit::entries(100),
+                &mut everything,
+            )
             .expect("scan");
         assert_eq!((seqs(&all), more), (todos.clone(), false));
         assert_eq!(all[0].key, "d0-0");
@@ -846,7 +892,14 @@ mod tests {
         for after in 0..=ma.seq {
             for limit in [1, 3, 100] {
                 let (page, more) = store
-                    .stream_entries(&a, "todos", after, ma.seq, limit, &mut everything)
+                    .stream_entries(
+                        &a,
+                        "todos",
+                        after,
+                        ma.seq,
+                        PageLimit::entries(limit),
+                        &mut everything,
+                    )
                     .expect("scan");
                 let expected: Vec<u64> = todos.iter().copied().filter(|s| *s > after).collect();
                 assert_eq!(
@@ -859,15 +912,29 @@ mod tests {
         }
         // `upto` hides entries that are not yet durable; `keep` filters.
         let (capped, more) = store
-            .stream_entries(&a, "todos", 0, 4, 10, &mut everything)
+            .stream_entries(&a, "todos", 0, 4, PageLimit::entries(10), &mut everything)
             .expect("scan");
         assert_eq!((seqs(&capped), more), (vec![1, 3], false));
         let (odd, _) = store
-            .stream_entries(&a, "notes", 0, ma.seq, 100, &mut |_, seq| seq % 4 == 0)
+            .stream_entries(
+                &a,
+                "notes",
+                0,
+                ma.seq,
+                PageLimit::entries(100),
+                &mut |_, seq| seq % 4 == 0,
+            )
             .expect("scan");
         assert!(odd.iter().all(|e| e.seq % 4 == 0) && !odd.is_empty());
         let (bs, _) = store
-            .stream_entries(&b, "todos", 0, mb.seq, 10, &mut everything)
+            .stream_entries(
+                &b,
+                "todos",
+                0,
+                mb.seq,
+                PageLimit::entries(10),
+                &mut everything,
+            )
             .expect("scan");
         assert_eq!(seqs(&bs), [1]);
         assert_eq!(store.room_meta(&a).expect("meta"), Some(ma.clone()));
@@ -914,11 +981,25 @@ mod tests {
             }
         );
         let (todos, _) = store
-            .stream_entries(&l, "todos", 0, meta.seq, 100, &mut everything)
+            .stream_entries(
+                &l,
+                "todos",
+                0,
+                meta.seq,
+                PageLimit::entries(100),
+                &mut everything,
+            )
             .expect("scan");
         assert_eq!(seqs(&todos), [4]);
         let (notes, _) = store
-            .stream_entries(&l, "notes", 0, meta.seq, 100, &mut everything)
+            .stream_entries(
+                &l,
+                "notes",
+                0,
+                meta.seq,
+                PageLimit::entries(100),
+                &mut everything,
+            )
             .expect("scan");
         assert_eq!(seqs(&notes), [6]);
         // The retired tombstone comes back as a state record; the rest from the log.
@@ -975,7 +1056,14 @@ mod tests {
         assert_eq!(keys[1], ("k0".to_owned(), 1601));
         // Reads from any position still find their entries.
         let (after, _) = store
-            .stream_entries(&l, "todos", 1595, meta.seq, 100, &mut everything)
+            .stream_entries(
+                &l,
+                "todos",
+                1595,
+                meta.seq,
+                PageLimit::entries(100),
+                &mut everything,
+            )
             .expect("scan");
         assert_eq!(seqs(&after), [1596, 1597, 1598, 1599, 1600, 1601]);
     }

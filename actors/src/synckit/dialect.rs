@@ -436,6 +436,13 @@ impl Dialect for SynckitDialect {
             (Tag::Delta { .. } | Tag::Sync { .. }, Err(RoomError::Unavailable)) => {
                 self.error("Service unavailable, retry")
             }
+            // Every field together, as `sync_response` would send them.
+            (Tag::Delta { .. }, Err(RoomError::TooLarge { size, max })) => {
+                let mut actions =
+                    self.error(&format!("Document too large ({size} bytes, max {max})"));
+                actions.push(Action::LimitHit(Limit::DocumentBytes));
+                actions
+            }
             (Tag::Delta { .. } | Tag::Sync { .. }, Err(e)) => {
                 log::warn!("synckit request failed: {e}");
                 self.error("Internal server error")
