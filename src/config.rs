@@ -56,8 +56,9 @@ pub struct ServerConfig {
     pub room_idle_timeout_s: u64,
     /// Threads running room actors; 0 = one per core.
     pub room_threads: usize,
-    /// Browser origins allowed to open WebSockets (`Origin` header); empty: any. Clients that
-    /// send no `Origin` (not browsers) are not affected.
+    /// Browser origins (`Origin` header) allowed to open WebSockets and to call the endpoints
+    /// browser apps use (CORS); empty: any. Clients that send no `Origin` (not browsers) are
+    /// not affected.
     pub allowed_origins: Vec<String>,
     /// HTTP/WebSocket worker threads; 0 = one per core.
     pub workers: usize,
