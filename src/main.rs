@@ -205,7 +205,15 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match config.validate() {
+            let checked = config.validate().and_then(|warnings| {
+                // The files `serve` would refuse to start with.
+                match config.tls_files().map(|files| files.load()) {
+                    Some(Err(e)) => Err(e.to_string()),
+                    _ => Ok(warnings),
+                }
+                .map_err(|e| synchub::config::ConfigError::Invalid(vec![e]))
+            });
+            match checked {
                 Ok(warnings) => {
                     for w in warnings {
                         eprintln!("warning: {w}");
