@@ -361,3 +361,45 @@ async fn synchub_bench_drives_a_tls_hub_over_wss() {
     );
     assert_eq!(report["hub_stop"], "stopped", "{report}");
 }
+
+#[actix_rt::test]
+async fn synchub_backup_reads_a_tls_hub_over_https() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = CertPaths::in_dir(dir.path());
+    paths.install(&ca.server_cert());
+    let ca_file = ca.write_ca(dir.path());
+    let env = paths.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let data = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::spawn(data.path(), &env).await;
+    let url = format!("wss://localhost:{}/relay?channel=kept", hub.addr.port());
+    let mut ws = connect_wss(&url, ca.client_config()).await;
+    assert_eq!(ws.recv_json().await["type"], "connected");
+    assert_eq!(
+        ws.request_typed(&relay_update(1), "ack").await["version"],
+        1
+    );
+
+    let https = format!("https://localhost:{}", hub.addr.port());
+    let out = dir.path().join("hub.backup");
+    let backup = |trust: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_synchub"))
+            .args(["backup", "--url", &https, "--out"])
+            .arg(&out)
+            .args(trust)
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run synchub backup")
+    };
+    let untrusted = backup(&[]);
+    assert!(!untrusted.status.success());
+    let done = backup(&["--ca", ca_file.to_str().expect("path")]);
+    let text = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(text.contains("1 rooms"), "{text}");
+}
