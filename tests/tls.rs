@@ -290,13 +290,15 @@ fn a_tls_configuration_that_cannot_serve_stops_the_start_with_one_line() {
     }
 }
 
-/// `synchub bench writes` for a second, with `args` and `env`: the JSON of its last line.
-fn bench_writes(args: &[&str], env: &[(&str, String)]) -> serde_json::Value {
+/// `synchub bench writes` for a second, with `args` and `env`, run in `dir`: the JSON of its
+/// last line.
+fn bench_writes(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_synchub"))
+        .current_dir(dir)
         .args(["bench", "writes", "--warmup", "0", "--duration", "1"])
         .args(["--in-flight", "16", "--timeout", "30"])
         .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().copied())
         .env("RUST_LOG", "error")
         .output()
         .expect("run synchub bench");
@@ -329,7 +331,7 @@ async fn synchub_bench_drives_a_tls_hub_over_wss() {
     let data = tempfile::tempdir().expect("tempdir");
     let hub = ChildHub::spawn(data.path(), &env).await;
     let url = format!("wss://localhost:{}", hub.addr.port());
-    let report = bench_writes(&["--url", &url, "--ca", ca_file], &[]);
+    let report = bench_writes(&["--url", &url, "--ca", ca_file], &[], dir.path());
     assert_eq!(report["urls"][0], url.as_str());
     // Without --ca the hub's certificate is not trusted: the run fails.
     let out = Command::new(env!("CARGO_BIN_EXE_synchub"))
@@ -350,8 +352,16 @@ async fn synchub_bench_drives_a_tls_hub_over_wss() {
     assert!(!out.status.success());
     drop(hub);
 
-    // A hub the bench starts itself serves TLS when the environment configures it.
-    let report = bench_writes(&["--ca", ca_file], &paths.env());
+    // A hub the bench starts itself serves TLS when the environment configures it (with the
+    // files named relative to where the bench runs, as a person would).
+    let report = bench_writes(
+        &["--ca", "ca.pem"],
+        &[
+            ("SYNCHUB_SERVER_TLS_CERT", "server.crt"),
+            ("SYNCHUB_SERVER_TLS_KEY", "server.key"),
+        ],
+        dir.path(),
+    );
     assert_eq!(report["self_started"], true);
     assert!(
         report["urls"][0]
@@ -402,4 +412,67 @@ async fn synchub_backup_reads_a_tls_hub_over_https() {
         String::from_utf8_lossy(&done.stderr)
     );
     assert!(text.contains("1 rooms"), "{text}");
+}
+
+/// A client that stops reading is cut off over TLS as over plain TCP: the hub reaches the TCP
+/// socket under the TLS stream, so neither the connection nor what was queued for it outlives
+/// the grace period.
+#[actix_rt::test]
+async fn a_tls_client_that_never_reads_again_is_disconnected() {
+    let ca = TestCa::new();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let paths = CertPaths::in_dir(certs.path());
+    paths.install(&ca.server_cert());
+    let hub = TestHub::start_with(|c| {
+        c.server.tls_cert = paths.cert.display().to_string();
+        c.server.tls_key = paths.key.display().to_string();
+        c.limits.max_outbound_bytes = 64 * 1024;
+        c.limits.max_messages_per_second = 100_000;
+    });
+    let url = format!("wss://localhost:{}/relay?channel=gone", hub.addr.port());
+    // A small receive buffer, so that what the hub sends backs up in the hub soon.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = within("connect", socket.connect(hub.addr))
+        .await
+        .expect("connect");
+    let (_slow, _) = within(
+        "wss upgrade",
+        tokio_tungstenite::client_async_tls_with_config(
+            url.as_str(),
+            tcp,
+            None,
+            Some(tokio_tungstenite::Connector::Rustls(ca.client_config())),
+        ),
+    )
+    .await
+    .expect("wss upgrade");
+    let mut writer = connect_wss(&url, ca.client_config()).await;
+    assert_eq!(writer.recv_json().await["type"], "connected");
+    for i in 1..=200u64 {
+        common::relay_write_big(&mut writer, i).await;
+    }
+    let admin = https_client(ca.client_config());
+    let stats_url = format!("https://localhost:{}/stats", hub.addr.port());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats: serde_json::Value = admin
+            .get(&stats_url)
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .limit(64 << 20)
+            .await
+            .expect("json");
+        if stats["sessions"]["relay"] == 1 && stats["limits"]["slow_consumer"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow session is still open: {}",
+            stats["sessions"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -142,6 +142,16 @@ impl SelfHub {
         for (key, value) in HUB_DEFAULTS {
             set_default(key, value.as_ref());
         }
+        // The hub runs in its own directory: files named relative to ours are made absolute.
+        for key in ["SYNCHUB_SERVER_TLS_CERT", "SYNCHUB_SERVER_TLS_KEY"] {
+            if let Some(path) = std::env::var_os(key).map(std::path::PathBuf::from)
+                && path.is_relative()
+                && !path.as_os_str().is_empty()
+                && let Ok(here) = std::env::current_dir()
+            {
+                cmd.env(key, here.join(path));
+            }
+        }
         let child = cmd.spawn().map_err(|e| fail("cannot start `serve`", &e))?;
         let set = |key: &str| std::env::var_os(key).is_some_and(|v| !v.is_empty());
         let mut hub = SelfHub {

@@ -33,7 +33,9 @@ before(async () => {
   const key = join(certDir, 'key.pem');
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256',
     '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost',
-    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' });
+    '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    // A certificate marked as a CA is refused as a server's own by rustls clients (the bench).
+    '-addext', 'basicConstraints=critical,CA:FALSE'], { stdio: 'ignore' });
   hub = await startHub({ SYNCHUB_SERVER_TLS_CERT: cert, SYNCHUB_SERVER_TLS_KEY: key });
   ca = hub.ca;
 });
