@@ -3,10 +3,12 @@
 # against any other servers speaking the dialect, alternating A B C A B C … so that drift on a
 # shared machine hits every server alike; prints the medians as a Markdown table.
 #
-# Usage: scripts/bench-compare.sh [-n RUNS] [-d DIALECT] [-s "SCENARIOS"] [NAME=ws://HOST:PORT@PID …]
+# Usage: scripts/bench-compare.sh [-n RUNS] [-d DIALECT] [-s "SCENARIOS"] [-t] [NAME=ws://HOST:PORT@PID …]
 #   -n  runs per scenario and server (default 3)
 #   -d  dialect the clients speak (default relay)
 #   -s  scenarios (default "writes rooms fanout conns catchup")
+#   -t  also synchub-tls: the same self-started hub serving TLS (a self-signed certificate made
+#       with openssl), driven over wss://
 #   NAME=URL@PID  another server to compare with; its pid gives its CPU and memory figures.
 # Extra bench options go in BENCH_ARGS, e.g. BENCH_ARGS="--duration 5".
 # The raw JSON lines are kept in bench-results.jsonl at the top of the repository.
@@ -16,12 +18,14 @@ cd "$(dirname "$0")/.."
 runs=3
 dialect=relay
 scenarios="writes rooms fanout conns catchup"
-while getopts "n:d:s:" opt; do
+tls=
+while getopts "n:d:s:t" opt; do
   case $opt in
     n) runs=$OPTARG ;;
     d) dialect=$OPTARG ;;
     s) scenarios=$OPTARG ;;
-    *) sed -n '2,12p' "$0" >&2; exit 2 ;;
+    t) tls=1 ;;
+    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -31,6 +35,14 @@ cargo build --release --locked --quiet
 bin=target/release/synchub
 out=bench-results.jsonl
 : > "$out"
+if [ -n "$tls" ]; then
+  certs=$(mktemp -d)
+  trap 'rm -rf "$certs"' EXIT
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+    -keyout "$certs/key.pem" -out "$certs/cert.pem" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+fi
 
 run() { # name scenario [bench options]
   local name=$1 scenario=$2
@@ -45,6 +57,10 @@ run() { # name scenario [bench options]
 for scenario in $scenarios; do
   for ((i = 1; i <= runs; i++)); do
     run synchub "$scenario"
+    if [ -n "$tls" ]; then
+      SYNCHUB_SERVER_TLS_CERT=$certs/cert.pem SYNCHUB_SERVER_TLS_KEY=$certs/key.pem \
+        run synchub-tls "$scenario" --ca "$certs/cert.pem"
+    fi
     for peer in "${peers[@]}"; do
       name=${peer%%=*}
       spec=${peer#*=}

@@ -56,11 +56,16 @@ pub struct ServerConfig {
     pub room_idle_timeout_s: u64,
     /// Threads running room actors; 0 = one per core.
     pub room_threads: usize,
-    /// Browser origins allowed to open WebSockets (`Origin` header); empty: any. Clients that
-    /// send no `Origin` (not browsers) are not affected.
+    /// Browser origins (`Origin` header) allowed to open WebSockets and to call the endpoints
+    /// browser apps use (CORS); empty: any. Clients that send no `Origin` (not browsers) are
+    /// not affected.
     pub allowed_origins: Vec<String>,
     /// HTTP/WebSocket worker threads; 0 = one per core.
     pub workers: usize,
+    /// PEM certificate chain; with `tls_key`, the port serves https:// and wss:// only.
+    pub tls_cert: String,
+    /// PEM private key of the certificate.
+    pub tls_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +175,8 @@ impl Default for ServerConfig {
             room_threads: 0,
             allowed_origins: Vec::new(),
             workers: 0,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -494,6 +501,13 @@ impl Config {
                 self.auth.jwt_public_key_file
             ));
         }
+        if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
+            errors.push(
+                "server.tls_cert and server.tls_key go together: set both for https:// and \
+                 wss://, or neither"
+                    .into(),
+            );
+        }
         if !self.cluster.redis_url.is_empty() {
             let url = &self.cluster.redis_url;
             if !url.starts_with("redis://") {
@@ -517,6 +531,13 @@ impl Config {
                 && !self.cluster.advertise_url.starts_with("http://")
             {
                 errors.push("cluster.advertise_url must be an http:// URL".into());
+            }
+            if self.tls_files().is_some() {
+                errors.push(
+                    "server.tls_cert on a cluster node: the nodes read history from each other \
+                     over http:// (cluster.advertise_url); terminate TLS in front of the nodes"
+                        .into(),
+                );
             }
             if self.cluster.stream_max_len == 0 {
                 errors.push("cluster.stream_max_len must be at least 1".into());
@@ -596,6 +617,15 @@ impl Config {
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+
+    /// The certificate and key files when TLS is configured.
+    pub fn tls_files(&self) -> Option<crate::tls::CertFiles> {
+        let s = &self.server;
+        (!s.tls_cert.is_empty() && !s.tls_key.is_empty()).then(|| crate::tls::CertFiles {
+            cert: PathBuf::from(&s.tls_cert),
+            key: PathBuf::from(&s.tls_key),
+        })
     }
 
     /// The settings of the actor system, for a hub listening on `listening`. Call after
@@ -737,6 +767,34 @@ mod tests {
             panic!("custom is not a strategy");
         };
         assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_not_on_a_cluster_node() {
+        let c = Config::from_toml("", env(&[("SYNCHUB_SERVER_TLS_CERT", "/etc/hub/cert.pem")]))
+            .expect("parses");
+        assert_eq!(c.server.tls_cert, "/etc/hub/cert.pem");
+        assert_eq!(c.tls_files(), None);
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("a certificate without a key passes");
+        };
+        assert!(errors[0].contains("go together"), "{errors:?}");
+
+        let file = "[server]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let c = Config::from_toml(file, env(&[])).expect("parses");
+        assert!(c.validate().is_ok());
+        let files = c.tls_files().expect("both set");
+        assert_eq!(files.cert, PathBuf::from("c.pem"));
+        assert_eq!(files.key, PathBuf::from("k.pem"));
+        let cluster = format!(
+            "{file}[auth]\nrequired = false\n[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n"
+        );
+        let c = Config::from_toml(&cluster, env(&[])).expect("parses");
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("TLS on a cluster node passes");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("cluster node"), "{errors:?}");
     }
 
     #[test]

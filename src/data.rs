@@ -19,6 +19,8 @@ pub enum DataError {
     },
     #[error(transparent)]
     Backup(#[from] BackupError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("{0} is not empty: restore into an empty or new directory")]
     NotEmpty(PathBuf),
 }
@@ -30,17 +32,30 @@ pub struct Done {
 }
 
 /// Fetches `GET /admin/backup` from the hub at `url` into `out` (written next to it first and
-/// renamed once the file checks out, so `out` is never a cut-off backup).
-pub fn backup(url: &str, token: Option<&str>, out: &Path) -> Result<Done, DataError> {
+/// renamed once the file checks out, so `out` is never a cut-off backup). An `https://` hub
+/// must present a certificate of the system's roots or of `ca`.
+pub fn backup(
+    url: &str,
+    ca: Option<&Path>,
+    token: Option<&str>,
+    out: &Path,
+) -> Result<Done, DataError> {
     let started = Instant::now();
     let partial = out.with_extension("partial");
     let file = |source| DataError::File {
         path: partial.clone(),
         source,
     };
+    let mut connector = awc::Connector::new();
+    if url.starts_with("https://") {
+        connector = connector.rustls_0_23(crate::tls::client_config(ca)?);
+    }
     let system = actix_web::rt::System::new();
     system.block_on(async {
-        let client = awc::Client::builder().disable_timeout().finish();
+        let client = awc::Client::builder()
+            .connector(connector)
+            .disable_timeout()
+            .finish();
         let mut req = client.get(format!("{}/admin/backup", url.trim_end_matches('/')));
         if let Some(t) = token {
             req = req.bearer_auth(t);

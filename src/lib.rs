@@ -10,6 +10,7 @@ pub mod data;
 pub mod http;
 pub mod memory;
 pub mod open_files;
+pub mod tls;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -24,6 +25,7 @@ use synchub_actors::{Hub, HubError, TokenVerifier};
 use crate::auth::{JwtVerifier, KeyError};
 use crate::config::{Config, ConfigError};
 use crate::http::AppState;
+use crate::tls::{ReloadingCert, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -33,6 +35,8 @@ pub enum RunError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Hub(#[from] HubError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,6 +56,7 @@ pub async fn run(
         log::warn!("{warning}");
     }
     auth::self_test()?;
+    let tls = config.tls_files().map(ReloadingCert::open).transpose()?;
     let verifier = Arc::new(JwtVerifier::from_config(&config.auth)?);
     let hub_verifier: Option<Arc<dyn TokenVerifier>> = config
         .auth
@@ -59,9 +64,10 @@ pub async fn run(
         .then(|| verifier.clone() as Arc<dyn TokenVerifier>);
     let hub = Hub::start(config.hub_settings(listener.local_addr()?), hub_verifier)?;
     log::info!(
-        "synchub {} node {} serving on http://{} (data in {})",
+        "synchub {} node {} serving on {}://{} (data in {})",
         env!("CARGO_PKG_VERSION"),
         hub.node_id(),
+        if tls.is_some() { "https" } else { "http" },
         listener.local_addr()?,
         config.storage.path
     );
@@ -84,7 +90,12 @@ pub async fn run(
     // Each connection's socket, so that a session whose client stopped reading can be cut off
     // (see `synchub_actors::outbound`).
     .on_connect(|conn, ext| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+        use actix_web::rt::net::TcpStream;
+        let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {
+            conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+                .map(|tls| tls.get_ref().0)
+        });
+        if let Some(tcp) = tcp
             && let Ok(peer) = tcp.peer_addr()
         {
             use std::os::fd::AsRawFd;
@@ -98,9 +109,13 @@ pub async fn run(
     // has into one write per wake-up, so Nagle's delay would only add latency.
     .tcp_nodelay(true)
     .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
+    .shutdown_timeout(5);
+    let server = match &tls {
+        Some(cert) => server.listen_rustls_0_23(listener, cert.server_config()?)?,
+        None => server.listen(listener)?,
+    }
     .run();
+    let reloading = tls.map(tls::watch);
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
     shutdown.await;
@@ -118,6 +133,9 @@ pub async fn run(
     }
     handle.stop(true).await;
     recording.abort();
+    if let Some(task) = reloading {
+        task.abort();
+    }
     match serving.await {
         Ok(result) => result?,
         Err(e) => log::warn!("server task ended abnormally: {e}"),

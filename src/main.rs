@@ -58,9 +58,13 @@ enum Command {
     Bench(synchub::bench::BenchArgs),
     /// Take a consistent backup of a running hub (every change acked before it starts).
     Backup {
-        /// The hub, as http://HOST:PORT.
+        /// The hub, as http://HOST:PORT or https://HOST:PORT.
         #[arg(long)]
         url: String,
+        /// PEM certificates an https:// hub may present or chain to, beside the system's roots
+        /// (which SSL_CERT_FILE / SSL_CERT_DIR replace when set).
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
         /// The admin token (`auth.admin_token`), when the hub has one.
         #[arg(long, env = "SYNCHUB_ADMIN_TOKEN")]
         token: Option<String>,
@@ -160,24 +164,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => synchub::bench::run(args),
-        Command::Backup { url, token, out } => {
-            match synchub::data::backup(&url, token.as_deref(), &out) {
-                Ok(done) => {
-                    println!(
-                        "{}: {} rooms, {} bytes, in {:.1} s",
-                        out.display(),
-                        done.report.rooms,
-                        done.report.bytes,
-                        done.took.as_secs_f64()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("synchub: backup failed: {e}");
-                    ExitCode::from(1)
-                }
+        Command::Backup {
+            url,
+            ca,
+            token,
+            out,
+        } => match synchub::data::backup(&url, ca.as_deref(), token.as_deref(), &out) {
+            Ok(done) => {
+                println!(
+                    "{}: {} rooms, {} bytes, in {:.1} s",
+                    out.display(),
+                    done.report.rooms,
+                    done.report.bytes,
+                    done.took.as_secs_f64()
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(e) => {
+                eprintln!("synchub: backup failed: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::CheckData { dir } => synchub::data::check(&dir),
         Command::Migrate { dir } => synchub::data::migrate(&dir),
         Command::Restore { file, data } => match synchub::data::restore(&file, &data) {
@@ -205,7 +212,15 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match config.validate() {
+            let checked = config.validate().and_then(|warnings| {
+                // The files `serve` would refuse to start with.
+                match config.tls_files().map(|files| files.load()) {
+                    Some(Err(e)) => Err(e.to_string()),
+                    _ => Ok(warnings),
+                }
+                .map_err(|e| synchub::config::ConfigError::Invalid(vec![e]))
+            });
+            match checked {
                 Ok(warnings) => {
                     for w in warnings {
                         eprintln!("warning: {w}");

@@ -30,12 +30,21 @@ impl ClusterCounters {
 pub async fn read(endpoints: &[Endpoint]) -> Option<ClusterCounters> {
     let urls: Vec<String> = endpoints
         .iter()
-        .map(|e| format!("http://{}/stats", e.authority))
+        .map(|e| match e.tls {
+            Some(_) => format!("https://{}/stats", e.authority),
+            None => format!("http://{}/stats", e.authority),
+        })
         .collect();
+    let trust = endpoints.iter().find_map(|e| e.tls.clone());
     // The HTTP client runs on an actix runtime of its own, beside the bench's tokio one.
     let read = tokio::task::spawn_blocking(move || {
         actix_web::rt::System::new().block_on(async move {
+            let mut connector = awc::Connector::new();
+            if let Some(trust) = trust {
+                connector = connector.rustls_0_23(trust);
+            }
             let client = awc::Client::builder()
+                .connector(connector)
                 .timeout(std::time::Duration::from_secs(10))
                 .finish();
             let mut sum = ClusterCounters::default();

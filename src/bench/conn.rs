@@ -7,16 +7,16 @@ use std::time::Duration;
 use futures_util::{SinkExt, Stream, StreamExt, TryStreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::dialect::Kind;
 use super::stats::Counters;
 use super::target::Endpoint;
 use super::{BenchError, Ctx};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Small read buffers: tungstenite clears its whole read buffer on every read, and all but
 /// catch-up messages are small; thousands of idle sockets should not hold 128 KiB each.
@@ -24,7 +24,8 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(16 * 1024)
 }
 
-/// Opens a TCP connection (from `source`, port 0, when given) and does the WebSocket handshake.
+/// Opens a TCP connection (from `source`, port 0, when given) and does the TLS handshake of a
+/// `wss://` server and the WebSocket handshake.
 pub async fn connect(ep: &Endpoint, url: &str, source: Option<IpAddr>) -> Result<Ws, BenchError> {
     let failed = |e: &dyn std::fmt::Display| BenchError::Connect {
         url: url.to_owned(),
@@ -43,9 +44,18 @@ pub async fn connect(ep: &Endpoint, url: &str, source: Option<IpAddr>) -> Result
     }
     let stream = socket.connect(ep.addr).await.map_err(|e| failed(&e))?;
     stream.set_nodelay(true).map_err(|e| failed(&e))?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(|e| failed(&e))?;
+    let connector = match &ep.tls {
+        Some(config) => Connector::Rustls(config.clone()),
+        None => Connector::Plain,
+    };
+    let (ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        url,
+        stream,
+        Some(ws_config()),
+        Some(connector),
+    )
+    .await
+    .map_err(|e| failed(&e))?;
     Ok(ws)
 }
 

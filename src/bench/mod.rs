@@ -46,10 +46,14 @@ pub struct CommonArgs {
     /// Wire dialect the clients speak.
     #[arg(long, value_enum, default_value_t = Dialect::Relay, global = true)]
     pub dialect: Dialect,
-    /// Server to drive, as ws://HOST:PORT[/PATH]; repeat it to spread clients over several
-    /// servers round-robin. Without it the bench starts a hub of its own.
+    /// Server to drive, as ws://HOST:PORT[/PATH] or wss://HOST:PORT[/PATH]; repeat it to spread
+    /// clients over several servers round-robin. Without it the bench starts a hub of its own.
     #[arg(long = "url", value_name = "URL", global = true)]
     pub urls: Vec<String>,
+    /// PEM certificates that wss:// servers may present or chain to, beside the system's roots
+    /// (which SSL_CERT_FILE / SSL_CERT_DIR replace when set).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca: Option<std::path::PathBuf>,
     /// Pid of a server behind --url, for its CPU and memory figures (repeat: one per server;
     /// the figures are summed).
     #[arg(long = "server-pid", value_name = "PID", global = true)]
@@ -307,7 +311,7 @@ async fn run_async(
     let (urls, pids) = if c.urls.is_empty() {
         match SelfHub::start().await {
             Ok(h) => {
-                let urls = vec![format!("ws://{}", h.addr)];
+                let urls = vec![h.url()];
                 let pids = vec![h.pid()];
                 hub = Some(h);
                 (urls, pids)
@@ -325,9 +329,22 @@ async fn run_async(
     // Rooms are named bench-<scenario>-<run_id>-<n>, for looking them up on the server.
     report.insert("run_id".into(), run_id.clone().into());
 
+    let trust = if urls.iter().any(|u| u.starts_with("wss://")) {
+        match crate::tls::client_config(c.ca.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if let Some(mut h) = hub {
+                    h.stop().await;
+                }
+                return fail(report, summary, &BenchError::Params(e.to_string()));
+            }
+        }
+    } else {
+        None
+    };
     let mut endpoints = Vec::with_capacity(urls.len());
     for u in &urls {
-        match Endpoint::resolve(u).await {
+        match Endpoint::resolve(u, trust.as_ref()).await {
             Ok(e) => endpoints.push(e),
             Err(e) => {
                 if let Some(mut h) = hub {
@@ -354,11 +371,7 @@ async fn run_async(
         },
     });
     let target = match &hub {
-        Some(h) => format!(
-            "a hub started by the bench (pid {}, ws://{})",
-            h.pid(),
-            h.addr
-        ),
+        Some(h) => format!("a hub started by the bench (pid {}, {})", h.pid(), h.url()),
         None => urls.join(", "),
     };
     summary.push(format!(

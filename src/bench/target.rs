@@ -3,32 +3,40 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::BenchError;
 
-/// One server: the `ws://host:port` it was named by, an optional path that replaces the
-/// dialect's default, and the address connections go to (resolved once).
+/// One server: the `ws://host:port` or `wss://host:port` it was named by, an optional path that
+/// replaces the dialect's default, and the address connections go to (resolved once).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub authority: String,
     pub path: Option<String>,
     pub addr: SocketAddr,
+    /// For `wss://`: the servers the connections trust.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Endpoint {
-    /// Parses `ws://host[:port][/path]` and resolves it.
-    pub async fn resolve(url: &str) -> Result<Endpoint, BenchError> {
+    /// Parses `ws[s]://host[:port][/path]` and resolves it; `trust` is what a `wss://` server
+    /// is checked against.
+    pub async fn resolve(
+        url: &str,
+        trust: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<Endpoint, BenchError> {
         let bad = |why: &str| BenchError::Url {
             url: url.to_owned(),
             why: why.to_owned(),
         };
-        let rest = if let Some(rest) = url.strip_prefix("ws://") {
-            rest
-        } else if url.starts_with("wss://") {
-            return Err(bad("TLS (wss://) is not supported; use ws://"));
+        let (rest, tls, default_port) = if let Some(rest) = url.strip_prefix("ws://") {
+            (rest, None, 80)
+        } else if let Some(rest) = url.strip_prefix("wss://") {
+            let trust = trust.ok_or_else(|| bad("no TLS trust configured"))?;
+            (rest, Some(trust.clone()), 443)
         } else {
-            return Err(bad("expected ws://host:port"));
+            return Err(bad("expected ws://host:port or wss://host:port"));
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -47,7 +55,7 @@ impl Endpoint {
         let with_port = if has_port {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         };
         let addr = tokio::net::lookup_host(with_port.as_str())
             .await
@@ -59,16 +67,23 @@ impl Endpoint {
             authority: authority.to_owned(),
             path: (!path.is_empty()).then(|| path.to_owned()),
             addr,
+            tls,
         })
+    }
+
+    /// `ws` or `wss`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "wss" } else { "ws" }
     }
 
     /// The URL of a connection: this server, the given path unless one was named, the query.
     pub fn url(&self, default_path: &str, query: &str) -> String {
         let path = self.path.as_deref().unwrap_or(default_path);
+        let scheme = self.scheme();
         if query.is_empty() {
-            format!("ws://{}{path}", self.authority)
+            format!("{scheme}://{}{path}", self.authority)
         } else {
-            format!("ws://{}{path}?{query}", self.authority)
+            format!("{scheme}://{}{path}?{query}", self.authority)
         }
     }
 }
@@ -93,6 +108,8 @@ pub struct SelfHub {
     child: Child,
     dir: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
+    /// Whether it serves TLS (`SYNCHUB_SERVER_TLS_CERT` and `_KEY` set in the environment).
+    pub tls: bool,
 }
 
 impl SelfHub {
@@ -125,11 +142,23 @@ impl SelfHub {
         for (key, value) in HUB_DEFAULTS {
             set_default(key, value.as_ref());
         }
+        // The hub runs in its own directory: files named relative to ours are made absolute.
+        for key in ["SYNCHUB_SERVER_TLS_CERT", "SYNCHUB_SERVER_TLS_KEY"] {
+            if let Some(path) = std::env::var_os(key).map(std::path::PathBuf::from)
+                && path.is_relative()
+                && !path.as_os_str().is_empty()
+                && let Ok(here) = std::env::current_dir()
+            {
+                cmd.env(key, here.join(path));
+            }
+        }
         let child = cmd.spawn().map_err(|e| fail("cannot start `serve`", &e))?;
+        let set = |key: &str| std::env::var_os(key).is_some_and(|v| !v.is_empty());
         let mut hub = SelfHub {
             child,
             dir: Some(dir),
             addr,
+            tls: set("SYNCHUB_SERVER_TLS_CERT") && set("SYNCHUB_SERVER_TLS_KEY"),
         };
         let deadline = Instant::now() + HUB_START;
         loop {
@@ -154,6 +183,12 @@ impl SelfHub {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its URL: the certificate of a TLS hub must name 127.0.0.1.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// SIGTERM, SIGKILL if it is still there after a few seconds, then removes the data.
@@ -365,7 +400,7 @@ mod tests {
 
     #[tokio::test]
     async fn urls_keep_a_named_path_and_default_the_port() {
-        let e = Endpoint::resolve("ws://127.0.0.1:9002")
+        let e = Endpoint::resolve("ws://127.0.0.1:9002", None)
             .await
             .expect("valid");
         assert_eq!(e.addr.port(), 9002);
@@ -373,13 +408,23 @@ mod tests {
             e.url("/relay", "channel=a"),
             "ws://127.0.0.1:9002/relay?channel=a"
         );
-        let e = Endpoint::resolve("ws://127.0.0.1/custom/")
+        let e = Endpoint::resolve("ws://127.0.0.1/custom/", None)
             .await
             .expect("valid");
         assert_eq!(e.addr.port(), 80);
         assert_eq!(e.url("/relay", ""), "ws://127.0.0.1/custom");
-        assert!(Endpoint::resolve("http://127.0.0.1").await.is_err());
-        assert!(Endpoint::resolve("ws://127.0.0.1:1/x?y=1").await.is_err());
+        assert!(Endpoint::resolve("http://127.0.0.1", None).await.is_err());
+        assert!(
+            Endpoint::resolve("ws://127.0.0.1:1/x?y=1", None)
+                .await
+                .is_err()
+        );
+        let trust = crate::tls::client_config(None).expect("system roots");
+        let e = Endpoint::resolve("wss://127.0.0.1", Some(&trust))
+            .await
+            .expect("valid");
+        assert_eq!(e.addr.port(), 443);
+        assert_eq!(e.url("/ws", "a=1"), "wss://127.0.0.1/ws?a=1");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod admin;
 mod client_limits;
 mod cluster;
+mod cors;
 mod dashboard;
 mod headless;
 mod pocket;
@@ -130,14 +131,15 @@ pub(crate) fn token<'a>(req: &'a HttpRequest, query: &'a Query) -> Option<&'a st
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    // What browser apps call with `fetch`: answered to pages of the allowed origins.
+    cors::for_browsers(cfg, "/sync/push", web::post().to(pocket::push));
+    cors::for_browsers(cfg, "/sync/pull", web::post().to(pocket::pull));
+    cors::for_browsers(cfg, "/auth/verify", web::post().to(synckit::verify));
+    cors::for_browsers(cfg, "/auth/me", web::get().to(synckit::me));
+    cors::for_browsers(cfg, "/auth/refresh", web::post().to(synckit::refresh));
+    cors::for_browsers(cfg, "/auth/login", web::post().to(synckit::login));
     cfg.route("/sync", web::get().to(pocket::websocket))
-        .route("/sync/push", web::post().to(pocket::push))
-        .route("/sync/pull", web::post().to(pocket::pull))
         .route("/ws", web::get().to(synckit::websocket))
-        .route("/auth/verify", web::post().to(synckit::verify))
-        .route("/auth/me", web::get().to(synckit::me))
-        .route("/auth/refresh", web::post().to(synckit::refresh))
-        .route("/auth/login", web::post().to(synckit::login))
         .route("/relay", web::get().to(relay::websocket))
         .route("/", web::get().to(relay::root))
         .route("/health", web::get().to(stats::health))
@@ -192,8 +194,16 @@ pub fn json_errors<B>(
         Some(e) => error_text(e),
         None => status.canonical_reason().unwrap_or("Error").to_owned(),
     };
-    let (req, _) = res.into_parts();
-    let body = HttpResponse::build(status).json(json!({ "error": message }));
+    let (req, res) = res.into_parts();
+    let mut body = HttpResponse::build(status);
+    // The headers stay (those of CORS among them, so a page can read the error), but not those
+    // describing the body being replaced.
+    for (name, value) in res.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            body.append_header((name.clone(), value.clone()));
+        }
+    }
+    let body = body.json(json!({ "error": message }));
     Ok(actix_web::middleware::ErrorHandlerResponse::Response(
         actix_web::dev::ServiceResponse::new(req, body).map_into_right_body(),
     ))
@@ -283,8 +293,9 @@ pub(crate) fn start_session<D: Dialect>(
     Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }
 
-/// A browser page from an origin not in `server.allowed_origins` may not open a socket; answered
-/// 403 before the upgrade. Requests without an `Origin` (not from a browser) pass.
+/// A browser page from an origin not in `server.allowed_origins` may not open a socket nor call
+/// the endpoints browser apps use; answered 403 (before the upgrade, or before the preflight).
+/// Requests without an `Origin` (not from a browser) pass.
 pub(crate) fn origin_refused(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
     let allowed = &state.config.server.allowed_origins;
     if allowed.is_empty() {

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod pocket;
 pub mod raw_ws;
 pub mod synckit;
+pub mod tls;
 pub mod tokens;
 
 use std::net::{SocketAddr, TcpListener};
@@ -180,6 +181,10 @@ pub struct Closed {
 }
 
 impl Ws {
+    pub fn from_stream(stream: RawWs) -> Ws {
+        Ws { stream }
+    }
+
     pub async fn connect(url: &str) -> Ws {
         let (stream, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
             .await
@@ -405,6 +410,15 @@ pub fn free_port() -> u16 {
 impl ChildHub {
     /// Starts `synchub serve` on `data` with auth off and waits until it answers.
     pub async fn spawn(data: &std::path::Path, env: &[(&str, &str)]) -> ChildHub {
+        ChildHub::spawn_logging_to(data, env, std::process::Stdio::inherit()).await
+    }
+
+    /// [`ChildHub::spawn`], its log (stderr) going to `log`.
+    pub async fn spawn_logging_to(
+        data: &std::path::Path,
+        env: &[(&str, &str)],
+        log: impl Into<std::process::Stdio>,
+    ) -> ChildHub {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
         // Only what the test sets configures the child: `SYNCHUB_*` variables of whoever runs
@@ -421,7 +435,8 @@ impl ChildHub {
             .env("SYNCHUB_STORAGE_PATH", data.join("db"))
             .env("SYNCHUB_AUTH_REQUIRED", "false")
             .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null());
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -1,6 +1,7 @@
 // Starts the built synchub binary on a free port with a fresh data directory.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import https from 'node:https';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +20,18 @@ function freePort() {
   });
 }
 
+// Whether a TLS hub answers /health, trusting `ca` (node's fetch takes no CA of its own).
+function httpsHealthy(port, ca) {
+  return new Promise((ok) => {
+    const req = https.get({ host: '127.0.0.1', port, path: '/health', servername: 'localhost', ca },
+      (res) => { res.resume(); ok(res.statusCode === 200); });
+    req.once('error', () => ok(false));
+  });
+}
+
+// With SYNCHUB_SERVER_TLS_CERT / _KEY in `env` the hub serves TLS, and its URLs are wss:// and
+// https:// on localhost; `ca` is then what a client must trust (the certificate itself when it
+// is self-signed).
 export async function startHub(env = {}) {
   const binary = process.env.SYNCHUB_BIN ?? join(root, 'target', 'debug', 'synchub');
   const dir = mkdtempSync(join(tmpdir(), 'synchub-interop-'));
@@ -36,20 +49,27 @@ export async function startHub(env = {}) {
     },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
+  const ca = env.SYNCHUB_SERVER_TLS_CERT ? readFileSync(env.SYNCHUB_SERVER_TLS_CERT) : null;
   const deadline = Date.now() + 15000;
   for (;;) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/health`);
-      if (res.ok) break;
-    } catch {
-      // not listening yet
+    if (ca) {
+      if (await httpsHealthy(port, ca)) break;
+    } else {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/health`);
+        if (res.ok) break;
+      } catch {
+        // not listening yet
+      }
     }
     if (Date.now() > deadline) throw new Error('synchub did not start');
     await new Promise((r) => setTimeout(r, 50));
   }
+  const where = ca
+    ? { url: `wss://localhost:${port}/ws`, https: `https://localhost:${port}`, ca }
+    : { url: `ws://127.0.0.1:${port}/ws`, http: `http://127.0.0.1:${port}` };
   return {
-    url: `ws://127.0.0.1:${port}/ws`,
-    http: `http://127.0.0.1:${port}`,
+    ...where,
     async stop() {
       child.kill('SIGTERM');
       await new Promise((r) => child.once('exit', r));
