@@ -17,16 +17,26 @@ fn relay_update(i: u64) -> serde_json::Value {
            "changes": [["t", i.to_string(), "v", i, 1, 1, "w", 1, 0]]})
 }
 
-#[actix_rt::test]
-async fn https_and_wss_share_the_port_and_plain_connections_are_not_served() {
-    let ca = TestCa::new();
+/// A hub serving a certificate `ca` signed, and the directory holding its files.
+fn tls_hub(
+    ca: &TestCa,
+    edit: impl FnOnce(&mut synchub::config::Config),
+) -> (TestHub, tempfile::TempDir) {
     let certs = tempfile::tempdir().expect("tempdir");
     let paths = CertPaths::in_dir(certs.path());
     paths.install(&ca.server_cert());
     let hub = TestHub::start_with(|c| {
         c.server.tls_cert = paths.cert.display().to_string();
         c.server.tls_key = paths.key.display().to_string();
+        edit(c);
     });
+    (hub, certs)
+}
+
+#[actix_rt::test]
+async fn https_and_wss_share_the_port_and_plain_connections_are_not_served() {
+    let ca = TestCa::new();
+    let (hub, _certs) = tls_hub(&ca, |_| {});
     let port = hub.addr.port();
 
     let mut resp = https_client(ca.client_config())
@@ -420,12 +430,7 @@ async fn synchub_backup_reads_a_tls_hub_over_https() {
 #[actix_rt::test]
 async fn a_tls_client_that_never_reads_again_is_disconnected() {
     let ca = TestCa::new();
-    let certs = tempfile::tempdir().expect("tempdir");
-    let paths = CertPaths::in_dir(certs.path());
-    paths.install(&ca.server_cert());
-    let hub = TestHub::start_with(|c| {
-        c.server.tls_cert = paths.cert.display().to_string();
-        c.server.tls_key = paths.key.display().to_string();
+    let (hub, _certs) = tls_hub(&ca, |c| {
         c.limits.max_outbound_bytes = 64 * 1024;
         c.limits.max_messages_per_second = 100_000;
     });

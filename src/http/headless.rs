@@ -32,6 +32,14 @@ pub(crate) struct Outcome {
     pub(crate) authenticate: bool,
 }
 
+/// Where changes of a client without a connection come from: session 0 of this node.
+fn headless_origin(state: &AppState) -> Origin {
+    Origin {
+        node: state.hub.node().clone(),
+        session: SessionId(0),
+    }
+}
+
 /// Hands `body` to `dialect` as one message from a client without a connection (session 0 of
 /// this node: rooms broadcast its changes to every member) and runs what it asks for, until it
 /// has nothing left to do or, with `first_reply`, until it has written one reply.
@@ -43,10 +51,7 @@ pub(crate) async fn drive<D: Dialect>(
     frame: fn(&[u8]) -> Frame<'_>,
     first_reply: bool,
 ) -> Outcome {
-    let origin = Origin {
-        node: state.hub.node().clone(),
-        session: SessionId(0),
-    };
+    let origin = headless_origin(state);
     let env = Env {
         origin: &origin,
         identity,
@@ -97,10 +102,7 @@ pub(crate) fn rate_limited<D: Dialect>(
     body: &[u8],
     frame: fn(&[u8]) -> Frame<'_>,
 ) -> String {
-    let origin = Origin {
-        node: state.hub.node().clone(),
-        session: SessionId(0),
-    };
+    let origin = headless_origin(state);
     let env = Env {
         origin: &origin,
         identity,
