@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use synchub_actors::HubSettings;
 use synchub_actors::cluster::ClusterSettings;
 use synchub_actors::directory::ConnectionLimits;
+use synchub_actors::hub::SessionSettings;
 use synchub_actors::pocket::{PocketModel, Strategy};
-use synchub_actors::session::SessionSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

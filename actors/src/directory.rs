@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::disconnect::CloseSession;
 use crate::durability::Durability;
 use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, Metrics};
@@ -21,14 +22,6 @@ use crate::room::{
 };
 use crate::room_key::{Namespace, RoomKey};
 use crate::store::{HistoryPage, RoomLayout, Store};
-
-/// Asks a session to close with a WebSocket close code.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: u16,
-    pub reason: String,
-}
 
 /// The address of a room's actor, started if it is not running.
 #[derive(Message)]

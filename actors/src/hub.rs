@@ -21,12 +21,35 @@ use crate::pocket::{PocketLimits, PocketModel};
 
 use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, SessionId, ask};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::SessionSettings;
 use crate::store::{HistoryPage, StorageError, Store};
 use crate::synckit::SynckitLimits;
 
 /// How long shutdown waits for the final storage flush.
 const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Socket-level settings shared by every dialect.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// How often the hub sends a WebSocket ping.
+    pub heartbeat_interval: Duration,
+    /// A client silent for this long is disconnected.
+    pub client_timeout: Duration,
+    /// Larger messages get the dialect's error; the session goes on.
+    pub max_frame_bytes: usize,
+    /// Messages a second a client may send (a token bucket holding one second's worth).
+    pub max_messages_per_second: u32,
+    /// Bytes that may wait for one socket before the session is closed as a slow consumer.
+    pub max_outbound_bytes: usize,
+}
+
+impl SessionSettings {
+    /// The largest frame the socket codec accepts at all. Frames between `max_frame_bytes` and
+    /// this get the dialect's error; larger ones are a protocol violation that ends the
+    /// connection, which bounds what one client can make the hub buffer.
+    pub fn codec_max_bytes(&self) -> usize {
+        self.max_frame_bytes.saturating_mul(4).max(16 << 20)
+    }
+}
 
 /// Everything the hub needs to start, already validated by the caller.
 #[derive(Clone)]
@@ -385,7 +408,7 @@ impl Hub {
             .inner
             .directory
             .send(CloseAll {
-                code: crate::session::close_code::GOING_AWAY,
+                code: crate::disconnect::close_code::GOING_AWAY,
                 reason: "Server shutting down".into(),
             })
             .await

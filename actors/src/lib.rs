@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cluster;
 pub mod data_check;
 pub mod directory;
+pub mod disconnect;
 pub mod durability;
 pub mod hub;
 pub mod identity;

@@ -11,7 +11,9 @@ use actix::prelude::*;
 use actix_web_actors::ws;
 
 use crate::clock::unix_now;
-use crate::directory::{Checkout, CloseSession, Memberships, Register, SetUser, Unregister};
+use crate::directory::{Checkout, Memberships, Register, SetUser, Unregister};
+use crate::disconnect::CloseSession;
+pub use crate::disconnect::close_code;
 use crate::hub::Hub;
 use crate::identity::{AuthError, Identity};
 use crate::limits::{IpSlot, Limit, TokenBucket};
@@ -28,41 +30,6 @@ use crate::room_key::{Namespace, RoomKey};
 /// How often a session tries to enter a room that keeps stopping under it (idle shutdown racing
 /// the join) before it gives up.
 const JOIN_ATTEMPTS: u8 = 3;
-
-/// Close codes the hub uses beyond the standard ones.
-pub mod close_code {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY: u16 = 1008;
-    pub const INTERNAL: u16 = 1011;
-    pub const AUTH_FAILED: u16 = 4001;
-    pub const TOO_MANY: u16 = 4002;
-    pub const SLOW_CONSUMER: u16 = 4008;
-    pub const TOKEN_EXPIRED: u16 = 4009;
-}
-
-/// Socket-level settings shared by every dialect.
-#[derive(Debug, Clone)]
-pub struct SessionSettings {
-    /// How often the hub sends a WebSocket ping.
-    pub heartbeat_interval: Duration,
-    /// A client silent for this long is disconnected.
-    pub client_timeout: Duration,
-    /// Larger messages get the dialect's error; the session goes on.
-    pub max_frame_bytes: usize,
-    /// Messages a second a client may send (a token bucket holding one second's worth).
-    pub max_messages_per_second: u32,
-    /// Bytes that may wait for one socket before the session is closed as a slow consumer.
-    pub max_outbound_bytes: usize,
-}
-
-impl SessionSettings {
-    /// The largest frame the socket codec accepts at all. Frames between `max_frame_bytes` and
-    /// this get the dialect's error; larger ones are a protocol violation that ends the
-    /// connection, which bounds what one client can make the hub buffer.
-    pub fn codec_max_bytes(&self) -> usize {
-        self.max_frame_bytes.saturating_mul(4).max(16 << 20)
-    }
-}
 
 /// A whole message from the client.
 #[derive(Debug, Clone, Copy)]

@@ -8,11 +8,9 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::RoomError;
-use super::reply::Reply;
-use crate::directory::CloseSession;
+use crate::disconnect::CloseSession;
 use crate::model::IncomingChange;
-use crate::origin::{Origin, SessionId};
+use crate::origin::SessionId;
 use crate::out_frame::OutFrame;
 use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
@@ -62,23 +60,6 @@ pub enum RoomRequest {
         upto: u64,
         limit: usize,
     },
-}
-
-/// One request: what to do, on whose behalf, and where the answer goes.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct Request {
-    pub origin: Option<Origin>,
-    pub body: RoomRequest,
-    pub reply: Reply,
-}
-
-/// A room's answer to a session's request number `n`.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct RoomAnswer {
-    pub n: u64,
-    pub answer: Result<RoomReply, RoomError>,
 }
 
 #[derive(Debug, Clone)]

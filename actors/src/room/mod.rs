@@ -20,26 +20,26 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 pub use messages::{
-    Broadcast, Fetched, Join, Leave, ReplicaStatus, Request, RoomAnswer, RoomEvent, RoomReply,
-    RoomRequest, RoomStatus, RoomStopped, Snapshot, StreamPage, Streams, Submitted,
+    Broadcast, Fetched, Join, Leave, ReplicaStatus, RoomEvent, RoomReply, RoomRequest, RoomStatus,
+    RoomStopped, Snapshot, StreamPage, Streams, Submitted,
 };
 pub use numbering::{LocalCounter, Numbering};
 pub use replica::Replica;
-pub use reply::{Reply, ask};
+pub use reply::{Reply, Request, RoomAnswer, ask};
 pub use state::{OpenBatch, RoomState};
 
 pub use crate::origin::{NodeId, Origin, SessionId};
 
 use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};
-use crate::directory::CloseSession;
+use crate::disconnect::CloseSession;
+use crate::disconnect::close_code;
 use crate::durability::{Commit, Committed, Durability};
 use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
 use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
-use crate::session::close_code;
 use crate::store::{LogEntry, PageLimit, RoomLayout, Store};
 use write_rate::WriteRate;
 

@@ -7,8 +7,26 @@
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::messages::{Request, RoomAnswer, RoomReply, RoomRequest};
+use super::messages::{RoomReply, RoomRequest};
 use super::{Room, RoomError};
+use crate::origin::Origin;
+
+/// One request: what to do, on whose behalf, and where the answer goes.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Request {
+    pub origin: Option<Origin>,
+    pub body: RoomRequest,
+    pub reply: Reply,
+}
+
+/// A room's answer to a session's request number `n`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RoomAnswer {
+    pub n: u64,
+    pub answer: Result<RoomReply, RoomError>,
+}
 
 enum Target {
     /// A session, which matches the answer to its request by number.

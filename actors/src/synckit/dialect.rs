@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::frame::{self, Framing, InvalidFrame, Message};
 use super::model::{MAX_CLOCK_ENTRIES, MAX_CLOCK_KEY_BYTES, live_fields};
 use crate::clock::now_ms;
+use crate::disconnect::close_code;
 use crate::identity::{AuthError, Identity};
 use crate::limits::{Limit, json_depth};
 use crate::model::{IncomingChange, object};
@@ -16,7 +17,7 @@ use crate::out_frame::OutFrame;
 use crate::raw_json::push_json_string;
 use crate::room::{Broadcast, RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Action, Dialect, Env, Frame, close_code};
+use crate::session::{Action, Dialect, Env, Frame};
 
 /// What a room answer belongs to.
 #[derive(Debug, Clone)]
