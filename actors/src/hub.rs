@@ -249,7 +249,7 @@ impl Hub {
         })
         .start();
         if let Some(link) = &cluster {
-            actix::spawn(crate::cluster::sweep::catch_up_stored_rooms(
+            actix::spawn(crate::sweep::catch_up_stored_rooms(
                 link.handle.clone(),
                 store.clone(),
                 directory.clone(),

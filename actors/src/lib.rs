@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod data_check;
+pub mod dialect;
 pub mod directory;
 pub mod disconnect;
 pub mod durability;
@@ -29,6 +30,7 @@ pub mod room;
 pub mod room_key;
 pub mod session;
 pub mod store;
+pub mod sweep;
 pub mod synckit;
 
 #[cfg(test)]

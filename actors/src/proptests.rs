@@ -4,6 +4,7 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
+use crate::dialect::{Dialect, Env, Frame};
 use crate::identity::Identity;
 use crate::model::{IncomingChange, Merge, Model};
 use crate::origin::{NodeId, Origin, SessionId};
@@ -12,7 +13,6 @@ use crate::pocket::wire::{self, PocketLimits};
 use crate::relay::{RelayDialect, RelayLimits};
 use crate::relay::{RelayModel, parse_change};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Dialect, Env, Frame};
 use crate::synckit::{SynckitDialect, SynckitLimits, SynckitModel, frame};
 
 fn json_value() -> impl Strategy<Value = Value> {

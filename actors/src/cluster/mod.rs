@@ -15,7 +15,6 @@ pub mod catch_up;
 pub mod keys;
 pub mod peers;
 pub mod scripts;
-pub mod sweep;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

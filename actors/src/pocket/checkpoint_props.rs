@@ -13,13 +13,13 @@ use serde_json::{Value, json};
 
 use super::PocketDialect;
 use super::wire::PocketLimits;
+use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::identity::Identity;
 use crate::origin::{NodeId, Origin, SessionId};
 use crate::out_frame::OutFrame;
 use crate::raw_json::RawJson;
 use crate::room::{Broadcast, Fetched, RoomEvent, RoomReply, RoomRequest, StreamPage, Submitted};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Action, Dialect, Env, Frame};
 use crate::store::LogEntry;
 
 const COLLECTIONS: [&str; 2] = ["todos", "notes"];

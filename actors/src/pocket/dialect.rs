@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::Value;
 
 use super::wire::{self, ClientMessage, PocketLimits, WireError, code, now_ms};
+use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::identity::AuthError;
 use crate::limits::Limit;
 use crate::out_frame::OutFrame;
 use crate::raw_json::RawJson;
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Action, Dialect, Env, Frame};
 use crate::store::LogEntry;
 
 /// What a room answer belongs to.

@@ -4,13 +4,13 @@
 use serde_json::{Value, json};
 
 use super::model::parse_change;
+use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::identity::AuthError;
 use crate::limits::{Limit, json_depth};
 use crate::out_frame::OutFrame;
 use crate::raw_json::{RawJson, push_json_string};
 use crate::room::{RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Action, Dialect, Env, Frame};
 
 #[derive(Debug, Clone)]
 pub enum Tag {

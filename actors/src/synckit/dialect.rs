@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use super::frame::{self, Framing, InvalidFrame, Message};
 use super::model::{MAX_CLOCK_ENTRIES, MAX_CLOCK_KEY_BYTES, live_fields};
 use crate::clock::now_ms;
+use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::disconnect::close_code;
 use crate::identity::{AuthError, Identity};
 use crate::limits::{Limit, json_depth};
@@ -17,7 +18,6 @@ use crate::out_frame::OutFrame;
 use crate::raw_json::push_json_string;
 use crate::room::{Broadcast, RoomError, RoomEvent, RoomReply, RoomRequest, Streams};
 use crate::room_key::{Namespace, RoomKey};
-use crate::session::{Action, Dialect, Env, Frame};
 
 /// What a room answer belongs to.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::StreamExt;
 
-use super::ClusterHandle;
+use crate::cluster::ClusterHandle;
 use crate::directory::{Checkout, Directory};
 use crate::metrics::ActorMetrics;
 use crate::room::{RoomRequest, ask};
