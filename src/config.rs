@@ -72,8 +72,8 @@ pub struct ServerConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub path: String,
-    /// "flush" (ack after the flush) or "relaxed" (ack before it).
-    pub durability: String,
+    /// When a change is acked: after the flush, or before it.
+    pub durability: Durability,
     /// How long a delete stays in the log after compaction; 0 keeps it forever.
     pub tombstone_retention_s: u64,
     /// The most memory the storage's page cache may use.
@@ -124,7 +124,7 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PocketConfig {
-    pub conflict_strategy: String,
+    pub conflict_strategy: Strategy,
     pub max_pull_limit: usize,
     /// Per-collection overrides: `[pocket.collections.<name>]`.
     pub collections: BTreeMap<String, CollectionConfig>,
@@ -133,7 +133,7 @@ pub struct PocketConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
-    pub conflict_strategy: String,
+    pub conflict_strategy: Strategy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,11 +181,21 @@ impl Default for ServerConfig {
     }
 }
 
+/// When a change is acked (`storage.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Once it is on disk.
+    Flush,
+    /// Once it is merged and numbered; the last moments of writes can be lost in a crash.
+    Relaxed,
+}
+
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             path: "./data".into(),
-            durability: "flush".into(),
+            durability: Durability::Flush,
             tombstone_retention_s: 30 * 24 * 3600,
             cache_bytes: synchub_actors::store::DEFAULT_CACHE_BYTES,
         }
@@ -210,7 +220,7 @@ impl Default for AuthConfig {
 impl Default for PocketConfig {
     fn default() -> PocketConfig {
         PocketConfig {
-            conflict_strategy: "last-write-wins".into(),
+            conflict_strategy: Strategy::LastWriteWins,
             max_pull_limit: 1000,
             collections: BTreeMap::new(),
         }
@@ -467,26 +477,12 @@ impl Config {
         if self.storage.path.is_empty() {
             errors.push("storage.path is empty".into());
         }
-        if !matches!(self.storage.durability.as_str(), "flush" | "relaxed") {
-            errors.push(format!(
-                "storage.durability {:?} must be \"flush\" or \"relaxed\"",
-                self.storage.durability
-            ));
-        }
-        if self.storage.durability == "relaxed" {
+        if self.storage.durability == Durability::Relaxed {
             warnings.push(
                 "storage.durability = \"relaxed\": changes are acked before they are on disk \
                  and the last moments of writes can be lost in a crash"
                     .into(),
             );
-        }
-        if let Err(e) = self.pocket.conflict_strategy.parse::<Strategy>() {
-            errors.push(format!("pocket.conflict_strategy: {e}"));
-        }
-        for (name, c) in &self.pocket.collections {
-            if let Err(e) = c.conflict_strategy.parse::<Strategy>() {
-                errors.push(format!("pocket.collections.{name}.conflict_strategy: {e}"));
-            }
         }
         for (name, value, min, max) in self.numbers() {
             if value < min || value > max {
@@ -631,20 +627,19 @@ impl Config {
     /// The settings of the actor system, for a hub listening on `listening`. Call after
     /// [`Config::validate`].
     pub fn hub_settings(&self, listening: SocketAddr) -> HubSettings {
-        let strategy = |s: &str| s.parse::<Strategy>().unwrap_or(Strategy::LastWriteWins);
         let retention = self.storage.tombstone_retention_s;
         HubSettings {
             data_dir: PathBuf::from(&self.storage.path),
-            relaxed: self.storage.durability == "relaxed",
+            relaxed: self.storage.durability == Durability::Relaxed,
             storage_cache_bytes: self.storage.cache_bytes,
             node_id: self.server.node_id.clone(),
             pocket: PocketModel {
-                default_strategy: strategy(&self.pocket.conflict_strategy),
+                default_strategy: self.pocket.conflict_strategy,
                 collection_strategies: self
                     .pocket
                     .collections
                     .iter()
-                    .map(|(name, c)| (name.clone(), strategy(&c.conflict_strategy)))
+                    .map(|(name, c)| (name.clone(), c.conflict_strategy))
                     .collect(),
                 tombstone_retention_ms: (retention > 0)
                     .then(|| (retention as i64).saturating_mul(1000)),
@@ -712,10 +707,10 @@ mod tests {
         let c = Config::from_toml("", env(&[])).expect("defaults");
         assert_eq!(c.server.bind, "127.0.0.1:8080");
         assert_eq!(c.storage.path, "./data");
-        assert_eq!(c.storage.durability, "flush");
+        assert_eq!(c.storage.durability, Durability::Flush);
         assert!(c.auth.required);
         assert_eq!(c.auth.leeway_s, 30);
-        assert_eq!(c.pocket.conflict_strategy, "last-write-wins");
+        assert_eq!(c.pocket.conflict_strategy, Strategy::LastWriteWins);
         assert_eq!(c.pocket.max_pull_limit, 1000);
         assert_eq!(c.synckit.batch_ms, 50);
         assert_eq!(c.limits.max_frame_bytes, 1_048_576);
@@ -757,16 +752,19 @@ mod tests {
         assert!(Config::from_toml("[server]\nbnd = \"x\"\n", env(&[])).is_err());
         assert!(Config::from_toml("", env(&[("SYNCHUB_LIMITS_MAX_FRAME_BYTES", "lots")])).is_err());
         assert!(Config::from_toml("", env(&[("SYNCHUB_SERVER_NOPE", "1")])).is_err());
+        // Strategies and the durability are read once, as what they name, or refused.
+        assert!(Config::from_toml("[pocket]\nconflict_strategy = \"custom\"\n", env(&[])).is_err());
+        assert!(Config::from_toml("[storage]\ndurability = \"often\"\n", env(&[])).is_err());
         let c = Config::from_toml(
-            "[pocket]\nconflict_strategy = \"custom\"\n[pocket.collections.todos]\nconflict_strategy = \"merge\"\n",
-            env(&[]),
+            "[pocket.collections.todos]\nconflict_strategy = \"merge\"\n",
+            env(&[("SYNCHUB_STORAGE_DURABILITY", "relaxed")]),
         )
         .expect("parses");
-        assert_eq!(c.pocket.collections["todos"].conflict_strategy, "merge");
-        let Err(ConfigError::Invalid(errors)) = c.validate() else {
-            panic!("custom is not a strategy");
-        };
-        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            c.pocket.collections["todos"].conflict_strategy,
+            Strategy::Merge
+        );
+        assert_eq!(c.storage.durability, Durability::Relaxed);
     }
 
     #[test]

@@ -245,7 +245,7 @@ async fn deletes_keep_a_tombstone_that_reaches_everyone() {
 /// One hub, one collection per strategy through the per-collection override.
 fn strategy_hub() -> TestHub {
     TestHub::start_with(|c| {
-        c.pocket.conflict_strategy = "server-wins".into();
+        c.pocket.conflict_strategy = "server-wins".parse().expect("a strategy");
         for (name, s) in [
             ("cw", "client-wins"),
             ("lww", "last-write-wins"),
@@ -254,7 +254,7 @@ fn strategy_hub() -> TestHub {
             c.pocket.collections.insert(
                 name.into(),
                 synchub::config::CollectionConfig {
-                    conflict_strategy: s.into(),
+                    conflict_strategy: s.parse().expect("a strategy"),
                 },
             );
         }

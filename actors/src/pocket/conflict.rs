@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
-/// How a collection settles a conflict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a collection settles a conflict; in configuration by its kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     ServerWins,
     ClientWins,
