@@ -526,7 +526,7 @@ impl Handler<GetRoomStatus> for Directory {
             .store
             .room_meta(&RoomLayout::new(&msg.key))
             .map(|m| m.map(|meta| RoomStatus::at_rest(&msg.key, &meta)))
-            .map_err(|e| RoomError::Storage(e.to_string()));
+            .map_err(RoomError::from);
         Box::pin(async move { at_rest })
     }
 }
@@ -557,7 +557,7 @@ impl Handler<ReadHistory> for Directory {
         let page = self
             .store
             .history(&RoomLayout::new(&msg.key), msg.after, msg.upto, msg.limit)
-            .map_err(|e| RoomError::Storage(e.to_string()));
+            .map_err(RoomError::from);
         Box::pin(async move { page })
     }
 }

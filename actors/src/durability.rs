@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::metrics::{ActorMetrics, Metrics};
-use crate::store::{KvBatch, Store};
+use crate::store::{KvBatch, StorageError, Store};
 
 /// The least time between the starts of two flushes. A flush costs about the same whatever it
 /// carries (sled wakes every thread of its pool for each one), so under a steady trickle of
@@ -65,8 +65,18 @@ pub struct Committed {
 
 /// Writes and flushes everything received so far; used at shutdown.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct FlushAll;
+
+/// Why a group was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The store failed earlier and has not recovered; its cause is in the store's health.
+    #[error("storage is failing and has not recovered yet")]
+    Failing,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
 
 /// Runs the group gathered so far; sent to itself once the mailbox is drained.
 #[derive(Message)]
@@ -105,7 +115,7 @@ impl Durability {
 
     /// Applies the gathered group as one batch, flushes it (unless relaxed) and tells the rooms.
     /// Blocks this actor's thread, which has nothing else to do meanwhile.
-    fn write_group(&mut self, ctx: &mut Context<Self>) -> Result<(), String> {
+    fn write_group(&mut self, ctx: &mut Context<Self>) -> Result<(), FlushError> {
         if self.waiting.is_empty() {
             return Ok(());
         }
@@ -117,7 +127,7 @@ impl Durability {
             for (room, token) in waiting {
                 let _ = room.try_send(Committed { token, ok: false });
             }
-            return Err(self.store.health().cause().unwrap_or_default());
+            return Err(FlushError::Failing);
         }
         let started = Instant::now();
         self.last_flush = Some(started);
@@ -153,7 +163,7 @@ impl Durability {
             // A room that stopped meanwhile has nothing left to release.
             let _ = room.try_send(Committed { token, ok });
         }
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     }
 }
 
@@ -239,11 +249,11 @@ impl Handler<Recover> for Durability {
 }
 
 impl Handler<FlushAll> for Durability {
-    type Result = Result<(), String>;
+    type Result = Result<(), FlushError>;
 
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) -> Self::Result {
         self.actor.handled();
         self.write_group(ctx)?;
-        self.store.flush().map_err(|e| e.to_string())
+        Ok(self.store.flush()?)
     }
 }

@@ -359,7 +359,7 @@ impl Cluster {
             // Rooms at rest, from storage.
             let stored = store
                 .rooms()
-                .map_err(|e| ClusterError::Redis(format!("cannot list rooms: {e}")))?;
+                .map_err(|e| ClusterError::Storage(std::sync::Arc::new(e)))?;
             let at_rest: Vec<(RoomKey, u64)> = stored
                 .into_iter()
                 .filter(|(room, seq)| *seq > 0 && !followed.contains(room))

@@ -53,8 +53,15 @@ pub struct ClusterSettings {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
+    /// Shared so that one failure can answer every room waiting on it, with its cause.
     #[error("redis: {0}")]
-    Redis(String),
+    Redis(#[source] std::sync::Arc<redis::RedisError>),
+    /// This node's own storage, read for the cluster (the rooms it holds).
+    #[error("storage: {0}")]
+    Storage(#[source] std::sync::Arc<crate::store::StorageError>),
+    /// The node's cluster actor is gone (the node is shutting down).
+    #[error("the cluster bridge stopped")]
+    BridgeGone,
     #[error("redis lost its data (epoch changed); the nodes are restoring it")]
     Epoch,
     #[error("the cluster is not ordering changes right now")]
@@ -70,7 +77,7 @@ impl From<redis::RedisError> for ClusterError {
         if e.code() == Some("EPOCH") {
             ClusterError::Epoch
         } else {
-            ClusterError::Redis(e.to_string())
+            ClusterError::Redis(std::sync::Arc::new(e))
         }
     }
 }

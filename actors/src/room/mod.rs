@@ -40,7 +40,7 @@ use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
 use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
-use crate::store::{LogEntry, PageLimit, RoomLayout, Store};
+use crate::store::{LogEntry, PageLimit, RoomLayout, StorageError, Store};
 use write_rate::WriteRate;
 
 /// A batch this large is committed at once instead of after the mailbox drains, which bounds
@@ -49,8 +49,15 @@ const MAX_OPEN_CHANGES: usize = 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RoomError {
+    /// Shared so that the answer, which may go to several waiters, keeps its cause.
     #[error("storage failure: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<StorageError>),
+    /// A storage task on the blocking pool panicked or was cancelled.
+    #[error("a storage task did not finish: {0}")]
+    StorageTask(String),
+    /// The write of a change held for this answer failed; the room reloads what is durable.
+    #[error("the write failed")]
+    WriteFailed,
     #[error("the room is not running")]
     Gone,
     /// Retryable: the cluster is not ordering changes, or storage refuses writes, right now.
@@ -59,6 +66,12 @@ pub enum RoomError {
     /// The write would make a room that is one document larger than it may be.
     #[error("the document would hold {size} bytes, max {max}")]
     TooLarge { size: u64, max: u64 },
+}
+
+impl From<StorageError> for RoomError {
+    fn from(e: StorageError) -> RoomError {
+        RoomError::Storage(Arc::new(e))
+    }
 }
 
 /// What a room needs from the node.
@@ -534,7 +547,7 @@ impl Room {
                     page_limit,
                     &mut keep,
                 )
-                .map_err(|e| RoomError::Storage(e.to_string()))?;
+                .map_err(RoomError::from)?;
             let used: usize = entries
                 .iter()
                 .map(|e| e.key.len() + e.body.as_str().len())
@@ -583,8 +596,8 @@ impl Room {
         ctx.spawn(actix::fut::wrap_future(run).map(
             |result, room: &mut Room, _: &mut Context<Room>| {
                 let result = match result {
-                    Ok(r) => r.map_err(|e| RoomError::Storage(e.to_string())),
-                    Err(e) => Err(RoomError::Storage(e.to_string())),
+                    Ok(r) => r.map_err(RoomError::from),
+                    Err(e) => Err(RoomError::StorageTask(e.to_string())),
                 };
                 room.compaction_done(result);
             },
@@ -630,7 +643,7 @@ impl Room {
 }
 
 fn fail_held(Held(reply, _): Held) {
-    reply.send(Err(RoomError::Storage("write failed".into())));
+    reply.send(Err(RoomError::WriteFailed));
 }
 
 impl Actor for Room {
@@ -767,7 +780,7 @@ impl Room {
                     .store
                     .history(state.layout(), after, upto.min(self.durable_seq), limit)
                     .map(RoomReply::History)
-                    .map_err(|e| RoomError::Storage(e.to_string())),
+                    .map_err(RoomError::from),
                 None => Err(RoomError::Gone),
             },
         };

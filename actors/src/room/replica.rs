@@ -111,9 +111,7 @@ impl Room {
         });
         let room = self.key.clone();
         let run = async move {
-            follow
-                .await
-                .map_err(|e| ClusterError::Redis(e.to_string()))??;
+            follow.await.map_err(|_| ClusterError::BridgeGone)??;
             let target = handle.counter(&room).await?;
             catch_up(&handle, &room, applied, target).await
         };
