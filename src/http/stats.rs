@@ -149,6 +149,14 @@ async fn figures(state: &AppState) -> Value {
     let connections = per_dialect(
         |d| json!({"connects": counter(&m.connects, d), "disconnects": counter(&m.disconnects, d)}),
     );
+    // Every dialect's count, by its namespace's name, beside the totals.
+    let mut sessions = serde_json::Map::new();
+    sessions.insert("total".into(), json!(census.sessions_total));
+    for ns in Namespace::ALL {
+        let n = census.sessions.get(ns.as_str()).copied().unwrap_or(0);
+        sessions.insert(ns.as_str().into(), json!(n));
+    }
+    sessions.insert("users".into(), json!(census.users));
     json!({
         "node_id": hub.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -157,13 +165,7 @@ async fn figures(state: &AppState) -> Value {
             "storage": hub.storage_problem().unwrap_or_else(|| "ok".into()),
             "cluster": hub.cluster().map(|_| if hub.cluster_healthy() { "ok" } else { "stuck" }),
         },
-        "sessions": {
-            "total": census.sessions_total,
-            "pocket": census.sessions.get("pocket").copied().unwrap_or(0),
-            "synckit": census.sessions.get("synckit").copied().unwrap_or(0),
-            "relay": census.sessions.get("relay").copied().unwrap_or(0),
-            "users": census.users,
-        },
+        "sessions": sessions,
         "connections": connections,
         "rooms": {
             "active": census.rooms_active,
