@@ -1,6 +1,8 @@
 //! The actor system of synchub.
 //!
 //! - [`session`]: one actor per WebSocket connection, speaking its dialect through a codec;
+//! - [`dialect`]: what a codec is to whatever drives it (the trait, frames, actions);
+//! - [`disconnect`]: why a connection ends (close codes, the message asking for one);
 //! - [`room`]: one actor per `(namespace, room)`, ordering, storing and relaying its changes;
 //! - [`directory`]: starts rooms on demand and keeps the census of sessions;
 //! - [`durability`]: group commit, one flush shared by every change written before it;
