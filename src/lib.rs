@@ -4,7 +4,6 @@
 //! the HTTP routes, and [`run`], which serves a hub on a listener until a shutdown signal.
 
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod data;
 pub mod http;

@@ -55,7 +55,8 @@ enum Command {
         ttl: i64,
     },
     /// Drive a hub (or any server speaking a dialect) with load and report what it sustains.
-    Bench(synchub::bench::BenchArgs),
+    #[cfg(feature = "bench")]
+    Bench(synchub_bench::BenchArgs),
     /// Take a consistent backup of a running hub (every change acked before it starts).
     Backup {
         /// The hub, as http://HOST:PORT or https://HOST:PORT.
@@ -163,7 +164,10 @@ fn main() -> ExitCode {
     .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench(args) => synchub::bench::run(args),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => synchub_bench::run(args, |ca| {
+            synchub::tls::client_config(ca).map_err(|e| e.to_string())
+        }),
         Command::Backup {
             url,
             ca,

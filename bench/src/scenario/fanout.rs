@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use super::writes::synckit_note;
 use super::{Tracking, closed_loop_writer, join_all, subscriber};
-use crate::bench::conn::{join, open_many};
-use crate::bench::stats::{Latency, Phase, round1};
-use crate::bench::{BenchError, Ctx, Outcome};
+use crate::conn::{join, open_many};
+use crate::stats::{Latency, Phase, round1};
+use crate::{BenchError, Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct FanoutArgs {

@@ -12,10 +12,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::join_all;
 use super::writes::synckit_note;
-use crate::bench::conn::{Ws, close_all, join, open_many, recv};
-use crate::bench::dialect::{Kind, parse_key};
-use crate::bench::stats::{Counters, Latency, Phase, Window, instant_at, now_us, round1};
-use crate::bench::{BenchError, Ctx, Outcome};
+use crate::conn::{Ws, close_all, join, open_many, recv};
+use crate::dialect::{Kind, parse_key};
+use crate::stats::{Counters, Latency, Phase, Window, instant_at, now_us, round1};
+use crate::{BenchError, Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct RoomsArgs {

@@ -25,6 +25,10 @@ use self::scenario::Scenario;
 use self::stats::{Counters, Phase, Progress, Window};
 use self::target::{CpuUse, Endpoint, Probe, SelfHub};
 
+/// Builds the TLS client configuration `wss://` targets are reached with: the system's roots
+/// and those of `--ca`. Given by the binary, which knows its TLS setup.
+pub type Trust = fn(Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String>;
+
 /// Arguments of `synchub bench`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(
@@ -204,7 +208,7 @@ impl Outcome {
 }
 
 /// Runs `synchub bench`; prints the summary and the JSON line.
-pub fn run(args: BenchArgs) -> ExitCode {
+pub fn run(args: BenchArgs, trust: Trust) -> ExitCode {
     stats::epoch();
     let nofile = target::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -217,7 +221,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (summary, report, completed) = runtime.block_on(run_async(args, nofile));
+    let (summary, report, completed) = runtime.block_on(run_async(args, nofile, trust));
     // Client tasks cut off by the deadline must not hold the process.
     runtime.shutdown_timeout(Duration::from_secs(2));
     for line in summary {
@@ -273,6 +277,7 @@ fn run_id() -> String {
 async fn run_async(
     args: BenchArgs,
     nofile: Option<u64>,
+    trust_for: Trust,
 ) -> (Vec<String>, Map<String, Value>, bool) {
     let c = &args.common;
     let mut report = Map::new();
@@ -330,13 +335,13 @@ async fn run_async(
     report.insert("run_id".into(), run_id.clone().into());
 
     let trust = if urls.iter().any(|u| u.starts_with("wss://")) {
-        match crate::tls::client_config(c.ca.as_deref()) {
+        match trust_for(c.ca.as_deref()) {
             Ok(t) => Some(t),
             Err(e) => {
                 if let Some(mut h) = hub {
                     h.stop().await;
                 }
-                return fail(report, summary, &BenchError::Params(e.to_string()));
+                return fail(report, summary, &BenchError::Params(e));
             }
         }
     } else {

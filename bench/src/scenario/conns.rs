@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures_util::SinkExt;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::bench::conn::{Ws, connect, recv, recv_by};
-use crate::bench::dialect::Kind;
-use crate::bench::stats::{Counters, Phase, round1, round3};
-use crate::bench::{BenchError, Ctx, Outcome};
+use crate::conn::{Ws, connect, recv, recv_by};
+use crate::dialect::Kind;
+use crate::stats::{Counters, Phase, round1, round3};
+use crate::{BenchError, Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct ConnsArgs {

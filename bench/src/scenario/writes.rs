@@ -7,9 +7,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{closed_loop_writer, join_all, share, subscriber};
-use crate::bench::conn::{join, open_many};
-use crate::bench::stats::{Latency, round1};
-use crate::bench::{BenchError, Ctx, Outcome};
+use crate::conn::{join, open_many};
+use crate::stats::{Latency, round1};
+use crate::{BenchError, Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct WritesArgs {
@@ -135,7 +135,7 @@ pub async fn run(ctx: &Arc<Ctx>, a: &WritesArgs) -> Result<Outcome, BenchError> 
 
 /// SyncKit coalesces a document's deltas for `synckit.batch_ms`; delivery latency includes it.
 pub fn synckit_note(ctx: &Ctx) -> &'static str {
-    if ctx.dialect == crate::bench::dialect::Dialect::Synckit {
+    if ctx.dialect == crate::dialect::Dialect::Synckit {
         " (includes SyncKit's coalescing window, synckit.batch_ms, 50 ms by default)"
     } else {
         ""

@@ -38,7 +38,7 @@ pub async fn read(endpoints: &[Endpoint]) -> Option<ClusterCounters> {
     let trust = endpoints.iter().find_map(|e| e.tls.clone());
     // The HTTP client runs on an actix runtime of its own, beside the bench's tokio one.
     let read = tokio::task::spawn_blocking(move || {
-        actix_web::rt::System::new().block_on(async move {
+        actix_rt::System::new().block_on(async move {
             let mut connector = awc::Connector::new();
             if let Some(trust) = trust {
                 connector = connector.rustls_0_23(trust);

@@ -7,10 +7,10 @@ use std::time::Instant;
 use futures_util::SinkExt;
 
 use super::{Outstanding, close};
-use crate::bench::conn::{join, recv_by};
-use crate::bench::dialect::{Dialect, Kind};
-use crate::bench::stats::{Counters, Phase, round1, round3};
-use crate::bench::{BenchError, Ctx, Outcome};
+use crate::conn::{join, recv_by};
+use crate::dialect::{Dialect, Kind};
+use crate::stats::{Counters, Phase, round1, round3};
+use crate::{BenchError, Ctx, Outcome};
 
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct CatchupArgs {
