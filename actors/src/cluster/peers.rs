@@ -77,8 +77,19 @@ impl HistoryResponse {
                 .records
                 .into_iter()
                 .map(|(stream, key, seq, value)| {
-                    let hash = state_hash(&stream, &key, &value.to_string());
-                    (stream, key, StateRecord { seq, hash, value })
+                    let json = value.to_string();
+                    let hash = state_hash(&stream, &key, &json);
+                    let json_len = json.len();
+                    (
+                        stream,
+                        key,
+                        StateRecord {
+                            seq,
+                            hash,
+                            value,
+                            json_len,
+                        },
+                    )
                 })
                 .collect(),
             upto: self.upto,

@@ -90,6 +90,13 @@ impl RelayDialect {
         )]
     }
 
+    /// A message refused at a limit: counted, and answered with the dialect's error.
+    fn refused(&self, limit: Limit, code: &str, message: String) -> Vec<Action<Tag>> {
+        let mut actions = vec![Action::LimitHit(limit)];
+        actions.extend(self.error(code, message));
+        actions
+    }
+
     /// `{"type":"update","changes":[…],"version":…,"siteId":…,"channel":…}` with the logged
     /// changes spliced in as they are.
     fn update<'a>(&self, changes: impl Iterator<Item = &'a RawJson>, version: u64) -> String {
@@ -168,27 +175,25 @@ impl Dialect for RelayDialect {
                     // a column's value nests, not the message around it.
                     let depth = c.get(3).map_or(0, json_depth);
                     if depth > self.max_json_depth {
-                        let mut refused = vec![Action::LimitHit(Limit::JsonDepth)];
-                        refused.extend(self.error(
+                        return self.refused(
+                            Limit::JsonDepth,
                             "INVALID_MESSAGE",
                             format!(
                                 "changes[{i}]: val is nested {depth} levels deep, max {}",
                                 self.max_json_depth
                             ),
-                        ));
-                        return refused;
+                        );
                     }
                     let size = c.get(3).map_or(0, |v| v.to_string().len());
                     if size > self.max_value_bytes {
-                        let mut refused = vec![Action::LimitHit(Limit::DocumentBytes)];
-                        refused.extend(self.error(
+                        return self.refused(
+                            Limit::DocumentBytes,
                             "TOO_LARGE",
                             format!(
                                 "changes[{i}]: val is {size} bytes, max {}",
                                 self.max_value_bytes
                             ),
-                        ));
-                        return refused;
+                        );
                     }
                     match parse_change(c) {
                         Ok(c) => changes.push(c),

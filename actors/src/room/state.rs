@@ -33,7 +33,11 @@ struct Record {
 }
 
 fn record_bytes(key: &str, text: &str) -> u32 {
-    (key.len() + text.len()).min(u32::MAX as usize) as u32
+    record_bytes_of(key, text.len())
+}
+
+fn record_bytes_of(key: &str, json_len: usize) -> u32 {
+    (key.len() + json_len).min(u32::MAX as usize) as u32
 }
 
 /// The digest contribution of a model's room-wide value.
@@ -132,7 +136,7 @@ impl RoomState {
                 seq: r.seq,
                 visible: r.seq,
                 hash: r.hash,
-                bytes: record_bytes(&key, &r.value.to_string()),
+                bytes: record_bytes_of(&key, r.json_len),
                 value: Arc::new(r.value),
             };
             st.records.entry(stream).or_default().insert(key, record);

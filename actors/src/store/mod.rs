@@ -163,6 +163,8 @@ pub struct StateRecord {
     pub seq: u64,
     pub hash: Digest,
     pub value: Value,
+    /// Bytes of the JSON text `hash` was taken of, as stored: what the record weighs.
+    pub json_len: usize,
 }
 
 /// A record's new state as a commit writes it; `json` is the text `hash` was taken of.
@@ -373,6 +375,7 @@ fn decode_state(k: &[u8], raw: &[u8]) -> Result<StateRecord> {
         seq: u64::from_be_bytes(seq),
         hash: Digest(hash),
         value: serde_json::from_slice(&raw[24..]).map_err(|e| corrupt(k, e))?,
+        json_len: raw.len() - 24,
     })
 }
 
