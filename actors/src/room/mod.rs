@@ -547,7 +547,7 @@ impl Room {
                     page_limit,
                     &mut keep,
                 )
-                .map_err(RoomError::from)?;
+                .map_err(|e| self.read_failed(e))?;
             let used: usize = entries
                 .iter()
                 .map(|e| e.key.len() + e.body.as_str().len())
@@ -627,6 +627,20 @@ impl Room {
         }
         for reply in self.compaction_replies.drain(..) {
             reply.send(result.clone().map(RoomReply::Compacted));
+        }
+    }
+
+    /// A read the store could not serve. While storage is failing (a full disk) sled may not
+    /// read back a page whose write failed, and the answer is a retryable refusal; otherwise it
+    /// is the storage error itself. Logged here with its cause either way: the client only
+    /// hears the code.
+    fn read_failed(&self, e: StorageError) -> RoomError {
+        if self.cx.store.health().ok() {
+            log::error!("{}: a read failed: {e}", self.key);
+            RoomError::from(e)
+        } else {
+            log::warn!("{}: a read failed while storage is failing: {e}", self.key);
+            RoomError::Unavailable
         }
     }
 
@@ -780,7 +794,7 @@ impl Room {
                     .store
                     .history(state.layout(), after, upto.min(self.durable_seq), limit)
                     .map(RoomReply::History)
-                    .map_err(RoomError::from),
+                    .map_err(|e| self.read_failed(e)),
                 None => Err(RoomError::Gone),
             },
         };
