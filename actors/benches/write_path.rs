@@ -10,7 +10,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use serde_json::json;
 use synchub_actors::model::IncomingChange;
 use synchub_actors::relay::{RelayModel, parse_change};
-use synchub_actors::room::{LocalCounter, OpenBatch, RoomState};
+use synchub_actors::room::{OpenBatch, RoomState};
 use synchub_actors::store::{RoomImage, RoomLayout, Store};
 use synchub_actors::{Namespace, RoomKey};
 
@@ -40,7 +40,7 @@ fn changes(round: u64) -> Vec<Vec<IncomingChange>> {
 fn run_batch(state: &mut RoomState, store: &Store, submits: Vec<Vec<IncomingChange>>, flush: bool) {
     let mut open = OpenBatch::default();
     for changes in submits {
-        black_box(state.submit(&RelayModel, &LocalCounter, None, changes, &mut open));
+        black_box(state.submit(&RelayModel, None, changes, &mut open));
     }
     let commit = state.commit(open).expect("encode");
     store.apply(commit.writes).expect("apply");

@@ -17,8 +17,8 @@ use crate::metrics::{ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::outbound::{Backlog, Outbound};
 use crate::room::{
-    ClusterLink, Numbering, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus,
-    RoomStopped, SessionId, ask,
+    ClusterLink, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped,
+    SessionId, ask,
 };
 use crate::room_key::{Namespace, RoomKey};
 use crate::store::{HistoryPage, RoomLayout, Store};
@@ -216,7 +216,6 @@ pub struct Directory {
     arbiters: Vec<ArbiterHandle>,
     store: Store,
     models: HashMap<Namespace, Arc<dyn Model>>,
-    numbering: Arc<dyn Numbering>,
     durability: Addr<Durability>,
     cluster: Option<ClusterLink>,
     metrics: Arc<Metrics>,
@@ -232,7 +231,6 @@ pub struct DirectoryParts {
     pub arbiters: Vec<ArbiterHandle>,
     pub store: Store,
     pub models: HashMap<Namespace, Arc<dyn Model>>,
-    pub numbering: Arc<dyn Numbering>,
     pub durability: Addr<Durability>,
     pub cluster: Option<ClusterLink>,
     pub metrics: Arc<Metrics>,
@@ -257,7 +255,6 @@ impl Directory {
             arbiters: parts.arbiters,
             store: parts.store,
             models: parts.models,
-            numbering: parts.numbering,
             durability: parts.durability,
             cluster: parts.cluster,
             actor: parts.metrics.directory.clone(),
@@ -283,7 +280,6 @@ impl Directory {
         let cx = RoomContext {
             store: self.store.clone(),
             model,
-            numbering: self.numbering.clone(),
             durability: self.durability.clone(),
             metrics: self.metrics.clone(),
             idle_timeout: self.idle_timeout,

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::origin::NodeId;
 use crate::pocket::{PocketLimits, PocketModel};
 
-use crate::room::{ClusterLink, LocalCounter, RoomError, RoomReply, RoomRequest, SessionId, ask};
+use crate::room::{ClusterLink, RoomError, RoomReply, RoomRequest, SessionId, ask};
 use crate::room_key::{Namespace, RoomKey};
 use crate::store::{HistoryPage, StorageError, Store};
 use crate::synckit::SynckitLimits;
@@ -239,7 +239,6 @@ impl Hub {
             arbiters: handles,
             store: store.clone(),
             models,
-            numbering: Arc::new(LocalCounter),
             durability: durability.clone(),
             cluster: cluster.clone(),
             metrics: metrics.clone(),

@@ -24,9 +24,54 @@ pub enum Step {
     History(HistoryPage),
 }
 
-/// Everything between `applied` (exclusive) and `target` (inclusive), in order.
+/// Where a catch-up reads: the sequencer's stream, and the other nodes' logs for what the
+/// stream no longer holds. The cluster reads Redis and the peers' HTTP API; the cluster
+/// simulation reads its own stand-ins.
+pub trait Sources {
+    /// The stream's batches from the one holding `after + 1` up to `target`; empty, or
+    /// starting later, when the stream no longer holds `after + 1`.
+    fn stream(
+        &self,
+        room: &RoomKey,
+        after: u64,
+        target: u64,
+    ) -> impl Future<Output = Result<Vec<OrderedBatch>, ClusterError>>;
+
+    /// One page of history after `after`, up to `upto`, from the first peer that has some.
+    fn peers(
+        &self,
+        room: &RoomKey,
+        after: u64,
+        upto: u64,
+    ) -> impl Future<Output = Result<HistoryPage, ClusterError>>;
+}
+
+impl Sources for ClusterHandle {
+    async fn stream(
+        &self,
+        room: &RoomKey,
+        after: u64,
+        target: u64,
+    ) -> Result<Vec<OrderedBatch>, ClusterError> {
+        read_stream(self, room, after, target).await
+    }
+
+    async fn peers(
+        &self,
+        room: &RoomKey,
+        after: u64,
+        upto: u64,
+    ) -> Result<HistoryPage, ClusterError> {
+        read_from_peers(self, room, after, upto).await
+    }
+}
+
+/// Everything between `applied` (exclusive) and `target` (inclusive), in order; or as far as
+/// the sources reach: what was read is kept even when the rest cannot be, so a room moves up
+/// to a hole instead of staying behind everything it could have had (the room finds the rest
+/// missing again at its next gap check). An error only when nothing could be read.
 pub async fn catch_up(
-    cluster: &ClusterHandle,
+    sources: &impl Sources,
     room: &RoomKey,
     applied: u64,
     target: u64,
@@ -34,21 +79,48 @@ pub async fn catch_up(
     let mut pos = applied;
     let mut steps = Vec::new();
     while pos < target {
-        let batches = read_stream(cluster, room, pos, target).await?;
-        match batches.first() {
-            Some(b) if b.first <= pos + 1 => {
-                pos = batches.last().map_or(pos, OrderedBatch::last);
-                steps.push(Step::Batches(batches));
+        match next_step(sources, room, pos, target).await {
+            Ok((step, upto)) => {
+                pos = upto;
+                steps.push(step);
             }
-            next => {
-                let upto = next.map_or(target, |b| b.first - 1);
-                let page = read_from_peers(cluster, room, pos, upto).await?;
-                pos = page.upto;
-                steps.push(Step::History(page));
+            Err(e) if steps.is_empty() => return Err(e),
+            Err(e) => {
+                log::warn!("{room}: caught up to {pos} of {target} only: {e}");
+                break;
             }
         }
     }
     Ok(steps)
+}
+
+/// The next step after `pos`, and the number it reaches.
+async fn next_step(
+    sources: &impl Sources,
+    room: &RoomKey,
+    pos: u64,
+    target: u64,
+) -> Result<(Step, u64), ClusterError> {
+    let batches = sources.stream(room, pos, target).await?;
+    match batches.first() {
+        Some(b) if b.first <= pos + 1 => {
+            let upto = batches.last().map_or(pos, OrderedBatch::last);
+            Ok((Step::Batches(batches), upto))
+        }
+        next => {
+            let upto = next.map_or(target, |b| b.first - 1);
+            let page = sources.peers(room, pos, upto).await?;
+            if page.upto <= pos {
+                // A source that answers without moving on would loop for ever.
+                return Err(ClusterError::HistoryUnavailable {
+                    room: room.to_string(),
+                    after: pos,
+                });
+            }
+            let upto = page.upto;
+            Ok((Step::History(page), upto))
+        }
+    }
 }
 
 /// The stream's batches from the one holding `after + 1` up to `target`; empty, or starting

@@ -6,9 +6,10 @@
 //! that reached the room together is handed to the durability actor once, after the mailbox has
 //! been drained. Answers that must wait for a flush wait in a queue, not in futures.
 
+mod effects;
+mod error;
 mod messages;
-mod numbering;
-mod replica;
+pub mod order;
 mod reply;
 mod state;
 mod write_rate;
@@ -19,12 +20,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+pub use error::RoomError;
 pub use messages::{
     Broadcast, Fetched, Join, Leave, ReplicaStatus, RoomEvent, RoomReply, RoomRequest, RoomStatus,
     RoomStopped, Snapshot, StreamPage, Streams, Submitted,
 };
-pub use numbering::{LocalCounter, Numbering};
-pub use replica::Replica;
 pub use reply::{Reply, Request, RoomAnswer, ask};
 pub use state::{OpenBatch, RoomState};
 
@@ -41,50 +41,24 @@ use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
 use crate::room_key::RoomKey;
 use crate::store::{LogEntry, PageLimit, RoomLayout, StorageError, Store};
+use order::{ClusterOrder, Input, LocalOrder, Order};
 use write_rate::WriteRate;
 
 /// A batch this large is committed at once instead of after the mailbox drains, which bounds
 /// both the latency the first change of a batch waits and the size of one storage batch.
 const MAX_OPEN_CHANGES: usize = 1024;
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RoomError {
-    /// Shared so that the answer, which may go to several waiters, keeps its cause.
-    #[error("storage failure: {0}")]
-    Storage(#[source] Arc<StorageError>),
-    /// A storage task on the blocking pool panicked or was cancelled.
-    #[error("a storage task did not finish: {0}")]
-    StorageTask(String),
-    /// The write of a change held for this answer failed; the room reloads what is durable.
-    #[error("the write failed")]
-    WriteFailed,
-    #[error("the room is not running")]
-    Gone,
-    /// Retryable: the cluster is not ordering changes, or storage refuses writes, right now.
-    #[error("the room cannot take this right now; retry")]
-    Unavailable,
-    /// The write would make a room that is one document larger than it may be.
-    #[error("the document would hold {size} bytes, max {max}")]
-    TooLarge { size: u64, max: u64 },
-}
-
-impl From<StorageError> for RoomError {
-    fn from(e: StorageError) -> RoomError {
-        RoomError::Storage(Arc::new(e))
-    }
-}
-
 /// What a room needs from the node.
 #[derive(Clone)]
 pub struct RoomContext {
     pub store: Store,
     pub model: Arc<dyn Model>,
-    pub numbering: Arc<dyn Numbering>,
     pub durability: Addr<Durability>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
     pub directory: Recipient<RoomStopped>,
-    /// Set when the node is part of a cluster: the room is numbered by the cluster's sequencer.
+    /// Set when the node is part of a cluster: the room is ordered by the cluster's sequencer
+    /// ([`ClusterOrder`]) instead of on its own ([`LocalOrder`]).
     pub cluster: Option<ClusterLink>,
     /// What one read answers with, in bytes of changes: every dialect's reply page.
     pub page_bytes: usize,
@@ -166,8 +140,8 @@ pub struct Room {
     compaction: Compaction,
     /// Who asked for the compaction under way.
     compaction_replies: Vec<Reply>,
-    /// Set in a cluster.
-    replica: Option<Replica>,
+    /// Where the room's changes get their numbers: on this node, or through the cluster.
+    order: Box<dyn Order<Reply>>,
     /// A commit failed: the room dropped what it had merged since its last durable commit and
     /// waits to reload what is durable. Meanwhile log reads are served (they read the store up
     /// to `durable_seq`), everything else is answered `Unavailable`.
@@ -182,10 +156,16 @@ const RELOAD_RETRY: Duration = Duration::from_millis(250);
 
 impl Room {
     pub fn new(key: RoomKey, cx: RoomContext) -> Room {
-        let replica = cx
-            .cluster
-            .as_ref()
-            .map(|c| Replica::new(c.handle.clone(), c.bridge.clone()));
+        let order: Box<dyn Order<Reply>> = match cx.cluster.as_ref() {
+            None => Box::new(LocalOrder),
+            Some(link) => {
+                let handle = link.handle.clone();
+                Box::new(ClusterOrder::new(
+                    link.handle.node().to_string(),
+                    Box::new(move || handle.epoch().is_some()),
+                ))
+            }
+        };
         Room {
             actor: cx.metrics.room.clone(),
             dialect: cx.metrics.dialect(key.namespace),
@@ -205,7 +185,7 @@ impl Room {
             gathered: None,
             compaction: Compaction::Idle,
             compaction_replies: Vec::new(),
-            replica,
+            order,
             recovering: false,
             lost_upto: 0,
         }
@@ -222,10 +202,7 @@ impl Room {
             durable_seq: self.durable_seq,
             live: true,
             idle_ms: Some(self.last_activity.elapsed().as_millis() as u64),
-            replica: self.replica.as_ref().map(|r| ReplicaStatus {
-                ready: r.ready(),
-                waiting_batches: r.waiting(),
-            }),
+            replica: self.order.status(),
             ..RoomStatus::at_rest(&self.key, state.meta())
         }
     }
@@ -245,6 +222,7 @@ impl Room {
         reply.send(Ok(answer));
     }
 
+    /// The one way in for a client's changes, whatever orders the room.
     fn submit(
         &mut self,
         origin: Option<Origin>,
@@ -252,38 +230,24 @@ impl Room {
         reply: Reply,
         ctx: &mut Context<Self>,
     ) {
-        if self.replica.is_some() {
-            return self.submit_to_cluster(origin, changes, reply, ctx);
-        }
         if !self.cx.store.health().ok() {
-            // Storage refuses writes (a full disk): nothing to merge that could be kept.
+            // Storage refuses writes (a full disk): nothing to merge or number that could be kept.
             return reply.send(Err(RoomError::Unavailable));
         }
-        let Some(state) = self.state.as_mut() else {
-            return reply.send(Err(RoomError::Gone));
-        };
-        let submitted = state.submit(
-            self.cx.model.as_ref(),
-            self.cx.numbering.as_ref(),
-            origin.as_ref(),
-            changes,
-            &mut self.open,
+        self.run(
+            Input::Submit {
+                origin,
+                changes,
+                reply,
+            },
+            ctx,
         );
-        if submitted.accepted == 0 {
-            // Nothing new to write, but an earlier write it may repeat (a resend of a change
-            // whose first copy is still in flight) must be durable before the answer.
-            return self.after_writes(Held(reply, RoomReply::Submitted(submitted)));
-        }
-        self.dialect.changes.inc_by(submitted.accepted as u64);
-        self.open_held
-            .push(Held(reply, RoomReply::Submitted(submitted)));
-        self.schedule_commit(ctx);
     }
 
     /// Commits the open batch once the mailbox is drained, or at once when it is large.
     fn schedule_commit(&mut self, ctx: &mut Context<Self>) {
         // A room catching up before it serves writes all of it at once when it is done.
-        if self.open.is_empty() || self.replica.as_ref().is_some_and(|r| !r.ready()) {
+        if self.open.is_empty() || !self.order.ready() {
             return;
         }
         if self.open.len() >= MAX_OPEN_CHANGES {
@@ -344,7 +308,7 @@ impl Room {
     /// cluster stops instead and closes its members, which reconnect, possibly elsewhere: its
     /// numbers came from the cluster, and a new start catches up from it.
     fn fail(&mut self, ctx: &mut Context<Self>) {
-        if self.replica.is_none() {
+        if self.cx.cluster.is_none() {
             for f in self.in_flight.drain(..) {
                 for Held(reply, _) in f.held {
                     reply.send(Err(RoomError::Unavailable));
@@ -651,7 +615,7 @@ impl Room {
             && self.in_flight.is_empty()
             && self.gathered.is_none()
             && matches!(self.compaction, Compaction::Idle)
-            && !self.replica.as_ref().is_some_and(Replica::busy)
+            && !self.order.busy()
             && self.last_activity.elapsed() >= self.cx.idle_timeout
     }
 }
@@ -673,7 +637,7 @@ impl Actor for Room {
                 Ok(Ok(state)) => {
                     room.durable_seq = state.meta().seq;
                     room.state = Some(state);
-                    room.join_cluster(ctx);
+                    room.start_order(ctx);
                 }
                 Ok(Err(e)) => {
                     log::error!("cannot load {}: {e}", room.key);

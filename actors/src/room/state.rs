@@ -1,6 +1,6 @@
 //! A room's materialised state, held in memory, and the write pipeline that runs against it:
-//! merge (the namespace's [`Model`]) → number ([`Numbering`]) → persist (one storage batch per
-//! commit). No storage read happens on this path.
+//! merge (the namespace's [`Model`]) → number (the next number, or the one the room's
+//! [`Order`](super::order::Order) got from the cluster) → persist (one storage batch per commit). No storage read happens on this path.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::messages::Submitted;
-use super::numbering::Numbering;
 use crate::model::{IncomingChange, Merge, Model};
 use crate::origin::Origin;
 use crate::raw_json::RawJson;
@@ -50,9 +49,10 @@ fn model_hash(model: &Value) -> Digest {
 
 /// Where the numbers of merged changes come from.
 #[derive(Clone, Copy)]
-enum Numbered<'a> {
-    /// The room's own numbering, for the changes that win.
-    Next(&'a dyn Numbering),
+enum Numbered {
+    /// The room's own: the next after its last, for the changes that win, so a room's numbers
+    /// run 1, 2, 3, … without holes.
+    Next,
     /// Numbers a shared sequencer gave the changes, from this one on.
     From(u64),
 }
@@ -63,6 +63,10 @@ pub struct OpenBatch {
     entries: Vec<LogEntry>,
     /// For each stream in `entries`, its head before the first of them.
     heads_before: HashMap<String, u64>,
+    /// The room's number moved past changes that left nothing to log (merges that lost, in a
+    /// cluster): the commit must still write it, or a peer reading this node's history could
+    /// not get past those numbers until a change followed.
+    numbered: bool,
 }
 
 impl OpenBatch {
@@ -71,7 +75,7 @@ impl OpenBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && !self.numbered
     }
 }
 
@@ -301,6 +305,10 @@ impl RoomState {
         bytes
     }
 
+    pub fn key(&self) -> &RoomKey {
+        &self.key
+    }
+
     pub fn meta(&self) -> &RoomMeta {
         &self.meta
     }
@@ -315,12 +323,11 @@ impl RoomState {
     pub fn submit(
         &mut self,
         model: &dyn Model,
-        numbering: &dyn Numbering,
         origin: Option<&Origin>,
         changes: Vec<IncomingChange>,
         open: &mut OpenBatch,
     ) -> Submitted {
-        self.merge_all(model, Numbered::Next(numbering), origin, changes, open)
+        self.merge_all(model, Numbered::Next, origin, changes, open)
     }
 
     /// Merges the changes of one submit that a shared sequencer already numbered, from `first`
@@ -336,6 +343,7 @@ impl RoomState {
     ) -> Submitted {
         let last = first + changes.len() as u64 - 1;
         let mut out = self.merge_all(model, Numbered::From(first), origin, changes, open);
+        open.numbered |= last > self.meta.seq;
         self.meta.seq = self.meta.seq.max(last);
         out.seq = self.meta.seq;
         out
@@ -344,7 +352,7 @@ impl RoomState {
     fn merge_all(
         &mut self,
         model: &dyn Model,
-        numbered: Numbered<'_>,
+        numbered: Numbered,
         origin: Option<&Origin>,
         changes: Vec<IncomingChange>,
         open: &mut OpenBatch,
@@ -397,7 +405,7 @@ impl RoomState {
                 Merge::Apply { logged } => logged,
             };
             let seq = match numbered {
-                Numbered::Next(n) => n.next(&self.key, self.meta.seq),
+                Numbered::Next => self.meta.seq + 1,
                 Numbered::From(first) => first + i as u64,
             };
             model.stamp(&mut logged, seq);
@@ -464,7 +472,8 @@ impl RoomState {
     }
 
     /// Moves the room's sequence number to `seq`: every change up to it has been applied.
-    pub fn advance_to(&mut self, seq: u64) {
+    pub fn advance_to(&mut self, seq: u64, open: &mut OpenBatch) {
+        open.numbered |= seq > self.meta.seq;
         self.meta.seq = self.meta.seq.max(seq);
     }
 
@@ -640,7 +649,6 @@ mod tests {
     use super::*;
     use crate::pocket::PocketModel;
     use crate::relay::{RelayModel, parse_change};
-    use crate::room::numbering::LocalCounter;
     use crate::room::test_changes::{cell, doc};
     use crate::room_key::Namespace;
     use serde_json::json;
@@ -669,14 +677,13 @@ mod tests {
         let mut open = OpenBatch::default();
         let s = st.submit(
             &model,
-            &LocalCounter,
             None,
             vec![doc("a", 1), doc("a", 1), doc("a", 2), doc("b", 1)],
             &mut open,
         );
         assert_eq!((s.accepted, s.seq), (3, 3));
         assert_eq!(s.heads_before.get("todos"), Some(&0));
-        let again = st.submit(&model, &LocalCounter, None, vec![doc("b", 1)], &mut open);
+        let again = st.submit(&model, None, vec![doc("b", 1)], &mut open);
         assert_eq!((again.accepted, again.seq), (0, 3));
         assert_eq!(again.heads_before.get("todos"), Some(&3));
         assert_eq!(
@@ -711,13 +718,7 @@ mod tests {
             let mut st = empty(Namespace::Relay, &RelayModel);
             let mut open = OpenBatch::default();
             for i in order {
-                st.submit(
-                    &RelayModel,
-                    &LocalCounter,
-                    None,
-                    vec![changes[*i].clone()],
-                    &mut open,
-                );
+                st.submit(&RelayModel, None, vec![changes[*i].clone()], &mut open);
             }
             (st.meta().digest, st.meta().records)
         };
@@ -732,7 +733,7 @@ mod tests {
         for i in order {
             let mut open = OpenBatch::default();
             let change = changes[*i].clone();
-            st.submit(&RelayModel, &LocalCounter, None, vec![change], &mut open);
+            st.submit(&RelayModel, None, vec![change], &mut open);
             let commit = st.commit(open).expect("encode");
             store.apply(commit.writes).expect("apply");
             st.release(&commit.entries);
@@ -827,7 +828,7 @@ mod tests {
                     )
                 })
                 .collect();
-            st.submit(&model, &LocalCounter, None, changes, &mut open);
+            st.submit(&model, None, changes, &mut open);
             let commit = st.commit(open).expect("encode");
             store.apply(commit.writes).expect("apply");
             st.release(&commit.entries);
@@ -863,7 +864,7 @@ mod tests {
             body: serde_json::from_str(&text).expect("json"),
         };
         let mut open = OpenBatch::default();
-        st.submit(&model, &LocalCounter, None, vec![change], &mut open);
+        st.submit(&model, None, vec![change], &mut open);
         let commit = st.commit(open).expect("encode");
         store.apply(commit.writes).expect("apply");
         st.release(&commit.entries);
@@ -891,7 +892,7 @@ mod tests {
             if v == 69 {
                 changes.push(delete.clone());
             }
-            st.submit(&model, &LocalCounter, None, changes, &mut open);
+            st.submit(&model, None, changes, &mut open);
             let commit = st.commit(open).expect("encode");
             store.apply(commit.writes).expect("apply");
             st.release(&commit.entries);

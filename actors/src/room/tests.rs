@@ -185,7 +185,6 @@ async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
         arbiters: vec![actix::Arbiter::current()],
         store,
         models,
-        numbering: Arc::new(LocalCounter),
         durability,
         cluster: None,
         metrics,
