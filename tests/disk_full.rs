@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::cluster::{RedisServer, converged, node_env, start_node};
 use common::{ChildHub, Ws, get};
 use serde_json::{Value, json};
 
@@ -221,6 +222,87 @@ async fn a_full_disk_refuses_writes_keeps_sessions_and_recovers_by_itself() {
     hub.sigkill();
     let hub = ChildHub::spawn(&data, &[]).await;
     assert_eq!(read_fresh(&hub).await.expect("reads"), acked);
+}
+
+/// A cluster node whose disk fills: its writes are refused retryably while the other node goes
+/// on, its sessions stay open, and once space returns it reloads what is durable, catches up
+/// with the cluster and takes writes again, by itself; both nodes end with every acked change.
+#[actix_rt::test]
+async fn a_cluster_node_on_a_full_disk_keeps_its_sessions_and_catches_up_when_space_returns() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root (the test command runs as root in CI)");
+        return;
+    }
+    let redis = RedisServer::start();
+    let env = node_env(&redis.url());
+    let disk = Tmpfs::mount(24);
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let mut small_cache = env.clone();
+    small_cache.push(("SYNCHUB_STORAGE_CACHE_BYTES".into(), "8388608".into()));
+    let a = start_node(disk.path(), &small_cache).await;
+    let b = start_node(elsewhere.path(), &env).await;
+    let mut writer = Ws::connect(&a.ws_url("/relay?channel=full")).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        write(&mut writer, &key).await.expect("room on the disk");
+        acked.insert(key);
+    }
+    let filler = disk.path().join("filler");
+    let fill = disk.free().saturating_sub(3 << 20);
+    std::fs::write(&filler, vec![7u8; fill as usize]).expect("fill the disk");
+    let mut refused = BTreeSet::new();
+    for i in 0..5000 {
+        let key = format!("during-{i}");
+        match write(&mut writer, &key).await {
+            Ok(_) => {
+                acked.insert(key);
+            }
+            Err(code) => {
+                assert_eq!(code, "UNAVAILABLE", "a full disk is a retryable refusal");
+                refused.insert(key);
+                if refused.len() == 20 {
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(refused.len(), 20, "the disk never filled");
+    still_open(&mut writer).await;
+    // The other node takes writes all along.
+    let mut other = Ws::connect(&b.ws_url("/relay?channel=full")).await;
+    for i in 0..5 {
+        let key = format!("elsewhere-{i}");
+        write(&mut other, &key)
+            .await
+            .expect("the other node writes");
+        acked.insert(key);
+    }
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    let mut back = false;
+    for i in 0..200 {
+        let key = format!("after-{i}");
+        match write(&mut writer, &key).await {
+            Ok(_) => {
+                acked.insert(key);
+                back = true;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(back, "the node did not take writes again within 20 s");
+    still_open(&mut writer).await;
+    converged(&[&a, &b], "relay/full", 0).await;
+    // Both nodes hold every acked change. A refused write may be there too: the cluster had
+    // numbered it before the disk refused it, and a node applies every numbered batch (its
+    // client retries, and the resend merges as a no-op). Nothing else is.
+    let on_a = read_fresh(&a).await.expect("reads");
+    assert_eq!(on_a, read_fresh(&b).await.expect("reads"));
+    assert!(on_a.is_superset(&acked), "an acked change is missing");
+    let extra: BTreeSet<String> = on_a.difference(&acked).cloned().collect();
+    assert!(extra.is_subset(&refused), "{extra:?} was never written");
 }
 
 #[actix_rt::test]

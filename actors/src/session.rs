@@ -310,7 +310,6 @@ impl<D: Dialect> Session<D> {
         let join = addr.send(Join {
             session: self.id,
             events: ctx.address().recipient(),
-            closer: ctx.address().recipient(),
             streams,
             outbound: self.outbound.clone(),
         });

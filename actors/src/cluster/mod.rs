@@ -68,8 +68,12 @@ pub enum ClusterError {
     Unavailable,
     #[error("no node holds the history of {room} after {after}")]
     HistoryUnavailable { room: String, after: u64 },
-    #[error("peer {peer}: {why}")]
-    Peer { peer: String, why: String },
+    #[error("peer {peer}: {source}")]
+    Peer {
+        peer: String,
+        #[source]
+        source: std::sync::Arc<peers::PeerError>,
+    },
 }
 
 impl From<redis::RedisError> for ClusterError {

@@ -98,6 +98,19 @@ impl HistoryResponse {
     }
 }
 
+/// Why a peer's history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// awc's send error is neither `Send` nor `Sync` (it may hold the request's body): its
+    /// text is kept.
+    #[error("cannot reach it: {0}")]
+    Send(String),
+    #[error("{url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("unreadable history: {0}")]
+    Body(#[source] awc::error::JsonPayloadError),
+}
+
 /// Reads one page of a room's history, `after < seq <= upto`, from a peer.
 pub async fn read_history(
     peer: &Peer,
@@ -107,9 +120,9 @@ pub async fn read_history(
     upto: u64,
     limit: usize,
 ) -> Result<HistoryPage, ClusterError> {
-    let fail = |why: String| ClusterError::Peer {
+    let fail = |e: PeerError| ClusterError::Peer {
         peer: peer.node.clone(),
-        why,
+        source: std::sync::Arc::new(e),
     };
     let url = format!(
         "{}/cluster/rooms/{}/{}/history?after={after}&upto={upto}&limit={limit}",
@@ -122,14 +135,20 @@ pub async fn read_history(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let mut response = request.send().await.map_err(|e| fail(e.to_string()))?;
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| fail(PeerError::Send(e.to_string())))?;
     if !response.status().is_success() {
-        return Err(fail(format!("{url} answered {}", response.status())));
+        return Err(fail(PeerError::Status {
+            url,
+            status: response.status().as_u16(),
+        }));
     }
     let body: HistoryResponse = response
         .json()
         .limit(MAX_PAGE_BYTES)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(PeerError::Body(e)))?;
     Ok(body.into_page())
 }

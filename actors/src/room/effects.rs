@@ -35,6 +35,14 @@ impl Room {
             }
             return;
         };
+        if self.recovering {
+            // The state is about to be replaced by what is durable; the order that starts
+            // then catches up with whatever arrives meanwhile.
+            if let Input::Submit { reply, .. } = input {
+                reply.send(Err(RoomError::Unavailable));
+            }
+            return;
+        }
         let mut out = Vec::new();
         let mut m = Merging {
             state,
@@ -54,7 +62,7 @@ impl Room {
         self.perform(out, ctx);
     }
 
-    fn perform(&mut self, effects: Vec<Effect<Reply>>, ctx: &mut Context<Self>) {
+    pub(super) fn perform(&mut self, effects: Vec<Effect<Reply>>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
                 Effect::Answer(reply, done) => {
@@ -65,9 +73,20 @@ impl Room {
                 Effect::Sequence(body) => self.sequence(body, ctx),
                 Effect::CatchUp { target, why } => self.catch_up(target, why, ctx),
                 Effect::After(delay, timer) => {
-                    ctx.run_later(delay, move |room, ctx| room.run(Input::Timer(timer), ctx));
+                    let life = self.order_life;
+                    ctx.run_later(delay, move |room, ctx| {
+                        room.run_if_current(life, Input::Timer(timer), ctx);
+                    });
                 }
             }
+        }
+    }
+
+    /// [`Room::run`], for what an order started: dropped when the room has started another
+    /// order since.
+    fn run_if_current(&mut self, life: u64, input: Input<Reply>, ctx: &mut Context<Self>) {
+        if life == self.order_life {
+            self.run(input, ctx);
         }
     }
 
@@ -83,12 +102,13 @@ impl Room {
         };
         let handle = link.handle.clone();
         let room = self.key.clone();
+        let life = self.order_life;
         let run = async move {
             let first = handle.order(&room, &body).await;
             (first, body)
         };
-        ctx.spawn(run.into_actor(self).map(|(first, body), room, ctx| {
-            room.run(Input::Sequenced { first, body }, ctx);
+        ctx.spawn(run.into_actor(self).map(move |(first, body), room, ctx| {
+            room.run_if_current(life, Input::Sequenced { first, body }, ctx);
         }));
     }
 
@@ -105,6 +125,7 @@ impl Room {
         let applied = self.state.as_ref().map_or(0, |s| s.meta().seq);
         let handle = link.handle.clone();
         let room = self.key.clone();
+        let life = self.order_life;
         if why != CatchUpWhy::Start {
             let run = async move {
                 let target = match target {
@@ -113,8 +134,8 @@ impl Room {
                 };
                 catch_up(&handle, &room, applied, target).await
             };
-            ctx.spawn(run.into_actor(self).map(|result, room, ctx| {
-                room.run(Input::CaughtUp(result), ctx);
+            ctx.spawn(run.into_actor(self).map(move |result, room, ctx| {
+                room.run_if_current(life, Input::CaughtUp(result), ctx);
             }));
             return;
         }
@@ -133,9 +154,11 @@ impl Room {
             let target = handle.counter(&room).await?;
             catch_up(&handle, &room, applied, target).await
         };
-        ctx.wait(run.into_actor(self).map(|result, room, ctx| {
-            room.feed(Input::CaughtUp(result), ctx);
-            room.write_catch_up(ctx);
+        ctx.wait(run.into_actor(self).map(move |result, room, ctx| {
+            if life == room.order_life {
+                room.feed(Input::CaughtUp(result), ctx);
+                room.write_catch_up(ctx);
+            }
         }));
     }
 

@@ -11,7 +11,7 @@ pub enum RoomError {
     Storage(#[source] Arc<StorageError>),
     /// A storage task on the blocking pool panicked or was cancelled.
     #[error("a storage task did not finish: {0}")]
-    StorageTask(String),
+    StorageTask(#[source] Arc<tokio::task::JoinError>),
     /// The write of a change held for this answer failed; the room reloads what is durable.
     #[error("the write failed")]
     WriteFailed,

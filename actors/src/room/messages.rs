@@ -8,7 +8,6 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::disconnect::CloseSession;
 use crate::model::IncomingChange;
 use crate::origin::SessionId;
 use crate::out_frame::OutFrame;
@@ -237,8 +236,6 @@ const ENTRY_OVERHEAD: usize = 48;
 pub struct Join {
     pub session: SessionId,
     pub events: Recipient<RoomEvent>,
-    /// Told to close when the room stops under its members (a failed write).
-    pub closer: Recipient<CloseSession>,
     pub streams: Streams,
     /// What the session has queued for its socket; the room evicts the session (and the
     /// session then closes) when a broadcast would take it over its limit.

@@ -32,8 +32,6 @@ pub use crate::origin::{NodeId, Origin, SessionId};
 
 use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};
-use crate::disconnect::CloseSession;
-use crate::disconnect::close_code;
 use crate::durability::{Commit, Committed, Durability};
 use crate::limits::Limit;
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
@@ -76,7 +74,6 @@ pub struct ClusterLink {
 
 struct Member {
     events: Recipient<RoomEvent>,
-    closer: Recipient<CloseSession>,
     streams: Streams,
     outbound: Arc<Outbound>,
 }
@@ -142,6 +139,9 @@ pub struct Room {
     compaction_replies: Vec<Reply>,
     /// Where the room's changes get their numbers: on this node, or through the cluster.
     order: Box<dyn Order<Reply>>,
+    /// Which order the room runs: a new one after each reload. What an earlier one started
+    /// (a sequencer call, a catch-up, a timer) is dropped when it comes back.
+    order_life: u64,
     /// A commit failed: the room dropped what it had merged since its last durable commit and
     /// waits to reload what is durable. Meanwhile log reads are served (they read the store up
     /// to `durable_seq`), everything else is answered `Unavailable`.
@@ -156,16 +156,7 @@ const RELOAD_RETRY: Duration = Duration::from_millis(250);
 
 impl Room {
     pub fn new(key: RoomKey, cx: RoomContext) -> Room {
-        let order: Box<dyn Order<Reply>> = match cx.cluster.as_ref() {
-            None => Box::new(LocalOrder),
-            Some(link) => {
-                let handle = link.handle.clone();
-                Box::new(ClusterOrder::new(
-                    link.handle.node().to_string(),
-                    Box::new(move || handle.epoch().is_some()),
-                ))
-            }
-        };
+        let order = new_order(&cx);
         Room {
             actor: cx.metrics.room.clone(),
             dialect: cx.metrics.dialect(key.namespace),
@@ -186,6 +177,7 @@ impl Room {
             compaction: Compaction::Idle,
             compaction_replies: Vec::new(),
             order,
+            order_life: 0,
             recovering: false,
             lost_upto: 0,
         }
@@ -276,7 +268,9 @@ impl Room {
             Ok(c) => c,
             Err(e) => {
                 log::error!("cannot encode a commit of {}: {e}", self.key);
-                held.into_iter().for_each(fail_held);
+                for Held(reply, _) in held {
+                    reply.send(Err(RoomError::WriteFailed));
+                }
                 return self.fail(ctx);
             }
         };
@@ -304,48 +298,32 @@ impl Room {
     /// merged since its last durable commit was sent to anyone, so the room drops it and reloads
     /// what is durable once storage has been reopened, keeping its members (their sockets stay
     /// open). Until then it serves log reads, which read the store only up to what is durable,
-    /// and refuses the rest with a retryable error. A room in a
-    /// cluster stops instead and closes its members, which reconnect, possibly elsewhere: its
-    /// numbers came from the cluster, and a new start catches up from it.
+    /// and refuses the rest with a retryable error. Its order starts over too: in a cluster the
+    /// new one catches up with what the cluster numbered meanwhile before the room serves.
     fn fail(&mut self, ctx: &mut Context<Self>) {
-        if self.cx.cluster.is_none() {
-            for f in self.in_flight.drain(..) {
-                for Held(reply, _) in f.held {
-                    reply.send(Err(RoomError::Unavailable));
-                }
-            }
-            for Held(reply, _) in self.open_held.drain(..) {
+        for f in self.in_flight.drain(..) {
+            for Held(reply, _) in f.held {
                 reply.send(Err(RoomError::Unavailable));
             }
-            self.open = OpenBatch::default();
-            self.lost_upto = self.last_token;
-            if !self.recovering {
-                log::warn!(
-                    "{}: a write failed; reloading once storage recovers",
-                    self.key
-                );
-                self.recovering = true;
-                self.reload(ctx);
-            }
-            return;
         }
-        for f in self.in_flight.drain(..) {
-            for h in f.held {
-                fail_held(h);
-            }
+        for Held(reply, _) in self.open_held.drain(..) {
+            reply.send(Err(RoomError::Unavailable));
         }
-        for h in self.open_held.drain(..) {
-            fail_held(h);
+        let mut refused = Vec::new();
+        self.order.abandon(&mut refused);
+        self.perform(refused, ctx);
+        self.order = new_order(&self.cx);
+        self.order_life += 1;
+        self.open = OpenBatch::default();
+        self.lost_upto = self.last_token;
+        if !self.recovering {
+            log::warn!(
+                "{}: a write failed; reloading once storage recovers",
+                self.key
+            );
+            self.recovering = true;
+            self.reload(ctx);
         }
-        for m in self.members.values() {
-            m.closer.do_send(CloseSession {
-                code: close_code::INTERNAL,
-                reason: "Storage failure".into(),
-            });
-        }
-        self.members.clear();
-        self.state = None;
-        ctx.stop();
     }
 
     /// Loads and replays the room's log off this thread (it serves other rooms).
@@ -374,6 +352,8 @@ impl Room {
                     room.durable_seq = state.meta().seq;
                     room.state = Some(state);
                     room.recovering = false;
+                    // In a cluster the new order catches up before the room serves again.
+                    room.start_order(ctx);
                 }
                 Ok(Err(e)) => {
                     log::warn!("{}: cannot reload yet: {e}", room.key);
@@ -561,7 +541,7 @@ impl Room {
             |result, room: &mut Room, _: &mut Context<Room>| {
                 let result = match result {
                     Ok(r) => r.map_err(RoomError::from),
-                    Err(e) => Err(RoomError::StorageTask(e.to_string())),
+                    Err(e) => Err(RoomError::StorageTask(Arc::new(e))),
                 };
                 room.compaction_done(result);
             },
@@ -620,8 +600,18 @@ impl Room {
     }
 }
 
-fn fail_held(Held(reply, _): Held) {
-    reply.send(Err(RoomError::WriteFailed));
+/// The order a room starts with, and starts again with after a reload.
+fn new_order(cx: &RoomContext) -> Box<dyn Order<Reply>> {
+    match cx.cluster.as_ref() {
+        None => Box::new(LocalOrder),
+        Some(link) => {
+            let handle = link.handle.clone();
+            Box::new(ClusterOrder::new(
+                link.handle.node().to_string(),
+                Box::new(move || handle.epoch().is_some()),
+            ))
+        }
+    }
 }
 
 impl Actor for Room {
@@ -859,7 +849,6 @@ impl Handler<Join> for Room {
             msg.session,
             Member {
                 events: msg.events,
-                closer: msg.closer,
                 streams: msg.streams,
                 outbound: msg.outbound,
             },

@@ -401,6 +401,18 @@ impl<R: Send> Order<R> for ClusterOrder<R> {
         self.fill(None, CatchUpWhy::Start, out);
     }
 
+    fn abandon(&mut self, out: &mut Vec<Effect<R>>) {
+        for q in self.queued.drain(..) {
+            out.push(Effect::Refuse(q.reply, RoomError::Unavailable));
+        }
+        if let Some(own) = self.at_sequencer.take() {
+            refuse_all(own, out);
+        }
+        for (_, w) in std::mem::take(&mut self.waiting) {
+            refuse_all(w.own, out);
+        }
+    }
+
     fn numbered_upto(&self, applied: u64) -> u64 {
         self.waiting
             .values()

@@ -130,6 +130,11 @@ pub trait Order<R>: Send {
     /// The room's state is loaded: what the order must do before the room serves.
     fn start(&mut self, out: &mut Vec<Effect<R>>);
 
+    /// The room drops what it merged and reloads what is durable (a write failed): every
+    /// answer the order holds is refused with a retryable error. The room then starts a new
+    /// order over the reloaded state.
+    fn abandon(&mut self, out: &mut Vec<Effect<R>>);
+
     /// The highest number the room holds a change under, merged or waiting to be: what a
     /// sequencer that lost its data must raise the room's counter past. Counting only what is
     /// merged would let a batch waiting behind a gap be given its numbers again.
@@ -172,4 +177,6 @@ impl<R> Order<R> for LocalOrder {
     }
 
     fn start(&mut self, _: &mut Vec<Effect<R>>) {}
+
+    fn abandon(&mut self, _: &mut Vec<Effect<R>>) {}
 }
