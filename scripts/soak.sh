@@ -60,12 +60,15 @@ while kill -0 "$bench" 2>/dev/null; do
     "${acks:-0}" "${slowest:-0}" >>"$out/$name.tsv"
 done
 wait "$bench" || true
-# After the flood: the hub hands freed memory back every 5 s, reopens its store once it has
-# gone unused for 30 s, and its rooms stop once idle for server.room_idle_timeout_s (60 s).
+# After the flood: the hub hands freed memory back every 5 s, its rooms compact and stop once
+# idle for server.room_idle_timeout_s (60 s), and it reopens its store once that has gone
+# unused for 30 s (so about 100 s after the flood).
 sleep 15
 rss_after=$(rss_mb)
 sleep 75
 rss_idle=$(rss_mb)
+sleep 90
+rss_rest=$(rss_mb)
 
 awk -F'\t' -v total="$seconds" '
   NR == 1 { next }
@@ -82,5 +85,5 @@ awk -F'\t' -v total="$seconds" '
     printf "from %d s on: data dir %d MB at %d s, %d MB at the end (min %d, max %d)\n",
       from, d[first], t[first], d[n], lmin, lmax
   }' "$out/$name.tsv"
-echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB, 90 s after it ${rss_idle} MB"
+echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB, 90 s after it ${rss_idle} MB, 180 s after it ${rss_rest} MB"
 grep '^  ' "$out/$name.bench.txt" || true
