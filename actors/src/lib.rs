@@ -6,6 +6,7 @@
 //! - [`room`]: one actor per `(namespace, room)`, ordering, storing and relaying its changes;
 //! - [`directory`]: starts rooms on demand and keeps the census of sessions;
 //! - [`durability`]: group commit, one flush shared by every change written before it;
+//! - [`mailbox`]: what actors of each kind are sent and handle, counted where messages travel;
 //! - [`store`]: the change logs and materialised state, over sled or memory;
 //! - [`model`]: the seam where a dialect's merge rules meet the room engine;
 //! - [`pocket`], [`synckit`], [`relay`]: the three wire dialects (codec and model each).
@@ -20,6 +21,7 @@ pub mod durability;
 pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod mailbox;
 pub mod metrics;
 pub mod model;
 pub mod origin;

@@ -2,6 +2,8 @@
 //! `/stats` reads the same values back, so the two never disagree.
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -37,9 +39,12 @@ impl ActorKind {
 }
 
 /// The series of one actor kind, resolved once: a label lookup per message would cost more
-/// than the counting.
+/// than the counting. Shared, because every message queued for the kind holds it
+/// ([`crate::mailbox`]).
 #[derive(Clone)]
-pub struct ActorMetrics {
+pub struct ActorMetrics(Arc<ActorSeries>);
+
+pub struct ActorSeries {
     /// Live actors.
     pub count: IntGauge,
     /// Messages handled.
@@ -61,6 +66,14 @@ impl ActorMetrics {
 
     pub fn queued(&self) {
         self.backlog.inc();
+    }
+}
+
+impl Deref for ActorMetrics {
+    type Target = ActorSeries;
+
+    fn deref(&self) -> &ActorSeries {
+        &self.0
     }
 }
 
@@ -185,11 +198,11 @@ impl Metrics {
         let backlog = gauge_vec(&r, "actor_backlog", "Messages queued, not handled", "kind");
         let kind = |k: ActorKind| {
             let label = [k.as_str()];
-            ActorMetrics {
+            ActorMetrics(Arc::new(ActorSeries {
                 count: actors.with_label_values(&label),
                 messages: messages.with_label_values(&label),
                 backlog: backlog.with_label_values(&label),
-            }
+            }))
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric definition");
