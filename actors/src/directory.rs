@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::disconnect::CloseSession;
 use crate::durability::Durability;
 use crate::limits::Limit;
-use crate::metrics::{ActorMetrics, Metrics};
+use crate::mailbox::{CountedAddr, CountedRecipient, counted_actor};
+use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::outbound::{Backlog, Outbound};
 use crate::room::{
@@ -25,7 +26,7 @@ use crate::store::{HistoryPage, RoomLayout, Store};
 
 /// The address of a room's actor, started if it is not running.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, RoomError>")]
+#[rtype(result = "Result<CountedAddr<Room>, RoomError>")]
 pub struct Checkout {
     pub key: RoomKey,
 }
@@ -79,7 +80,7 @@ pub struct Register {
     pub namespace: Namespace,
     /// The user the per-user limit counts; `None` when auth is off.
     pub user: Option<String>,
-    pub closer: Recipient<CloseSession>,
+    pub closer: CountedRecipient<CloseSession>,
     /// The session's queue and traffic, and its rooms, for the session listing.
     pub outbound: Arc<Outbound>,
     pub rooms: Arc<Memberships>,
@@ -181,7 +182,7 @@ pub struct ConnectionLimits {
 struct SessionEntry {
     namespace: Namespace,
     user: Option<String>,
-    closer: Recipient<CloseSession>,
+    closer: CountedRecipient<CloseSession>,
     outbound: Arc<Outbound>,
     rooms: Arc<Memberships>,
     connected_at: SystemTime,
@@ -212,11 +213,11 @@ impl SessionEntry {
 }
 
 pub struct Directory {
-    rooms: HashMap<RoomKey, Addr<Room>>,
+    rooms: HashMap<RoomKey, CountedAddr<Room>>,
     arbiters: Vec<ArbiterHandle>,
     store: Store,
     models: HashMap<Namespace, Arc<dyn Model>>,
-    durability: Addr<Durability>,
+    durability: CountedAddr<Durability>,
     cluster: Option<ClusterLink>,
     metrics: Arc<Metrics>,
     actor: ActorMetrics,
@@ -231,7 +232,7 @@ pub struct DirectoryParts {
     pub arbiters: Vec<ArbiterHandle>,
     pub store: Store,
     pub models: HashMap<Namespace, Arc<dyn Model>>,
-    pub durability: Addr<Durability>,
+    pub durability: CountedAddr<Durability>,
     pub cluster: Option<ClusterLink>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
@@ -267,11 +268,15 @@ impl Directory {
         }
     }
 
-    fn live_room(&self, key: &RoomKey) -> Option<Addr<Room>> {
+    fn live_room(&self, key: &RoomKey) -> Option<CountedAddr<Room>> {
         self.rooms.get(key).filter(|a| a.connected()).cloned()
     }
 
-    fn start_room(&mut self, key: RoomKey, ctx: &Context<Self>) -> Result<Addr<Room>, RoomError> {
+    fn start_room(
+        &mut self,
+        key: RoomKey,
+        ctx: &Context<Self>,
+    ) -> Result<CountedAddr<Room>, RoomError> {
         let model = self
             .models
             .get(&key.namespace)
@@ -283,7 +288,7 @@ impl Directory {
             durability: self.durability.clone(),
             metrics: self.metrics.clone(),
             idle_timeout: self.idle_timeout,
-            directory: ctx.address().recipient(),
+            directory: CountedAddr::new(ctx.address(), &self.metrics).recipient(),
             cluster: self.cluster.clone(),
             page_bytes: self.bounds.page_bytes,
             max_state_bytes: self.bounds.max_state_bytes.get(&key.namespace).copied(),
@@ -294,6 +299,7 @@ impl Directory {
         let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
         let room_key = key.clone();
         let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(room_key, cx));
+        let addr = CountedAddr::new(addr, &self.metrics);
         self.rooms.insert(key, addr.clone());
         Ok(addr)
     }
@@ -318,11 +324,12 @@ impl Actor for Directory {
     }
 }
 
+counted_actor!(Directory, ActorKind::Directory);
+
 impl Handler<Checkout> for Directory {
-    type Result = Result<Addr<Room>, RoomError>;
+    type Result = Result<CountedAddr<Room>, RoomError>;
 
     fn handle(&mut self, msg: Checkout, ctx: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         match self.live_room(&msg.key) {
             Some(addr) => Ok(addr),
             None => self.start_room(msg.key, ctx),
@@ -334,7 +341,6 @@ impl Handler<RoomStopped> for Directory {
     type Result = ();
 
     fn handle(&mut self, msg: RoomStopped, _: &mut Context<Self>) {
-        self.actor.handled();
         // A replacement may already be running under the same key; keep that one.
         if self.rooms.get(&msg.key).is_some_and(|a| !a.connected()) {
             self.rooms.remove(&msg.key);
@@ -346,7 +352,6 @@ impl Handler<Register> for Directory {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         if self.sessions.len() >= self.limits.max_connections {
             return Err(Refusal::TooMany);
         }
@@ -380,7 +385,6 @@ impl Handler<SetUser> for Directory {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: SetUser, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         let Some(entry) = self.sessions.get_mut(&msg.id) else {
             return Ok(());
         };
@@ -408,7 +412,6 @@ impl Handler<Unregister> for Directory {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        self.actor.handled();
         let Some(entry) = self.sessions.remove(&msg.id) else {
             return;
         };
@@ -430,7 +433,6 @@ impl Handler<CloseAll> for Directory {
     type Result = usize;
 
     fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
-        self.actor.handled();
         for entry in self.sessions.values() {
             entry.closer.do_send(CloseSession {
                 code: msg.code,
@@ -445,7 +447,6 @@ impl Handler<ListSessions> for Directory {
     type Result = MessageResult<ListSessions>;
 
     fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         let now = Instant::now();
         let mut list: Vec<SessionSummary> = self
             .sessions
@@ -461,7 +462,6 @@ impl Handler<CloseSessionById> for Directory {
     type Result = bool;
 
     fn handle(&mut self, msg: CloseSessionById, _: &mut Context<Self>) -> bool {
-        self.actor.handled();
         let Some(entry) = self.sessions.get(&SessionId(msg.id)) else {
             return false;
         };
@@ -477,7 +477,6 @@ impl Handler<GetCensus> for Directory {
     type Result = MessageResult<GetCensus>;
 
     fn handle(&mut self, _: GetCensus, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         let mut sessions: HashMap<&'static str, usize> =
             Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
         for entry in self.sessions.values() {
@@ -507,9 +506,7 @@ impl Handler<GetRoomStatus> for Directory {
     type Result = ResponseFuture<Result<Option<RoomStatus>, RoomError>>;
 
     fn handle(&mut self, msg: GetRoomStatus, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         if let Some(addr) = self.live_room(&msg.key) {
-            self.metrics.room.queued();
             let answer = ask(&addr, RoomRequest::Status);
             return Box::pin(async move {
                 match answer.await? {
@@ -531,9 +528,7 @@ impl Handler<ReadHistory> for Directory {
     type Result = ResponseFuture<Result<HistoryPage, RoomError>>;
 
     fn handle(&mut self, msg: ReadHistory, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         if let Some(addr) = self.live_room(&msg.key) {
-            self.metrics.room.queued();
             let answer = ask(
                 &addr,
                 RoomRequest::History {
@@ -567,7 +562,6 @@ impl Handler<LiveRoomStatuses> for Directory {
     type Result = ResponseFuture<Vec<RoomStatus>>;
 
     fn handle(&mut self, _: LiveRoomStatuses, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         let answers: Vec<_> = self
             .rooms
             .values()

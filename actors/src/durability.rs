@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::metrics::{ActorMetrics, Metrics};
+use crate::mailbox::{CountedRecipient, Queued, counted_actor};
+use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use crate::store::{KvBatch, StorageError, Store};
 
 /// The least time between the starts of two flushes. A flush costs about the same whatever it
@@ -48,7 +49,8 @@ struct Recover;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Commit {
-    pub room: Recipient<Committed>,
+    /// Where `Committed` goes; counted under the room kind once the commit is taken.
+    pub room: Recipient<Queued<Committed>>,
     pub token: u64,
     pub writes: KvBatch,
     /// How many changes the writes carry (for the group-commit figures).
@@ -91,7 +93,7 @@ pub struct Durability {
     /// A write or flush failed and the store has not recovered yet.
     failing: bool,
     group: KvBatch,
-    waiting: Vec<(Recipient<Committed>, u64)>,
+    waiting: Vec<(CountedRecipient<Committed>, u64)>,
     changes: usize,
     scheduled: bool,
     last_flush: Option<Instant>,
@@ -195,13 +197,15 @@ impl Actor for Durability {
     }
 }
 
+counted_actor!(Durability, ActorKind::Durability);
+
 impl Handler<Commit> for Durability {
     type Result = ();
 
     fn handle(&mut self, msg: Commit, ctx: &mut Context<Self>) {
-        self.actor.dequeued();
         self.group.append(msg.writes);
-        self.waiting.push((msg.room, msg.token));
+        let room = CountedRecipient::new(msg.room, &self.metrics.room);
+        self.waiting.push((room, msg.token));
         self.changes += msg.changes;
         // Runs after every commit already in the mailbox has joined the group.
         if !self.scheduled {
@@ -252,7 +256,6 @@ impl Handler<FlushAll> for Durability {
     type Result = Result<(), FlushError>;
 
     fn handle(&mut self, _: FlushAll, ctx: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         self.write_group(ctx)?;
         Ok(self.store.flush()?)
     }

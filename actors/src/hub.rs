@@ -14,6 +14,7 @@ use crate::directory::{
 };
 use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
+use crate::mailbox::CountedAddr;
 use crate::metrics::Metrics;
 
 use crate::origin::NodeId;
@@ -99,8 +100,8 @@ pub enum HubError {
 struct Inner {
     settings: HubSettings,
     store: Store,
-    directory: Addr<Directory>,
-    durability: Addr<Durability>,
+    directory: CountedAddr<Directory>,
+    durability: CountedAddr<Durability>,
     cluster: Option<ClusterLink>,
     metrics: Arc<Metrics>,
     verifier: Option<Arc<dyn TokenVerifier>>,
@@ -207,11 +208,12 @@ impl Hub {
         // Group commit blocks on the disk: it gets a thread of its own.
         let durability_thread = Arbiter::new();
         let durability = {
-            let (store, metrics) = (store.clone(), metrics.clone());
+            let (store, shared) = (store.clone(), metrics.clone());
             let relaxed = settings.relaxed;
-            Durability::start_in_arbiter(&durability_thread.handle(), move |_| {
-                Durability::new(store, metrics, relaxed)
-            })
+            let addr = Durability::start_in_arbiter(&durability_thread.handle(), move |_| {
+                Durability::new(store, shared, relaxed)
+            });
+            CountedAddr::new(addr, &metrics)
         };
         let threads = match settings.room_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -231,7 +233,9 @@ impl Hub {
                     pushes,
                     metrics.cluster.clone(),
                 )?;
-                let bridge = Cluster::new(handle.clone(), store.clone(), pushed).start();
+                let bridge =
+                    Cluster::new(handle.clone(), store.clone(), pushed, metrics.room.clone())
+                        .start();
                 Some(ClusterLink { handle, bridge })
             }
         };
@@ -247,12 +251,12 @@ impl Hub {
             bounds: settings.room_bounds(),
         })
         .start();
+        let directory = CountedAddr::new(directory, &metrics);
         if let Some(link) = &cluster {
             actix::spawn(crate::sweep::catch_up_stored_rooms(
                 link.handle.clone(),
                 store.clone(),
                 directory.clone(),
-                metrics.room.clone(),
             ));
         }
         // cr-sqlite site ids are 16 bytes; derive a stable one from the node id. The nodes of a
@@ -346,7 +350,7 @@ impl Hub {
             .map_err(|_| RoomError::Gone)?
     }
 
-    pub fn directory(&self) -> &Addr<Directory> {
+    pub fn directory(&self) -> &CountedAddr<Directory> {
         &self.inner.directory
     }
 
@@ -390,7 +394,6 @@ impl Hub {
                 .send(Checkout { key: key.clone() })
                 .await
                 .map_err(|_| RoomError::Gone)??;
-            self.inner.metrics.room.queued();
             // A room that stopped meanwhile drops the request, and with it the reply: `Gone`.
             match ask(&addr, body.clone()).await {
                 Err(RoomError::Gone) => continue,

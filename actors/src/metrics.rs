@@ -53,22 +53,6 @@ pub struct ActorSeries {
     pub backlog: IntGauge,
 }
 
-impl ActorMetrics {
-    pub fn handled(&self) {
-        self.messages.inc();
-    }
-
-    /// Counts a message that was counted by [`ActorMetrics::queued`] and is now being handled.
-    pub fn dequeued(&self) {
-        self.backlog.dec();
-        self.messages.inc();
-    }
-
-    pub fn queued(&self) {
-        self.backlog.inc();
-    }
-}
-
 impl Deref for ActorMetrics {
     type Target = ActorSeries;
 

@@ -18,7 +18,8 @@ pub use crate::disconnect::close_code;
 use crate::hub::Hub;
 use crate::identity::Identity;
 use crate::limits::{IpSlot, Limit, TokenBucket};
-use crate::metrics::{ActorMetrics, DialectMetrics};
+use crate::mailbox::{CountedAddr, CountedRecipient, counted_actor};
+use crate::metrics::{ActorKind, ActorMetrics, DialectMetrics};
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
 use crate::outbound::{ConnSocket, Outbound, frame_bytes};
@@ -49,7 +50,7 @@ pub struct Session<D: Dialect> {
     hub: Hub,
     dialect: D,
     identity: Identity,
-    rooms: HashMap<RoomKey, Addr<Room>>,
+    rooms: HashMap<RoomKey, CountedAddr<Room>>,
     /// The same rooms by name, shared with the directory for the session listing.
     memberships: Arc<Memberships>,
     last_seen: Instant,
@@ -59,10 +60,9 @@ pub struct Session<D: Dialect> {
     _ip_slot: Option<IpSlot>,
     fragments: Option<Fragments>,
     actor: ActorMetrics,
-    room_actor: ActorMetrics,
     traffic: DialectMetrics,
     /// Where rooms send their answers; made once, not per request.
-    answers: Option<Recipient<RoomAnswer>>,
+    answers: Option<CountedRecipient<RoomAnswer>>,
     /// Requests are numbered as they are sent; rooms answer by number, and the answers are
     /// handed to the dialect in that order (requests to different rooms finish in any order).
     sent: u64,
@@ -91,7 +91,6 @@ impl<D: Dialect> Session<D> {
             },
             traffic: metrics.dialect(dialect.namespace()),
             actor: metrics.session.clone(),
-            room_actor: metrics.room.clone(),
             hub,
             dialect,
             identity,
@@ -188,7 +187,6 @@ impl<D: Dialect> Session<D> {
                 Action::Leave { room } => {
                     self.memberships.left(&room);
                     if let Some(addr) = self.rooms.remove(&room) {
-                        self.room_actor.queued();
                         addr.do_send(Leave { session: self.id });
                     }
                 }
@@ -245,11 +243,11 @@ impl<D: Dialect> Session<D> {
         self.sent += 1;
         self.waiting_bytes += charge;
         self.tags.insert(n, (tag, charge));
+        let metrics = self.hub.metrics();
         let to = self
             .answers
-            .get_or_insert_with(|| ctx.address().recipient())
+            .get_or_insert_with(|| CountedAddr::new(ctx.address(), metrics).recipient())
             .clone();
-        self.room_actor.queued();
         addr.do_send(Request {
             origin: Some(self.origin.clone()),
             body,
@@ -301,15 +299,15 @@ impl<D: Dialect> Session<D> {
     fn join(
         &mut self,
         key: RoomKey,
-        addr: Addr<Room>,
+        addr: CountedAddr<Room>,
         attempts: u8,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         let streams = self.dialect.streams_for(&key);
-        self.room_actor.queued();
+        let me = self.counted(ctx);
         let join = addr.send(Join {
             session: self.id,
-            events: ctx.address().recipient(),
+            events: me.recipient(),
             streams,
             outbound: self.outbound.clone(),
         });
@@ -366,6 +364,11 @@ impl<D: Dialect> Session<D> {
         self.charge = 0;
     }
 
+    /// This session's address, counting what is sent through it.
+    fn counted(&self, ctx: &ws::WebsocketContext<Self>) -> CountedAddr<Self> {
+        CountedAddr::new(ctx.address(), self.hub.metrics())
+    }
+
     /// A session that authenticated in-band counts against its user's connections from then on;
     /// past the per-user limit it is closed like a connection refused at the upgrade.
     fn count_as_user(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -408,7 +411,7 @@ impl<D: Dialect> Actor for Session<D> {
                 .identity
                 .authenticated
                 .then(|| self.identity.user_id.clone()),
-            closer: ctx.address().recipient(),
+            closer: self.counted(ctx).recipient(),
             outbound: self.outbound.clone(),
             rooms: self.memberships.clone(),
         });
@@ -446,7 +449,6 @@ impl<D: Dialect> Actor for Session<D> {
         // does know is never left behind.
         self.hub.directory().do_send(Unregister { id: self.id });
         for addr in self.rooms.values() {
-            self.room_actor.queued();
             addr.do_send(Leave { session: self.id });
         }
     }
@@ -556,11 +558,12 @@ impl<D: Dialect> Session<D> {
     }
 }
 
+counted_actor!(Session<D>, ActorKind::Session, D: Dialect);
+
 impl<D: Dialect> Handler<RoomEvent> for Session<D> {
     type Result = ();
 
     fn handle(&mut self, event: RoomEvent, ctx: &mut Self::Context) {
-        self.actor.dequeued();
         self.outbound.sub(event.bytes());
         // The room dropped this session for falling behind: the events it holds have gaps.
         if self.outbound.is_evicted() {
@@ -580,7 +583,6 @@ impl<D: Dialect> Handler<RoomAnswer> for Session<D> {
     type Result = ();
 
     fn handle(&mut self, msg: RoomAnswer, ctx: &mut Self::Context) {
-        self.actor.handled();
         let Some((tag, charge)) = self.tags.remove(&msg.n) else {
             log::error!(
                 "session {:?}: an answer to unknown request {}",
@@ -598,7 +600,6 @@ impl<D: Dialect> Handler<CloseSession> for Session<D> {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        self.actor.handled();
         self.close(ctx, msg.code, &msg.reason);
     }
 }

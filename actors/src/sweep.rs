@@ -5,12 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use futures_util::StreamExt;
 
 use crate::cluster::ClusterHandle;
 use crate::directory::{Checkout, Directory};
-use crate::metrics::ActorMetrics;
+use crate::mailbox::CountedAddr;
 use crate::room::{RoomRequest, ask};
 use crate::room_key::RoomKey;
 use crate::store::Store;
@@ -26,8 +25,7 @@ const CHUNK: usize = 1_000;
 pub async fn catch_up_stored_rooms(
     handle: ClusterHandle,
     store: Store,
-    directory: Addr<Directory>,
-    rooms: ActorMetrics,
+    directory: CountedAddr<Directory>,
 ) -> usize {
     let deadline = Instant::now() + SETTLE_WAIT;
     while handle.epoch().is_none() {
@@ -71,13 +69,12 @@ pub async fn catch_up_stored_rooms(
     }
     futures_util::stream::iter(behind)
         .for_each_concurrent(IN_FLIGHT, |key| {
-            let (directory, rooms) = (directory.clone(), rooms.clone());
+            let directory = directory.clone();
             async move {
                 // Loading the room catches it up before it answers.
                 let Ok(Ok(room)) = directory.send(Checkout { key: key.clone() }).await else {
                     return;
                 };
-                rooms.queued();
                 if ask(&room, RoomRequest::Status).await.is_err() {
                     log::warn!("cluster: {key} did not catch up at start");
                 }

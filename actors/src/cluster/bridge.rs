@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use super::wire::{OrderedBatch, parse_message};
 use super::{ClusterError, ClusterHandle, Peer, fresh_id, scripts};
 use crate::clock::now_ms;
+use crate::mailbox::{CountedRecipient, Queued};
+use crate::metrics::ActorMetrics;
 use crate::room_key::RoomKey;
 use crate::store::Store;
 
@@ -65,9 +67,11 @@ pub struct RestoreCounter;
 #[rtype(result = "Result<(), ClusterError>")]
 pub struct Follow {
     pub room: RoomKey,
-    pub batches: Recipient<Replicated>,
-    pub resync: Recipient<Resync>,
-    pub restore: Recipient<RestoreCounter>,
+    /// Counted under the room kind once the bridge holds them.
+    pub batches: Recipient<Queued<Replicated>>,
+    pub resync: Recipient<Queued<Resync>>,
+    pub restore: Recipient<Queued<RestoreCounter>>,
+    /// A beat for every followed room, not traffic: left out of the room kind's counts.
     pub position: Recipient<Position>,
 }
 
@@ -101,9 +105,9 @@ struct Beat {
 }
 
 struct Followed {
-    batches: Recipient<Replicated>,
-    resync: Recipient<Resync>,
-    restore: Recipient<RestoreCounter>,
+    batches: CountedRecipient<Replicated>,
+    resync: CountedRecipient<Resync>,
+    restore: CountedRecipient<RestoreCounter>,
     position: Recipient<Position>,
 }
 
@@ -121,6 +125,8 @@ pub struct Cluster {
     store: Store,
     pushes: Option<tokio::sync::mpsc::UnboundedReceiver<PushInfo>>,
     rooms: HashMap<RoomKey, Followed>,
+    /// The room kind's series, which what the bridge sends to rooms counts under.
+    rooms_kind: ActorMetrics,
     link: Link,
     beating: bool,
     checking: bool,
@@ -134,6 +140,7 @@ impl Cluster {
         handle: ClusterHandle,
         store: Store,
         pushes: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+        rooms_kind: ActorMetrics,
     ) -> Cluster {
         Cluster {
             nonce: fresh_id(handle.node().as_str()),
@@ -141,6 +148,7 @@ impl Cluster {
             store,
             pushes: Some(pushes),
             rooms: HashMap::new(),
+            rooms_kind,
             link: Link::Down,
             beating: false,
             checking: false,
@@ -320,7 +328,7 @@ impl Cluster {
         let handle = self.handle.clone();
         let store = self.store.clone();
         let remembered = store.node_value(EPOCH_VALUE).ok().flatten();
-        let restorers: Vec<Recipient<RestoreCounter>> =
+        let restorers: Vec<CountedRecipient<RestoreCounter>> =
             self.rooms.values().map(|r| r.restore.clone()).collect();
         let followed: HashSet<RoomKey> = self.rooms.keys().cloned().collect();
         let began = Instant::now();
@@ -515,9 +523,9 @@ impl Handler<Follow> for Cluster {
         self.rooms.insert(
             msg.room,
             Followed {
-                batches: msg.batches,
-                resync: msg.resync,
-                restore: msg.restore,
+                batches: CountedRecipient::new(msg.batches, &self.rooms_kind),
+                resync: CountedRecipient::new(msg.resync, &self.rooms_kind),
+                restore: CountedRecipient::new(msg.restore, &self.rooms_kind),
                 position: msg.position,
             },
         );

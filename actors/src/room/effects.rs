@@ -226,7 +226,6 @@ impl Handler<Replicated> for Room {
     type Result = ();
 
     fn handle(&mut self, Replicated(batch): Replicated, ctx: &mut Context<Self>) {
-        self.actor.handled();
         self.run(Input::Replicated(batch), ctx);
     }
 }
@@ -235,7 +234,6 @@ impl Handler<Resync> for Room {
     type Result = ();
 
     fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
-        self.actor.handled();
         self.run(Input::Resync, ctx);
     }
 }
@@ -252,7 +250,6 @@ impl Handler<RestoreCounter> for Room {
     type Result = ResponseFuture<Result<(), ClusterError>>;
 
     fn handle(&mut self, _: RestoreCounter, _: &mut Context<Self>) -> Self::Result {
-        self.actor.handled();
         let applied = self.state.as_ref().map_or(0, |s| s.meta().seq);
         let upto = self.order.numbered_upto(applied);
         let Some(link) = self.cx.cluster.as_ref() else {

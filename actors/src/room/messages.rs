@@ -8,6 +8,8 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::mailbox::{CountedRecipient, counted_actor};
+use crate::metrics::ActorKind;
 use crate::model::IncomingChange;
 use crate::origin::SessionId;
 use crate::out_frame::OutFrame;
@@ -235,7 +237,7 @@ const ENTRY_OVERHEAD: usize = 48;
 #[rtype(result = "u64")]
 pub struct Join {
     pub session: SessionId,
-    pub events: Recipient<RoomEvent>,
+    pub events: CountedRecipient<RoomEvent>,
     pub streams: Streams,
     /// What the session has queued for its socket; the room evicts the session (and the
     /// session then closes) when a broadcast would take it over its limit.
@@ -247,6 +249,9 @@ pub struct Join {
 pub struct Leave {
     pub session: SessionId,
 }
+
+// What the room kind is sent from outside comes in counted envelopes (`crate::mailbox`).
+counted_actor!(super::Room, ActorKind::Room);
 
 /// Tells the directory a room actor has stopped.
 #[derive(Message)]

@@ -34,6 +34,7 @@ use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};
 use crate::durability::{Commit, Committed, Durability};
 use crate::limits::Limit;
+use crate::mailbox::{CountedAddr, CountedRecipient, Queued};
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
 use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
@@ -51,10 +52,10 @@ const MAX_OPEN_CHANGES: usize = 1024;
 pub struct RoomContext {
     pub store: Store,
     pub model: Arc<dyn Model>,
-    pub durability: Addr<Durability>,
+    pub durability: CountedAddr<Durability>,
     pub metrics: Arc<Metrics>,
     pub idle_timeout: Duration,
-    pub directory: Recipient<RoomStopped>,
+    pub directory: CountedRecipient<RoomStopped>,
     /// Set when the node is part of a cluster: the room is ordered by the cluster's sequencer
     /// ([`ClusterOrder`]) instead of on its own ([`LocalOrder`]).
     pub cluster: Option<ClusterLink>,
@@ -73,7 +74,7 @@ pub struct ClusterLink {
 }
 
 struct Member {
-    events: Recipient<RoomEvent>,
+    events: CountedRecipient<RoomEvent>,
     streams: Streams,
     outbound: Arc<Outbound>,
 }
@@ -129,7 +130,7 @@ pub struct Room {
     in_flight: VecDeque<InFlight>,
     last_token: u64,
     /// This room as the durability actor's answers reach it.
-    me: Option<Recipient<Committed>>,
+    me: Option<Recipient<Queued<Committed>>>,
     last_activity: Instant,
     write_rate: WriteRate,
     /// Durable changes waiting for the end of the model's broadcast window.
@@ -279,7 +280,6 @@ impl Room {
             .me
             .get_or_insert_with(|| ctx.address().recipient())
             .clone();
-        self.cx.metrics.durability.queued();
         self.cx.durability.do_send(Commit {
             room: me,
             token: self.last_token,
@@ -420,10 +420,7 @@ impl Room {
             let evict = if member.outbound.admits(bytes) {
                 member.outbound.add(bytes);
                 match member.events.try_send(event.clone()) {
-                    Ok(()) => {
-                        self.cx.metrics.session.queued();
-                        false
-                    }
+                    Ok(()) => false,
                     Err(SendError::Full(_)) => {
                         member.outbound.sub(bytes);
                         true
@@ -673,7 +670,6 @@ impl Handler<Request> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Request, ctx: &mut Context<Self>) {
-        self.actor.dequeued();
         // Looking at a room (stats) does not keep it loaded.
         if !matches!(msg.body, RoomRequest::Status) {
             self.last_activity = Instant::now();
@@ -769,7 +765,6 @@ impl Handler<Committed> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
-        self.actor.handled();
         if !msg.ok && msg.token <= self.lost_upto {
             // A commit the last failure already took.
             return;
@@ -843,7 +838,6 @@ impl Handler<Join> for Room {
     type Result = u64;
 
     fn handle(&mut self, msg: Join, _: &mut Context<Self>) -> u64 {
-        self.actor.dequeued();
         self.last_activity = Instant::now();
         self.members.insert(
             msg.session,
@@ -861,7 +855,6 @@ impl Handler<Leave> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, _: &mut Context<Self>) {
-        self.actor.dequeued();
         self.last_activity = Instant::now();
         self.members.remove(&msg.session);
     }

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::messages::{RoomReply, RoomRequest};
 use super::{Room, RoomError};
+use crate::mailbox::{CountedAddr, CountedRecipient};
 use crate::origin::Origin;
 
 /// One request: what to do, on whose behalf, and where the answer goes.
@@ -30,7 +31,10 @@ pub struct RoomAnswer {
 
 enum Target {
     /// A session, which matches the answer to its request by number.
-    Session { to: Recipient<RoomAnswer>, n: u64 },
+    Session {
+        to: CountedRecipient<RoomAnswer>,
+        n: u64,
+    },
     /// A caller outside any session (HTTP transport, admin), awaiting the answer.
     Channel(oneshot::Sender<Result<RoomReply, RoomError>>),
 }
@@ -53,7 +57,7 @@ impl Target {
 pub struct Reply(Option<Target>);
 
 impl Reply {
-    pub fn to_session(to: Recipient<RoomAnswer>, n: u64) -> Reply {
+    pub fn to_session(to: CountedRecipient<RoomAnswer>, n: u64) -> Reply {
         Reply(Some(Target::Session { to, n }))
     }
 
@@ -81,7 +85,7 @@ impl Drop for Reply {
 /// Asks a room something on the node's own behalf (no session) and answers with its reply; a
 /// room that stops before answering answers `Gone`.
 pub fn ask(
-    room: &Addr<Room>,
+    room: &CountedAddr<Room>,
     body: RoomRequest,
 ) -> impl Future<Output = Result<RoomReply, RoomError>> + use<> {
     let (reply, answer) = Reply::channel();

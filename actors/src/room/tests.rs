@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts, RoomBounds};
+use crate::mailbox::counted_actor;
+use crate::metrics::ActorKind;
 use crate::pocket::PocketModel;
 use crate::relay::RelayModel;
 use crate::room::test_changes::{cell, doc};
@@ -28,6 +30,8 @@ impl Actor for Member {
         ctx.set_mailbox_capacity(1024);
     }
 }
+
+counted_actor!(Member, ActorKind::Session);
 
 impl Member {
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -167,9 +171,19 @@ fn origin(session: u64) -> Origin {
 }
 
 /// A real room, started through a directory over `store`.
-async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
-    let metrics = Arc::new(Metrics::new());
+async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> CountedAddr<Room> {
+    start_room_counted(store, ns, relaxed, Arc::new(Metrics::new())).await
+}
+
+/// A real room whose actors count under `metrics`.
+async fn start_room_counted(
+    store: Store,
+    ns: Namespace,
+    relaxed: bool,
+    metrics: Arc<Metrics>,
+) -> CountedAddr<Room> {
     let durability = Durability::new(store.clone(), metrics.clone(), relaxed).start();
+    let durability = CountedAddr::new(durability, &metrics);
     let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
     models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
     models.insert(Namespace::Relay, Arc::new(RelayModel));
@@ -199,12 +213,21 @@ async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
         .expect("room")
 }
 
-async fn join(room: &Addr<Room>, session: u64) -> (Addr<Member>, Arc<Mutex<Seen>>) {
+async fn join(room: &CountedAddr<Room>, session: u64) -> (CountedAddr<Member>, Arc<Mutex<Seen>>) {
+    join_counted(room, session, &Metrics::new()).await
+}
+
+/// Joins a member counted as a session under `metrics`.
+async fn join_counted(
+    room: &CountedAddr<Room>,
+    session: u64,
+    metrics: &Metrics,
+) -> (CountedAddr<Member>, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let member = Member(seen.clone()).start();
+    let member = CountedAddr::new(Member(seen.clone()).start(), metrics);
     room.send(Join {
         session: SessionId(session),
-        events: member.clone().recipient(),
+        events: member.recipient(),
         streams: Streams::All,
         outbound: crate::outbound::Outbound::new(usize::MAX, None),
     })
@@ -213,7 +236,7 @@ async fn join(room: &Addr<Room>, session: u64) -> (Addr<Member>, Arc<Mutex<Seen>
     (member, seen)
 }
 
-async fn ask(room: &Addr<Room>, origin: Option<Origin>, body: RoomRequest) -> RoomReply {
+async fn ask(room: &CountedAddr<Room>, origin: Option<Origin>, body: RoomRequest) -> RoomReply {
     let (reply, answer) = Reply::channel();
     room.do_send(Request {
         origin,
@@ -245,7 +268,7 @@ async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_i
                 body: RoomRequest::Submit {
                     changes: vec![cell(&format!("k{i}"), i as i64)],
                 },
-                reply: Reply::to_session(senders[s as usize].0.clone().recipient(), i),
+                reply: Reply::to_session(senders[s as usize].0.recipient(), i),
             });
         }
         settle().await;
@@ -371,7 +394,7 @@ async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() 
 }
 
 /// Sends `body` and waits for the answer, whatever it is.
-async fn try_ask(room: &Addr<Room>, body: RoomRequest) -> Result<RoomReply, RoomError> {
+async fn try_ask(room: &CountedAddr<Room>, body: RoomRequest) -> Result<RoomReply, RoomError> {
     let (reply, answer) = Reply::channel();
     room.do_send(Request {
         origin: Some(origin(7)),
@@ -388,7 +411,7 @@ fn submit(key: &str, v: i64) -> RoomRequest {
 }
 
 /// Waits until the room takes writes again, writing `key` until one is acked.
-async fn write_once_recovered(room: &Addr<Room>, key: &str) -> u64 {
+async fn write_once_recovered(room: &CountedAddr<Room>, key: &str) -> u64 {
     for _ in 0..200 {
         match try_ask(room, submit(key, 9)).await {
             Ok(RoomReply::Submitted(s)) => return s.seq,
@@ -508,4 +531,39 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
         stored.sort();
         assert_eq!(stored, acked, "fault {n} (flush: {flush})");
     }
+}
+
+#[actix_rt::test]
+async fn every_message_to_a_room_and_its_members_is_counted_in_and_out() {
+    let metrics = Arc::new(Metrics::new());
+    let room = start_room_counted(Store::memory(), Namespace::Relay, false, metrics.clone()).await;
+    let mut members = Vec::new();
+    for s in 0..3u64 {
+        members.push(join_counted(&room, s, &metrics).await);
+    }
+    const N: u64 = 60;
+    for i in 0..N {
+        let s = i % 3;
+        room.do_send(Request {
+            origin: Some(origin(s)),
+            body: submit(&format!("k{i}"), i as i64),
+            reply: Reply::to_session(members[s as usize].0.recipient(), i),
+        });
+    }
+    settle().await;
+    let (mut answers, mut events) = (0, 0);
+    for (_, seen) in &members {
+        let seen = seen.lock().expect("lock");
+        answers += seen.answers.len() as u64;
+        events += seen.events.len() as u64;
+    }
+    assert_eq!(answers, N);
+    for kind in [&metrics.room, &metrics.session, &metrics.durability] {
+        assert_eq!(kind.backlog.get(), 0);
+    }
+    // The room handled the joins, the requests and one answer per commit it handed over.
+    let commits = metrics.durability.messages.get();
+    assert!(commits > 0);
+    assert_eq!(metrics.room.messages.get(), 3 + N + commits);
+    assert_eq!(metrics.session.messages.get(), answers + events);
 }
