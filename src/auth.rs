@@ -69,19 +69,20 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub fn from_config(auth: &AuthConfig) -> Result<JwtVerifier, KeyError> {
-        let hmac = (!auth.jwt_secret.is_empty())
-            .then(|| DecodingKey::from_secret(auth.jwt_secret.as_bytes()));
-        let public = if auth.jwt_public_key_file.is_empty() {
-            None
-        } else {
-            Some(load_public_key(Path::new(&auth.jwt_public_key_file))?)
+        let hmac = auth
+            .jwt_secret
+            .as_ref()
+            .map(|secret| DecodingKey::from_secret(secret.as_bytes()));
+        let public = match &auth.jwt_public_key_file {
+            Some(file) => Some(load_public_key(file)?),
+            None => None,
         };
         Ok(JwtVerifier {
             hmac,
             public,
             leeway: auth.leeway_s,
-            audience: Some(auth.audience.clone()).filter(|a| !a.is_empty()),
-            issuer: Some(auth.issuer.clone()).filter(|i| !i.is_empty()),
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
         })
     }
 
@@ -194,8 +195,8 @@ pub enum MintError {
 /// the hub requires of every token when they are set.
 pub fn issued_by(auth: &AuthConfig, claims: Claims) -> Claims {
     Claims {
-        aud: (!auth.audience.is_empty()).then(|| serde_json::Value::String(auth.audience.clone())),
-        iss: (!auth.issuer.is_empty()).then(|| auth.issuer.clone()),
+        aud: auth.audience.clone().map(serde_json::Value::String),
+        iss: auth.issuer.clone(),
         ..claims
     }
 }
@@ -207,10 +208,10 @@ pub fn mint_access(
     verifier: &JwtVerifier,
     claims: Claims,
 ) -> Result<String, MintError> {
-    if auth.jwt_secret.is_empty() {
+    let Some(secret) = &auth.jwt_secret else {
         return Err(MintError::NoSecret);
-    }
-    let token = mint(&auth.jwt_secret, &issued_by(auth, claims))?;
+    };
+    let token = mint(secret, &issued_by(auth, claims))?;
     verifier.verify_access(&token).map_err(MintError::Refused)?;
     Ok(token)
 }
@@ -223,9 +224,9 @@ pub fn mint_pair(
     verifier: &JwtVerifier,
     user: Claims,
 ) -> Result<(String, String), MintError> {
-    if auth.jwt_secret.is_empty() {
+    let Some(secret) = &auth.jwt_secret else {
         return Err(MintError::NoSecret);
-    }
+    };
     let now = unix_now();
     let access = issued_by(
         auth,
@@ -244,8 +245,8 @@ pub fn mint_pair(
         typ: Some("refresh".into()),
         ..access.clone()
     };
-    let access = mint(&auth.jwt_secret, &access)?;
-    let refresh = mint(&auth.jwt_secret, &refresh)?;
+    let access = mint(secret, &access)?;
+    let refresh = mint(secret, &refresh)?;
     verifier
         .verify_access(&access)
         .map_err(MintError::Refused)?;
@@ -318,7 +319,7 @@ mod tests {
 
     fn verifier(secret: &str) -> JwtVerifier {
         JwtVerifier::from_config(&AuthConfig {
-            jwt_secret: secret.into(),
+            jwt_secret: Some(secret.into()),
             ..AuthConfig::default()
         })
         .expect("config")

@@ -29,6 +29,36 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// Keys where an empty string means "not set", in the file and in the environment alike: the
+/// typed value is `None` then. `None` is written back as `""`, which keeps the file format (and
+/// `check-config`'s output) as it was and tells the environment overrides the key is a string.
+mod empty_is_none {
+    use std::ffi::OsStr;
+
+    use serde::{Deserialize, Deserializer, Serializer, ser::Error};
+
+    pub fn serialize<T, S>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: AsRef<OsStr>,
+        S: Serializer,
+    {
+        match value.as_ref().map(|v| v.as_ref().to_str()) {
+            None => s.serialize_str(""),
+            Some(Some(text)) => s.serialize_str(text),
+            Some(None) => Err(S::Error::custom("a path that is not UTF-8")),
+        }
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: From<String>,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        Ok((!text.is_empty()).then(|| T::from(text)))
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -46,8 +76,9 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub bind: String,
-    /// Empty: generated once, then kept in the data directory.
-    pub node_id: String,
+    /// Unset: generated once, then kept in the data directory.
+    #[serde(with = "empty_is_none")]
+    pub node_id: Option<String>,
     /// Seconds between the hub's WebSocket pings.
     pub heartbeat_interval_s: u64,
     /// A client silent for this many seconds is disconnected.
@@ -63,9 +94,11 @@ pub struct ServerConfig {
     /// HTTP/WebSocket worker threads; 0 = one per core.
     pub workers: usize,
     /// PEM certificate chain; with `tls_key`, the port serves https:// and wss:// only.
-    pub tls_cert: String,
+    #[serde(with = "empty_is_none")]
+    pub tls_cert: Option<PathBuf>,
     /// PEM private key of the certificate.
-    pub tls_key: String,
+    #[serde(with = "empty_is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,26 +117,33 @@ pub struct StorageConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub required: bool,
-    pub jwt_secret: String,
-    pub jwt_public_key_file: String,
-    pub admin_token: String,
+    #[serde(with = "empty_is_none")]
+    pub jwt_secret: Option<String>,
+    #[serde(with = "empty_is_none")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    #[serde(with = "empty_is_none")]
+    pub admin_token: Option<String>,
     pub dev_login: bool,
     /// Clock-skew allowance for `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
     /// When set, a token's `aud` must name it.
-    pub audience: String,
+    #[serde(with = "empty_is_none")]
+    pub audience: Option<String>,
     /// When set, a token's `iss` must be it.
-    pub issuer: String,
+    #[serde(with = "empty_is_none")]
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Empty: a single node.
-    pub redis_url: String,
+    /// Unset: a single node.
+    #[serde(with = "empty_is_none")]
+    pub redis_url: Option<String>,
     /// Where the other nodes reach this node's HTTP API (to read a room's history from it);
-    /// empty: `http://` and the address the hub listens on.
-    pub advertise_url: String,
+    /// unset: `http://` and the address the hub listens on.
+    #[serde(with = "empty_is_none")]
+    pub advertise_url: Option<String>,
     /// Prefix of every Redis key and channel the cluster uses.
     pub key_prefix: String,
     /// About how many batches each room's Redis stream keeps.
@@ -113,8 +153,8 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
         ClusterConfig {
-            redis_url: String::new(),
-            advertise_url: String::new(),
+            redis_url: None,
+            advertise_url: None,
             key_prefix: "synchub".into(),
             stream_max_len: 10_000,
         }
@@ -168,15 +208,15 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             bind: "127.0.0.1:8080".into(),
-            node_id: String::new(),
+            node_id: None,
             heartbeat_interval_s: 15,
             client_timeout_s: 60,
             room_idle_timeout_s: 60,
             room_threads: 0,
             allowed_origins: Vec::new(),
             workers: 0,
-            tls_cert: String::new(),
-            tls_key: String::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -206,13 +246,13 @@ impl Default for AuthConfig {
     fn default() -> AuthConfig {
         AuthConfig {
             required: true,
-            jwt_secret: String::new(),
-            jwt_public_key_file: String::new(),
-            admin_token: String::new(),
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            admin_token: None,
             dev_login: false,
             leeway_s: 30,
-            audience: String::new(),
-            issuer: String::new(),
+            audience: None,
+            issuer: None,
         }
     }
 }
@@ -489,23 +529,22 @@ impl Config {
                 errors.push(format!("{name} = {value} is out of range ({min} to {max})"));
             }
         }
-        if !self.auth.jwt_public_key_file.is_empty()
-            && !Path::new(&self.auth.jwt_public_key_file).is_file()
+        if let Some(file) = &self.auth.jwt_public_key_file
+            && !file.is_file()
         {
             errors.push(format!(
                 "auth.jwt_public_key_file {:?} does not exist",
-                self.auth.jwt_public_key_file
+                file.display().to_string()
             ));
         }
-        if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             errors.push(
                 "server.tls_cert and server.tls_key go together: set both for https:// and \
                  wss://, or neither"
                     .into(),
             );
         }
-        if !self.cluster.redis_url.is_empty() {
-            let url = &self.cluster.redis_url;
+        if let Some(url) = &self.cluster.redis_url {
             if !url.starts_with("redis://") {
                 errors.push(format!(
                     "cluster.redis_url {url:?} must be a redis:// URL (TLS is not supported)"
@@ -516,15 +555,18 @@ impl Config {
                 .bind
                 .parse::<SocketAddr>()
                 .is_ok_and(|a| a.ip().is_unspecified());
-            if self.cluster.advertise_url.is_empty() && bind_unspecified {
+            if self.cluster.advertise_url.is_none() && bind_unspecified {
                 errors.push(format!(
                     "cluster.advertise_url is needed when server.bind ({}) listens on every \
                      address: the other nodes read history from it",
                     self.server.bind
                 ));
             }
-            if !self.cluster.advertise_url.is_empty()
-                && !self.cluster.advertise_url.starts_with("http://")
+            if self
+                .cluster
+                .advertise_url
+                .as_ref()
+                .is_some_and(|url| !url.starts_with("http://"))
             {
                 errors.push("cluster.advertise_url must be an http:// URL".into());
             }
@@ -543,14 +585,14 @@ impl Config {
             {
                 errors.push("cluster.key_prefix must be a word without spaces".into());
             }
-            if self.auth.admin_token.is_empty() && self.auth.required {
+            if self.auth.admin_token.is_none() && self.auth.required {
                 errors.push(
                     "cluster: auth.admin_token is needed when auth is required: the nodes \
                      read room history from each other with it; set the same token on every \
                      node"
                         .into(),
                 );
-            } else if self.auth.admin_token.is_empty() {
+            } else if self.auth.admin_token.is_none() {
                 warnings.push(
                     "cluster: auth.admin_token is empty, so any client can read room history \
                      from /cluster/rooms/…/history; set the same token on every node"
@@ -564,14 +606,14 @@ impl Config {
                  (development mode)"
                     .into(),
             );
-        } else if self.auth.jwt_secret.is_empty() && self.auth.jwt_public_key_file.is_empty() {
+        } else if self.auth.jwt_secret.is_none() && self.auth.jwt_public_key_file.is_none() {
             warnings.push(
                 "auth.required = true but neither auth.jwt_secret nor auth.jwt_public_key_file \
                  is set: every client will be refused"
                     .into(),
             );
         }
-        match (self.auth.admin_token.is_empty(), self.auth.required) {
+        match (self.auth.admin_token.is_none(), self.auth.required) {
             (true, true) => warnings.push(
                 "auth.admin_token is empty while auth is required: /stats, /metrics, /admin/* \
                  and /cluster/* answer 401 to everyone; set auth.admin_token to use them"
@@ -584,8 +626,7 @@ impl Config {
             ),
             _ => {}
         }
-        if self.auth.required && !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32
-        {
+        if self.auth.required && self.auth.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
             warnings.push(
                 "auth.jwt_secret is shorter than 32 bytes: an HS256 secret that short can be \
                  guessed offline from any token"
@@ -603,7 +644,7 @@ impl Config {
             }
         }
         if self.auth.dev_login {
-            if self.auth.jwt_secret.is_empty() {
+            if self.auth.jwt_secret.is_none() {
                 errors.push("auth.dev_login = true needs auth.jwt_secret to sign tokens".into());
             }
             warnings.push("auth.dev_login = true: POST /auth/login mints tokens for anyone".into());
@@ -617,11 +658,13 @@ impl Config {
 
     /// The certificate and key files when TLS is configured.
     pub fn tls_files(&self) -> Option<crate::tls::CertFiles> {
-        let s = &self.server;
-        (!s.tls_cert.is_empty() && !s.tls_key.is_empty()).then(|| crate::tls::CertFiles {
-            cert: PathBuf::from(&s.tls_cert),
-            key: PathBuf::from(&s.tls_key),
-        })
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The settings of the actor system, for a hub listening on `listening`. Call after
@@ -664,16 +707,15 @@ impl Config {
             },
             room_idle_timeout: Duration::from_secs(self.server.room_idle_timeout_s),
             room_threads: self.server.room_threads,
-            cluster: (!self.cluster.redis_url.is_empty()).then(|| ClusterSettings {
-                redis_url: self.cluster.redis_url.clone(),
-                advertise_url: match self.cluster.advertise_url.as_str() {
-                    "" => format!("http://{listening}"),
-                    url => url.trim_end_matches('/').to_owned(),
+            cluster: self.cluster.redis_url.as_ref().map(|url| ClusterSettings {
+                redis_url: url.clone(),
+                advertise_url: match &self.cluster.advertise_url {
+                    None => format!("http://{listening}"),
+                    Some(url) => url.trim_end_matches('/').to_owned(),
                 },
                 key_prefix: self.cluster.key_prefix.clone(),
                 stream_max_len: self.cluster.stream_max_len,
-                peer_token: (!self.auth.admin_token.is_empty())
-                    .then(|| self.auth.admin_token.clone()),
+                peer_token: self.auth.admin_token.clone(),
             }),
         }
     }
@@ -681,10 +723,11 @@ impl Config {
     /// The configuration as TOML, with secrets masked.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
-        for secret in [&mut c.auth.jwt_secret, &mut c.auth.admin_token] {
-            if !secret.is_empty() {
-                *secret = "<redacted>".into();
-            }
+        for secret in [&mut c.auth.jwt_secret, &mut c.auth.admin_token]
+            .into_iter()
+            .flatten()
+        {
+            *secret = "<redacted>".into();
         }
         toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
@@ -737,7 +780,7 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.server.bind, "127.0.0.1:9999");
-        assert_eq!(c.server.node_id, "42");
+        assert_eq!(c.server.node_id.as_deref(), Some("42"));
         assert!(!c.auth.required);
         assert_eq!(c.limits.max_frame_bytes, 2048);
         assert_eq!(c.limits.max_json_depth, 3);
@@ -771,7 +814,7 @@ mod tests {
     fn tls_files_come_in_pairs_and_not_on_a_cluster_node() {
         let c = Config::from_toml("", env(&[("SYNCHUB_SERVER_TLS_CERT", "/etc/hub/cert.pem")]))
             .expect("parses");
-        assert_eq!(c.server.tls_cert, "/etc/hub/cert.pem");
+        assert_eq!(c.server.tls_cert, Some(PathBuf::from("/etc/hub/cert.pem")));
         assert_eq!(c.tls_files(), None);
         let Err(ConfigError::Invalid(errors)) = c.validate() else {
             panic!("a certificate without a key passes");
@@ -825,5 +868,49 @@ mod tests {
         edge.limits.max_json_depth = 100;
         edge.storage.tombstone_retention_s = 0;
         assert!(edge.validate().is_ok());
+    }
+
+    #[test]
+    fn an_empty_string_means_unset_in_the_file_and_the_environment() {
+        let file = "[server]\nnode_id = \"\"\ntls_cert = \"\"\ntls_key = \"\"\n\
+                    [auth]\njwt_secret = \"\"\nadmin_token = \"admin\"\nissuer = \"\"\n\
+                    [cluster]\nredis_url = \"redis://127.0.0.1:6379\"\n";
+        let c = Config::from_toml(
+            file,
+            env(&[
+                // Empty in the environment unsets what the file set.
+                ("SYNCHUB_CLUSTER_REDIS_URL", ""),
+                ("SYNCHUB_AUTH_AUDIENCE", ""),
+                ("SYNCHUB_AUTH_JWT_PUBLIC_KEY_FILE", "/etc/hub/jwt.pem"),
+            ]),
+        )
+        .expect("parses");
+        assert_eq!(c.server.node_id, None);
+        assert_eq!(c.server.tls_cert, None);
+        assert_eq!(c.server.tls_key, None);
+        assert_eq!(c.auth.jwt_secret, None);
+        assert_eq!(c.auth.issuer, None);
+        assert_eq!(c.auth.audience, None);
+        assert_eq!(c.cluster.redis_url, None);
+        assert_eq!(c.auth.admin_token.as_deref(), Some("admin"));
+        assert_eq!(
+            c.auth.jwt_public_key_file,
+            Some(PathBuf::from("/etc/hub/jwt.pem"))
+        );
+        assert!(
+            c.hub_settings("127.0.0.1:1".parse().expect("addr"))
+                .cluster
+                .is_none()
+        );
+        // Unset keys are written back as the empty strings they were read from.
+        let shown: toml::Table = toml::from_str(&c.redacted_toml()).expect("TOML");
+        assert_eq!(shown["server"]["node_id"].as_str(), Some(""));
+        assert_eq!(shown["cluster"]["redis_url"].as_str(), Some(""));
+        assert_eq!(shown["auth"]["jwt_secret"].as_str(), Some(""));
+        assert_eq!(shown["auth"]["admin_token"].as_str(), Some("<redacted>"));
+        assert_eq!(
+            shown["auth"]["jwt_public_key_file"].as_str(),
+            Some("/etc/hub/jwt.pem")
+        );
     }
 }

@@ -251,7 +251,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if config.auth.jwt_secret.is_empty() {
+            if config.auth.jwt_secret.is_none() {
                 eprintln!("synchub: auth.jwt_secret is empty; set it (or SYNCHUB_AUTH_JWT_SECRET)");
                 return ExitCode::from(2);
             }

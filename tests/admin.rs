@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 const ADMIN: &str = "admin-secret";
 
 fn hub() -> TestHub {
-    TestHub::start_with(|c| c.auth.admin_token = ADMIN.into())
+    TestHub::start_with(|c| c.auth.admin_token = Some(ADMIN.into()))
 }
 
 async fn admin(method: &str, hub: &TestHub, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -132,7 +132,7 @@ async fn sessions_are_listed_with_their_rooms_and_traffic_and_closed_on_request(
 #[actix_rt::test]
 async fn a_client_that_stops_reading_shows_its_lag() {
     let hub = TestHub::start_with(|c| {
-        c.auth.admin_token = ADMIN.into();
+        c.auth.admin_token = Some(ADMIN.into());
         c.limits.max_outbound_bytes = 256 << 20;
         c.limits.max_messages_per_second = 100_000;
     });

@@ -264,11 +264,11 @@ fn b64(bytes: &[u8]) -> String {
 async fn bad_tokens_are_refused_in_every_dialect() {
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
-        c.auth.admin_token = ADMIN.into();
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.admin_token = Some(ADMIN.into());
         c.auth.leeway_s = 0;
-        c.auth.audience = "synchub-test".into();
-        c.auth.issuer = "https://issuer.test".into();
+        c.auth.audience = Some("synchub-test".into());
+        c.auth.issuer = Some("https://issuer.test".into());
     });
     admitted_everywhere(&hub, &mint(SECRET, &claims(60)).expect("mint")).await;
     // A list of audiences that names the hub is fine too.
@@ -344,10 +344,10 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     let key_file = public.display().to_string();
     let hub = TestHub::start_with(move |c| {
         c.auth.required = true;
-        c.auth.jwt_public_key_file = key_file;
-        c.auth.admin_token = ADMIN.into();
-        c.auth.audience = "synchub-test".into();
-        c.auth.issuer = "https://issuer.test".into();
+        c.auth.jwt_public_key_file = Some(key_file.into());
+        c.auth.admin_token = Some(ADMIN.into());
+        c.auth.audience = Some("synchub-test".into());
+        c.auth.issuer = Some("https://issuer.test".into());
     });
     let rs256 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
@@ -367,7 +367,7 @@ async fn hs256_signed_with_the_public_key_is_refused() {
     // And a private key where the public one belongs is refused at start, by name.
     let mut config = common::test_config(dir.path());
     config.auth.required = true;
-    config.auth.jwt_public_key_file = private.display().to_string();
+    config.auth.jwt_public_key_file = Some(private.clone());
     let err = synchub::auth::JwtVerifier::from_config(&config.auth)
         .err()
         .expect("a private key is refused");
@@ -378,7 +378,7 @@ async fn hs256_signed_with_the_public_key_is_refused() {
 async fn admin_endpoints_are_closed_without_an_admin_token_when_auth_is_required() {
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
+        c.auth.jwt_secret = Some(SECRET.into());
     });
     for path in ["/stats", "/metrics", "/stats/rooms/pocket/x"] {
         let (status, _) = http("GET", &hub.http_url(path), None, None).await;
@@ -405,11 +405,11 @@ async fn tokens_the_hub_mints_carry_its_audience_and_issuer() {
     const ISSUER: &str = "https://hub.minted.test";
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
-        c.auth.admin_token = ADMIN.into();
+        c.auth.jwt_secret = Some(SECRET.into());
+        c.auth.admin_token = Some(ADMIN.into());
         c.auth.dev_login = true;
-        c.auth.audience = AUDIENCE.into();
-        c.auth.issuer = ISSUER.into();
+        c.auth.audience = Some(AUDIENCE.into());
+        c.auth.issuer = Some(ISSUER.into());
     });
     let me = |token: String| {
         let url = hub.http_url("/auth/me");

@@ -568,7 +568,7 @@ async fn http_clients_name_their_room_without_the_query() {
     // With auth required, the claim of a verified token.
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = SECRET.into();
+        c.auth.jwt_secret = Some(SECRET.into());
     });
     let token = token_for("signed-room");
     let (status, _) = http(
@@ -707,7 +707,7 @@ async fn engine_clients_end_with_every_change() {
 async fn an_oversized_document_does_not_block_its_collection() {
     let hub = TestHub::start_with(|c| {
         c.limits.max_document_bytes = 256;
-        c.auth.admin_token = "admin-secret".into();
+        c.auth.admin_token = Some("admin-secret".into());
     });
     let mut ws = Ws::connect(&hub.ws_url("/sync?room=big")).await;
     let r = ws

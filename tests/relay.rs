@@ -326,7 +326,7 @@ async fn auth_is_checked_before_the_upgrade() {
     use synchub::auth::{Claims, mint, unix_now};
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = "relay-secret".into();
+        c.auth.jwt_secret = Some("relay-secret".into());
     });
     let url = hub.ws_url("/relay?channel=team");
     assert_eq!(Ws::refused_status(&url).await, 401);
@@ -366,7 +366,7 @@ async fn an_expiring_token_closes_with_4009_unless_refreshed_in_band() {
     use synchub::auth::{Claims, mint, unix_now};
     let hub = TestHub::start_with(|c| {
         c.auth.required = true;
-        c.auth.jwt_secret = "relay-secret".into();
+        c.auth.jwt_secret = Some("relay-secret".into());
         c.auth.leeway_s = 0;
     });
     let tok = |ttl: i64| {

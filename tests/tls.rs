@@ -26,8 +26,8 @@ fn tls_hub(
     let paths = CertPaths::in_dir(certs.path());
     paths.install(&ca.server_cert());
     let hub = TestHub::start_with(|c| {
-        c.server.tls_cert = paths.cert.display().to_string();
-        c.server.tls_key = paths.key.display().to_string();
+        c.server.tls_cert = Some(paths.cert.clone());
+        c.server.tls_key = Some(paths.key.clone());
         edit(c);
     });
     (hub, certs)

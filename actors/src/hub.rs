@@ -60,8 +60,8 @@ pub struct HubSettings {
     pub relaxed: bool,
     /// The most memory the storage's page cache may use (`storage.cache_bytes`).
     pub storage_cache_bytes: u64,
-    /// A fixed node id; empty: generated once and kept in the data directory.
-    pub node_id: String,
+    /// A fixed node id; `None`: generated once and kept in the data directory.
+    pub node_id: Option<String>,
     pub pocket: PocketModel,
     /// A Pocket pull's `limit` is clamped to this.
     pub pocket_max_pull_limit: usize,
@@ -190,8 +190,9 @@ impl Hub {
             other => other,
         }
         .map_err(storage_error)?;
-        let node_id = if settings.node_id.is_empty() {
-            match store.node_value("node_id").map_err(storage_error)? {
+        let node_id = match &settings.node_id {
+            Some(id) => id.clone(),
+            None => match store.node_value("node_id").map_err(storage_error)? {
                 Some(id) => id,
                 None => {
                     let id = crate::cluster::fresh_id("node");
@@ -200,9 +201,7 @@ impl Hub {
                         .map_err(storage_error)?;
                     id
                 }
-            }
-        } else {
-            settings.node_id.clone()
+            },
         };
         let metrics = Arc::new(Metrics::new());
         // Group commit blocks on the disk: it gets a thread of its own.

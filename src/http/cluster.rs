@@ -181,7 +181,7 @@ pub(super) async fn room_on_peers(state: &AppState, key: &RoomKey) -> Value {
             key.room
         );
         let mut request = client.get(&url);
-        if !token.is_empty() {
+        if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         let answer = match request.send().await {

@@ -82,10 +82,9 @@ impl AppState {
     /// Admin endpoints need the admin token when one is configured. Without one they are open
     /// only in development mode (auth off); with auth required they are closed to everyone.
     pub(crate) fn admin_allowed(&self, req: &HttpRequest) -> bool {
-        let expected = &self.config.auth.admin_token;
-        if expected.is_empty() {
+        let Some(expected) = &self.config.auth.admin_token else {
             return !self.config.auth.required;
-        }
+        };
         bearer(req).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
 }

@@ -37,8 +37,8 @@ pub fn auth_hub(
     let (secret, admin) = (secret.to_owned(), admin.to_owned());
     TestHub::start_with(move |c| {
         c.auth.required = true;
-        c.auth.jwt_secret = secret;
-        c.auth.admin_token = admin;
+        c.auth.jwt_secret = Some(secret);
+        c.auth.admin_token = Some(admin).filter(|a| !a.is_empty());
         edit(c);
     })
 }
