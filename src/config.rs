@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,55 @@ pub enum ConfigError {
     Env { var: String, why: String },
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
+}
+
+const DAY: u64 = 24 * 3600;
+const MIB: u64 = 1 << 20;
+
+/// A numeric key, its value and the values it may take.
+#[derive(Debug, Clone)]
+struct KeyRange {
+    /// `section.key`, as the file and the errors name it.
+    key: &'static str,
+    value: u64,
+    allowed: RangeInclusive<u64>,
+}
+
+impl KeyRange {
+    fn new(key: &'static str, value: impl TryInto<u64>, allowed: RangeInclusive<u64>) -> Self {
+        KeyRange {
+            key,
+            // Only a `usize` wider than 64 bits fails to convert: past every maximum.
+            value: value.try_into().unwrap_or(u64::MAX),
+            allowed,
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        (!self.allowed.contains(&self.value)).then(|| {
+            format!(
+                "{} = {} is out of range ({} to {})",
+                self.key,
+                self.value,
+                self.allowed.start(),
+                self.allowed.end()
+            )
+        })
+    }
+}
+
+/// Declares, beside a section's struct, the values each of its numeric keys may take; checked
+/// by [`Config::validate`]. Below a minimum a feature stops working; past a maximum, arithmetic
+/// on the value would overflow (seconds become milliseconds in an `i64`), a pool would not
+/// start, or one client could claim the machine.
+macro_rules! ranges {
+    ($section:ty, $name:literal { $($key:ident: $allowed:expr),* $(,)? }) => {
+        impl $section {
+            fn ranges(&self) -> Vec<KeyRange> {
+                vec![$(KeyRange::new(concat!($name, ".", stringify!($key)), self.$key, $allowed)),*]
+            }
+        }
+    };
 }
 
 /// Keys where an empty string means "not set", in the file and in the environment alike: the
@@ -101,6 +151,14 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
 }
 
+ranges!(ServerConfig, "server" {
+    heartbeat_interval_s: 1..=3600,
+    client_timeout_s: 1..=DAY,
+    room_idle_timeout_s: 0..=30 * DAY,
+    room_threads: 0..=1024,
+    workers: 0..=1024,
+});
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -112,6 +170,11 @@ pub struct StorageConfig {
     /// The most memory the storage's page cache may use.
     pub cache_bytes: u64,
 }
+
+ranges!(StorageConfig, "storage" {
+    tombstone_retention_s: 0..=100 * 365 * DAY,
+    cache_bytes: MIB..=1 << 40,
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,6 +197,10 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
 }
 
+ranges!(AuthConfig, "auth" {
+    leeway_s: 0..=DAY,
+});
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -149,6 +216,10 @@ pub struct ClusterConfig {
     /// About how many batches each room's Redis stream keeps.
     pub stream_max_len: usize,
 }
+
+ranges!(ClusterConfig, "cluster" {
+    stream_max_len: 1..=10_000_000,
+});
 
 impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
@@ -170,6 +241,10 @@ pub struct PocketConfig {
     pub collections: BTreeMap<String, CollectionConfig>,
 }
 
+ranges!(PocketConfig, "pocket" {
+    max_pull_limit: 1..=1_000_000,
+});
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionConfig {
@@ -182,11 +257,19 @@ pub struct SynckitConfig {
     pub batch_ms: u64,
 }
 
+ranges!(SynckitConfig, "synckit" {
+    batch_ms: 0..=60_000,
+});
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
     pub max_changes_per_message: usize,
 }
+
+ranges!(RelayConfig, "relay" {
+    max_changes_per_message: 1..=1_000_000,
+});
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +286,20 @@ pub struct LimitsConfig {
     /// How far ahead of the hub's clock a client's timestamp may be (SyncKit deltas).
     pub max_clock_skew_s: u64,
 }
+
+ranges!(LimitsConfig, "limits" {
+    max_frame_bytes: 1024..=256 * MIB,
+    max_document_bytes: 64..=256 * MIB,
+    // serde_json reads 128 levels; a stored record nests its value one level deeper.
+    max_json_depth: 1..=100,
+    max_connections: 1..=10_000_000,
+    max_connections_per_user: 1..=10_000_000,
+    max_connections_per_ip: 1..=10_000_000,
+    max_messages_per_second: 1..=10_000_000,
+    max_rooms_per_session: 1..=1_000_000,
+    max_outbound_bytes: 64 * 1024..=1 << 40,
+    max_clock_skew_s: 0..=365 * DAY,
+});
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
@@ -400,110 +497,6 @@ impl Config {
         Ok((Config::from_toml(&text, std::env::vars())?, path))
     }
 
-    /// Every numeric key with the range it must lie in: below the minimum a feature stops
-    /// working; above the maximum, arithmetic on the value would overflow (seconds become
-    /// milliseconds in an `i64`), a pool would not start, or one client could claim the machine.
-    fn numbers(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        const DAY: u64 = 24 * 3600;
-        const MIB: u64 = 1 << 20;
-        let (s, st, l) = (&self.server, &self.storage, &self.limits);
-        vec![
-            (
-                "server.heartbeat_interval_s",
-                s.heartbeat_interval_s,
-                1,
-                3600,
-            ),
-            ("server.client_timeout_s", s.client_timeout_s, 1, DAY),
-            (
-                "server.room_idle_timeout_s",
-                s.room_idle_timeout_s,
-                0,
-                30 * DAY,
-            ),
-            ("server.room_threads", s.room_threads as u64, 0, 1024),
-            ("server.workers", s.workers as u64, 0, 1024),
-            (
-                "storage.tombstone_retention_s",
-                st.tombstone_retention_s,
-                0,
-                100 * 365 * DAY,
-            ),
-            ("storage.cache_bytes", st.cache_bytes, MIB, 1 << 40),
-            ("auth.leeway_s", self.auth.leeway_s, 0, DAY),
-            (
-                "cluster.stream_max_len",
-                self.cluster.stream_max_len as u64,
-                1,
-                10_000_000,
-            ),
-            (
-                "pocket.max_pull_limit",
-                self.pocket.max_pull_limit as u64,
-                1,
-                1_000_000,
-            ),
-            ("synckit.batch_ms", self.synckit.batch_ms, 0, 60_000),
-            (
-                "relay.max_changes_per_message",
-                self.relay.max_changes_per_message as u64,
-                1,
-                1_000_000,
-            ),
-            (
-                "limits.max_frame_bytes",
-                l.max_frame_bytes as u64,
-                1024,
-                256 * MIB,
-            ),
-            (
-                "limits.max_document_bytes",
-                l.max_document_bytes as u64,
-                64,
-                256 * MIB,
-            ),
-            // serde_json reads 128 levels; a stored record nests its value one level deeper.
-            ("limits.max_json_depth", l.max_json_depth as u64, 1, 100),
-            (
-                "limits.max_connections",
-                l.max_connections as u64,
-                1,
-                10_000_000,
-            ),
-            (
-                "limits.max_connections_per_user",
-                l.max_connections_per_user as u64,
-                1,
-                10_000_000,
-            ),
-            (
-                "limits.max_connections_per_ip",
-                l.max_connections_per_ip as u64,
-                1,
-                10_000_000,
-            ),
-            (
-                "limits.max_messages_per_second",
-                u64::from(l.max_messages_per_second),
-                1,
-                10_000_000,
-            ),
-            (
-                "limits.max_rooms_per_session",
-                l.max_rooms_per_session as u64,
-                1,
-                1_000_000,
-            ),
-            (
-                "limits.max_outbound_bytes",
-                l.max_outbound_bytes as u64,
-                64 * 1024,
-                1 << 40,
-            ),
-            ("limits.max_clock_skew_s", l.max_clock_skew_s, 0, 365 * DAY),
-        ]
-    }
-
     /// Checks what types alone cannot; returns warnings for settings that run but surprise.
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut errors = Vec::new();
@@ -524,11 +517,7 @@ impl Config {
                     .into(),
             );
         }
-        for (name, value, min, max) in self.numbers() {
-            if value < min || value > max {
-                errors.push(format!("{name} = {value} is out of range ({min} to {max})"));
-            }
-        }
+        errors.extend(self.ranges().filter_map(|r| r.error()));
         if let Some(file) = &self.auth.jwt_public_key_file
             && !file.is_file()
         {
@@ -665,6 +654,22 @@ impl Config {
             }),
             _ => None,
         }
+    }
+
+    /// Every numeric key with the values it may take, section by section.
+    fn ranges(&self) -> impl Iterator<Item = KeyRange> {
+        [
+            self.server.ranges(),
+            self.storage.ranges(),
+            self.auth.ranges(),
+            self.cluster.ranges(),
+            self.pocket.ranges(),
+            self.synckit.ranges(),
+            self.relay.ranges(),
+            self.limits.ranges(),
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// The settings of the actor system, for a hub listening on `listening`. Call after
@@ -862,8 +867,8 @@ mod tests {
         assert_eq!(errors.len(), 4, "{text}");
         // The defaults, and every key at the edge of its range, pass.
         let mut edge = Config::default();
-        for (name, _, min, _) in edge.numbers() {
-            assert!(min <= 1 << 20, "{name}");
+        for range in edge.ranges() {
+            assert!(*range.allowed.start() <= 1 << 20, "{}", range.key);
         }
         edge.limits.max_json_depth = 100;
         edge.storage.tombstone_retention_s = 0;
@@ -911,6 +916,32 @@ mod tests {
         assert_eq!(
             shown["auth"]["jwt_public_key_file"].as_str(),
             Some("/etc/hub/jwt.pem")
+        );
+    }
+
+    #[test]
+    fn a_range_error_names_the_key_its_value_and_the_range() {
+        let c = Config::from_toml("", env(&[("SYNCHUB_SERVER_HEARTBEAT_INTERVAL_S", "0")]))
+            .expect("parses");
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("a heartbeat of 0 s passes");
+        };
+        assert_eq!(
+            errors,
+            ["server.heartbeat_interval_s = 0 is out of range (1 to 3600)"]
+        );
+        let mut c = Config::default();
+        c.limits.max_outbound_bytes = 1024;
+        c.pocket.max_pull_limit = 0;
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("out-of-range values set in code pass");
+        };
+        assert_eq!(
+            errors,
+            [
+                "pocket.max_pull_limit = 0 is out of range (1 to 1000000)",
+                "limits.max_outbound_bytes = 1024 is out of range (65536 to 1099511627776)",
+            ]
         );
     }
 }
