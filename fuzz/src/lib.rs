@@ -21,7 +21,7 @@ pub fn room(ns: Namespace) -> RoomKey {
 }
 
 pub fn pocket() -> PocketDialect {
-    PocketDialect::new(room(Namespace::Pocket), PocketLimits::default())
+    PocketDialect::new(room(synchub_actors::pocket::NAMESPACE), PocketLimits::default())
 }
 
 pub fn synckit() -> SynckitDialect {
@@ -39,7 +39,7 @@ pub fn synckit() -> SynckitDialect {
 
 pub fn relay() -> RelayDialect {
     RelayDialect::new(
-        room(Namespace::Relay),
+        room(synchub_actors::relay::NAMESPACE),
         "hub".into(),
         RelayLimits {
             max_per_message: 100,

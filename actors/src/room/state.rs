@@ -673,7 +673,7 @@ mod tests {
     #[test]
     fn winners_are_numbered_in_order_and_later_changes_see_earlier_ones() {
         let model = PocketModel::default();
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let mut open = OpenBatch::default();
         let s = st.submit(
             &model,
@@ -716,7 +716,7 @@ mod tests {
         .map(|c| parse_change(c).expect("valid"))
         .collect();
         let digest_of = |order: &[usize]| {
-            let mut st = empty(Namespace::Relay, &RelayModel);
+            let mut st = empty(crate::relay::NAMESPACE, &RelayModel);
             let mut open = OpenBatch::default();
             for i in order {
                 st.submit(
@@ -736,7 +736,7 @@ mod tests {
 
     /// Submits `changes` one by one in `order`, committing each to `store`.
     fn relay_run(store: &Store, changes: &[IncomingChange], order: &[usize]) -> RoomState {
-        let mut st = empty(Namespace::Relay, &RelayModel);
+        let mut st = empty(crate::relay::NAMESPACE, &RelayModel);
         for i in order {
             let mut open = OpenBatch::default();
             let change = changes[*i].clone();
@@ -824,7 +824,7 @@ mod tests {
     fn state_survives_a_reload_by_replaying_the_log() {
         let store = Store::memory();
         let model = RelayModel;
-        let mut st = empty(Namespace::Relay, &model);
+        let mut st = empty(crate::relay::NAMESPACE, &model);
         for round in 0..30u64 {
             let mut open = OpenBatch::default();
             let changes: Vec<IncomingChange> = (0..10)
@@ -859,7 +859,7 @@ mod tests {
     fn a_long_decimal_reads_back_as_it_was_hashed() {
         let store = Store::memory();
         let model = PocketModel::default();
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let long = "1444444444444444444444444444444444444444444444444444444444444.\
                     44444444444444444444444444444444444444444444";
         let text = format!(
@@ -886,7 +886,7 @@ mod tests {
             tombstone_retention_ms: Some(1000),
             ..PocketModel::default()
         };
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let delete = IncomingChange {
             stream: "todos".into(),
             key: "gone".into(),

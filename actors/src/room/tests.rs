@@ -179,8 +179,8 @@ async fn start_room(store: Store, ns: Namespace, relaxed: bool) -> Addr<Room> {
     let metrics = Arc::new(Metrics::new());
     let durability = Durability::new(store.clone(), metrics.clone(), relaxed).start();
     let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-    models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
-    models.insert(Namespace::Relay, Arc::new(RelayModel));
+    models.insert(crate::pocket::NAMESPACE, Arc::new(PocketModel::default()));
+    models.insert(crate::relay::NAMESPACE, Arc::new(RelayModel));
     let directory = Directory::new(DirectoryParts {
         arbiters: vec![actix::Arbiter::current()],
         store,
@@ -240,7 +240,7 @@ async fn settle() {
 #[actix_rt::test]
 async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_in_order() {
     for relaxed in [false, true] {
-        let room = start_room(Store::memory(), Namespace::Relay, relaxed).await;
+        let room = start_room(Store::memory(), crate::relay::NAMESPACE, relaxed).await;
         let (_watcher, watched) = join(&room, 100).await;
         let mut senders = Vec::new();
         for s in 0..5u64 {
@@ -296,7 +296,7 @@ async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_i
 
 #[actix_rt::test]
 async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
-    let room = start_room(Store::memory(), Namespace::Pocket, false).await;
+    let room = start_room(Store::memory(), crate::pocket::NAMESPACE, false).await;
     // The second change of one submit merges against the first.
     let RoomReply::Submitted(s) = ask(
         &room,
@@ -336,7 +336,7 @@ async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
 #[actix_rt::test]
 async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() {
     let store = Store::memory();
-    let room = start_room(store.clone(), Namespace::Relay, false).await;
+    let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
     for v in [1, 2, 3] {
         ask(
             &room,
@@ -368,7 +368,7 @@ async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() 
         panic!("snapshot failed");
     };
     assert_eq!(snap.records.len(), 4);
-    let key = RoomKey::new(Namespace::Relay, "r").expect("key");
+    let key = RoomKey::new(crate::relay::NAMESPACE, "r").expect("key");
     let layout = RoomLayout::new(&key);
     let image = store.load_room(&layout).expect("load");
     assert_eq!(image.meta.seq, 6);
@@ -432,7 +432,7 @@ fn cell_name(record_key: &str) -> String {
 async fn a_failed_flush_refuses_its_writes_keeps_the_members_and_recovers_by_itself() {
     let faults = Arc::new(Faulty::default());
     let store = Store::over(faults.clone());
-    let room = start_room(store.clone(), Namespace::Relay, false).await;
+    let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
     let (_m, seen) = join(&room, 7).await;
     ask(&room, None, submit("a", 1)).await;
     faults.fail_flush_in(1);
@@ -486,7 +486,7 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
     for (n, flush) in [(1, false), (2, false), (3, true), (5, true), (8, false)] {
         let faults = Arc::new(Faulty::default());
         let store = Store::over(faults.clone());
-        let room = start_room(store.clone(), Namespace::Relay, false).await;
+        let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
         if flush {
             faults.fail_flush_in(n);
         } else {
@@ -512,8 +512,9 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
         let keys = snapshot_keys(ask(&room, None, RoomRequest::Snapshot).await);
         assert_eq!(keys, acked, "fault {n} (flush: {flush})");
         // And what a fresh load of the store holds is the same.
-        let layout =
-            crate::store::RoomLayout::new(&RoomKey::new(Namespace::Relay, "r").expect("key"));
+        let layout = crate::store::RoomLayout::new(
+            &RoomKey::new(crate::relay::NAMESPACE, "r").expect("key"),
+        );
         let image = store.load_room(&layout).expect("load");
         let mut stored: Vec<String> = image.log.iter().map(|e| cell_name(&e.key)).collect();
         stored.sort();

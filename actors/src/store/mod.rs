@@ -817,11 +817,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room_key::Namespace;
     use serde_json::json;
 
     fn layout(name: &str) -> RoomLayout {
-        RoomLayout::new(&RoomKey::new(Namespace::Pocket, name).expect("valid"))
+        RoomLayout::new(&RoomKey::new(crate::pocket::NAMESPACE, name).expect("valid"))
     }
 
     fn entry(meta: &mut RoomMeta, stream: &str, key: &str, v: Value) -> LogEntry {
