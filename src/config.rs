@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
-use synchub_actors::HubSettings;
-use synchub_actors::cluster::ClusterSettings;
-use synchub_actors::directory::ConnectionLimits;
-use synchub_actors::hub::{CommonSettings, SessionSettings};
-use synchub_actors::registry;
-use synchub_actors::section::DialectSections;
+use synchub_actors::dialects::{self, DialectSections};
+use synchub_actors::{
+    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, SessionSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,7 +49,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             auth: AuthConfig::default(),
             cluster: ClusterConfig::default(),
-            dialects: registry::default_sections(),
+            dialects: dialects::default_sections(),
             limits: LimitsConfig::default(),
         }
     }
@@ -201,7 +199,7 @@ impl Default for StorageConfig {
             path: "./data".into(),
             durability: Durability::Flush,
             tombstone_retention_s: 30 * 24 * 3600,
-            cache_bytes: synchub_actors::store::DEFAULT_CACHE_BYTES,
+            cache_bytes: synchub_actors::storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -343,11 +341,11 @@ impl Config {
                 "cluster" => c.cluster = read(&section, value)?,
                 "limits" => c.limits = read(&section, value)?,
                 name => {
-                    let Some(dialect) = registry::find(name) else {
+                    let Some(dialect) = dialects::find(name) else {
                         return Err(ConfigError::Parse(format!(
                             "unknown section [{name}]: the sections are server, storage, auth, \
                              cluster, limits and one per dialect ({})",
-                            registry::DIALECTS
+                            dialects::DIALECTS
                                 .iter()
                                 .map(|d| d.name())
                                 .collect::<Vec<_>>()
@@ -654,7 +652,7 @@ impl Config {
             relaxed: self.storage.durability == Durability::Relaxed,
             storage_cache_bytes: self.storage.cache_bytes,
             node_id: self.server.node_id.clone(),
-            dialects: registry::rooms(),
+            dialects: dialects::rooms(),
             sections: self.dialects.clone(),
             common: self.common_settings(),
             session: SessionSettings {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use synchub_actors::Namespace;
-use synchub_actors::model::Model;
-use synchub_actors::store::{BackupError, BackupReport, Store};
+use synchub_actors::dialects::{self, Model};
+use synchub_actors::storage::{self, BackupError, BackupReport, Store};
 
 use crate::config::Config;
 
@@ -88,7 +88,7 @@ pub fn backup(
         Ok(())
     })?;
     // Read back whole: the hash in its trailer proves the copy complete.
-    let report = synchub_actors::store::check_backup(&partial).inspect_err(|_| {
+    let report = storage::check_backup(&partial).inspect_err(|_| {
         let _ = std::fs::remove_file(&partial);
     })?;
     std::fs::rename(&partial, out).map_err(|source| DataError::File {
@@ -151,7 +151,7 @@ pub fn check(dir: &Path) -> std::process::ExitCode {
         }
     };
     let models = replay_models();
-    let rooms = match synchub_actors::data_check::check_rooms(&store, &models) {
+    let rooms = match storage::check_rooms(&store, &models) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("synchub: cannot list the rooms of {}: {e}", dir.display());
@@ -182,7 +182,7 @@ pub fn check(dir: &Path) -> std::process::ExitCode {
 /// its log do not depend on any setting.
 fn replay_models() -> HashMap<Namespace, Arc<dyn Model>> {
     let defaults = Config::default();
-    synchub_actors::registry::models(&defaults.dialects, &defaults.common_settings())
+    dialects::models(&defaults.dialects, &defaults.common_settings())
 }
 
 /// `synchub migrate DIR`: brings an older data directory to this version's format.
@@ -192,8 +192,8 @@ pub fn migrate(dir: &Path) -> std::process::ExitCode {
         return code;
     }
     let models = replay_models();
-    let stamp = synchub_actors::data_check::stamp_with(&models);
-    match synchub_actors::store::migrate(dir, &stamp) {
+    let stamp = storage::stamp_with(&models);
+    match storage::migrate(dir, &stamp) {
         Ok(r) => {
             match &r.kept_as {
                 Some(kept) => println!(

@@ -9,10 +9,10 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use synchub_actors::RoomKey;
-use synchub_actors::model::IncomingChange;
+use synchub_actors::dialects::IncomingChange;
+use synchub_actors::engine::{LocalCounter, OpenBatch, RoomState};
 use synchub_actors::relay::{RelayModel, parse_change};
-use synchub_actors::room::{LocalCounter, OpenBatch, RoomState};
-use synchub_actors::store::{RoomImage, RoomLayout, Store};
+use synchub_actors::storage::{RoomImage, RoomLayout, Store};
 
 const BATCH: u64 = 64;
 

@@ -13,5 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let _ = wire::parse(data, &PocketLimits::default(), 0);
     let _ = wire::request_id(data);
     let changes = feed(&mut pocket(), &Caller::new(1), data);
-    merge_and_reload(synchub_actors::pocket::NAMESPACE, Arc::new(PocketModel::default()), changes);
+    merge_and_reload(
+        synchub_actors::pocket::NAMESPACE,
+        Arc::new(PocketModel::default()),
+        changes,
+    );
 });

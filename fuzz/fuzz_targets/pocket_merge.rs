@@ -8,8 +8,8 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
+use synchub_actors::dialects::{Dialect, Frame};
 use synchub_actors::pocket::{PocketModel, Strategy};
-use synchub_actors::session::{Dialect, Frame};
 use synchub_fuzz::{Caller, Engine, changes_in, pocket};
 
 #[derive(Arbitrary, Debug)]

@@ -10,5 +10,9 @@ use synchub_fuzz::{Caller, feed, merge_and_reload, relay};
 
 fuzz_target!(|data: &[u8]| {
     let changes = feed(&mut relay(), &Caller::new(1), data);
-    merge_and_reload(synchub_actors::relay::NAMESPACE, Arc::new(RelayModel), changes);
+    merge_and_reload(
+        synchub_actors::relay::NAMESPACE,
+        Arc::new(RelayModel),
+        changes,
+    );
 });

@@ -4,24 +4,24 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use synchub_actors::identity::Identity;
-use synchub_actors::model::{IncomingChange, Model};
-use synchub_actors::origin::{NodeId, Origin, SessionId};
+use synchub_actors::dialects::{Action, Dialect, Env, Frame, IncomingChange, Model};
+use synchub_actors::engine::{LocalCounter, NodeId, OpenBatch, Origin, RoomState, SessionId};
 use synchub_actors::pocket::PocketDialect;
 use synchub_actors::pocket::wire::PocketLimits;
 use synchub_actors::relay::{RelayDialect, RelayLimits};
-use synchub_actors::room::{LocalCounter, OpenBatch, RoomRequest, RoomState};
-use synchub_actors::room_key::{Namespace, RoomKey};
-use synchub_actors::session::{Action, Dialect, Env, Frame};
-use synchub_actors::store::{RoomImage, RoomLayout, Store};
+use synchub_actors::storage::{RoomImage, RoomLayout, Store};
 use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
+use synchub_actors::{Identity, Namespace, RoomKey, RoomRequest};
 
 pub fn room(ns: Namespace) -> RoomKey {
     RoomKey::new(ns, "fuzz").expect("a valid room id")
 }
 
 pub fn pocket() -> PocketDialect {
-    PocketDialect::new(room(synchub_actors::pocket::NAMESPACE), PocketLimits::default())
+    PocketDialect::new(
+        room(synchub_actors::pocket::NAMESPACE),
+        PocketLimits::default(),
+    )
 }
 
 pub fn synckit() -> SynckitDialect {

@@ -3,13 +3,11 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
-use synchub_actors::RoomKey;
-use synchub_actors::directory::{CloseSessionById, ListSessions};
-use synchub_actors::headless::{Outcome, Written};
-use synchub_actors::registry;
-use synchub_actors::room::{RoomReply, RoomRequest};
-use synchub_actors::session::close_code;
-use synchub_actors::store::RoomLayout;
+use synchub_actors::admin::{CloseSessionById, ListSessions};
+use synchub_actors::connection::close_code;
+use synchub_actors::dialects::{self, Outcome, Written};
+use synchub_actors::storage::RoomLayout;
+use synchub_actors::{RoomKey, RoomReply, RoomRequest};
 
 use super::{AppState, unauthorized};
 
@@ -29,7 +27,7 @@ const CLOSED_BY_ADMIN_REASON: &str = "Closed by an administrator";
 
 /// The room an admin path names, in a dialect's namespace, or the response refusing it.
 fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
-    let Some(dialect) = registry::find(&path.0) else {
+    let Some(dialect) = dialects::find(&path.0) else {
         return Err(Box::new(
             HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
         ));
@@ -133,7 +131,7 @@ pub(super) async fn publish(
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    let Some(dialect) = registry::find(key.namespace.as_str()) else {
+    let Some(dialect) = dialects::find(key.namespace.as_str()) else {
         return HttpResponse::NotFound().json(json!({"error": "Unknown namespace"}));
     };
     let outcome = match (dialect.publish)(&state.hub, key.clone(), &body).await {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
-use synchub_actors::limits::{IpSlots, Limit};
+use synchub_actors::connection::{IpSlots, Limit};
 use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
 
 use crate::auth::JwtVerifier;

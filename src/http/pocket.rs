@@ -6,8 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
-use synchub_actors::dialect_spec::DEFAULT_ROOM;
-use synchub_actors::headless::{self, Written};
+use synchub_actors::dialects::{DEFAULT_ROOM, Written, binary, drive, rate_limited};
 use synchub_actors::pocket::wire::{WireError, code, request_id};
 use synchub_actors::pocket::{self, PocketDialect};
 use synchub_actors::{Identity, RoomKey};
@@ -123,9 +122,7 @@ fn refused(
     state.hub.metrics().limit_hit(refusal.limit());
     let text = match refusal {
         // Word for word what a WebSocket message over the rate gets.
-        Refusal::Rate { .. } => {
-            headless::rate_limited(&state.hub, dialect, identity, body, headless::binary)
-        }
+        Refusal::Rate { .. } => rate_limited(&state.hub, dialect, identity, body, binary),
         Refusal::Rooms { max, .. } => WireError::new(
             request_id(body),
             code::RATE_LIMITED,
@@ -210,15 +207,7 @@ async fn http(
         ));
     }
     // One request per HTTP call: a session of its own that nothing is broadcast to.
-    let outcome = headless::drive(
-        &state.hub,
-        &mut dialect,
-        &identity,
-        &body,
-        headless::binary,
-        true,
-    )
-    .await;
+    let outcome = drive(&state.hub, &mut dialect, &identity, &body, binary, true).await;
     if let Some(Written::Text(text)) = outcome.written.into_iter().next() {
         return pocket_reply(text);
     }

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use synchub_actors::clock::now_ms;
-use synchub_actors::limits::Limit;
-use synchub_actors::metrics::{ActorKind, Metrics};
-use synchub_actors::registry::DIALECTS;
+use synchub_actors::admin::{ActorKind, Metrics};
+use synchub_actors::connection::Limit;
+use synchub_actors::dialects::DIALECTS;
+use synchub_actors::now_ms;
 
 /// How often a sample is taken.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);

@@ -7,11 +7,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use synchub_actors::RoomKey;
-use synchub_actors::directory::{GetCensus, GetRoomStatus, ListSessions, LiveRoomStatuses};
-use synchub_actors::metrics::ActorKind;
-use synchub_actors::registry;
-use synchub_actors::room::{RoomReply, RoomRequest, RoomStatus};
+use synchub_actors::admin::{ActorKind, GetCensus, GetRoomStatus, ListSessions, LiveRoomStatuses};
+use synchub_actors::dialects::DIALECTS;
+use synchub_actors::{RoomKey, RoomReply, RoomRequest, RoomStatus};
 
 use super::{AppState, admin::admin_room, recorder, unauthorized};
 
@@ -24,7 +22,7 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
     // SyncKit's server reports its documents: the live rooms of the dialects whose rooms are
     // one document each.
     let documents: usize = census.as_ref().map_or(0, |c| {
-        registry::DIALECTS
+        DIALECTS
             .iter()
             .filter(|d| d.rooms.room_is_document)
             .filter_map(|d| c.rooms.get(&d.namespace()))
@@ -163,7 +161,7 @@ async fn figures(state: &AppState) -> Value {
     // Every dialect's count, by its name, beside the totals.
     let mut sessions = serde_json::Map::new();
     sessions.insert("total".into(), json!(census.sessions_total));
-    for dialect in registry::DIALECTS {
+    for dialect in DIALECTS {
         let n = census
             .sessions
             .get(&dialect.namespace())
@@ -216,14 +214,14 @@ async fn figures(state: &AppState) -> Value {
 
 /// One value per dialect, keyed by its name.
 fn per_dialect(value: impl Fn(&str) -> Value) -> serde_json::Map<String, Value> {
-    registry::DIALECTS
+    DIALECTS
         .iter()
         .map(|d| (d.name().to_owned(), value(d.name())))
         .collect()
 }
 
 fn dialect_names() -> Vec<&'static str> {
-    registry::DIALECTS.iter().map(|d| d.name()).collect()
+    DIALECTS.iter().map(|d| d.name()).collect()
 }
 
 fn admin_actions(state: &AppState) -> HashMap<&'static str, u64> {

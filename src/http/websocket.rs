@@ -7,18 +7,15 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 use serde_json::{Map, Value, json};
-use synchub_actors::dialect_spec::{AuthRefusal, DEFAULT_ROOM, DialectSpec};
-use synchub_actors::limits::Limit;
-use synchub_actors::outbound::{ConnSocket, Counted, Outbound};
-use synchub_actors::registry;
-use synchub_actors::session::Upgrade;
+use synchub_actors::connection::{ConnSocket, Counted, Limit, Outbound, Upgrade};
+use synchub_actors::dialects::{AuthRefusal, DEFAULT_ROOM, DIALECTS, DialectSpec};
 use synchub_actors::{AuthError, Identity, RoomKey};
 
 use super::{AppState, Query, origin_refused, token};
 
 /// Serves every dialect's upgrade on its paths, and `/`.
 pub(super) fn routes(cfg: &mut web::ServiceConfig) {
-    for &dialect in registry::DIALECTS {
+    for &dialect in DIALECTS {
         for &path in dialect.websocket.paths.iter().filter(|p| **p != "/") {
             cfg.route(
                 path,
@@ -116,9 +113,7 @@ async fn root(
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let at_root = registry::DIALECTS
-        .iter()
-        .find(|d| d.websocket.paths.contains(&"/"));
+    let at_root = DIALECTS.iter().find(|d| d.websocket.paths.contains(&"/"));
     if let Some(&dialect) = at_root
         && is_upgrade(&req)
     {
@@ -126,7 +121,7 @@ async fn root(
     }
     let mut endpoints = Map::new();
     endpoints.insert("health".into(), Value::from("/health"));
-    for dialect in registry::DIALECTS {
+    for dialect in DIALECTS {
         if let Some(path) = dialect.websocket.paths.first() {
             endpoints.insert(dialect.name().into(), Value::from(*path));
         }

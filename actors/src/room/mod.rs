@@ -28,7 +28,7 @@ pub use replica::Replica;
 pub use reply::{Reply, Request, RoomAnswer, ask};
 pub use state::{OpenBatch, RoomState};
 
-pub use crate::origin::{NodeId, Origin, SessionId};
+pub use crate::origin::{Origin, SessionId};
 
 use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};

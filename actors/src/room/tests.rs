@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts, RoomBounds};
+use crate::origin::NodeId;
 use crate::pocket::PocketModel;
 use crate::relay::RelayModel;
 use crate::room::test_changes::{cell, doc};

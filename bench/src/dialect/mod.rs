@@ -9,8 +9,7 @@ mod synckit;
 
 use std::fmt;
 
-use synchub_actors::dialect_spec::DialectSpec;
-use synchub_actors::registry;
+use synchub_actors::dialects::{DIALECTS, DialectSpec};
 use tokio_tungstenite::tungstenite::Message;
 
 pub use read::{DecodeError, Decoded, Kind};
@@ -112,7 +111,7 @@ pub struct Dialect {
 impl Dialect {
     /// Every dialect of the registry the bench has a client for, in the registry's order.
     pub fn all() -> impl Iterator<Item = Dialect> {
-        registry::DIALECTS.iter().filter_map(|&spec| {
+        DIALECTS.iter().filter_map(|&spec| {
             let client = CLIENTS.iter().find(|c| c.name() == spec.name())?;
             Some(Dialect {
                 spec,
@@ -304,7 +303,7 @@ mod tests {
     #[test]
     fn the_bench_speaks_every_dialect_of_the_registry() {
         let names: Vec<&str> = Dialect::all().map(Dialect::name).collect();
-        let registered: Vec<&str> = registry::DIALECTS.iter().map(|d| d.name()).collect();
+        let registered: Vec<&str> = DIALECTS.iter().map(|d| d.name()).collect();
         assert_eq!(names, registered);
         let relay = Dialect::named("relay").expect("relay");
         assert_eq!(relay.default_path(), "/relay");
