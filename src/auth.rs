@@ -8,7 +8,7 @@ use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-pub use synchub_actors::clock::unix_now;
+pub use synchub_actors::unix_now;
 use synchub_actors::{AuthError, Identity, Permissions, TokenVerifier};
 
 use crate::config::AuthConfig;

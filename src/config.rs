@@ -1,18 +1,17 @@
 //! The configuration file: one TOML document whose every key can be overridden by an
 //! environment variable `SYNCHUB_<SECTION>_<KEY>`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use synchub_actors::HubSettings;
-use synchub_actors::cluster::ClusterSettings;
-use synchub_actors::directory::ConnectionLimits;
-use synchub_actors::hub::SessionSettings;
-use synchub_actors::pocket::{PocketModel, Strategy};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use synchub_actors::dialects::{self, DialectSections};
+use synchub_actors::{
+    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, SessionSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,15 +36,15 @@ const MIB: u64 = 1 << 20;
 #[derive(Debug, Clone)]
 struct KeyRange {
     /// `section.key`, as the file and the errors name it.
-    key: &'static str,
+    key: String,
     value: u64,
     allowed: RangeInclusive<u64>,
 }
 
 impl KeyRange {
-    fn new(key: &'static str, value: impl TryInto<u64>, allowed: RangeInclusive<u64>) -> Self {
+    fn new(key: &str, value: impl TryInto<u64>, allowed: RangeInclusive<u64>) -> Self {
         KeyRange {
-            key,
+            key: key.to_owned(),
             // Only a `usize` wider than 64 bits fails to convert: past every maximum.
             value: value.try_into().unwrap_or(u64::MAX),
             allowed,
@@ -109,17 +108,47 @@ mod empty_is_none {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The hub's own sections, and each dialect's (`[pocket]`, `[synckit]`, `[relay]`), whose keys
+/// its description in the registry defines. A section the file leaves out keeps its defaults;
+/// one that is neither the hub's nor a dialect's is a mistake.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
-    pub pocket: PocketConfig,
-    pub synckit: SynckitConfig,
-    pub relay: RelayConfig,
+    /// Each dialect's section, in the order of the registry.
+    pub dialects: DialectSections,
     pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            server: ServerConfig::default(),
+            storage: StorageConfig::default(),
+            auth: AuthConfig::default(),
+            cluster: ClusterConfig::default(),
+            dialects: dialects::default_sections(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// The sections in the file's order: the hub's, the dialects', the limits.
+impl Serialize for Config {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("server", &self.server)?;
+        map.serialize_entry("storage", &self.storage)?;
+        map.serialize_entry("auth", &self.auth)?;
+        map.serialize_entry("cluster", &self.cluster)?;
+        for (namespace, section) in self.dialects.iter() {
+            map.serialize_entry(namespace.as_str(), &section.to_json())?;
+        }
+        map.serialize_entry("limits", &self.limits)?;
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -234,45 +263,6 @@ impl Default for ClusterConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct PocketConfig {
-    pub conflict_strategy: Strategy,
-    pub max_pull_limit: usize,
-    /// Per-collection overrides: `[pocket.collections.<name>]`.
-    pub collections: BTreeMap<String, CollectionConfig>,
-}
-
-ranges!(PocketConfig, "pocket" {
-    max_pull_limit: 1..=1_000_000,
-});
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CollectionConfig {
-    pub conflict_strategy: Strategy,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SynckitConfig {
-    pub batch_ms: u64,
-}
-
-ranges!(SynckitConfig, "synckit" {
-    batch_ms: 0..=60_000,
-});
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RelayConfig {
-    pub max_changes_per_message: usize,
-}
-
-ranges!(RelayConfig, "relay" {
-    max_changes_per_message: 1..=1_000_000,
-});
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     pub max_document_bytes: usize,
@@ -334,7 +324,7 @@ impl Default for StorageConfig {
             path: "./data".into(),
             durability: Durability::Flush,
             tombstone_retention_s: 30 * 24 * 3600,
-            cache_bytes: synchub_actors::store::DEFAULT_CACHE_BYTES,
+            cache_bytes: synchub_actors::storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -350,30 +340,6 @@ impl Default for AuthConfig {
             leeway_s: 30,
             audience: None,
             issuer: None,
-        }
-    }
-}
-
-impl Default for PocketConfig {
-    fn default() -> PocketConfig {
-        PocketConfig {
-            conflict_strategy: Strategy::LastWriteWins,
-            max_pull_limit: 1000,
-            collections: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for SynckitConfig {
-    fn default() -> SynckitConfig {
-        SynckitConfig { batch_ms: 50 }
-    }
-}
-
-impl Default for RelayConfig {
-    fn default() -> RelayConfig {
-        RelayConfig {
-            max_changes_per_message: 1000,
         }
     }
 }
@@ -477,7 +443,52 @@ impl Config {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         apply_env(&mut table, env)?;
-        Config::deserialize(table).map_err(|e| ConfigError::Parse(e.to_string()))
+        Config::from_table(table)
+    }
+
+    /// Reads the sections of a file: the hub's own by their types, a dialect's as its
+    /// description reads it.
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        fn read<T: serde::de::DeserializeOwned>(
+            section: &str,
+            value: toml::Value,
+        ) -> Result<T, ConfigError> {
+            value
+                .try_into()
+                .map_err(|e| ConfigError::Parse(format!("[{section}] {e}")))
+        }
+        let mut c = Config::default();
+        for (section, value) in table {
+            match section.as_str() {
+                "server" => c.server = read(&section, value)?,
+                "storage" => c.storage = read(&section, value)?,
+                "auth" => c.auth = read(&section, value)?,
+                "cluster" => c.cluster = read(&section, value)?,
+                "limits" => c.limits = read(&section, value)?,
+                name => {
+                    let Some(dialect) = dialects::find(name) else {
+                        return Err(ConfigError::Parse(format!(
+                            "unknown section [{name}]: the sections are server, storage, auth, \
+                             cluster, limits and one per dialect ({})",
+                            dialects::DIALECTS
+                                .iter()
+                                .map(|d| d.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    };
+                    let parse_error =
+                        |e: &dyn std::fmt::Display| ConfigError::Parse(format!("[{section}] {e}"));
+                    if !value.is_table() {
+                        return Err(parse_error(&"is not a table"));
+                    }
+                    let keys = serde_json::to_value(&value).map_err(|e| parse_error(&e))?;
+                    let own = (dialect.settings.parse)(keys).map_err(|e| parse_error(&e))?;
+                    c.dialects.set(dialect.namespace(), own);
+                }
+            }
+        }
+        Ok(c)
     }
 
     /// Loads `path` (or `config.toml` in the working directory when present, or the built-in
@@ -663,42 +674,38 @@ impl Config {
             self.storage.ranges(),
             self.auth.ranges(),
             self.cluster.ranges(),
-            self.pocket.ranges(),
-            self.synckit.ranges(),
-            self.relay.ranges(),
+            self.dialect_ranges(),
             self.limits.ranges(),
         ]
         .into_iter()
         .flatten()
     }
 
+    /// Each dialect's numeric keys, as its section declares them.
+    fn dialect_ranges(&self) -> Vec<KeyRange> {
+        self.dialects
+            .iter()
+            .flat_map(|(namespace, section)| {
+                section.bounds().into_iter().map(move |b| KeyRange {
+                    key: format!("{namespace}.{}", b.key),
+                    value: b.value,
+                    allowed: b.min..=b.max,
+                })
+            })
+            .collect()
+    }
+
     /// The settings of the actor system, for a hub listening on `listening`. Call after
     /// [`Config::validate`].
     pub fn hub_settings(&self, listening: SocketAddr) -> HubSettings {
-        let retention = self.storage.tombstone_retention_s;
         HubSettings {
             data_dir: PathBuf::from(&self.storage.path),
             relaxed: self.storage.durability == Durability::Relaxed,
             storage_cache_bytes: self.storage.cache_bytes,
             node_id: self.server.node_id.clone(),
-            pocket: PocketModel {
-                default_strategy: self.pocket.conflict_strategy,
-                collection_strategies: self
-                    .pocket
-                    .collections
-                    .iter()
-                    .map(|(name, c)| (name.clone(), c.conflict_strategy))
-                    .collect(),
-                tombstone_retention_ms: (retention > 0)
-                    .then(|| (retention as i64).saturating_mul(1000)),
-            },
-            synckit_batch: Duration::from_millis(self.synckit.batch_ms),
-            relay_max_changes_per_message: self.relay.max_changes_per_message,
-            max_json_depth: self.limits.max_json_depth,
-            max_document_bytes: self.limits.max_document_bytes,
-            max_rooms_per_session: self.limits.max_rooms_per_session,
-            max_clock_skew_ms: (self.limits.max_clock_skew_s as i64).saturating_mul(1000),
-            pocket_max_pull_limit: self.pocket.max_pull_limit,
+            dialects: dialects::rooms(),
+            sections: self.dialects.clone(),
+            common: self.common_settings(),
             session: SessionSettings {
                 heartbeat_interval: Duration::from_secs(self.server.heartbeat_interval_s),
                 client_timeout: Duration::from_secs(self.server.client_timeout_s),
@@ -725,6 +732,19 @@ impl Config {
         }
     }
 
+    /// What every dialect reads besides its own section.
+    pub fn common_settings(&self) -> CommonSettings {
+        let retention = self.storage.tombstone_retention_s;
+        CommonSettings {
+            max_json_depth: self.limits.max_json_depth,
+            max_document_bytes: self.limits.max_document_bytes,
+            max_rooms_per_session: self.limits.max_rooms_per_session,
+            max_clock_skew_ms: (self.limits.max_clock_skew_s as i64).saturating_mul(1000),
+            tombstone_retention_ms: (retention > 0)
+                .then(|| (retention as i64).saturating_mul(1000)),
+        }
+    }
+
     /// The configuration as TOML, with secrets masked.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
@@ -741,6 +761,9 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use synchub_actors::pocket::{PocketSettings, Strategy};
+    use synchub_actors::relay::RelaySettings;
+    use synchub_actors::synckit::SynckitSettings;
 
     fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
         pairs
@@ -748,6 +771,10 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    fn pocket(c: &Config) -> &PocketSettings {
+        c.dialects.get().expect("pocket is a dialect")
     }
 
     #[test]
@@ -758,9 +785,10 @@ mod tests {
         assert_eq!(c.storage.durability, Durability::Flush);
         assert!(c.auth.required);
         assert_eq!(c.auth.leeway_s, 30);
-        assert_eq!(c.pocket.conflict_strategy, Strategy::LastWriteWins);
-        assert_eq!(c.pocket.max_pull_limit, 1000);
-        assert_eq!(c.synckit.batch_ms, 50);
+        assert_eq!(pocket(&c).conflict_strategy, Strategy::LastWriteWins);
+        assert_eq!(pocket(&c).max_pull_limit, 1000);
+        let synckit: &SynckitSettings = c.dialects.get().expect("synckit is a dialect");
+        assert_eq!(synckit.batch_ms, 50);
         assert_eq!(c.limits.max_frame_bytes, 1_048_576);
         assert_eq!(c.limits.max_outbound_bytes, 4_194_304);
         assert!(c.validate().is_ok());
@@ -809,10 +837,52 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(
-            c.pocket.collections["todos"].conflict_strategy,
+            pocket(&c).collections["todos"].conflict_strategy,
             Strategy::Merge
         );
         assert_eq!(c.storage.durability, Durability::Relaxed);
+    }
+
+    #[test]
+    fn dialect_sections_are_read_shown_and_overridden_like_the_hubs() {
+        let file = "[synckit]\nbatch_ms = 5\n[relay]\nmax_changes_per_message = 7\n\
+                    [pocket.collections.todos]\nconflict_strategy = \"merge\"\n";
+        let c = Config::from_toml(
+            file,
+            env(&[
+                ("SYNCHUB_POCKET_MAX_PULL_LIMIT", "20"),
+                ("SYNCHUB_POCKET_CONFLICT_STRATEGY", "server-wins"),
+            ]),
+        )
+        .expect("valid");
+        let synckit: &SynckitSettings = c.dialects.get().expect("synckit");
+        let relay: &RelaySettings = c.dialects.get().expect("relay");
+        assert_eq!((synckit.batch_ms, relay.max_changes_per_message), (5, 7));
+        assert_eq!(pocket(&c).max_pull_limit, 20);
+        assert_eq!(pocket(&c).conflict_strategy, Strategy::ServerWins);
+        // What `check-config` shows reads back as the same configuration.
+        let shown = c.redacted_toml();
+        let again = Config::from_toml(&shown, env(&[])).expect("reads back");
+        assert_eq!(pocket(&again), pocket(&c), "{shown}");
+        assert_eq!(again.dialects.get::<SynckitSettings>(), Some(synckit));
+        assert_eq!(again.dialects.get::<RelaySettings>(), Some(relay));
+        for mistake in [
+            "[chat]\nmax = 1\n",
+            "pocket = 3\n",
+            "[relay]\nmax_changes = 1\n",
+            "[pocket]\nmax_pull_limit = -1\n",
+        ] {
+            assert!(Config::from_toml(mistake, env(&[])).is_err(), "{mistake}");
+        }
+        for var in ["SYNCHUB_POCKET_COLLECTIONS", "SYNCHUB_RELAY_NOPE"] {
+            assert!(Config::from_toml("", env(&[(var, "1")])).is_err(), "{var}");
+        }
+        let c = Config::from_toml("[synckit]\nbatch_ms = 60001\n", env(&[])).expect("parses");
+        let Err(ConfigError::Invalid(errors)) = c.validate() else {
+            panic!("an out-of-range dialect key passes");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("synckit.batch_ms"), "{errors:?}");
     }
 
     #[test]
@@ -932,7 +1002,9 @@ mod tests {
         );
         let mut c = Config::default();
         c.limits.max_outbound_bytes = 1024;
-        c.pocket.max_pull_limit = 0;
+        let pocket: &mut synchub_actors::pocket::PocketSettings =
+            c.dialects.get_mut().expect("pocket is a dialect");
+        pocket.max_pull_limit = 0;
         let Err(ConfigError::Invalid(errors)) = c.validate() else {
             panic!("out-of-range values set in code pass");
         };

@@ -1,12 +1,18 @@
 //! `synchub backup` and `synchub restore`: a running hub's data into a file, and a file into a
 //! new data directory.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use synchub_actors::store::{BackupError, BackupReport, Store};
+use synchub_actors::Namespace;
+use synchub_actors::dialects::{self, Model};
+use synchub_actors::storage::{self, BackupError, BackupReport, Store};
+
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -82,7 +88,7 @@ pub fn backup(
         Ok(())
     })?;
     // Read back whole: the hash in its trailer proves the copy complete.
-    let report = synchub_actors::store::check_backup(&partial).inspect_err(|_| {
+    let report = storage::check_backup(&partial).inspect_err(|_| {
         let _ = std::fs::remove_file(&partial);
     })?;
     std::fs::rename(&partial, out).map_err(|source| DataError::File {
@@ -144,8 +150,8 @@ pub fn check(dir: &Path) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let models = synchub_actors::data_check::default_models();
-    let rooms = match synchub_actors::data_check::check_rooms(&store, &models) {
+    let models = replay_models();
+    let rooms = match storage::check_rooms(&store, &models) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("synchub: cannot list the rooms of {}: {e}", dir.display());
@@ -172,15 +178,22 @@ pub fn check(dir: &Path) -> std::process::ExitCode {
     }
 }
 
+/// Every dialect's model as the defaults make it: the rules that make a room's state out of
+/// its log do not depend on any setting.
+fn replay_models() -> HashMap<Namespace, Arc<dyn Model>> {
+    let defaults = Config::default();
+    dialects::models(&defaults.dialects, &defaults.common_settings())
+}
+
 /// `synchub migrate DIR`: brings an older data directory to this version's format.
 pub fn migrate(dir: &Path) -> std::process::ExitCode {
     use std::process::ExitCode;
     if let Err(code) = data_dir(dir) {
         return code;
     }
-    let models = synchub_actors::data_check::default_models();
-    let stamp = synchub_actors::data_check::stamp_with(&models);
-    match synchub_actors::store::migrate(dir, &stamp) {
+    let models = replay_models();
+    let stamp = storage::stamp_with(&models);
+    match storage::migrate(dir, &stamp) {
         Ok(r) => {
             match &r.kept_as {
                 Some(kept) => println!(

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use synchub_actors::directory::GetCensus;
-use synchub_actors::outbound::ConnSocket;
+use synchub_actors::admin::GetCensus;
+use synchub_actors::connection::ConnSocket;
 use synchub_actors::{Hub, HubError, TokenVerifier};
 
 use crate::auth::{JwtVerifier, KeyError};
@@ -87,7 +87,7 @@ pub async fn run(
     })
     .workers(workers)
     // Each connection's socket, so that a session whose client stopped reading can be cut off
-    // (see `synchub_actors::outbound`).
+    // (see `synchub_actors::connection::ConnSocket`).
     .on_connect(|conn, ext| {
         use actix_web::rt::net::TcpStream;
         let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{ChildHub, Ws};
 use serde_json::json;
-use synchub_actors::store::{DEFAULT_CACHE_BYTES, Kv, KvBatch, SledKv};
+use synchub_actors::storage::{DEFAULT_CACHE_BYTES, Kv, KvBatch, SledKv};
 
 fn check_data(dir: &Path) -> (bool, String) {
     common::run_synchub(&["check-data".as_ref(), dir.as_os_str()])

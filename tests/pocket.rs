@@ -5,6 +5,7 @@ mod common;
 use common::pocket::{change, pull, push};
 use common::{TestHub, Ws, http};
 use serde_json::{Value, json};
+use synchub_actors::pocket::{CollectionSettings, PocketSettings};
 
 fn seqs(changes: &Value) -> Vec<u64> {
     changes
@@ -245,15 +246,16 @@ async fn deletes_keep_a_tombstone_that_reaches_everyone() {
 /// One hub, one collection per strategy through the per-collection override.
 fn strategy_hub() -> TestHub {
     TestHub::start_with(|c| {
-        c.pocket.conflict_strategy = "server-wins".parse().expect("a strategy");
+        let pocket: &mut PocketSettings = c.dialects.get_mut().expect("pocket is a dialect");
+        pocket.conflict_strategy = "server-wins".parse().expect("a strategy");
         for (name, s) in [
             ("cw", "client-wins"),
             ("lww", "last-write-wins"),
             ("mg", "merge"),
         ] {
-            c.pocket.collections.insert(
+            pocket.collections.insert(
                 name.into(),
-                synchub::config::CollectionConfig {
+                CollectionSettings {
                     conflict_strategy: s.parse().expect("a strategy"),
                 },
             );

@@ -4,6 +4,7 @@ mod common;
 
 use common::{Lcg, TestHub, Ws, get};
 use serde_json::{Value, json};
+use synchub_actors::relay::RelaySettings;
 
 fn ch(table: &str, pk: &str, cid: &str, val: Value, cv: i64, cl: i64, site: &str) -> Value {
     json!([table, pk, cid, val, cv, 7, site, cl, 0])
@@ -232,7 +233,10 @@ async fn every_order_of_arrival_converges_to_one_state_and_digest() {
 
 #[actix_rt::test]
 async fn pull_pages_only_grow_and_skip_superseded_changes() {
-    let hub = TestHub::start_with(|c| c.relay.max_changes_per_message = 3);
+    let hub = TestHub::start_with(|c| {
+        let relay: &mut RelaySettings = c.dialects.get_mut().expect("relay is a dialect");
+        relay.max_changes_per_message = 3;
+    });
     let (mut ws, _) = connect(&hub.ws_url("/relay?channel=pages")).await;
     for i in 0..10 {
         ws.send_json(&update(vec![ch(

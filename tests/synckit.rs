@@ -7,10 +7,14 @@ use common::{TestHub, Ws, http};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use synchub::auth::{Claims, unix_now};
+use synchub_actors::synckit::SynckitSettings;
 use tokio_tungstenite::tungstenite::Message;
 
 fn hub_with_batch(ms: u64) -> TestHub {
-    TestHub::start_with(|c| c.synckit.batch_ms = ms)
+    TestHub::start_with(|c| {
+        let synckit: &mut SynckitSettings = c.dialects.get_mut().expect("synckit is a dialect");
+        synckit.batch_ms = ms;
+    })
 }
 
 #[actix_rt::test]

@@ -9,16 +9,15 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use serde_json::json;
-use synchub_actors::identity::Identity;
-use synchub_actors::origin::{NodeId, Origin, SessionId};
+use synchub_actors::dialects::{Dialect, Env, Frame};
+use synchub_actors::engine::{
+    Broadcast, Fetched, NodeId, Origin, RawJson, RoomEvent, SessionId, StreamPage, Submitted,
+};
 use synchub_actors::pocket::{PocketDialect, PocketLimits, Tag as PocketTag};
-use synchub_actors::raw_json::RawJson;
 use synchub_actors::relay::{RelayDialect, RelayLimits, Tag as RelayTag};
-use synchub_actors::room::{Broadcast, Fetched, RoomEvent, RoomReply, StreamPage, Submitted};
-use synchub_actors::session::{Dialect, Env, Frame};
-use synchub_actors::store::LogEntry;
+use synchub_actors::storage::LogEntry;
 use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
-use synchub_actors::{Namespace, RoomKey};
+use synchub_actors::{Identity, RoomKey, RoomReply};
 
 fn origin(session: u64) -> Origin {
     Origin {
@@ -59,7 +58,7 @@ fn relay_change(seq: u64) -> serde_json::Value {
 }
 
 fn relay(c: &mut Criterion) {
-    let room = RoomKey::new(Namespace::Relay, "bench").expect("room");
+    let room = RoomKey::new(synchub_actors::relay::NAMESPACE, "bench").expect("room");
     let identity = Identity::anonymous();
     let me = origin(1);
     let env = Env {
@@ -129,7 +128,7 @@ fn pocket_change(seq: u64) -> serde_json::Value {
 }
 
 fn pocket(c: &mut Criterion) {
-    let room = RoomKey::new(Namespace::Pocket, "bench").expect("room");
+    let room = RoomKey::new(synchub_actors::pocket::NAMESPACE, "bench").expect("room");
     let identity = Identity::anonymous();
     let me = origin(1);
     let env = Env {
@@ -172,7 +171,7 @@ fn pocket(c: &mut Criterion) {
 }
 
 fn synckit(c: &mut Criterion) {
-    let room = RoomKey::new(Namespace::Synckit, "bench").expect("room");
+    let room = RoomKey::new(synchub_actors::synckit::NAMESPACE, "bench").expect("room");
     let identity = Identity::anonymous();
     let me = origin(1);
     let env = Env {

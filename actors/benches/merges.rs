@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use synchub_actors::model::{IncomingChange, Merge, Model};
+use synchub_actors::dialects::{IncomingChange, Merge, Model};
 use synchub_actors::pocket::{PocketModel, Strategy};
 use synchub_actors::relay::{RelayModel, parse_change};
 use synchub_actors::synckit::SynckitModel;

@@ -8,11 +8,11 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use synchub_actors::model::IncomingChange;
+use synchub_actors::RoomKey;
+use synchub_actors::dialects::IncomingChange;
+use synchub_actors::engine::{OpenBatch, RoomState};
 use synchub_actors::relay::{RelayModel, parse_change};
-use synchub_actors::room::{OpenBatch, RoomState};
-use synchub_actors::store::{RoomImage, RoomLayout, Store};
-use synchub_actors::{Namespace, RoomKey};
+use synchub_actors::storage::{RoomImage, RoomLayout, Store};
 
 const BATCH: u64 = 64;
 
@@ -51,7 +51,7 @@ fn run_batch(state: &mut RoomState, store: &Store, submits: Vec<Vec<IncomingChan
 }
 
 fn write_path(c: &mut Criterion) {
-    let key = RoomKey::new(Namespace::Relay, "bench").expect("room");
+    let key = RoomKey::new(synchub_actors::relay::NAMESPACE, "bench").expect("room");
     let layout = RoomLayout::new(&key);
     let mut group = c.benchmark_group("write path (relay, 64 changes per commit)");
     group.throughput(Throughput::Elements(BATCH));

@@ -23,32 +23,6 @@ pub struct RoomCheck {
     pub problems: Vec<String>,
 }
 
-/// Every namespace's model, as a hub built with these settings runs them.
-pub fn models(
-    pocket: crate::pocket::PocketModel,
-    synckit_batch: std::time::Duration,
-) -> HashMap<Namespace, Arc<dyn Model>> {
-    let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-    models.insert(Namespace::Pocket, Arc::new(pocket));
-    models.insert(
-        Namespace::Synckit,
-        Arc::new(crate::synckit::SynckitModel {
-            batch: synckit_batch,
-        }),
-    );
-    models.insert(Namespace::Relay, Arc::new(crate::relay::RelayModel));
-    models
-}
-
-/// The models a check replays with: the rules that make a room's state out of its log do not
-/// depend on any setting.
-pub fn default_models() -> HashMap<Namespace, Arc<dyn Model>> {
-    models(
-        crate::pocket::PocketModel::default(),
-        std::time::Duration::ZERO,
-    )
-}
-
 /// Gives a migrated change its number as its namespace's model writes it.
 pub fn stamp_with(
     models: &HashMap<Namespace, Arc<dyn Model>>,

@@ -90,7 +90,7 @@ pub struct Register {
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionSummary {
     pub id: u64,
-    pub dialect: &'static str,
+    pub dialect: Namespace,
     /// The authenticated user; `None` with auth off or before a SyncKit client authenticated.
     pub user: Option<String>,
     /// Room names (without the namespace, which is the dialect's).
@@ -144,10 +144,10 @@ pub struct CloseAll {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Census {
     pub rooms_active: usize,
-    /// Running rooms by namespace.
-    pub rooms: HashMap<&'static str, usize>,
+    /// Running rooms by namespace (every served one, at 0 without any).
+    pub rooms: HashMap<Namespace, usize>,
     pub sessions_total: usize,
-    pub sessions: HashMap<&'static str, usize>,
+    pub sessions: HashMap<Namespace, usize>,
     /// Distinct authenticated users with a session.
     pub users: usize,
 }
@@ -200,7 +200,7 @@ impl SessionEntry {
             .map_or(0, |d| d.as_millis() as u64);
         SessionSummary {
             id: id.0,
-            dialect: self.namespace.as_str(),
+            dialect: self.namespace,
             user: self.user.clone(),
             rooms: self.rooms.rooms().into_iter().map(|k| k.room).collect(),
             connected_at_ms,
@@ -477,20 +477,19 @@ impl Handler<GetCensus> for Directory {
     type Result = MessageResult<GetCensus>;
 
     fn handle(&mut self, _: GetCensus, _: &mut Context<Self>) -> Self::Result {
-        let mut sessions: HashMap<&'static str, usize> =
-            Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
+        let served = || self.models.keys().map(|ns| (*ns, 0));
+        let mut sessions: HashMap<Namespace, usize> = served().collect();
         for entry in self.sessions.values() {
-            *sessions.entry(entry.namespace.as_str()).or_default() += 1;
+            *sessions.entry(entry.namespace).or_default() += 1;
         }
-        let mut rooms: HashMap<&'static str, usize> =
-            Namespace::ALL.iter().map(|ns| (ns.as_str(), 0)).collect();
+        let mut rooms: HashMap<Namespace, usize> = served().collect();
         for key in self
             .rooms
             .iter()
             .filter(|(_, a)| a.connected())
             .map(|(k, _)| k)
         {
-            *rooms.entry(key.namespace.as_str()).or_default() += 1;
+            *rooms.entry(key.namespace).or_default() += 1;
         }
         MessageResult(Census {
             rooms_active: rooms.values().sum(),

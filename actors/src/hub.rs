@@ -1,6 +1,7 @@
 //! The assembled hub: storage, the durability and directory actors, the room arbiters, and the
 //! handles the HTTP layer needs. Build one with [`Hub::start`] inside an actix system.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +17,12 @@ use crate::durability::{Durability, FlushAll};
 use crate::identity::TokenVerifier;
 use crate::mailbox::CountedAddr;
 use crate::metrics::Metrics;
-
+use crate::model::Model;
 use crate::origin::NodeId;
-use crate::pocket::{PocketLimits, PocketModel};
-
 use crate::room::{ClusterLink, RoomError, RoomReply, RoomRequest, SessionId, ask};
 use crate::room_key::{Namespace, RoomKey};
+use crate::section::DialectSections;
 use crate::store::{HistoryPage, StorageError, Store};
-use crate::synckit::SynckitLimits;
 
 /// How long shutdown waits for the final storage flush.
 const FINAL_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -52,6 +51,31 @@ impl SessionSettings {
     }
 }
 
+/// What the hub itself needs of a dialect it serves: how its rooms run.
+#[derive(Clone, Copy)]
+pub struct DialectRooms {
+    pub namespace: Namespace,
+    /// Its rooms' merge rules, as its own section and the common settings make them.
+    pub model: fn(&DialectSections, &CommonSettings) -> Arc<dyn Model>,
+    /// Whether each room is one document (SyncKit's): its state is held to
+    /// `limits.max_document_bytes`, and `/health` counts it among the documents.
+    pub room_is_document: bool,
+}
+
+/// What every dialect's rules and codec may read besides its own section.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    /// Message limits every dialect enforces.
+    pub max_json_depth: usize,
+    pub max_document_bytes: usize,
+    /// Rooms (SyncKit documents) one session may follow at once.
+    pub max_rooms_per_session: usize,
+    /// How far ahead of the hub's clock a client's timestamp may be, in milliseconds.
+    pub max_clock_skew_ms: i64,
+    /// How long a delete stays in the log once compaction runs; `None` keeps it.
+    pub tombstone_retention_ms: Option<i64>,
+}
+
 /// Everything the hub needs to start, already validated by the caller.
 #[derive(Clone)]
 pub struct HubSettings {
@@ -62,19 +86,11 @@ pub struct HubSettings {
     pub storage_cache_bytes: u64,
     /// A fixed node id; `None`: generated once and kept in the data directory.
     pub node_id: Option<String>,
-    pub pocket: PocketModel,
-    /// A Pocket pull's `limit` is clamped to this.
-    pub pocket_max_pull_limit: usize,
-    /// SyncKit's broadcast coalescing window (`synckit.batch_ms`).
-    pub synckit_batch: Duration,
-    pub relay_max_changes_per_message: usize,
-    /// Message limits every dialect enforces.
-    pub max_json_depth: usize,
-    pub max_document_bytes: usize,
-    /// Rooms (SyncKit documents) one session may follow at once.
-    pub max_rooms_per_session: usize,
-    /// How far ahead of the hub's clock a client's timestamp may be, in milliseconds.
-    pub max_clock_skew_ms: i64,
+    /// The dialects served. A room of any other namespace is never started.
+    pub dialects: Vec<DialectRooms>,
+    /// Each dialect's own section of the configuration.
+    pub sections: DialectSections,
+    pub common: CommonSettings,
     pub session: SessionSettings,
     pub connections: ConnectionLimits,
     /// A room with no sessions and no traffic for this long stops (its state stays on disk).
@@ -120,13 +136,12 @@ pub struct Hub {
 }
 
 impl HubSettings {
-    /// The limits the Pocket codec enforces.
-    pub fn pocket_limits(&self) -> PocketLimits {
-        PocketLimits {
-            max_pull_limit: self.pocket_max_pull_limit,
-            max_document_bytes: self.max_document_bytes,
-            max_json_depth: self.max_json_depth,
-        }
+    /// Every served namespace's model.
+    pub fn models(&self) -> HashMap<Namespace, Arc<dyn Model>> {
+        self.dialects
+            .iter()
+            .map(|d| (d.namespace, (d.model)(&self.sections, &self.common)))
+            .collect()
     }
 
     /// A reply page stays within a frame, and within a quarter of what may wait for a socket
@@ -138,18 +153,15 @@ impl HubSettings {
             .max_frame_bytes
             .min(self.session.max_outbound_bytes / 4)
             .max(1);
+        let max_document = self.common.max_document_bytes as u64;
         RoomBounds {
             page_bytes,
-            max_state_bytes: [(Namespace::Synckit, self.max_document_bytes as u64)].into(),
-        }
-    }
-
-    pub fn synckit_limits(&self) -> SynckitLimits {
-        SynckitLimits {
-            max_document_bytes: self.max_document_bytes,
-            max_json_depth: self.max_json_depth,
-            max_rooms: self.max_rooms_per_session,
-            max_clock_skew_ms: self.max_clock_skew_ms,
+            max_state_bytes: self
+                .dialects
+                .iter()
+                .filter(|d| d.room_is_document)
+                .map(|d| (d.namespace, max_document))
+                .collect(),
         }
     }
 }
@@ -166,7 +178,7 @@ impl Hub {
         };
         std::fs::create_dir_all(&settings.data_dir)
             .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
-        let models = crate::data_check::models(settings.pocket.clone(), settings.synckit_batch);
+        let models = settings.models();
         let open = || Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes);
         let store = match open() {
             // Opened once more only when there was something to upgrade.
@@ -204,6 +216,9 @@ impl Hub {
             },
         };
         let metrics = Arc::new(Metrics::new());
+        for dialect in &settings.dialects {
+            metrics.show_dialect(dialect.namespace);
+        }
         // Group commit blocks on the disk: it gets a thread of its own.
         let durability_thread = Arbiter::new();
         let durability = {
@@ -359,6 +374,11 @@ impl Hub {
 
     pub fn verifier(&self) -> Option<&Arc<dyn TokenVerifier>> {
         self.inner.verifier.as_ref()
+    }
+
+    /// Whether clients must authenticate: the hub is given a verifier only then.
+    pub fn auth_required(&self) -> bool {
+        self.inner.verifier.is_some()
     }
 
     pub fn uptime(&self) -> Duration {

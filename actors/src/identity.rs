@@ -78,6 +78,17 @@ impl Identity {
         }
     }
 
+    /// An operator acting through the admin endpoints: user `admin`, with every permission,
+    /// counted toward no user's connections.
+    pub fn operator() -> Identity {
+        Identity {
+            user_id: "admin".into(),
+            permissions: Permissions::admin(),
+            expires_at: None,
+            authenticated: false,
+        }
+    }
+
     /// The caller when `auth.required = false`: may do anything.
     pub fn anonymous() -> Identity {
         Identity {

@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::limits::Limit;
+use crate::room_key::Namespace;
 
 /// The actor kinds whose counts and traffic are tracked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,20 +314,24 @@ impl Metrics {
             ),
             registry: r,
         };
-        // Make every series visible from the start, not only once it moved.
-        for ns in crate::room_key::Namespace::ALL {
-            m.sessions.with_label_values(&[ns.as_str()]);
-            m.connects.with_label_values(&[ns.as_str()]);
-            m.disconnects.with_label_values(&[ns.as_str()]);
-            m.changes.with_label_values(&[ns.as_str()]);
-            m.frames_in.with_label_values(&[ns.as_str()]);
-            m.frames_out.with_label_values(&[ns.as_str()]);
-        }
+        // Make every series visible from the start, not only once it moved (the dialects'
+        // series too, as the hub names its dialects: [`Metrics::show_dialect`]).
         for limit in Limit::ALL {
             m.limits_hit.with_label_values(&[limit.as_str()]);
         }
         m.connections_refused.with_label_values(&["auth"]);
         m
+    }
+
+    /// Makes the series of a dialect visible before it has any traffic.
+    pub fn show_dialect(&self, ns: Namespace) {
+        let label = [ns.as_str()];
+        self.sessions.with_label_values(&label);
+        self.connects.with_label_values(&label);
+        self.disconnects.with_label_values(&label);
+        self.changes.with_label_values(&label);
+        self.frames_in.with_label_values(&label);
+        self.frames_out.with_label_values(&label);
     }
 
     pub fn limit_hit(&self, limit: Limit) {
@@ -357,7 +362,7 @@ impl Metrics {
     }
 
     /// The series of one dialect namespace.
-    pub fn dialect(&self, ns: crate::room_key::Namespace) -> DialectMetrics {
+    pub fn dialect(&self, ns: Namespace) -> DialectMetrics {
         let label = [ns.as_str()];
         DialectMetrics {
             changes: self.changes.with_label_values(&label),

@@ -57,59 +57,6 @@ pub trait Model: Send + Sync + 'static {
     /// never disagree.
     fn state_of(&self, logged: &Value) -> Value;
 
-    /// The record whose state also decides the merge of a change to record `key` whose body is
-    /// `change` (a relay cell's row), if any.
-    fn governing_key(&self, _key: &str, _change: &Value) -> Option<String> {
-        None
-    }
-
-    /// [`Model::governing_key`] of a record known by its key alone (a stored record, whose
-    /// change is not at hand).
-    fn governing_key_of(&self, _key: &str) -> Option<String> {
-        None
-    }
-
-    /// Whether record `key` may govern others (a relay row's `-1` record). Cheap: it is asked
-    /// for every record written.
-    fn is_governing(&self, _key: &str) -> bool {
-        false
-    }
-
-    /// Whether record state `earlier` belongs to an earlier life of its group (a governing
-    /// record and those it governs) than `later`: a change leaving a record in `earlier` would
-    /// now lose (a relay cell or row delete from before the row was deleted or re-created). It
-    /// orders the states of a group; the room drops the records the latest one ends, so the
-    /// state does not depend on the order of arrival.
-    fn ended_by(&self, _later: &Value, _earlier: &Value) -> bool {
-        false
-    }
-
-    /// [`Model::merge`] for a change whose [`Model::governing_key`] names a record: `governing`
-    /// is that record's state, `siblings` the states of the other records it governs.
-    fn merge_governed(
-        &self,
-        room_state: &mut Value,
-        current: Option<&Value>,
-        _governing: Option<&Value>,
-        _siblings: &[&Value],
-        incoming: &IncomingChange,
-    ) -> Merge {
-        self.merge(room_state, current, incoming)
-    }
-
-    /// [`Model::merge`] for a change to a governing record ([`Model::is_governing`]):
-    /// `governed` are the states of the records it governs, which may be newer than the
-    /// governing record itself (a relay row re-created by a column change alone).
-    fn merge_governing(
-        &self,
-        room_state: &mut Value,
-        current: Option<&Value>,
-        _governed: &[&Value],
-        incoming: &IncomingChange,
-    ) -> Merge {
-        self.merge(room_state, current, incoming)
-    }
-
     /// Brings the room-wide value up to a change another node logged, when a room catches up
     /// from a peer's log instead of merging the change itself.
     fn replay(&self, _room_state: &mut Value, _logged: &Value) {}
@@ -128,4 +75,57 @@ pub trait Model: Send + Sync + 'static {
     fn broadcast_window(&self) -> std::time::Duration {
         std::time::Duration::ZERO
     }
+
+    /// The rules of records that govern others (relay's rows govern their cells), for a model
+    /// that has such groups; `None` merges every record on its own.
+    fn rows(&self) -> Option<&dyn RowRules> {
+        None
+    }
+}
+
+/// Groups of records where one record, the governing one, also decides the merges of the others
+/// (a relay row's `-1` record and the row's cells). A room asks a model for them through
+/// [`Model::rows`], and uses them in place of [`Model::merge`] for the records they concern.
+pub trait RowRules: Send + Sync {
+    /// The record whose state also decides the merge of a change to record `key` whose body is
+    /// `change` (a relay cell's row), if any.
+    fn governing_key(&self, key: &str, change: &Value) -> Option<String>;
+
+    /// [`RowRules::governing_key`] of a record known by its key alone (a stored record, whose
+    /// change is not at hand).
+    fn governing_key_of(&self, key: &str) -> Option<String>;
+
+    /// Whether record `key` may govern others (a relay row's `-1` record). Cheap: it is asked
+    /// for every record written.
+    fn is_governing(&self, key: &str) -> bool;
+
+    /// Whether record state `earlier` belongs to an earlier life of its group (a governing
+    /// record and those it governs) than `later`: a change leaving a record in `earlier` would
+    /// now lose (a relay cell or row delete from before the row was deleted or re-created). It
+    /// orders the states of a group; the room drops the records the latest one ends, so the
+    /// state does not depend on the order of arrival.
+    fn ended_by(&self, later: &Value, earlier: &Value) -> bool;
+
+    /// [`Model::merge`] for a change whose [`RowRules::governing_key`] names a record:
+    /// `governing` is that record's state, `siblings` the states of the other records it
+    /// governs.
+    fn merge_governed(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        governing: Option<&Value>,
+        siblings: &[&Value],
+        incoming: &IncomingChange,
+    ) -> Merge;
+
+    /// [`Model::merge`] for a change to a governing record ([`RowRules::is_governing`]):
+    /// `governed` are the states of the records it governs, which may be newer than the
+    /// governing record itself (a relay row re-created by a column change alone).
+    fn merge_governing(
+        &self,
+        room_state: &mut Value,
+        current: Option<&Value>,
+        governed: &[&Value],
+        incoming: &IncomingChange,
+    ) -> Merge;
 }

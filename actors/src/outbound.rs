@@ -165,7 +165,7 @@ impl Outbound {
         }
     }
 
-    /// Cuts the connection off after [`EVICTION_GRACE`] unless the session has closed by then.
+    /// Cuts the connection off after `EVICTION_GRACE` unless the session has closed by then.
     pub fn cut_later(self: &Arc<Self>) {
         let me = self.clone();
         actix::spawn(async move {

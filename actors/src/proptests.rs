@@ -12,7 +12,7 @@ use crate::pocket::PocketDialect;
 use crate::pocket::wire::{self, PocketLimits};
 use crate::relay::{RelayDialect, RelayLimits};
 use crate::relay::{RelayModel, parse_change};
-use crate::room_key::{Namespace, RoomKey};
+use crate::room_key::RoomKey;
 use crate::synckit::{SynckitDialect, SynckitLimits, SynckitModel, frame};
 
 fn json_value() -> impl Strategy<Value = Value> {
@@ -84,7 +84,7 @@ struct Codecs {
 fn codecs() -> Codecs {
     let key = |ns, id| RoomKey::new(ns, id).expect("a valid room id");
     Codecs {
-        pocket: PocketDialect::new(key(Namespace::Pocket, "p"), PocketLimits::default()),
+        pocket: PocketDialect::new(key(crate::pocket::NAMESPACE, "p"), PocketLimits::default()),
         synckit: SynckitDialect::new(
             true,
             false,
@@ -96,7 +96,7 @@ fn codecs() -> Codecs {
             },
         ),
         relay: RelayDialect::new(
-            key(Namespace::Relay, "r"),
+            key(crate::relay::NAMESPACE, "r"),
             "site".into(),
             RelayLimits {
                 max_per_message: 100,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web_actors::ws;
 
 use crate::clock::unix_now;
@@ -22,7 +23,7 @@ use crate::mailbox::{CountedAddr, CountedRecipient, counted_actor};
 use crate::metrics::{ActorKind, ActorMetrics, DialectMetrics};
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
-use crate::outbound::{ConnSocket, Outbound, frame_bytes};
+use crate::outbound::{ConnSocket, Counted, Outbound, frame_bytes};
 use crate::room::{
     Join, Leave, Reply, Request, Room, RoomAnswer, RoomError, RoomEvent, RoomReply, RoomRequest,
 };
@@ -43,6 +44,41 @@ struct Fragments {
 
 /// How much of an oversized fragmented message is kept to find its request id in.
 const OVERSIZED_HEAD: usize = 4096;
+
+/// A session not yet on its socket, whatever its dialect: what the HTTP layer upgrades a
+/// connection to.
+pub trait Upgrade {
+    /// Answers the handshake of `req` with this session on its WebSocket. The session keeps
+    /// the connection's socket and `slot`, the client address's connection slot; its outgoing
+    /// bytes are counted off its queue as the connection takes them.
+    fn upgrade(
+        self: Box<Self>,
+        req: &HttpRequest,
+        stream: web::Payload,
+        slot: Option<IpSlot>,
+    ) -> Result<HttpResponse, actix_web::Error>;
+}
+
+impl<D: Dialect> Upgrade for Session<D> {
+    fn upgrade(
+        self: Box<Self>,
+        req: &HttpRequest,
+        stream: web::Payload,
+        slot: Option<IpSlot>,
+    ) -> Result<HttpResponse, actix_web::Error> {
+        let socket = req.conn_data::<ConnSocket>().cloned();
+        let max = self.hub.session_settings().codec_max_bytes();
+        let session = self.with_connection(socket, slot);
+        let outbound = session.outbound();
+        let mut response = ws::handshake(req)?;
+        let body = ws::WebsocketContext::with_codec(
+            session,
+            stream,
+            actix_http::ws::Codec::new().max_size(max),
+        );
+        Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
+    }
+}
 
 pub struct Session<D: Dialect> {
     id: SessionId,
@@ -113,14 +149,14 @@ impl<D: Dialect> Session<D> {
 
     /// Ties the session to its connection: the socket a slow consumer is cut off by, and the
     /// address slot it holds.
-    pub fn with_connection(mut self, socket: Option<ConnSocket>, ip_slot: Option<IpSlot>) -> Self {
+    fn with_connection(mut self, socket: Option<ConnSocket>, ip_slot: Option<IpSlot>) -> Self {
         self.outbound = Outbound::new(self.hub.session_settings().max_outbound_bytes, socket);
         self._ip_slot = ip_slot;
         self
     }
 
-    /// What the session has queued for its socket; the HTTP layer takes off what it sends.
-    pub fn outbound(&self) -> Arc<Outbound> {
+    /// What the session has queued for its socket; the connection takes off what it sends.
+    fn outbound(&self) -> Arc<Outbound> {
         self.outbound.clone()
     }
 

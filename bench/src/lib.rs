@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite;
 
-use self::dialect::{DecodeError, Dialect, Shape};
+use self::dialect::{DecodeError, Dialect, DialectParser, Shape};
 use self::scenario::Scenario;
 use self::stats::{Counters, Phase, Progress, Window};
 use self::target::{CpuUse, Endpoint, Probe, SelfHub};
@@ -48,7 +48,7 @@ pub struct BenchArgs {
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct CommonArgs {
     /// Wire dialect the clients speak.
-    #[arg(long, value_enum, default_value_t = Dialect::Relay, global = true)]
+    #[arg(long, value_parser = DialectParser, default_value = "relay", global = true)]
     pub dialect: Dialect,
     /// Server to drive, as ws://HOST:PORT[/PATH] or wss://HOST:PORT[/PATH]; repeat it to spread
     /// clients over several servers round-robin. Without it the bench starts a hub of its own.

@@ -8,9 +8,8 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
+use synchub_actors::dialects::{Dialect, Frame};
 use synchub_actors::pocket::{PocketModel, Strategy};
-use synchub_actors::room_key::Namespace;
-use synchub_actors::session::{Dialect, Frame};
 use synchub_fuzz::{Caller, Engine, changes_in, pocket};
 
 #[derive(Arbitrary, Debug)]
@@ -39,7 +38,7 @@ fuzz_target!(|input: Input| {
         default_strategy: strategy,
         ..PocketModel::default()
     };
-    let mut room = Engine::new(Namespace::Pocket, Arc::new(model));
+    let mut room = Engine::new(synchub_actors::pocket::NAMESPACE, Arc::new(model));
     let caller = Caller::new(1);
     let mut codec = pocket();
     for (n, push) in input.pushes.iter().take(16).enumerate() {

@@ -6,10 +6,13 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use synchub_actors::relay::RelayModel;
-use synchub_actors::room_key::Namespace;
 use synchub_fuzz::{Caller, feed, merge_and_reload, relay};
 
 fuzz_target!(|data: &[u8]| {
     let changes = feed(&mut relay(), &Caller::new(1), data);
-    merge_and_reload(Namespace::Relay, Arc::new(RelayModel), changes);
+    merge_and_reload(
+        synchub_actors::relay::NAMESPACE,
+        Arc::new(RelayModel),
+        changes,
+    );
 });

@@ -8,7 +8,6 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use synchub_actors::relay::{RelayModel, parse_change};
-use synchub_actors::room_key::Namespace;
 use synchub_fuzz::Engine;
 
 #[derive(Arbitrary, Debug)]
@@ -77,13 +76,13 @@ fuzz_target!(|input: Input| {
             parse_change(&tuple).expect("a valid change")
         })
         .collect();
-    let mut first = Engine::new(Namespace::Relay, Arc::new(RelayModel));
+    let mut first = Engine::new(synchub_actors::relay::NAMESPACE, Arc::new(RelayModel));
     for c in &changes {
         first.submit(vec![c.clone()]);
     }
     let mut order: Vec<usize> = (0..changes.len()).collect();
     order.sort_by_key(|i| input.order.get(*i).copied().unwrap_or(0));
-    let mut second = Engine::new(Namespace::Relay, Arc::new(RelayModel));
+    let mut second = Engine::new(synchub_actors::relay::NAMESPACE, Arc::new(RelayModel));
     let mut rest = order.as_slice();
     let mut sizes = input.batches.iter().map(|b| usize::from(b % 4) + 1);
     while !rest.is_empty() {

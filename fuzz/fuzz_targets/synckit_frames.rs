@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use synchub_actors::room_key::Namespace;
 use synchub_actors::synckit::{SynckitModel, frame};
 use synchub_fuzz::{Caller, feed, merge_and_reload, synckit};
 
@@ -14,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = frame::decode_json(data);
     let changes = feed(&mut synckit(), &Caller::new(1), data);
     merge_and_reload(
-        Namespace::Synckit,
+        synchub_actors::synckit::NAMESPACE,
         Arc::new(SynckitModel::default()),
         changes,
     );

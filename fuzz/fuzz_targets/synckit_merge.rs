@@ -7,9 +7,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
-use synchub_actors::model::IncomingChange;
-use synchub_actors::room_key::Namespace;
-use synchub_actors::session::{Dialect, Frame};
+use synchub_actors::dialects::{Dialect, Frame, IncomingChange};
 use synchub_actors::synckit::SynckitModel;
 use synchub_fuzz::{Caller, Engine, changes_in, synckit};
 
@@ -44,7 +42,10 @@ fn stamp(record: &Value) -> (f64, u64, String) {
 /// Merges `submits` in `order`, checking after each that no field's stamp and no clock entry
 /// went backwards (a write may only replace what it beats; clocks only grow).
 fn run(submits: &[Vec<IncomingChange>], order: impl Iterator<Item = usize>) -> Engine {
-    let mut room = Engine::new(Namespace::Synckit, Arc::new(SynckitModel::default()));
+    let mut room = Engine::new(
+        synchub_actors::synckit::NAMESPACE,
+        Arc::new(SynckitModel::default()),
+    );
     for i in order {
         let before_clock = room.state.meta().model.clone();
         let before = room.records();

@@ -4,24 +4,24 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use synchub_actors::identity::Identity;
-use synchub_actors::model::{IncomingChange, Model};
-use synchub_actors::origin::{NodeId, Origin, SessionId};
+use synchub_actors::dialects::{Action, Dialect, Env, Frame, IncomingChange, Model};
+use synchub_actors::engine::{NodeId, OpenBatch, Origin, RoomState, SessionId};
 use synchub_actors::pocket::PocketDialect;
 use synchub_actors::pocket::wire::PocketLimits;
 use synchub_actors::relay::{RelayDialect, RelayLimits};
-use synchub_actors::room::{LocalCounter, OpenBatch, RoomRequest, RoomState};
-use synchub_actors::room_key::{Namespace, RoomKey};
-use synchub_actors::session::{Action, Dialect, Env, Frame};
-use synchub_actors::store::{RoomImage, RoomLayout, Store};
+use synchub_actors::storage::{RoomImage, RoomLayout, Store};
 use synchub_actors::synckit::{SynckitDialect, SynckitLimits};
+use synchub_actors::{Identity, Namespace, RoomKey, RoomRequest};
 
 pub fn room(ns: Namespace) -> RoomKey {
     RoomKey::new(ns, "fuzz").expect("a valid room id")
 }
 
 pub fn pocket() -> PocketDialect {
-    PocketDialect::new(room(Namespace::Pocket), PocketLimits::default())
+    PocketDialect::new(
+        room(synchub_actors::pocket::NAMESPACE),
+        PocketLimits::default(),
+    )
 }
 
 pub fn synckit() -> SynckitDialect {
@@ -39,7 +39,7 @@ pub fn synckit() -> SynckitDialect {
 
 pub fn relay() -> RelayDialect {
     RelayDialect::new(
-        room(Namespace::Relay),
+        room(synchub_actors::relay::NAMESPACE),
         "hub".into(),
         RelayLimits {
             max_per_message: 100,
@@ -135,8 +135,7 @@ impl Engine {
 
     pub fn submit(&mut self, changes: Vec<IncomingChange>) {
         let mut open = OpenBatch::default();
-        self.state
-            .submit(&*self.model, &LocalCounter, None, changes, &mut open);
+        self.state.submit(&*self.model, None, changes, &mut open);
         let commit = self.state.commit(open).expect("a merged change encodes");
         self.store
             .apply(commit.writes)

@@ -3,15 +3,12 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
-use synchub_actors::directory::{CloseSessionById, ListSessions};
-use synchub_actors::pocket::PocketDialect;
-use synchub_actors::room::{RoomReply, RoomRequest};
-use synchub_actors::session::{Dialect, close_code};
-use synchub_actors::store::RoomLayout;
-use synchub_actors::synckit::SynckitDialect;
-use synchub_actors::{Identity, Namespace, Permissions, RoomKey};
+use synchub_actors::admin::{CloseSessionById, ListSessions};
+use synchub_actors::connection::close_code;
+use synchub_actors::dialects::{self, Outcome, Written};
+use synchub_actors::storage::RoomLayout;
+use synchub_actors::{RoomKey, RoomReply, RoomRequest};
 
-use super::headless::{self, Outcome, Written};
 use super::{AppState, unauthorized};
 
 /// The actions counted, as their metric label.
@@ -28,14 +25,14 @@ pub(super) const ACTIONS: [&str; 5] = [
 const CLOSED_BY_ADMIN: u16 = close_code::POLICY;
 const CLOSED_BY_ADMIN_REASON: &str = "Closed by an administrator";
 
-/// The room an admin path names, or the response refusing it.
+/// The room an admin path names, in a dialect's namespace, or the response refusing it.
 fn room_key(path: &(String, String)) -> Result<RoomKey, Box<HttpResponse>> {
-    let Some(ns) = Namespace::parse(&path.0) else {
+    let Some(dialect) = dialects::find(&path.0) else {
         return Err(Box::new(
             HttpResponse::NotFound().json(json!({"error": "Unknown namespace"})),
         ));
     };
-    RoomKey::new(ns, &path.1).ok_or_else(|| {
+    RoomKey::new(dialect.namespace(), &path.1).ok_or_else(|| {
         Box::new(HttpResponse::BadRequest().json(json!({"error": "Invalid room id"})))
     })
 }
@@ -119,30 +116,11 @@ pub(super) async fn close_session(
     }
 }
 
-/// Hands one message to `dialect` as the operator: user `admin`, with every permission. JSON
-/// text goes in as a text frame (SyncKit answers a text frame in JSON), anything else as binary.
-async fn as_operator<D: Dialect>(state: &AppState, mut dialect: D, body: &[u8]) -> Outcome {
-    let operator = Identity {
-        user_id: "admin".into(),
-        permissions: Permissions::admin(),
-        expires_at: None,
-        authenticated: false,
-    };
-    headless::drive(
-        state,
-        &mut dialect,
-        &operator,
-        body,
-        headless::text_or_binary,
-        false,
-    )
-    .await
-}
-
 /// `POST /admin/rooms/<namespace>/<room>/publish`: one client message in the room's dialect
 /// (a Pocket `push`, a SyncKit `delta`, a relay `update`), taken through the dialect's codec and
 /// the room like a connected client's, so it is merged, made durable and broadcast to every
-/// member. Answered with the dialect's own replies; 400 when the dialect refused the message.
+/// member: the dialect's `publish` in the registry. Answered with the dialect's own replies;
+/// 400 when the dialect refused the message.
 pub(super) async fn publish(
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -153,26 +131,12 @@ pub(super) async fn publish(
         Ok(k) => k,
         Err(resp) => return *resp,
     };
-    let outcome = match key.namespace {
-        Namespace::Pocket => {
-            let limits = state.hub.settings().pocket_limits();
-            as_operator(&state, PocketDialect::new(key.clone(), limits), &body).await
-        }
-        Namespace::Relay => {
-            as_operator(&state, super::relay::dialect(&state, key.clone()), &body).await
-        }
-        Namespace::Synckit => {
-            let message = match synckit_message(&body, &key) {
-                Ok(m) => m,
-                Err(why) => return HttpResponse::BadRequest().json(json!({"error": why})),
-            };
-            let dialect = SynckitDialect::new(
-                true,
-                state.config.auth.required,
-                state.hub.settings().synckit_limits(),
-            );
-            as_operator(&state, dialect, message.as_bytes()).await
-        }
+    let Some(dialect) = dialects::find(key.namespace.as_str()) else {
+        return HttpResponse::NotFound().json(json!({"error": "Unknown namespace"}));
+    };
+    let outcome = match (dialect.publish)(&state.hub, key.clone(), &body).await {
+        Ok(outcome) => outcome,
+        Err(why) => return HttpResponse::BadRequest().json(json!({"error": why})),
     };
     let replies = replies(outcome);
     let refused = replies
@@ -195,30 +159,6 @@ pub(super) async fn publish(
         "seq": seq,
         "replies": replies,
     }))
-}
-
-/// A SyncKit message for the room: its `documentId` (filled in when absent) must be the room;
-/// a missing `id` or `timestamp` is filled in, as an operator typing one by hand would expect.
-fn synckit_message(body: &[u8], key: &RoomKey) -> Result<String, String> {
-    let Ok(Value::Object(mut top)) = serde_json::from_slice::<Value>(body) else {
-        return Err("A SyncKit message is a JSON object".into());
-    };
-    let named = top
-        .get("documentId")
-        .or_else(|| top.get("payload").and_then(|p| p.get("documentId")))
-        .cloned();
-    match named {
-        None => {
-            top.insert("documentId".into(), Value::from(key.room.as_str()));
-        }
-        Some(Value::String(doc)) if doc == key.room => {}
-        Some(_) => return Err("The message's documentId is not the room published to".into()),
-    }
-    let now = synchub_actors::clock::now_ms();
-    top.entry("id")
-        .or_insert_with(|| Value::from(format!("admin-{now}")));
-    top.entry("timestamp").or_insert_with(|| Value::from(now));
-    Ok(Value::Object(top).to_string())
 }
 
 /// The dialect's replies as JSON (binary replies as their length: none of the dialects answers a

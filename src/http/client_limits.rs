@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use synchub_actors::limits::{Limit, TokenBucket};
+use synchub_actors::connection::{Limit, TokenBucket};
 
 /// Who an HTTP request is counted against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

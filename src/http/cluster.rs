@@ -6,11 +6,8 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use synchub_actors::cluster::bridge::GetBridgeStatus;
-use synchub_actors::cluster::peers::HistoryResponse;
-use synchub_actors::directory::LiveRoomStatuses;
-use synchub_actors::room::{ClusterLink, RoomStatus};
-use synchub_actors::{Hub, RoomKey};
+use synchub_actors::admin::{ClusterLink, GetBridgeStatus, HistoryResponse, LiveRoomStatuses};
+use synchub_actors::{Hub, RoomKey, RoomStatus, now_ms};
 
 use super::{AppState, admin::admin_room};
 
@@ -55,7 +52,7 @@ pub(super) async fn stats(hub: &Hub, statuses: Vec<RoomStatus>) -> Value {
         return Value::Null;
     };
     let bridge = cluster.bridge.send(GetBridgeStatus).await.ok();
-    let now = synchub_actors::clock::now_ms();
+    let now = now_ms();
     let peers: Vec<Value> = cluster
         .handle
         .peers()

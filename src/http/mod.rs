@@ -1,30 +1,25 @@
-//! HTTP routes: the WebSocket upgrades of the three dialects, Pocket's HTTP transport, the
-//! SyncKit auth endpoints, health, stats and metrics.
+//! HTTP routes: every dialect's WebSocket upgrade, Pocket's HTTP transport, the token
+//! endpoints, health, stats, metrics, the dashboard and the admin endpoints.
 
 mod admin;
 mod client_limits;
 mod cluster;
 mod cors;
 mod dashboard;
-mod headless;
 mod pocket;
 pub(crate) mod recorder;
-mod relay;
 mod request_checks;
 mod stats;
-mod synckit;
+mod tokens;
+mod websocket;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use actix::{Actor, ActorContext, StreamHandler};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws;
 use serde_json::json;
-use synchub_actors::limits::{IpSlots, Limit};
-use synchub_actors::outbound::{ConnSocket, Counted};
-use synchub_actors::session::{Dialect, Session};
+use synchub_actors::connection::{IpSlots, Limit};
 use synchub_actors::{AuthError, Hub, Identity, TokenVerifier};
 
 use crate::auth::JwtVerifier;
@@ -133,15 +128,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     // What browser apps call with `fetch`: answered to pages of the allowed origins.
     cors::for_browsers(cfg, "/sync/push", web::post().to(pocket::push));
     cors::for_browsers(cfg, "/sync/pull", web::post().to(pocket::pull));
-    cors::for_browsers(cfg, "/auth/verify", web::post().to(synckit::verify));
-    cors::for_browsers(cfg, "/auth/me", web::get().to(synckit::me));
-    cors::for_browsers(cfg, "/auth/refresh", web::post().to(synckit::refresh));
-    cors::for_browsers(cfg, "/auth/login", web::post().to(synckit::login));
-    cfg.route("/sync", web::get().to(pocket::websocket))
-        .route("/ws", web::get().to(synckit::websocket))
-        .route("/relay", web::get().to(relay::websocket))
-        .route("/", web::get().to(relay::root))
-        .route("/health", web::get().to(stats::health))
+    cors::for_browsers(cfg, "/auth/verify", web::post().to(tokens::verify));
+    cors::for_browsers(cfg, "/auth/me", web::get().to(tokens::me));
+    cors::for_browsers(cfg, "/auth/refresh", web::post().to(tokens::refresh));
+    cors::for_browsers(cfg, "/auth/login", web::post().to(tokens::login));
+    websocket::routes(cfg);
+    cfg.route("/health", web::get().to(stats::health))
         .route("/stats", web::get().to(stats::stats))
         .route("/stats/stream", web::get().to(stats::stats_stream))
         .route("/stats/history", web::get().to(stats::stats_history))
@@ -232,66 +224,6 @@ pub(crate) fn unauthorized() -> HttpResponse {
     HttpResponse::Unauthorized().json(json!({"error": "Admin token required"}))
 }
 
-/// A WebSocket that is accepted only to be closed with a code, as clients of some dialects
-/// expect (Pocket's 4001) rather than an HTTP error.
-pub(crate) struct Refused {
-    pub(crate) code: u16,
-    pub(crate) reason: &'static str,
-}
-
-impl Actor for Refused {
-    type Context = ws::WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(self.code),
-            description: Some(self.reason.into()),
-        }));
-        ctx.stop();
-    }
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refused {
-    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
-}
-
-/// Upgrades to a session of dialect `D`, unless the client's address already holds
-/// `limits.max_connections_per_ip` connections (then 429, before the upgrade). The session keeps
-/// the address's slot and the connection's socket; its outgoing bytes are counted as the
-/// connection takes them.
-pub(crate) fn start_session<D: Dialect>(
-    session: Session<D>,
-    req: &HttpRequest,
-    stream: web::Payload,
-    state: &AppState,
-) -> Result<HttpResponse, actix_web::Error> {
-    if let Some(refused) = origin_refused(req, state) {
-        return Ok(refused);
-    }
-    let slot = match req.peer_addr().map(|a| a.ip()) {
-        Some(ip) => match state.ip_slots.acquire(ip) {
-            Some(slot) => Some(slot),
-            None => {
-                state.hub.metrics().limit_hit(Limit::ConnectionsPerIp);
-                return Ok(HttpResponse::TooManyRequests()
-                    .json(json!({"error": "Too many connections from this address"})));
-            }
-        },
-        None => None,
-    };
-    let socket = req.conn_data::<ConnSocket>().cloned();
-    let session = session.with_connection(socket, slot);
-    let outbound = session.outbound();
-    let max = state.hub.session_settings().codec_max_bytes();
-    let mut response = ws::handshake(req)?;
-    let body = ws::WebsocketContext::with_codec(
-        session,
-        stream,
-        actix_http::ws::Codec::new().max_size(max),
-    );
-    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
-}
-
 /// A browser page from an origin not in `server.allowed_origins` may not open a socket nor call
 /// the endpoints browser apps use; answered 403 (before the upgrade, or before the preflight).
 /// Requests without an `Origin` (not from a browser) pass.
@@ -309,25 +241,4 @@ pub(crate) fn origin_refused(req: &HttpRequest, state: &AppState) -> Option<Http
     }
     state.hub.metrics().limit_hit(Limit::Origin);
     Some(HttpResponse::Forbidden().json(json!({"error": "Origin not allowed"})))
-}
-
-/// Upgrades to a plain WebSocket actor (one that refuses the client with a close code).
-pub(crate) fn start_ws<A>(
-    actor: A,
-    req: &HttpRequest,
-    stream: web::Payload,
-    state: &AppState,
-) -> Result<HttpResponse, actix_web::Error>
-where
-    A: Actor<Context = ws::WebsocketContext<A>>
-        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
-{
-    let max = state.hub.session_settings().codec_max_bytes();
-    let mut response = ws::handshake(req)?;
-    let body =
-        ws::WebsocketContext::with_codec(actor, stream, actix_http::ws::Codec::new().max_size(max));
-    // Nothing waits on this connection's queue: no limit to count against.
-    let outbound = synchub_actors::outbound::Outbound::new(usize::MAX, None);
-    let socket = req.conn_data::<ConnSocket>().cloned();
-    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
 }

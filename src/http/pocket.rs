@@ -1,22 +1,18 @@
-//! Pocket: the WebSocket at `/sync` and the HTTP transport at `/sync/push` and `/sync/pull`.
+//! Pocket's HTTP transport (its clients' `useWebSocket: false`): `/sync/push` and
+//! `/sync/pull`, each one message through the Pocket codec. Its WebSocket is served like every
+//! dialect's (`websocket.rs`).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::{Value, json};
-use synchub_actors::pocket::PocketDialect;
+use serde_json::Value;
+use synchub_actors::dialects::{DEFAULT_ROOM, Written, binary, drive, rate_limited};
 use synchub_actors::pocket::wire::{WireError, code, request_id};
-use synchub_actors::session::{Session, close_code};
-use synchub_actors::{Identity, Namespace, RoomKey};
+use synchub_actors::pocket::{self, PocketDialect};
+use synchub_actors::{Identity, RoomKey};
 
 use super::client_limits::{Client, Refusal};
-use super::headless::{self, Written};
-use super::{AppState, Query, Refused, start_session, start_ws, token};
-
-fn pocket_room(query: &Query) -> Option<RoomKey> {
-    let room = query.get("room").map_or("default", String::as_str);
-    RoomKey::new(Namespace::Pocket, room)
-}
+use super::{AppState, Query, token};
 
 /// The room of an HTTP request. Pocket's HTTP client builds its URLs as
 /// `new URL('/sync/push', serverUrl)`, which drops any `?room=`; what it does send is its token.
@@ -37,51 +33,7 @@ fn http_room(req: &HttpRequest, query: &Query, state: &AppState) -> Option<RoomK
             crate::auth::unverified_room(token)
         }
     });
-    RoomKey::new(Namespace::Pocket, named.as_deref().unwrap_or("default"))
-}
-
-pub(super) async fn websocket(
-    req: HttpRequest,
-    stream: web::Payload,
-    query: Query,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let Some(room) = pocket_room(&query) else {
-        return Ok(HttpResponse::BadRequest().json(json!({
-            "error": "Invalid room id: 1-256 characters of [A-Za-z0-9_.:-]"
-        })));
-    };
-    match state.authenticate(token(&req, &query)) {
-        Err(e) => {
-            log::debug!("pocket connection refused: {e}");
-            state
-                .hub
-                .metrics()
-                .connections_refused
-                .with_label_values(&["auth"])
-                .inc();
-            let refused = Refused {
-                code: close_code::AUTH_FAILED,
-                reason: "Authentication failed",
-            };
-            start_ws(refused, &req, stream, &state)
-        }
-        // A token that grants nothing in the room is refused before the upgrade, as the relay
-        // does: Pocket's engine ignores FORBIDDEN replies, so an accepted socket would sync
-        // nothing and say nothing, while a refused upgrade fails the engine's `connect`.
-        Ok(identity) if !identity.permissions.can_read(&room.room) => {
-            Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})))
-        }
-        Ok(identity) => {
-            let dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
-            start_session(
-                Session::new(state.hub.clone(), dialect, identity),
-                &req,
-                stream,
-                &state,
-            )
-        }
-    }
+    RoomKey::new(pocket::NAMESPACE, named.as_deref().unwrap_or(DEFAULT_ROOM))
 }
 
 fn pocket_error(e: WireError) -> HttpResponse {
@@ -170,9 +122,7 @@ fn refused(
     state.hub.metrics().limit_hit(refusal.limit());
     let text = match refusal {
         // Word for word what a WebSocket message over the rate gets.
-        Refusal::Rate { .. } => {
-            headless::rate_limited(state, dialect, identity, body, headless::binary)
-        }
+        Refusal::Rate { .. } => rate_limited(&state.hub, dialect, identity, body, binary),
         Refusal::Rooms { max, .. } => WireError::new(
             request_id(body),
             code::RATE_LIMITED,
@@ -241,7 +191,7 @@ async fn http(
         }
         Err(_) => Identity::unauthenticated(),
     };
-    let mut dialect = PocketDialect::new(room, state.hub.settings().pocket_limits());
+    let mut dialect = pocket::codec(state.hub.settings(), room);
     if let Err(refusal) = admitted {
         return refused(&state, &mut dialect, &identity, &body, refusal);
     }
@@ -257,15 +207,7 @@ async fn http(
         ));
     }
     // One request per HTTP call: a session of its own that nothing is broadcast to.
-    let outcome = headless::drive(
-        &state,
-        &mut dialect,
-        &identity,
-        &body,
-        headless::binary,
-        true,
-    )
-    .await;
+    let outcome = drive(&state.hub, &mut dialect, &identity, &body, binary, true).await;
     if let Some(Written::Text(text)) = outcome.written.into_iter().next() {
         return pocket_reply(text);
     }

@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use synchub_actors::Namespace;
-use synchub_actors::clock::now_ms;
-use synchub_actors::limits::Limit;
-use synchub_actors::metrics::{ActorKind, Metrics};
+use synchub_actors::admin::{ActorKind, Metrics};
+use synchub_actors::connection::Limit;
+use synchub_actors::dialects::DIALECTS;
+use synchub_actors::now_ms;
 
 /// How often a sample is taken.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
@@ -57,23 +57,18 @@ struct Totals {
 impl Totals {
     fn read(m: &Metrics) -> Totals {
         let per_dialect = |v: &prometheus::IntCounterVec| -> u64 {
-            Namespace::ALL
+            DIALECTS
                 .iter()
-                .map(|ns| v.with_label_values(&[ns.as_str()]).get())
+                .map(|d| v.with_label_values(&[d.name()]).get())
                 .sum()
         };
         Totals {
             at: Instant::now(),
             connects: per_dialect(&m.connects),
             disconnects: per_dialect(&m.disconnects),
-            changes: Namespace::ALL
+            changes: DIALECTS
                 .iter()
-                .map(|ns| {
-                    (
-                        ns.as_str(),
-                        m.changes.with_label_values(&[ns.as_str()]).get(),
-                    )
-                })
+                .map(|d| (d.name(), m.changes.with_label_values(&[d.name()]).get()))
                 .collect(),
             frames_in: per_dialect(&m.frames_in),
             frames_out: per_dialect(&m.frames_out),
@@ -137,14 +132,9 @@ fn sample(m: &Metrics, before: &Totals, now: &Totals) -> Sample {
     let timed = now.latency_count.saturating_sub(before.latency_count);
     Sample {
         t: now_ms(),
-        sessions: Namespace::ALL
+        sessions: DIALECTS
             .iter()
-            .map(|ns| {
-                (
-                    ns.as_str(),
-                    m.sessions.with_label_values(&[ns.as_str()]).get(),
-                )
-            })
+            .map(|d| (d.name(), m.sessions.with_label_values(&[d.name()]).get()))
             .collect(),
         connects_per_s: rate(before.connects, now.connects),
         disconnects_per_s: rate(before.disconnects, now.disconnects),

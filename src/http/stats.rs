@@ -7,10 +7,9 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use synchub_actors::directory::{GetCensus, GetRoomStatus, ListSessions, LiveRoomStatuses};
-use synchub_actors::metrics::ActorKind;
-use synchub_actors::room::{RoomReply, RoomRequest, RoomStatus};
-use synchub_actors::{Namespace, RoomKey};
+use synchub_actors::admin::{ActorKind, GetCensus, GetRoomStatus, ListSessions, LiveRoomStatuses};
+use synchub_actors::dialects::DIALECTS;
+use synchub_actors::{RoomKey, RoomReply, RoomRequest, RoomStatus};
 
 use super::{AppState, admin::admin_room, recorder, unauthorized};
 
@@ -20,6 +19,15 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
     let cluster_ok = hub.cluster_healthy();
     let healthy = storage_problem.is_none() && cluster_ok;
     let census = hub.directory().send(GetCensus).await.ok();
+    // SyncKit's server reports its documents: the live rooms of the dialects whose rooms are
+    // one document each.
+    let documents: usize = census.as_ref().map_or(0, |c| {
+        DIALECTS
+            .iter()
+            .filter(|d| d.rooms.room_is_document)
+            .filter_map(|d| c.rooms.get(&d.namespace()))
+            .sum()
+    });
     let cluster = match hub.cluster() {
         None => Value::Null,
         Some(c) => json!({
@@ -45,7 +53,7 @@ pub(super) async fn health(state: web::Data<AppState>) -> HttpResponse {
             "totalClients": census.as_ref().map_or(0, |c| c.sessions_total),
         },
         "documents": {
-            "totalDocuments": census.as_ref().and_then(|c| c.rooms.get("synckit").copied()).unwrap_or(0),
+            "totalDocuments": documents,
         },
     });
     if healthy {
@@ -98,6 +106,7 @@ pub(super) async fn stats_history(req: HttpRequest, state: web::Data<AppState>) 
     HttpResponse::Ok().json(json!({
         "every_s": recorder::EVERY.as_secs(),
         "keep": recorder::KEEP,
+        "dialects": dialect_names(),
         "samples": samples,
     }))
 }
@@ -149,18 +158,24 @@ async fn figures(state: &AppState) -> Value {
     let connections = per_dialect(
         |d| json!({"connects": counter(&m.connects, d), "disconnects": counter(&m.disconnects, d)}),
     );
-    // Every dialect's count, by its namespace's name, beside the totals.
+    // Every dialect's count, by its name, beside the totals.
     let mut sessions = serde_json::Map::new();
     sessions.insert("total".into(), json!(census.sessions_total));
-    for ns in Namespace::ALL {
-        let n = census.sessions.get(ns.as_str()).copied().unwrap_or(0);
-        sessions.insert(ns.as_str().into(), json!(n));
+    for dialect in DIALECTS {
+        let n = census
+            .sessions
+            .get(&dialect.namespace())
+            .copied()
+            .unwrap_or(0);
+        sessions.insert(dialect.name().into(), json!(n));
     }
     sessions.insert("users".into(), json!(census.users));
     json!({
         "node_id": hub.node_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": hub.uptime().as_secs(),
+        // The names every per-dialect figure is keyed by, in the registry's order.
+        "dialects": dialect_names(),
         "health": {
             "storage": hub.storage_problem().unwrap_or_else(|| "ok".into()),
             "cluster": hub.cluster().map(|_| if hub.cluster_healthy() { "ok" } else { "stuck" }),
@@ -198,11 +213,15 @@ async fn figures(state: &AppState) -> Value {
 }
 
 /// One value per dialect, keyed by its name.
-fn per_dialect(value: impl Fn(&'static str) -> Value) -> serde_json::Map<String, Value> {
-    Namespace::ALL
+fn per_dialect(value: impl Fn(&str) -> Value) -> serde_json::Map<String, Value> {
+    DIALECTS
         .iter()
-        .map(|ns| (ns.as_str().to_owned(), value(ns.as_str())))
+        .map(|d| (d.name().to_owned(), value(d.name())))
         .collect()
+}
+
+fn dialect_names() -> Vec<&'static str> {
+    DIALECTS.iter().map(|d| d.name()).collect()
 }
 
 fn admin_actions(state: &AppState) -> HashMap<&'static str, u64> {
@@ -334,7 +353,7 @@ async fn members(state: &AppState, key: &RoomKey) -> Value {
         .unwrap_or_default();
     let inside: Vec<_> = sessions
         .into_iter()
-        .filter(|s| s.dialect == key.namespace.as_str() && s.rooms.contains(&key.room))
+        .filter(|s| s.dialect == key.namespace && s.rooms.contains(&key.room))
         .collect();
     serde_json::to_value(inside).unwrap_or(Value::Null)
 }

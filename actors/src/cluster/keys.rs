@@ -60,12 +60,11 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room_key::Namespace;
 
     #[test]
     fn room_channels_name_their_room() {
         let k = Keys::new("hub");
-        let room = RoomKey::new(Namespace::Relay, "a:b-1").expect("room");
+        let room = RoomKey::new(crate::relay::NAMESPACE, "a:b-1").expect("room");
         assert_eq!(k.channel(&room), "hub:room:relay/a:b-1");
         assert_eq!(k.room_of_channel(&k.channel(&room)), Some(room));
         assert_eq!(k.room_of_channel(&k.heartbeat_channel()), None);

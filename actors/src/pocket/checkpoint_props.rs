@@ -19,7 +19,7 @@ use crate::origin::{NodeId, Origin, SessionId};
 use crate::out_frame::OutFrame;
 use crate::raw_json::RawJson;
 use crate::room::{Broadcast, Fetched, RoomEvent, RoomReply, RoomRequest, StreamPage, Submitted};
-use crate::room_key::{Namespace, RoomKey};
+use crate::room_key::RoomKey;
 use crate::store::LogEntry;
 
 const COLLECTIONS: [&str; 2] = ["todos", "notes"];
@@ -88,7 +88,7 @@ struct Client {
 }
 
 fn room() -> RoomKey {
-    RoomKey::new(Namespace::Pocket, "r").expect("key")
+    RoomKey::new(super::NAMESPACE, "r").expect("key")
 }
 
 impl Client {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
+use super::NAMESPACE;
 use super::wire::{self, ClientMessage, PocketLimits, WireError, code, now_ms};
 use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::identity::AuthError;
@@ -178,7 +179,7 @@ impl Dialect for PocketDialect {
     type Tag = Tag;
 
     fn namespace(&self) -> Namespace {
-        Namespace::Pocket
+        NAMESPACE
     }
 
     fn initial_rooms(&self) -> Vec<RoomKey> {
@@ -377,7 +378,7 @@ mod tests {
 
     fn dialect() -> PocketDialect {
         PocketDialect::new(
-            RoomKey::new(Namespace::Pocket, "r").expect("key"),
+            RoomKey::new(NAMESPACE, "r").expect("key"),
             PocketLimits::default(),
         )
     }
@@ -426,7 +427,7 @@ mod tests {
 
     fn event(entries: Vec<LogEntry>, heads: &[(&str, u64)]) -> RoomEvent {
         let heads = heads.iter().map(|(s, h)| (s.to_string(), *h)).collect();
-        let room = RoomKey::new(Namespace::Pocket, "r").expect("key");
+        let room = RoomKey::new(NAMESPACE, "r").expect("key");
         RoomEvent(Arc::new(Broadcast::new(room, entries, heads)))
     }
 

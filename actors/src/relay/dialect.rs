@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::NAMESPACE;
 use super::model::parse_change;
 use crate::dialect::{Action, Dialect, Env, Frame};
 use crate::identity::AuthError;
@@ -132,7 +133,7 @@ impl Dialect for RelayDialect {
     type Tag = Tag;
 
     fn namespace(&self) -> Namespace {
-        Namespace::Relay
+        NAMESPACE
     }
 
     fn initial_rooms(&self) -> Vec<RoomKey> {

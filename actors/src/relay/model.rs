@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 
 use serde_json::{Value, json};
 
-use crate::model::{IncomingChange, Merge, Model};
+use crate::model::{IncomingChange, Merge, Model, RowRules};
 
 pub struct RelayModel;
 
@@ -163,6 +163,31 @@ impl Model for RelayModel {
         Merge::Apply { logged: c.clone() }
     }
 
+    fn state_of(&self, logged: &Value) -> Value {
+        Value::Array(vec![
+            Value::from(version(logged, 7)),
+            Value::from(version(logged, 4)),
+            logged[3].clone(),
+        ])
+    }
+
+    /// In what the hub sends, `db_version` is the hub's sequence number; `site_id` stays the
+    /// origin's.
+    fn stamp(&self, logged: &mut Value, seq: u64) {
+        if let Some(t) = logged.as_array_mut()
+            && t.len() == FIELDS
+        {
+            t[5] = Value::from(seq);
+        }
+    }
+
+    fn rows(&self) -> Option<&dyn RowRules> {
+        Some(self)
+    }
+}
+
+/// A row's `-1` record governs the row's cells: they share the row's causal length.
+impl RowRules for RelayModel {
     /// A column change is governed by its row's causal length (cr-sqlite keeps `cl` per row):
     /// after a delete with `cl = 2`, a write with `cl = 1` loses whatever its column version.
     fn governing_key(&self, _key: &str, c: &Value) -> Option<String> {
@@ -220,24 +245,6 @@ impl Model for RelayModel {
             return Merge::Unchanged;
         }
         self.merge(room_state, current, incoming)
-    }
-
-    fn state_of(&self, logged: &Value) -> Value {
-        Value::Array(vec![
-            Value::from(version(logged, 7)),
-            Value::from(version(logged, 4)),
-            logged[3].clone(),
-        ])
-    }
-
-    /// In what the hub sends, `db_version` is the hub's sequence number; `site_id` stays the
-    /// origin's.
-    fn stamp(&self, logged: &mut Value, seq: u64) {
-        if let Some(t) = logged.as_array_mut()
-            && t.len() == FIELDS
-        {
-            t[5] = Value::from(seq);
-        }
     }
 }
 

@@ -22,13 +22,13 @@ use actix::prelude::*;
 
 pub use error::RoomError;
 pub use messages::{
-    Broadcast, Fetched, Join, Leave, ReplicaStatus, RoomEvent, RoomReply, RoomRequest, RoomStatus,
-    RoomStopped, Snapshot, StreamPage, Streams, Submitted,
+    Broadcast, Fetched, Join, Leave, RoomEvent, RoomReply, RoomRequest, RoomStatus, RoomStopped,
+    Snapshot, StreamPage, Streams, Submitted,
 };
 pub use reply::{Reply, Request, RoomAnswer, ask};
 pub use state::{OpenBatch, RoomState};
 
-pub use crate::origin::{NodeId, Origin, SessionId};
+pub use crate::origin::{Origin, SessionId};
 
 use crate::clock::now_ms;
 use crate::cluster::{Cluster, ClusterHandle};

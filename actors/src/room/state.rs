@@ -93,9 +93,10 @@ pub struct RoomState {
     model_hash: Digest,
     /// stream → key → record. Nested so lookups borrow `&str`s instead of building a key.
     records: HashMap<String, HashMap<String, Record>>,
-    /// stream → governing record → the records it governs ([`Model::governing_key`]), for
-    /// models that have governing records. Kept for every such stream: a merge reads a
-    /// record's siblings even before their governing record has been written.
+    /// stream → governing record → the records it governs
+    /// ([`crate::model::RowRules::governing_key`]), for models that have governing records.
+    /// Kept for every such stream: a merge reads a record's siblings even before their
+    /// governing record has been written.
     governed: HashMap<String, HashMap<String, HashSet<String>>>,
     /// Bytes of the log's entries (bodies and keys), as the disk holds them, roughly.
     log_bytes: u64,
@@ -210,9 +211,12 @@ impl RoomState {
 
     /// Indexes which records each governing record of `stream` governs (at load).
     fn index_stream(&mut self, model: &dyn Model, stream: &str) {
+        let Some(rows) = model.rows() else {
+            return;
+        };
         let mut index: HashMap<String, HashSet<String>> = HashMap::new();
         for key in self.records.get(stream).into_iter().flat_map(HashMap::keys) {
-            if let Some(g) = model.governing_key_of(key) {
+            if let Some(g) = rows.governing_key_of(key) {
                 index.entry(g).or_default().insert(key.clone());
             }
         }
@@ -245,10 +249,11 @@ impl RoomState {
     }
 
     /// Drops every record of `governor`'s group (the governing record and those it governs)
-    /// that the group's latest life has ended ([`Model::ended_by`]): what a merge would now
-    /// refuse leaves the state, so the state does not depend on the order of arrival.
+    /// that the group's latest life has ended ([`crate::model::RowRules::ended_by`]): what a
+    /// merge would now refuse leaves the state, so the state does not depend on the order of
+    /// arrival.
     fn settle(&mut self, model: &dyn Model, stream: &str, governor: &str) {
-        let Some(records) = self.records.get_mut(stream) else {
+        let (Some(rows), Some(records)) = (model.rows(), self.records.get_mut(stream)) else {
             return;
         };
         let members = self
@@ -259,7 +264,7 @@ impl RoomState {
         let mut latest: Option<Arc<Value>> = records.get(governor).map(|r| r.value.clone());
         for key in members.iter().flat_map(|m| m.iter()) {
             if let Some(r) = records.get(key)
-                && latest.as_ref().is_none_or(|l| model.ended_by(&r.value, l))
+                && latest.as_ref().is_none_or(|l| rows.ended_by(&r.value, l))
             {
                 latest = Some(r.value.clone());
             }
@@ -268,7 +273,7 @@ impl RoomState {
             return;
         };
         let mut drop = |key: &str| match records.get(key) {
-            Some(r) if model.ended_by(&latest, &r.value) => {
+            Some(r) if rows.ended_by(&latest, &r.value) => {
                 self.meta.digest.toggle(&r.hash);
                 self.meta.records = self.meta.records.saturating_sub(1);
                 self.state_bytes = self.state_bytes.saturating_sub(u64::from(r.bytes));
@@ -365,9 +370,10 @@ impl RoomState {
             }
             let stream = self.records.get(&change.stream);
             let current = stream.and_then(|r| r.get(&change.key)).map(|r| &*r.value);
-            let governing_key = model.governing_key(&change.key, &change.body);
-            let merged = match &governing_key {
-                None if model.is_governing(&change.key) => {
+            let rows = model.rows();
+            let governing_key = rows.and_then(|r| r.governing_key(&change.key, &change.body));
+            let merged = match (rows, &governing_key) {
+                (Some(rows), None) if rows.is_governing(&change.key) => {
                     let governed = Self::governed_states(
                         &self.records,
                         &self.governed,
@@ -375,10 +381,9 @@ impl RoomState {
                         &change.key,
                         "",
                     );
-                    model.merge_governing(&mut self.meta.model, current, &governed, &change)
+                    rows.merge_governing(&mut self.meta.model, current, &governed, &change)
                 }
-                None => model.merge(&mut self.meta.model, current, &change),
-                Some(key) => {
+                (Some(rows), Some(key)) => {
                     let governing = stream.and_then(|r| r.get(key)).map(|r| &*r.value);
                     let siblings = Self::governed_states(
                         &self.records,
@@ -387,7 +392,7 @@ impl RoomState {
                         key,
                         &change.key,
                     );
-                    model.merge_governed(
+                    rows.merge_governed(
                         &mut self.meta.model,
                         current,
                         governing,
@@ -395,6 +400,7 @@ impl RoomState {
                         &change,
                     )
                 }
+                _ => model.merge(&mut self.meta.model, current, &change),
             };
             let mut logged = match merged {
                 Merge::Unchanged => continue,
@@ -440,7 +446,9 @@ impl RoomState {
             why: e.to_string(),
         })?;
         model.replay(&mut self.meta.model, &logged);
-        let governing = model.governing_key(&entry.key, &logged);
+        let governing = model
+            .rows()
+            .and_then(|r| r.governing_key(&entry.key, &logged));
         self.record(model, entry, &logged, governing, open);
         self.refresh_model_hash();
         Ok(())
@@ -526,7 +534,7 @@ impl RoomState {
             }
         }
         self.meta.digest.toggle(&hash);
-        if model.is_governing(&entry.key) {
+        if model.rows().is_some_and(|r| r.is_governing(&entry.key)) {
             self.settle(model, &entry.stream, &entry.key);
         } else if let Some(g) = &governing {
             self.settle(model, &entry.stream, g);
@@ -673,7 +681,7 @@ mod tests {
     #[test]
     fn winners_are_numbered_in_order_and_later_changes_see_earlier_ones() {
         let model = PocketModel::default();
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let mut open = OpenBatch::default();
         let s = st.submit(
             &model,
@@ -715,7 +723,7 @@ mod tests {
         .map(|c| parse_change(c).expect("valid"))
         .collect();
         let digest_of = |order: &[usize]| {
-            let mut st = empty(Namespace::Relay, &RelayModel);
+            let mut st = empty(crate::relay::NAMESPACE, &RelayModel);
             let mut open = OpenBatch::default();
             for i in order {
                 st.submit(&RelayModel, None, vec![changes[*i].clone()], &mut open);
@@ -729,7 +737,7 @@ mod tests {
 
     /// Submits `changes` one by one in `order`, committing each to `store`.
     fn relay_run(store: &Store, changes: &[IncomingChange], order: &[usize]) -> RoomState {
-        let mut st = empty(Namespace::Relay, &RelayModel);
+        let mut st = empty(crate::relay::NAMESPACE, &RelayModel);
         for i in order {
             let mut open = OpenBatch::default();
             let change = changes[*i].clone();
@@ -817,7 +825,7 @@ mod tests {
     fn state_survives_a_reload_by_replaying_the_log() {
         let store = Store::memory();
         let model = RelayModel;
-        let mut st = empty(Namespace::Relay, &model);
+        let mut st = empty(crate::relay::NAMESPACE, &model);
         for round in 0..30u64 {
             let mut open = OpenBatch::default();
             let changes: Vec<IncomingChange> = (0..10)
@@ -852,7 +860,7 @@ mod tests {
     fn a_long_decimal_reads_back_as_it_was_hashed() {
         let store = Store::memory();
         let model = PocketModel::default();
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let long = "1444444444444444444444444444444444444444444444444444444444444.\
                     44444444444444444444444444444444444444444444";
         let text = format!(
@@ -879,7 +887,7 @@ mod tests {
             tombstone_retention_ms: Some(1000),
             ..PocketModel::default()
         };
-        let mut st = empty(Namespace::Pocket, &model);
+        let mut st = empty(crate::pocket::NAMESPACE, &model);
         let delete = IncomingChange {
             stream: "todos".into(),
             key: "gone".into(),

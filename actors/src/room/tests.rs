@@ -7,6 +7,7 @@ use super::*;
 use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts, RoomBounds};
 use crate::mailbox::counted_actor;
 use crate::metrics::ActorKind;
+use crate::origin::NodeId;
 use crate::pocket::PocketModel;
 use crate::relay::RelayModel;
 use crate::room::test_changes::{cell, doc};
@@ -185,8 +186,8 @@ async fn start_room_counted(
     let durability = Durability::new(store.clone(), metrics.clone(), relaxed).start();
     let durability = CountedAddr::new(durability, &metrics);
     let mut models: HashMap<Namespace, Arc<dyn Model>> = HashMap::new();
-    models.insert(Namespace::Pocket, Arc::new(PocketModel::default()));
-    models.insert(Namespace::Relay, Arc::new(RelayModel));
+    models.insert(crate::pocket::NAMESPACE, Arc::new(PocketModel::default()));
+    models.insert(crate::relay::NAMESPACE, Arc::new(RelayModel));
     let directory = Directory::new(DirectoryParts {
         arbiters: vec![actix::Arbiter::current()],
         store,
@@ -253,7 +254,7 @@ async fn settle() {
 #[actix_rt::test]
 async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_in_order() {
     for relaxed in [false, true] {
-        let room = start_room(Store::memory(), Namespace::Relay, relaxed).await;
+        let room = start_room(Store::memory(), crate::relay::NAMESPACE, relaxed).await;
         let (_watcher, watched) = join(&room, 100).await;
         let mut senders = Vec::new();
         for s in 0..5u64 {
@@ -309,7 +310,7 @@ async fn pipelined_submits_from_many_sessions_are_numbered_acked_and_broadcast_i
 
 #[actix_rt::test]
 async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
-    let room = start_room(Store::memory(), Namespace::Pocket, false).await;
+    let room = start_room(Store::memory(), crate::pocket::NAMESPACE, false).await;
     // The second change of one submit merges against the first.
     let RoomReply::Submitted(s) = ask(
         &room,
@@ -349,7 +350,7 @@ async fn a_resend_gets_no_number_and_a_submit_sees_its_own_changes() {
 #[actix_rt::test]
 async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() {
     let store = Store::memory();
-    let room = start_room(store.clone(), Namespace::Relay, false).await;
+    let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
     for v in [1, 2, 3] {
         ask(
             &room,
@@ -381,7 +382,7 @@ async fn reads_see_only_durable_changes_and_latest_only_skips_superseded_ones() 
         panic!("snapshot failed");
     };
     assert_eq!(snap.records.len(), 4);
-    let key = RoomKey::new(Namespace::Relay, "r").expect("key");
+    let key = RoomKey::new(crate::relay::NAMESPACE, "r").expect("key");
     let layout = RoomLayout::new(&key);
     let image = store.load_room(&layout).expect("load");
     assert_eq!(image.meta.seq, 6);
@@ -445,7 +446,7 @@ fn cell_name(record_key: &str) -> String {
 async fn a_failed_flush_refuses_its_writes_keeps_the_members_and_recovers_by_itself() {
     let faults = Arc::new(Faulty::default());
     let store = Store::over(faults.clone());
-    let room = start_room(store.clone(), Namespace::Relay, false).await;
+    let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
     let (_m, seen) = join(&room, 7).await;
     ask(&room, None, submit("a", 1)).await;
     faults.fail_flush_in(1);
@@ -498,7 +499,7 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
     for (n, flush) in [(1, false), (2, false), (3, true), (5, true), (8, false)] {
         let faults = Arc::new(Faulty::default());
         let store = Store::over(faults.clone());
-        let room = start_room(store.clone(), Namespace::Relay, false).await;
+        let room = start_room(store.clone(), crate::relay::NAMESPACE, false).await;
         if flush {
             faults.fail_flush_in(n);
         } else {
@@ -524,8 +525,9 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
         let keys = snapshot_keys(ask(&room, None, RoomRequest::Snapshot).await);
         assert_eq!(keys, acked, "fault {n} (flush: {flush})");
         // And what a fresh load of the store holds is the same.
-        let layout =
-            crate::store::RoomLayout::new(&RoomKey::new(Namespace::Relay, "r").expect("key"));
+        let layout = crate::store::RoomLayout::new(
+            &RoomKey::new(crate::relay::NAMESPACE, "r").expect("key"),
+        );
         let image = store.load_room(&layout).expect("load");
         let mut stored: Vec<String> = image.log.iter().map(|e| cell_name(&e.key)).collect();
         stored.sort();
@@ -536,7 +538,13 @@ async fn whichever_write_fails_nothing_acked_is_lost_and_nothing_refused_is_kept
 #[actix_rt::test]
 async fn every_message_to_a_room_and_its_members_is_counted_in_and_out() {
     let metrics = Arc::new(Metrics::new());
-    let room = start_room_counted(Store::memory(), Namespace::Relay, false, metrics.clone()).await;
+    let room = start_room_counted(
+        Store::memory(),
+        crate::relay::NAMESPACE,
+        false,
+        metrics.clone(),
+    )
+    .await;
     let mut members = Vec::new();
     for s in 0..3u64 {
         members.push(join_counted(&room, s, &metrics).await);

@@ -147,8 +147,6 @@ pub fn migrate(
             let head = heads.entry(stream.clone()).or_default();
             *head = (*head).max(seq);
             let w = StateWrite {
-                stream: &stream,
-                key: &key,
                 seq,
                 hash: state_hash(&stream, &key, json),
                 json,

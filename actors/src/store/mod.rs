@@ -167,11 +167,10 @@ pub struct StateRecord {
     pub json_len: usize,
 }
 
-/// A record's new state as a commit writes it; `json` is the text `hash` was taken of.
+/// A record's new state as a commit writes it (under the record's state key); `json` is the
+/// text `hash` was taken of.
 #[derive(Debug, Clone, Copy)]
 pub struct StateWrite<'a> {
-    pub stream: &'a str,
-    pub key: &'a str,
     pub seq: u64,
     pub hash: Digest,
     pub json: &'a str,
@@ -687,8 +686,6 @@ impl Store {
                         report.removed_bytes += (key.len() + body.len()) as u64;
                     } else if let Some(Retired { hash, json }) = retire(&stream, key, body) {
                         let w = StateWrite {
-                            stream: &stream,
-                            key,
                             seq,
                             hash,
                             json: &json,
@@ -817,11 +814,10 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::room_key::Namespace;
     use serde_json::json;
 
     fn layout(name: &str) -> RoomLayout {
-        RoomLayout::new(&RoomKey::new(Namespace::Pocket, name).expect("valid"))
+        RoomLayout::new(&RoomKey::new(crate::pocket::NAMESPACE, name).expect("valid"))
     }
 
     fn entry(meta: &mut RoomMeta, stream: &str, key: &str, v: Value) -> LogEntry {

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::NAMESPACE;
 use super::frame::{self, Framing, InvalidFrame, Message};
 use super::model::{MAX_CLOCK_ENTRIES, MAX_CLOCK_KEY_BYTES, live_fields};
 use crate::clock::now_ms;
@@ -125,7 +126,7 @@ impl SynckitDialect {
     }
 
     fn document(&self, msg: &Message) -> Option<RoomKey> {
-        RoomKey::new(Namespace::Synckit, msg.str("documentId")?)
+        RoomKey::new(NAMESPACE, msg.str("documentId")?)
     }
 
     fn on_message(&mut self, env: &Env, msg: Message) -> Vec<Action<Tag>> {
@@ -325,7 +326,7 @@ impl Dialect for SynckitDialect {
     type Tag = Tag;
 
     fn namespace(&self) -> Namespace {
-        Namespace::Synckit
+        NAMESPACE
     }
 
     fn initial_rooms(&self) -> Vec<RoomKey> {

@@ -3,6 +3,14 @@
 mod dialect;
 pub mod frame;
 mod model;
+mod settings;
+mod spec;
+
+use crate::room_key::Namespace;
+
+pub const NAMESPACE: Namespace = Namespace::new("synckit");
 
 pub use dialect::{SynckitDialect, SynckitLimits, Tag};
 pub use model::SynckitModel;
+pub use settings::SynckitSettings;
+pub use spec::DIALECT;

@@ -8,7 +8,7 @@ use futures_util::SinkExt;
 
 use super::{Outstanding, close};
 use crate::conn::{join, recv_by};
-use crate::dialect::{Dialect, Kind};
+use crate::dialect::{Kind, Page};
 use crate::stats::{Counters, Phase, round1, round3};
 use crate::{BenchError, Ctx, Outcome};
 
@@ -25,15 +25,6 @@ pub struct CatchupArgs {
 /// Batches kept in flight while loading.
 const LOAD_IN_FLIGHT: usize = 4;
 
-fn batch_size(d: Dialect) -> u64 {
-    match d {
-        // Pocket refuses a push whose documents exceed its limits as a whole; a few hundred
-        // small documents stay far below them.
-        Dialect::Pocket => 500,
-        Dialect::Relay | Dialect::Synckit => 1000,
-    }
-}
-
 /// Loads `total` changes in batches and waits for every ack. Returns the room's version in
 /// the last relay ack (0 for the other dialects) and the seconds it took.
 async fn load(ctx: &Ctx, room: &str, total: u64) -> Result<(u64, f64), BenchError> {
@@ -41,7 +32,7 @@ async fn load(ctx: &Ctx, room: &str, total: u64) -> Result<(u64, f64), BenchErro
     let client = join(ctx, 0, room, "l0".to_owned(), false).await?;
     let mut ws = client.ws;
     let site = ctx.site("l0");
-    let size = batch_size(d);
+    let size = d.batch_size();
     let batches = total.div_ceil(size);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + ctx.timeout;
@@ -118,27 +109,22 @@ async fn catch_up(
         let m = recv_by(&mut ws, deadline, "catch-up pages").await?;
         let mut counted = 0u64;
         let reply = d.decode(&m, &mut |_, _| counted += 1)?;
-        let last_page = match (d, reply.kind) {
-            (_, Kind::Error) => {
-                return Err(BenchError::Protocol(format!(
-                    "catch-up refused: {}",
-                    reply.message.as_deref().unwrap_or("error")
-                )));
+        if reply.kind == Kind::Error {
+            return Err(BenchError::Protocol(format!(
+                "catch-up refused: {}",
+                reply.message.as_deref().unwrap_or("error")
+            )));
+        }
+        let last_page = match d.catch_up_page(&reply, target) {
+            Page::Other => continue,
+            Page::More => false,
+            Page::AskNext(checkpoint) => {
+                ws.send(d.catch_up(room, pages + 1, checkpoint))
+                    .await
+                    .map_err(BenchError::ws)?;
+                false
             }
-            (Dialect::Relay, Kind::Changes) => reply.version.unwrap_or(0) >= target,
-            (Dialect::Pocket, Kind::PullReply) => {
-                if reply.has_more == Some(true) {
-                    let checkpoint = reply.checkpoint.map(|c| c.get());
-                    ws.send(d.catch_up(room, pages + 1, checkpoint))
-                        .await
-                        .map_err(BenchError::ws)?;
-                    false
-                } else {
-                    true
-                }
-            }
-            (Dialect::Synckit, Kind::PullReply) => true,
-            _ => continue,
+            Page::Last => true,
         };
         received += counted;
         pages += 1;

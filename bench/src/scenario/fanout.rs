@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::writes::synckit_note;
 use super::{Tracking, closed_loop_writer, join_all, subscriber};
 use crate::conn::{join, open_many};
 use crate::stats::{Latency, Phase, round1};
@@ -159,7 +158,7 @@ pub async fn run(ctx: &Arc<Ctx>, a: &FanoutArgs) -> Result<Outcome, BenchError> 
         "  deliveries: {:.0}/s; publish-to-delivery latency {}{}",
         window.rate(deliveries),
         latency.describe(),
-        synckit_note(ctx)
+        ctx.dialect.latency_note()
     ));
     o.summary.push(format!(
         "  writer: {:.0} acks/s; ack latency {}",

@@ -11,7 +11,6 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::join_all;
-use super::writes::synckit_note;
 use crate::conn::{Ws, close_all, join, open_many, recv};
 use crate::dialect::{Kind, parse_key};
 use crate::stats::{Counters, Latency, Phase, Window, instant_at, now_us, round1};
@@ -340,7 +339,7 @@ pub async fn run(ctx: &Arc<Ctx>, a: &RoomsArgs) -> Result<Outcome, BenchError> {
         "  deliveries: {:.0}/s; latency {}{}",
         window.rate(deliveries),
         delivery_latency.describe(),
-        synckit_note(ctx)
+        ctx.dialect.latency_note()
     ));
     let behind = (acks as f64) < 0.95 * offered as f64;
     o.set("fell_behind", behind);

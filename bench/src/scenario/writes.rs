@@ -121,7 +121,7 @@ pub async fn run(ctx: &Arc<Ctx>, a: &WritesArgs) -> Result<Outcome, BenchError> 
         "  deliveries to subscribers: {:.0}/s; latency {}{}",
         window.rate(deliveries),
         delivery_latency.describe(),
-        synckit_note(ctx)
+        ctx.dialect.latency_note()
     ));
     o.summary.push(Outcome::cpu_line(&cpu, "ack", acks));
     if errors > 0 || dropped > 0 {
@@ -131,13 +131,4 @@ pub async fn run(ctx: &Arc<Ctx>, a: &WritesArgs) -> Result<Outcome, BenchError> 
         ));
     }
     Ok(o)
-}
-
-/// SyncKit coalesces a document's deltas for `synckit.batch_ms`; delivery latency includes it.
-pub fn synckit_note(ctx: &Ctx) -> &'static str {
-    if ctx.dialect == crate::dialect::Dialect::Synckit {
-        " (includes SyncKit's coalescing window, synckit.batch_ms, 50 ms by default)"
-    } else {
-        ""
-    }
 }

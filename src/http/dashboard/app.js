@@ -4,12 +4,14 @@
 
 const TOKEN_KEY = 'synchub.admin-token';
 const KEEP = 600;
-const DIALECTS = ['pocket', 'synckit', 'relay'];
 const KINDS = ['session', 'room', 'directory', 'durability'];
 const COLOURS = ['#4fa3ff', '#f5a524', '#3ecf8e', '#e5484d', '#a78bfa'];
 
 const $ = (id) => document.getElementById(id);
 const state = {
+  // The dialects the hub speaks, by the names its figures are keyed by (`dialects` in
+  // /stats and /stats/history): a hub with another dialect needs no other page.
+  dialects: [],
   samples: [],
   sort: { key: 'writes_per_s', down: true },
   rooms: [],
@@ -102,9 +104,9 @@ function facts(dl, pairs) {
 // ---- charts: inline SVG, one polyline per series ----
 
 const SVG = 'http://www.w3.org/2000/svg';
-const CHARTS = [
-  { id: 'sessions', title: 'Sessions', series: DIALECTS.map((d) => [d, (s) => s.sessions[d]]) },
-  { id: 'changes', title: 'Changes/s', series: DIALECTS.map((d) => [d, (s) => s.changes_per_s[d]]) },
+const chartList = (dialects) => [
+  { id: 'sessions', title: 'Sessions', series: dialects.map((d) => [d, (s) => s.sessions[d]]) },
+  { id: 'changes', title: 'Changes/s', series: dialects.map((d) => [d, (s) => s.changes_per_s[d]]) },
   { id: 'connects', title: 'Connects and disconnects/s', series: [
     ['connects', (s) => s.connects_per_s], ['disconnects', (s) => s.disconnects_per_s]] },
   { id: 'frames', title: 'Frames/s', series: [
@@ -114,6 +116,17 @@ const CHARTS = [
   { id: 'flush', title: 'Flush latency (ms)', series: [['mean', (s) => s.flush_latency_ms_mean]] },
   { id: 'batch', title: 'Commits per flush', series: [['mean', (s) => s.flush_batch_mean]] },
 ];
+let CHARTS = chartList(state.dialects);
+
+// Takes the hub's list of dialects; the charts with a line per dialect are drawn anew when it
+// differs from the one they have.
+function useDialects(names) {
+  if (!Array.isArray(names) || names.join() === state.dialects.join()) return;
+  state.dialects = names;
+  CHARTS = chartList(names);
+  buildCharts();
+  drawCharts();
+}
 
 function buildCharts() {
   const root = $('charts');
@@ -180,6 +193,8 @@ function card(id, label, value, detail) {
 }
 
 function render(f) {
+  useDialects(f.dialects);
+  const dialects = state.dialects;
   const r = f.rates;
   $('node').textContent = `node ${f.node_id} · v${f.version} · up ${duration(f.uptime_s * 1000)}`;
   const storageOk = f.health.storage === 'ok';
@@ -190,16 +205,16 @@ function render(f) {
   health.className = `pill ${storageOk && clusterOk ? 'good' : 'bad'}`;
 
   const limitsTotal = r ? Object.values(r.limits_per_s).reduce((a, b) => a + b, 0) : 0;
-  const changes = r ? DIALECTS.reduce((a, d) => a + (r.changes_per_s[d] || 0), 0) : 0;
+  const changes = r ? dialects.reduce((a, d) => a + (r.changes_per_s[d] || 0), 0) : 0;
   $('cards').replaceChildren(
     card('sessions', 'Sessions', num(f.sessions.total),
-      DIALECTS.map((d) => `${d} ${num(f.sessions[d])}`).join(' · ')),
+      dialects.map((d) => `${d} ${num(f.sessions[d])}`).join(' · ')),
     card('connects', 'Connects/s', rate(r && r.connects_per_s),
       `disconnects/s ${rate(r && r.disconnects_per_s)}`),
     card('changes', 'Changes/s', rate(changes),
-      r ? DIALECTS.map((d) => `${d} ${rate(r.changes_per_s[d])}`).join(' · ') : ''),
+      r ? dialects.map((d) => `${d} ${rate(r.changes_per_s[d])}`).join(' · ') : ''),
     card('rooms', 'Live rooms', num(f.rooms.active),
-      DIALECTS.map((d) => `${d} ${num(f.rooms.by_namespace[d] || 0)}`).join(' · ')),
+      dialects.map((d) => `${d} ${num(f.rooms.by_namespace[d] || 0)}`).join(' · ')),
     card('frames', 'Frames in/s', rate(r && r.frames_in_per_s), `out/s ${rate(r && r.frames_out_per_s)}`),
     card('limits', 'Limits hit/s', rate(limitsTotal),
       `${num(Object.values(f.limits).reduce((a, b) => a + b, 0))} in all`),
@@ -440,6 +455,7 @@ async function start() {
   $('main').hidden = false;
   $('logout').hidden = !sessionStorage.getItem(TOKEN_KEY);
   state.samples = history.samples.slice(-KEEP);
+  useDialects(history.dialects);
   drawCharts();
   follow();
 }

@@ -39,7 +39,7 @@ use crate::origin::{NodeId, Origin, SessionId};
 use crate::relay::{RelayModel, parse_change};
 use crate::room::messages::Submitted;
 use crate::room::state::{OpenBatch, RoomState};
-use crate::room_key::{Namespace, RoomKey};
+use crate::room_key::RoomKey;
 use crate::store::{HistoryPage, RoomLayout, Store};
 
 /// A small seeded generator (SplitMix64): the same seed gives the same run, on any machine.
@@ -243,7 +243,7 @@ impl Sim {
             sequencer_losses: rng.below(2) as u32,
             stream_len: [2, 8, 1000][rng.below(3) as usize],
         };
-        let room = RoomKey::new(Namespace::Relay, "sim").expect("a valid room key");
+        let room = RoomKey::new(crate::relay::NAMESPACE, "sim").expect("a valid room key");
         let model: Arc<dyn Model> = Arc::new(RelayModel);
         let ordering = Arc::new(AtomicBool::new(true));
         let mut sim = Sim {

@@ -1,55 +1,13 @@
-//! SyncKit: the WebSocket at `/ws` and the auth endpoints its clients use.
+//! The token endpoints under `/auth`, as SyncKit's server has them: verify, who am I, refresh,
+//! and the development login.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
-use synchub_actors::session::Session;
-use synchub_actors::synckit::SynckitDialect;
-use synchub_actors::{Identity, Permissions};
+use synchub_actors::Permissions;
 
-use super::{AppState, Query, bearer, start_session, token};
+use super::{AppState, bearer};
 use crate::auth::{Claims, MintError, mint_pair};
-
-/// Auth off: the session is in at once. Auth on: a token at the upgrade authenticates it (a bad
-/// one is refused with 401); without one the client must send `auth {token}` first.
-pub(super) async fn websocket(
-    req: HttpRequest,
-    stream: web::Payload,
-    query: Query,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let required = state.config.auth.required;
-    let identity = match (required, token(&req, &query)) {
-        (false, _) => Identity::anonymous(),
-        (true, None) => Identity::unauthenticated(),
-        (true, Some(t)) => match state.authenticate(Some(t)) {
-            // A socket is not bound to one document here: refused only when the token can
-            // read nothing at all, as the other dialects refuse a token without their room.
-            Ok(identity) if !identity.permissions.grants_anything() => {
-                return Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})));
-            }
-            Ok(identity) => identity,
-            Err(e) => {
-                log::debug!("synckit upgrade refused: {e}");
-                return Ok(
-                    HttpResponse::Unauthorized().json(json!({"error": "Authentication failed"}))
-                );
-            }
-        },
-    };
-    let settings = state.hub.settings();
-    let dialect = SynckitDialect::new(
-        identity.authenticated || !required,
-        required,
-        settings.synckit_limits(),
-    );
-    start_session(
-        Session::new(state.hub.clone(), dialect, identity),
-        &req,
-        stream,
-        &state,
-    )
-}
 
 #[derive(Deserialize)]
 pub(super) struct VerifyBody {
