@@ -135,6 +135,40 @@ async fn still_open(ws: &mut Ws) {
     }
 }
 
+/// Writes a change every 100 ms, at most `tries` times, until one is acked; answers its key.
+async fn write_once_back(writer: &mut Ws, tries: usize) -> Option<String> {
+    for i in 0..tries {
+        let key = format!("after-{i}");
+        if write(writer, &key).await.is_ok() {
+            return Some(key);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// Writes until the disk refuses 20 changes, each with the retryable error; what was acked
+/// meanwhile joins `acked`. Answers the refused keys.
+async fn write_until_full(writer: &mut Ws, acked: &mut BTreeSet<String>) -> BTreeSet<String> {
+    let mut refused = BTreeSet::new();
+    for i in 0..5000 {
+        let key = format!("during-{i}");
+        match write(writer, &key).await {
+            Ok(_) => {
+                acked.insert(key);
+            }
+            Err(code) => {
+                assert_eq!(code, "UNAVAILABLE", "a full disk is a retryable refusal");
+                refused.insert(key);
+                if refused.len() == 20 {
+                    return refused;
+                }
+            }
+        }
+    }
+    panic!("the disk never filled");
+}
+
 #[actix_rt::test]
 async fn a_full_disk_refuses_writes_keeps_sessions_and_recovers_by_itself() {
     if !is_root() {
@@ -158,23 +192,7 @@ async fn a_full_disk_refuses_writes_keeps_sessions_and_recovers_by_itself() {
     let keep = 3 << 20;
     let fill = disk.free().saturating_sub(keep);
     std::fs::write(&filler, vec![7u8; fill as usize]).expect("fill the disk");
-    let mut refused = 0;
-    for i in 0..5000 {
-        let key = format!("during-{i}");
-        match write(&mut writer, &key).await {
-            Ok(_) => {
-                acked.insert(key);
-            }
-            Err(code) => {
-                assert_eq!(code, "UNAVAILABLE", "a full disk is a retryable refusal");
-                refused += 1;
-                if refused == 20 {
-                    break;
-                }
-            }
-        }
-    }
-    assert_eq!(refused, 20, "the disk never filled");
+    write_until_full(&mut writer, &mut acked).await;
     // Sessions stay open; health says why; the failure is counted.
     still_open(&mut writer).await;
     still_open(&mut reader).await;
@@ -193,19 +211,12 @@ async fn a_full_disk_refuses_writes_keeps_sessions_and_recovers_by_itself() {
 
     // Space again: the hub takes writes by itself, within seconds.
     std::fs::remove_file(&filler).expect("free the disk");
-    let mut back = false;
-    for i in 0..100 {
-        let key = format!("after-{i}");
-        match write(&mut writer, &key).await {
-            Ok(_) => {
-                acked.insert(key);
-                back = true;
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    assert!(back, "the hub did not take writes again within 10 s");
+    let back = write_once_back(&mut writer, 100).await;
+    assert!(
+        back.is_some(),
+        "the hub did not take writes again within 10 s"
+    );
+    acked.extend(back);
     assert_eq!(read_fresh(&hub).await.expect("reads"), acked);
     still_open(&mut reader).await;
     let (status, health) = get(&hub.http_url("/health")).await;
@@ -251,23 +262,7 @@ async fn a_cluster_node_on_a_full_disk_keeps_its_sessions_and_catches_up_when_sp
     let filler = disk.path().join("filler");
     let fill = disk.free().saturating_sub(3 << 20);
     std::fs::write(&filler, vec![7u8; fill as usize]).expect("fill the disk");
-    let mut refused = BTreeSet::new();
-    for i in 0..5000 {
-        let key = format!("during-{i}");
-        match write(&mut writer, &key).await {
-            Ok(_) => {
-                acked.insert(key);
-            }
-            Err(code) => {
-                assert_eq!(code, "UNAVAILABLE", "a full disk is a retryable refusal");
-                refused.insert(key);
-                if refused.len() == 20 {
-                    break;
-                }
-            }
-        }
-    }
-    assert_eq!(refused.len(), 20, "the disk never filled");
+    let refused = write_until_full(&mut writer, &mut acked).await;
     still_open(&mut writer).await;
     // The other node takes writes all along.
     let mut other = Ws::connect(&b.ws_url("/relay?channel=full")).await;
@@ -280,19 +275,12 @@ async fn a_cluster_node_on_a_full_disk_keeps_its_sessions_and_catches_up_when_sp
     }
 
     std::fs::remove_file(&filler).expect("free the disk");
-    let mut back = false;
-    for i in 0..200 {
-        let key = format!("after-{i}");
-        match write(&mut writer, &key).await {
-            Ok(_) => {
-                acked.insert(key);
-                back = true;
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    assert!(back, "the node did not take writes again within 20 s");
+    let back = write_once_back(&mut writer, 200).await;
+    assert!(
+        back.is_some(),
+        "the node did not take writes again within 20 s"
+    );
+    acked.extend(back);
     still_open(&mut writer).await;
     converged(&[&a, &b], "relay/full", 0).await;
     // Both nodes hold every acked change. A refused write may be there too: the cluster had

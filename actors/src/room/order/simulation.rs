@@ -454,18 +454,23 @@ impl Sim {
                 }
                 self.ordering.store(true, Ordering::SeqCst);
                 for node in 0..NODES {
-                    let life = self.nodes[node].life;
-                    self.at(
-                        0,
-                        Event::Input {
-                            node,
-                            life,
-                            input: Input::Resync,
-                        },
-                    );
+                    self.resync(node);
                 }
             }
         }
+    }
+
+    /// Tells a node it may have missed published batches, as the bridge does.
+    fn resync(&mut self, node: usize) {
+        let life = self.nodes[node].life;
+        self.at(
+            0,
+            Event::Input {
+                node,
+                life,
+                input: Input::Resync,
+            },
+        );
     }
 
     fn input(&mut self, i: usize, input: Input<Ticket>) {
@@ -658,15 +663,7 @@ impl Sim {
         }
         self.ordering.store(true, Ordering::SeqCst);
         for node in 0..NODES {
-            let life = self.nodes[node].life;
-            self.at(
-                0,
-                Event::Input {
-                    node,
-                    life,
-                    input: Input::Resync,
-                },
-            );
+            self.resync(node);
             self.at(0, Event::Beat { node });
         }
         let settled = self.run();
