@@ -59,6 +59,22 @@ pub async fn connect(ep: &Endpoint, url: &str, source: Option<IpAddr>) -> Result
     Ok(ws)
 }
 
+/// [`recv`], unless `stop` fires first: `Ok(None)` then. A reader runs on this until the
+/// run ends or its connection does.
+pub async fn recv_until<S>(
+    stream: &mut S,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Message>, BenchError>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    tokio::select! {
+        biased;
+        m = recv(stream) => m.map(Some),
+        _ = stop.changed() => Ok(None),
+    }
+}
+
 /// The next text or binary message. Pings are answered by tungstenite while we read.
 pub async fn recv<S>(stream: &mut S) -> Result<Message, BenchError>
 where

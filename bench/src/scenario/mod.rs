@@ -16,7 +16,7 @@ use futures_util::SinkExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::conn::{Client, Ws, recv};
+use super::conn::{Client, Ws, recv, recv_until};
 use super::dialect::{Kind, parse_key};
 use super::stats::{Counters, Latency, Window, instant_at, now_us};
 use super::{BenchError, CommonArgs, Ctx, Outcome};
@@ -330,16 +330,13 @@ pub async fn subscriber(
     let Client { mut ws, name, .. } = client;
     let mut r = SubscriberReport::default();
     loop {
-        let msg = tokio::select! {
-            biased;
-            m = recv(&mut ws) => match m {
-                Ok(m) => m,
-                Err(e) => {
-                    r.failure = Some(e.to_string());
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
+        let msg = match recv_until(&mut ws, &mut stop).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                r.failure = Some(e.to_string());
+                break;
+            }
         };
         let now = now_us();
         let in_window = window.contains(now);

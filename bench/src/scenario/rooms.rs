@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::join_all;
-use crate::conn::{Ws, close_all, join, open_many, recv};
+use crate::conn::{Ws, close_all, join, open_many, recv_until};
 use crate::dialect::{Kind, parse_key};
 use crate::stats::{Counters, Latency, Phase, Window, instant_at, now_us, round1};
 use crate::{BenchError, Ctx, Outcome};
@@ -158,16 +158,13 @@ async fn room_reader(
     // Relay acks carry no id: the k-th answer is for the k-th write.
     let mut answered = 0u64;
     loop {
-        let msg = tokio::select! {
-            biased;
-            m = recv(&mut stream) => match m {
-                Ok(m) => m,
-                Err(e) => {
-                    r.failure = Some(e.to_string());
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
+        let msg = match recv_until(&mut stream, &mut stop).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                r.failure = Some(e.to_string());
+                break;
+            }
         };
         let now = now_us();
         let in_window = window.contains(now);
