@@ -258,7 +258,7 @@ impl Directory {
             models: parts.models,
             durability: parts.durability,
             cluster: parts.cluster,
-            actor: parts.metrics.directory.clone(),
+            actor: parts.metrics.directory,
             metrics: parts.metrics,
             idle_timeout: parts.idle_timeout,
             limits: parts.limits,

@@ -103,7 +103,7 @@ impl Durability {
     pub fn new(store: Store, metrics: Arc<Metrics>, relaxed: bool) -> Durability {
         Durability {
             store,
-            actor: metrics.durability.clone(),
+            actor: metrics.durability,
             metrics,
             relaxed,
             failing: false,

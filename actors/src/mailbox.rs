@@ -35,7 +35,7 @@ struct Ticket(ActorMetrics);
 impl Ticket {
     fn new(to: &ActorMetrics) -> Ticket {
         to.backlog.inc();
-        Ticket(to.clone())
+        Ticket(*to)
     }
 }
 
@@ -137,7 +137,7 @@ impl<A: Actor> Clone for CountedAddr<A> {
     fn clone(&self) -> Self {
         CountedAddr {
             addr: self.addr.clone(),
-            to: self.to.clone(),
+            to: self.to,
         }
     }
 }
@@ -146,7 +146,7 @@ impl<A: CountedActor> CountedAddr<A> {
     pub fn new(addr: Addr<A>, metrics: &Metrics) -> CountedAddr<A> {
         CountedAddr {
             addr,
-            to: metrics.actor(A::KIND).clone(),
+            to: *metrics.actor(A::KIND),
         }
     }
 }
@@ -195,7 +195,7 @@ impl<A: Actor> CountedAddr<A> {
     {
         CountedRecipient {
             to: self.addr.clone().recipient(),
-            kind: self.to.clone(),
+            kind: self.to,
         }
     }
 
@@ -223,7 +223,7 @@ where
     fn clone(&self) -> Self {
         CountedRecipient {
             to: self.to.clone(),
-            kind: self.kind.clone(),
+            kind: self.kind,
         }
     }
 }
@@ -236,10 +236,7 @@ where
     /// Counts what is sent to `to` as sent to an actor of `kind`: for a recipient made where the
     /// counted address of its actor is not at hand.
     pub fn new(to: Recipient<Queued<M>>, kind: &ActorMetrics) -> CountedRecipient<M> {
-        CountedRecipient {
-            to,
-            kind: kind.clone(),
-        }
+        CountedRecipient { to, kind: *kind }
     }
 
     pub fn do_send(&self, msg: M) {

@@ -126,7 +126,7 @@ impl<D: Dialect> Session<D> {
                 session: id,
             },
             traffic: metrics.dialect(dialect.namespace()),
-            actor: metrics.session.clone(),
+            actor: metrics.session,
             hub,
             dialect,
             identity,

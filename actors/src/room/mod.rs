@@ -159,7 +159,7 @@ impl Room {
     pub fn new(key: RoomKey, cx: RoomContext) -> Room {
         let order = new_order(&cx);
         Room {
-            actor: cx.metrics.room.clone(),
+            actor: cx.metrics.room,
             dialect: cx.metrics.dialect(key.namespace),
             key,
             cx,
