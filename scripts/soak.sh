@@ -6,6 +6,8 @@
 #   scripts/soak.sh writes 1800 writes --in-flight 16 --subscribers 0 --keys 200 --pad-bytes 4000
 #   scripts/soak.sh rooms 1800 rooms --rooms 10 --clients 5 --rate 20 --keys 200 --pad-bytes 4000
 #
+# Before the flood it runs the same load for 2 s and lets the hub go idle (100 s), the level the
+# hub's memory after the flood is compared with.
 # Writes target/soak/NAME.tsv (one row per sample) and prints a summary: the largest data
 # directory and RSS, the growth of the data directory over the last 20 minutes of the run (or
 # its second half, for shorter runs) and the bench's own report. SYNCHUB is the binary to run
@@ -38,6 +40,14 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 rss_mb() { awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$hub/status"; }
+rss_cold=$(rss_mb)
+# A hub that has never written holds little of its store's working set (sled's page table,
+# cache shards and IO buffers are allocated at open but touched by the first writes), so the
+# level the flood is compared with is that of a hub which has served a short burst of the same
+# load and gone idle again (its rooms stopped, its store reopened); the cold figure is printed
+# too.
+"$bin" bench "$@" --url "ws://127.0.0.1:$port" --duration 2 --warmup 0 >/dev/null 2>&1
+sleep 100
 rss_before=$(rss_mb)
 
 "$bin" bench "$@" --url "ws://127.0.0.1:$port" --server-pid "$hub" --duration "$seconds" \
@@ -85,5 +95,6 @@ awk -F'\t' -v total="$seconds" '
     printf "from %d s on: data dir %d MB at %d s, %d MB at the end (min %d, max %d)\n",
       from, d[first], t[first], d[n], lmin, lmax
   }' "$out/$name.tsv"
+echo "RSS at start ${rss_cold} MB; after a 2 s burst and 100 s idle ${rss_before} MB"
 echo "RSS before the flood ${rss_before} MB, 15 s after it ${rss_after} MB, 90 s after it ${rss_idle} MB, 180 s after it ${rss_rest} MB"
 grep '^  ' "$out/$name.bench.txt" || true
