@@ -10,7 +10,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use synchub_actors::dialects::{self, DialectSections};
 use synchub_actors::{
-    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, SessionSettings,
+    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, RedisTarget, SessionSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -545,10 +545,8 @@ impl Config {
             );
         }
         if let Some(url) = &self.cluster.redis_url {
-            if !url.starts_with("redis://") {
-                errors.push(format!(
-                    "cluster.redis_url {url:?} must be a redis:// URL (TLS is not supported)"
-                ));
+            if let Err(e) = RedisTarget::parse(url) {
+                errors.push(format!("cluster.redis_url: {e}"));
             }
             let bind_unspecified = self
                 .server

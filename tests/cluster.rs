@@ -6,9 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
+use common::sentinel::{MASTER, Sentinels, Stallable, redis_cli};
 use common::{ChildHub, Lcg, TIMEOUT, Ws, synckit};
 use serde_json::{Value, json};
 
@@ -451,10 +452,21 @@ async fn a_client_moving_to_another_node_resumes_from_its_checkpoint() {
 /// Writes unique cells one at a time until told to stop or the socket fails; returns what was
 /// acked (pk → version), how many writes were refused, and whether the connection was lost.
 async fn writer(
-    mut c: Relay,
+    c: Relay,
     name: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (BTreeMap<String, u64>, usize, bool) {
+    let (acked, refused, lost) = timed_writer(c, name, stop).await;
+    let acked = acked.into_iter().map(|(pk, (v, _))| (pk, v)).collect();
+    (acked, refused, lost)
+}
+
+/// [`writer`], keeping when each write was acked.
+async fn timed_writer(
+    mut c: Relay,
+    name: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (BTreeMap<String, (u64, Instant)>, usize, bool) {
     let mut acked = BTreeMap::new();
     let mut refused = 0;
     let mut i = 0;
@@ -464,7 +476,7 @@ async fn writer(
         let send = c.update(vec![cell(&pk, i)]);
         match send.await {
             Ok(v) => {
-                acked.insert(pk, v);
+                acked.insert(pk, (v, Instant::now()));
             }
             Err(Failed::Refused(code)) => {
                 assert_eq!(code, "UNAVAILABLE");
@@ -643,6 +655,157 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     let numbers: Vec<u64> = acked.values().copied().collect();
     let unique: BTreeSet<u64> = numbers.iter().copied().collect();
     assert_eq!(unique.len(), numbers.len());
+}
+
+/// How the sentinels are made to fail over.
+#[derive(Debug, Clone, Copy)]
+enum Failover {
+    /// The primary is SIGKILLed: the sentinels agree it is down and promote the replica.
+    Kill,
+    /// `SENTINEL failover`: the replica is promoted while the old primary still runs, and the
+    /// old primary is made a replica of it (dropping what it had that the new one lacks).
+    Command,
+}
+
+/// Two nodes behind Sentinel, writers on both; the replica is cut off from its primary (so it
+/// lacks the last acked writes), then promoted. Nothing acked may be lost, no number given
+/// twice, and both nodes converge. Prints how long writes were refused after the sentinels
+/// named the new primary.
+async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
+    let primary = RedisServer::start();
+    let link = Stallable::to(primary.port);
+    let replica = RedisServer::replica_of(link.port);
+    let sentinels = Sentinels::watch(primary.port);
+    sentinels.wait_ready(1);
+    let env = node_env(&sentinels.url());
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = start_node(da.path(), &env).await;
+    let b = start_node(db.path(), &env).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for (i, hub) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let c = Relay::connect(hub, "failover").await;
+        writers.push(actix_rt::spawn(timed_writer(
+            c,
+            format!("w{i}"),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.stall();
+    let stalled = Instant::now();
+    // What is acked from now on is on the primary only.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed = Instant::now();
+    let mut old_primary = Some(primary);
+    match how {
+        Failover::Kill => {
+            old_primary.take().map(RedisServer::kill);
+        }
+        Failover::Command => {
+            let port = sentinels.ports[0];
+            let said = actix_rt::task::spawn_blocking(move || {
+                redis_cli(port, &["SENTINEL", "failover", MASTER])
+            })
+            .await
+            .expect("redis-cli");
+            assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
+        }
+    }
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    let promoted = loop {
+        let ports = sentinels.ports.clone();
+        let named = actix_rt::task::spawn_blocking(move || Sentinels::primary_of(&ports))
+            .await
+            .expect("redis-cli");
+        if named == Some(replica.port) {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels never promoted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let new_primary = format!("127.0.0.1:{}", replica.port);
+    for hub in [&a, &b] {
+        wait_ordering_on(hub, &new_primary).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = stop_tx.send(true);
+    let mut acked = BTreeMap::new();
+    for w in writers {
+        let (got, _, lost) = w.await.expect("writer");
+        assert!(!lost, "sessions stay connected through a failover");
+        acked.extend(got);
+    }
+    let times = |from: Instant, to: Instant| {
+        acked
+            .values()
+            .filter(move |(_, at)| *at > from && *at < to)
+            .count()
+    };
+    assert!(
+        times(stalled, failed) > 0,
+        "writes acked while the replica lagged (what the failover loses from Redis)"
+    );
+    let mut times: Vec<Instant> = acked.values().map(|(_, at)| *at).collect();
+    times.sort();
+    let first_after = times
+        .iter()
+        .find(|at| **at > promoted)
+        .expect("writes acked after the failover");
+    let longest_pause = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "failover ({how:?}): first ack {:?} after the sentinels named the new primary; \
+         longest stretch without an ack {longest_pause:?}",
+        first_after.saturating_duration_since(promoted),
+    );
+    let numbers: Vec<u64> = acked.values().map(|(v, _)| *v).collect();
+    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len(), "a number was given twice");
+    let last = unique.last().copied().unwrap_or(0);
+    converged(&[&a, &b], "relay/failover", last).await;
+    for hub in [&a, &b] {
+        let all = everything(hub, "failover").await;
+        for (pk, (v, _)) in &acked {
+            assert_eq!(all.get(pk), Some(v), "acked {pk} lost");
+        }
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        assert!(stats["cluster"]["epoch_changes"].as_u64().expect("n") >= 1);
+    }
+    drop(old_primary);
+}
+
+/// Waits until a node orders on the primary at `address` (its bridge is up there, healthy).
+async fn wait_ordering_on(hub: &ChildHub, address: &str) {
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    loop {
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        let c = &stats["cluster"];
+        if c["primary"] == address && c["redis"] == "up" && c["healthy"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ordered on {address}: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_sentinel_failover_after_the_primary_dies_gives_no_number_twice() {
+    sentinel_failover_to_a_lagging_replica(Failover::Kill).await;
+}
+
+#[actix_rt::test]
+async fn a_sentinel_failover_while_the_old_primary_runs_gives_no_number_twice() {
+    sentinel_failover_to_a_lagging_replica(Failover::Command).await;
 }
 
 /// A Pocket client: it subscribes to `todos` by pulling, resumes from its checkpoint.
