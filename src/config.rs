@@ -912,6 +912,28 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_name_one_redis_or_sentinels() {
+        let with = |url: &str| {
+            let file = format!("[auth]\nrequired = false\n[cluster]\nredis_url = \"{url}\"\n");
+            Config::from_toml(&file, env(&[]))
+                .expect("parses")
+                .validate()
+        };
+        assert!(with("redis://127.0.0.1:6379").is_ok());
+        assert!(with("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main").is_ok());
+        for bad in [
+            "rediss://h:1",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h/main",
+        ] {
+            let Err(ConfigError::Invalid(errors)) = with(bad) else {
+                panic!("{bad} passes");
+            };
+            assert!(errors[0].contains("cluster.redis_url"), "{errors:?}");
+        }
+    }
+
+    #[test]
     fn numbers_out_of_range_are_refused_with_their_key() {
         let file = "[storage]\ntombstone_retention_s = 9223372036854775807\n\
                     [server]\nroom_threads = 100000\n[limits]\nmax_json_depth = 500\n";
