@@ -26,6 +26,8 @@ pub enum TargetError {
     Sentinels(String),
     #[error("{0:?}: a Sentinel URL ends with /<master-name>")]
     MasterName(String),
+    #[error("{0:?}: credentials in a Sentinel URL are not supported")]
+    Credentials(String),
 }
 
 impl Target {
@@ -42,6 +44,10 @@ impl Target {
         let master = master.trim_end_matches('/');
         if master.is_empty() || master.contains(['/', '?', '@']) {
             return Err(TargetError::MasterName(url.to_owned()));
+        }
+        if hosts.contains('@') {
+            // The primary would be reached without them: refuse rather than half-apply.
+            return Err(TargetError::Credentials(url.to_owned()));
         }
         let sentinels: Vec<String> = hosts.split(',').map(str::to_owned).collect();
         let well_formed = |s: &String| {
@@ -91,5 +97,6 @@ mod tests {
         assert!(Target::parse("redis+sentinel://a:1,/main").is_err());
         assert!(Target::parse("rediss://a:1").is_err());
         assert!(Target::parse("redis+cluster://a:1").is_err());
+        assert!(Target::parse("redis+sentinel://u:p@a:1/main").is_err());
     }
 }
