@@ -1039,15 +1039,125 @@ async fn contents(hub: &ChildHub, dialect: usize) -> BTreeMap<String, u64> {
 
 const ROOMS: [&str; 3] = ["relay/chaos", "pocket/chaos", "synckit/chaos"];
 
+/// Where a seeded run's nodes find Redis, and the Redis fault it brings about once.
+enum Backend {
+    /// One Redis; the fault: killed and started again, empty (once: `true` then).
+    Single(Option<RedisServer>, bool),
+    /// A primary, a replica behind a stallable link, three sentinels; the fault comes in two
+    /// steps: the link stalls (the replica misses what is acked from then on), later the
+    /// sentinels fail over to the replica.
+    Sentinel {
+        /// Kept after the failover: `SENTINEL failover` leaves it running, as a replica.
+        primary: RedisServer,
+        link: Stallable,
+        replica: RedisServer,
+        sentinels: Sentinels,
+        stalled: bool,
+        failed_over: bool,
+    },
+}
+
+impl Backend {
+    fn sentinel() -> Backend {
+        let primary = RedisServer::start();
+        let link = Stallable::to(primary.port);
+        let replica = RedisServer::replica_of(link.port);
+        let sentinels = Sentinels::watch(primary.port);
+        sentinels.wait_ready(1);
+        Backend::Sentinel {
+            primary,
+            link,
+            replica,
+            sentinels,
+            stalled: false,
+            failed_over: false,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(redis, _) => redis.as_ref().expect("redis").url(),
+            Backend::Sentinel { sentinels, .. } => sentinels.url(),
+        }
+    }
+
+    /// The fault's next step, if any is left; says what it did.
+    async fn fault(&mut self, rng: &mut Lcg, hubs: &[ChildHub]) -> Option<&'static str> {
+        match self {
+            Backend::Single(_, true) => None,
+            Backend::Single(redis, restarted) => {
+                *restarted = true;
+                let port = redis.take()?.kill();
+                *redis = Some(RedisServer::start_on(port));
+                for hub in hubs {
+                    wait_healthy(hub).await;
+                }
+                Some("redis restarted empty")
+            }
+            Backend::Sentinel { link, stalled, .. } if !*stalled => {
+                link.stall();
+                *stalled = true;
+                Some("replica cut off")
+            }
+            Backend::Sentinel {
+                primary,
+                replica,
+                sentinels,
+                failed_over,
+                ..
+            } => {
+                if *failed_over {
+                    return None;
+                }
+                *failed_over = true;
+                let how = if rng.below(2) == 0 {
+                    primary.sigkill();
+                    "failover after SIGKILL of the primary"
+                } else {
+                    let port = sentinels.ports[0];
+                    let said = actix_rt::task::spawn_blocking(move || {
+                        redis_cli(port, &["SENTINEL", "failover", MASTER])
+                    })
+                    .await
+                    .expect("redis-cli");
+                    assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
+                    "SENTINEL failover"
+                };
+                let address = format!("127.0.0.1:{}", replica.port);
+                for hub in hubs {
+                    wait_ordering_on(hub, &address).await;
+                }
+                Some(how)
+            }
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
+    seeded_run(Backend::Single(Some(RedisServer::start()), false)).await;
+}
+
+// Ignored: with the default seed and seed 1 every node converges and keeps every acked change
+// under one numbering, but a Pocket client is pushed changes it already had (the same numbers
+// again) after its node's room caught up from a peer's history, which the failover to a
+// lagging replica makes common. `cargo test --test cluster -- --ignored behind_sentinel`.
+#[ignore = "Pocket clients get pushes they already had after a peer-history catch-up"]
+#[actix_rt::test]
+async fn a_seeded_random_run_behind_sentinel_survives_a_failover_to_a_lagging_replica() {
+    seeded_run(Backend::sentinel()).await;
+}
+
+/// Three nodes, two clients per dialect; 150 random steps of writes, clients moving between
+/// nodes, nodes SIGKILLed and restarted, and the backend's Redis fault; then every node holds
+/// every acked change, under the same numbers, and every client got every other's once.
+async fn seeded_run(mut backend: Backend) {
     let seed: u64 = std::env::var("CLUSTER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261128);
     let mut rng = Lcg(seed);
-    let mut redis = Some(RedisServer::start());
-    let env = node_env(&redis.as_ref().expect("redis").url());
+    let env = node_env(&backend.url());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let mut hubs: Vec<ChildHub> = Vec::new();
     for d in &dirs {
@@ -1064,7 +1174,7 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
     }
     // key → (dialect, writer)
     let mut acked: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut redis_restarted = false;
+    let mut faults = Vec::new();
     let (mut moves, mut kills) = (0, 0);
     for step in 0..150 {
         let roll = rng.below(100);
@@ -1094,19 +1204,12 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
                     clients.insert(i, (victim, client.moved(&hubs[victim]).await));
                 }
             }
-        } else if !redis_restarted {
-            // Redis killed and started again, empty.
-            redis_restarted = true;
-            let port = redis.take().expect("redis").kill();
-            redis = Some(RedisServer::start_on(port));
-            for hub in &hubs {
-                wait_healthy(hub).await;
-            }
+        } else if let Some(fault) = backend.fault(&mut rng, &hubs).await {
+            faults.push(fault);
         }
     }
     eprintln!(
-        "seed {seed}: {} writes acked, {moves} moves, {kills} node kills, redis restarted: \
-         {redis_restarted}",
+        "seed {seed}: {} writes acked, {moves} moves, {kills} node kills, redis: {faults:?}",
         acked.len()
     );
     // A node holds a room while a client uses it: one per room on each node, then every copy

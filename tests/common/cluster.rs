@@ -63,9 +63,14 @@ impl RedisServer {
 
     /// SIGKILL: Redis and everything it held are gone.
     pub fn kill(mut self) -> u16 {
+        self.sigkill();
+        self.port
+    }
+
+    /// [`RedisServer::kill`] for a server that is kept (in a struct, to be dropped later).
+    pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.port
     }
 }
 
