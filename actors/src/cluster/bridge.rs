@@ -3,9 +3,10 @@
 //! published on its channel, beats a heartbeat that tells the other nodes about this one and
 //! this one whether pub/sub still delivers, and watches the epoch: when Redis comes back
 //! without its data, the nodes raise every counter past the numbers they hold, wait for each
-//! other, and only then order again. Behind Sentinel, a beat that fails asks the sentinels where
-//! the primary is now, and a primary other than the one the epoch was made on counts as a Redis
-//! that lost its data (it may be a replica that missed the last writes).
+//! other, and only then order again. Behind Sentinel, every beat asks the sentinels where the
+//! primary is now (a failed one is tried again sooner), and a primary other than the one the
+//! epoch was made on counts as a Redis that lost its data (it may be a replica that missed the
+//! last writes).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -248,11 +249,10 @@ impl Cluster {
         };
         let beat = serde_json::to_string(&beat).unwrap_or_default();
         let moves = handle.primary_moves();
-        // Behind Sentinel every beat asks where the primary is: after a failover the old one
-        // may still answer (a split brain) until the sentinels make it a replica.
-        let look_up = moves;
         let run = async move {
-            let switched = if look_up {
+            // Behind Sentinel every beat asks where the primary is: after a failover the old
+            // one may still answer (a split brain) until the sentinels make it a replica.
+            let switched = if moves {
                 match handle.follow_primary().await {
                     Ok(switched) => switched,
                     // Sentinels away do not stop a primary that answers.
