@@ -1139,10 +1139,13 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
 }
 
 // Ignored: with the default seed and seed 1 every node converges and keeps every acked change
-// under one numbering, but a Pocket client is pushed changes it already had (the same numbers
-// again) after its node's room caught up from a peer's history, which the failover to a
-// lagging replica makes common. `cargo test --test cluster -- --ignored behind_sentinel`.
-#[ignore = "Pocket clients get pushes they already had after a peer-history catch-up"]
+// under one numbering, but a Pocket client is sent changes it already had. The promoted replica
+// lacks the last batches, so rooms catch up from peers, and a peer being restarted fails that
+// for a while; meanwhile a node serves reads from what it holds, answering a pull at checkpoint
+// 29 with checkpoint 9, and then pushes 10..31 once it has caught up. A room that is behind a
+// client's checkpoint should catch up before it answers. `cargo test --test cluster --
+// --ignored behind_sentinel` (`CLUSTER_TEST_SEED=1` too).
+#[ignore = "a node that cannot catch up yet answers a Pocket pull below the client's checkpoint"]
 #[actix_rt::test]
 async fn a_seeded_random_run_behind_sentinel_survives_a_failover_to_a_lagging_replica() {
     seeded_run(Backend::sentinel()).await;
