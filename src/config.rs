@@ -10,7 +10,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use synchub_actors::dialects::{self, DialectSections};
 use synchub_actors::{
-    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, SessionSettings,
+    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, RedisTarget, SessionSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -545,10 +545,8 @@ impl Config {
             );
         }
         if let Some(url) = &self.cluster.redis_url {
-            if !url.starts_with("redis://") {
-                errors.push(format!(
-                    "cluster.redis_url {url:?} must be a redis:// URL (TLS is not supported)"
-                ));
+            if let Err(e) = RedisTarget::parse(url) {
+                errors.push(format!("cluster.redis_url: {e}"));
             }
             let bind_unspecified = self
                 .server
@@ -911,6 +909,28 @@ mod tests {
         };
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("cluster node"), "{errors:?}");
+    }
+
+    #[test]
+    fn redis_urls_name_one_redis_or_sentinels() {
+        let with = |url: &str| {
+            let file = format!("[auth]\nrequired = false\n[cluster]\nredis_url = \"{url}\"\n");
+            Config::from_toml(&file, env(&[]))
+                .expect("parses")
+                .validate()
+        };
+        assert!(with("redis://127.0.0.1:6379").is_ok());
+        assert!(with("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main").is_ok());
+        for bad in [
+            "rediss://h:1",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h/main",
+        ] {
+            let Err(ConfigError::Invalid(errors)) = with(bad) else {
+                panic!("{bad} passes");
+            };
+            assert!(errors[0].contains("cluster.redis_url"), "{errors:?}");
+        }
     }
 
     #[test]

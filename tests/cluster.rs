@@ -6,9 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
+use common::sentinel::{MASTER, Sentinels, Stallable, redis_cli};
 use common::{ChildHub, Lcg, TIMEOUT, Ws, synckit};
 use serde_json::{Value, json};
 
@@ -451,10 +452,21 @@ async fn a_client_moving_to_another_node_resumes_from_its_checkpoint() {
 /// Writes unique cells one at a time until told to stop or the socket fails; returns what was
 /// acked (pk → version), how many writes were refused, and whether the connection was lost.
 async fn writer(
-    mut c: Relay,
+    c: Relay,
     name: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> (BTreeMap<String, u64>, usize, bool) {
+    let (acked, refused, lost) = timed_writer(c, name, stop).await;
+    let acked = acked.into_iter().map(|(pk, (v, _))| (pk, v)).collect();
+    (acked, refused, lost)
+}
+
+/// [`writer`], keeping when each write was acked.
+async fn timed_writer(
+    mut c: Relay,
+    name: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (BTreeMap<String, (u64, Instant)>, usize, bool) {
     let mut acked = BTreeMap::new();
     let mut refused = 0;
     let mut i = 0;
@@ -464,7 +476,7 @@ async fn writer(
         let send = c.update(vec![cell(&pk, i)]);
         match send.await {
             Ok(v) => {
-                acked.insert(pk, v);
+                acked.insert(pk, (v, Instant::now()));
             }
             Err(Failed::Refused(code)) => {
                 assert_eq!(code, "UNAVAILABLE");
@@ -643,6 +655,157 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     let numbers: Vec<u64> = acked.values().copied().collect();
     let unique: BTreeSet<u64> = numbers.iter().copied().collect();
     assert_eq!(unique.len(), numbers.len());
+}
+
+/// How the sentinels are made to fail over.
+#[derive(Debug, Clone, Copy)]
+enum Failover {
+    /// The primary is SIGKILLed: the sentinels agree it is down and promote the replica.
+    Kill,
+    /// `SENTINEL failover`: the replica is promoted while the old primary still runs, and the
+    /// old primary is made a replica of it (dropping what it had that the new one lacks).
+    Command,
+}
+
+/// Two nodes behind Sentinel, writers on both; the replica is cut off from its primary (so it
+/// lacks the last acked writes), then promoted. Nothing acked may be lost, no number given
+/// twice, and both nodes converge. Prints how long writes were refused after the sentinels
+/// named the new primary.
+async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
+    let primary = RedisServer::start();
+    let link = Stallable::to(primary.port);
+    let replica = RedisServer::replica_of(link.port);
+    let sentinels = Sentinels::watch(primary.port);
+    sentinels.wait_ready(1);
+    let env = node_env(&sentinels.url());
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = start_node(da.path(), &env).await;
+    let b = start_node(db.path(), &env).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for (i, hub) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let c = Relay::connect(hub, "failover").await;
+        writers.push(actix_rt::spawn(timed_writer(
+            c,
+            format!("w{i}"),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.stall();
+    let stalled = Instant::now();
+    // What is acked from now on is on the primary only.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let failed = Instant::now();
+    let mut old_primary = Some(primary);
+    match how {
+        Failover::Kill => {
+            old_primary.take().map(RedisServer::kill);
+        }
+        Failover::Command => {
+            let port = sentinels.ports[0];
+            let said = actix_rt::task::spawn_blocking(move || {
+                redis_cli(port, &["SENTINEL", "failover", MASTER])
+            })
+            .await
+            .expect("redis-cli");
+            assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
+        }
+    }
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    let promoted = loop {
+        let ports = sentinels.ports.clone();
+        let named = actix_rt::task::spawn_blocking(move || Sentinels::primary_of(&ports))
+            .await
+            .expect("redis-cli");
+        if named == Some(replica.port) {
+            break Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sentinels never promoted the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let new_primary = format!("127.0.0.1:{}", replica.port);
+    for hub in [&a, &b] {
+        wait_ordering_on(hub, &new_primary).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = stop_tx.send(true);
+    let mut acked = BTreeMap::new();
+    for w in writers {
+        let (got, _, lost) = w.await.expect("writer");
+        assert!(!lost, "sessions stay connected through a failover");
+        acked.extend(got);
+    }
+    let times = |from: Instant, to: Instant| {
+        acked
+            .values()
+            .filter(move |(_, at)| *at > from && *at < to)
+            .count()
+    };
+    assert!(
+        times(stalled, failed) > 0,
+        "writes acked while the replica lagged (what the failover loses from Redis)"
+    );
+    let mut times: Vec<Instant> = acked.values().map(|(_, at)| *at).collect();
+    times.sort();
+    let first_after = times
+        .iter()
+        .find(|at| **at > promoted)
+        .expect("writes acked after the failover");
+    let longest_pause = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "failover ({how:?}): first ack {:?} after the sentinels named the new primary; \
+         longest stretch without an ack {longest_pause:?}",
+        first_after.saturating_duration_since(promoted),
+    );
+    let numbers: Vec<u64> = acked.values().map(|(v, _)| *v).collect();
+    let unique: BTreeSet<u64> = numbers.iter().copied().collect();
+    assert_eq!(unique.len(), numbers.len(), "a number was given twice");
+    let last = unique.last().copied().unwrap_or(0);
+    converged(&[&a, &b], "relay/failover", last).await;
+    for hub in [&a, &b] {
+        let all = everything(hub, "failover").await;
+        for (pk, (v, _)) in &acked {
+            assert_eq!(all.get(pk), Some(v), "acked {pk} lost");
+        }
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        assert!(stats["cluster"]["epoch_changes"].as_u64().expect("n") >= 1);
+    }
+    drop(old_primary);
+}
+
+/// Waits until a node orders on the primary at `address` (its bridge is up there, healthy).
+async fn wait_ordering_on(hub: &ChildHub, address: &str) {
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    loop {
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        let c = &stats["cluster"];
+        if c["primary"] == address && c["redis"] == "up" && c["healthy"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ordered on {address}: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_sentinel_failover_after_the_primary_dies_gives_no_number_twice() {
+    sentinel_failover_to_a_lagging_replica(Failover::Kill).await;
+}
+
+#[actix_rt::test]
+async fn a_sentinel_failover_while_the_old_primary_runs_gives_no_number_twice() {
+    sentinel_failover_to_a_lagging_replica(Failover::Command).await;
 }
 
 /// A Pocket client: it subscribes to `todos` by pulling, resumes from its checkpoint.
@@ -876,15 +1039,128 @@ async fn contents(hub: &ChildHub, dialect: usize) -> BTreeMap<String, u64> {
 
 const ROOMS: [&str; 3] = ["relay/chaos", "pocket/chaos", "synckit/chaos"];
 
+/// Where a seeded run's nodes find Redis, and the Redis fault it brings about once.
+enum Backend {
+    /// One Redis; the fault: killed and started again, empty (once: `true` then).
+    Single(Option<RedisServer>, bool),
+    /// A primary, a replica behind a stallable link, three sentinels; the fault comes in two
+    /// steps: the link stalls (the replica misses what is acked from then on), later the
+    /// sentinels fail over to the replica.
+    Sentinel {
+        /// Kept after the failover: `SENTINEL failover` leaves it running, as a replica.
+        primary: RedisServer,
+        link: Stallable,
+        replica: RedisServer,
+        sentinels: Sentinels,
+        stalled: bool,
+        failed_over: bool,
+    },
+}
+
+impl Backend {
+    fn sentinel() -> Backend {
+        let primary = RedisServer::start();
+        let link = Stallable::to(primary.port);
+        let replica = RedisServer::replica_of(link.port);
+        let sentinels = Sentinels::watch(primary.port);
+        sentinels.wait_ready(1);
+        Backend::Sentinel {
+            primary,
+            link,
+            replica,
+            sentinels,
+            stalled: false,
+            failed_over: false,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(redis, _) => redis.as_ref().expect("redis").url(),
+            Backend::Sentinel { sentinels, .. } => sentinels.url(),
+        }
+    }
+
+    /// The fault's next step, if any is left; says what it did.
+    async fn fault(&mut self, rng: &mut Lcg, hubs: &[ChildHub]) -> Option<&'static str> {
+        match self {
+            Backend::Single(_, true) => None,
+            Backend::Single(redis, restarted) => {
+                *restarted = true;
+                let port = redis.take()?.kill();
+                *redis = Some(RedisServer::start_on(port));
+                for hub in hubs {
+                    wait_healthy(hub).await;
+                }
+                Some("redis restarted empty")
+            }
+            Backend::Sentinel { link, stalled, .. } if !*stalled => {
+                link.stall();
+                *stalled = true;
+                Some("replica cut off")
+            }
+            Backend::Sentinel {
+                primary,
+                replica,
+                sentinels,
+                failed_over,
+                ..
+            } => {
+                if *failed_over {
+                    return None;
+                }
+                *failed_over = true;
+                let how = if rng.below(2) == 0 {
+                    primary.sigkill();
+                    "failover after SIGKILL of the primary"
+                } else {
+                    let port = sentinels.ports[0];
+                    let said = actix_rt::task::spawn_blocking(move || {
+                        redis_cli(port, &["SENTINEL", "failover", MASTER])
+                    })
+                    .await
+                    .expect("redis-cli");
+                    assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
+                    "SENTINEL failover"
+                };
+                let address = format!("127.0.0.1:{}", replica.port);
+                for hub in hubs {
+                    wait_ordering_on(hub, &address).await;
+                }
+                Some(how)
+            }
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
+    seeded_run(Backend::Single(Some(RedisServer::start()), false)).await;
+}
+
+// Ignored: with the default seed and seed 1 every node converges and keeps every acked change
+// under one numbering, but a Pocket client is sent changes it already had. The promoted replica
+// lacks the last batches, so rooms catch up from peers, and a peer being restarted fails that
+// for a while; meanwhile a node serves reads from what it holds, answering a pull at checkpoint
+// 29 with checkpoint 9, and then pushes 10..31 once it has caught up. A room that is behind a
+// client's checkpoint should catch up before it answers. `cargo test --test cluster --
+// --ignored behind_sentinel` (`CLUSTER_TEST_SEED=1` too).
+#[ignore = "a node that cannot catch up yet answers a Pocket pull below the client's checkpoint"]
+#[actix_rt::test]
+async fn a_seeded_random_run_behind_sentinel_survives_a_failover_to_a_lagging_replica() {
+    seeded_run(Backend::sentinel()).await;
+}
+
+/// Three nodes, two clients per dialect; 150 random steps of writes, clients moving between
+/// nodes, nodes SIGKILLed and restarted, and the backend's Redis fault; then every node holds
+/// every acked change, under the same numbers, and every client got every other's once.
+async fn seeded_run(mut backend: Backend) {
     let seed: u64 = std::env::var("CLUSTER_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20261128);
     let mut rng = Lcg(seed);
-    let mut redis = Some(RedisServer::start());
-    let env = node_env(&redis.as_ref().expect("redis").url());
+    let env = node_env(&backend.url());
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("dir")).collect();
     let mut hubs: Vec<ChildHub> = Vec::new();
     for d in &dirs {
@@ -901,7 +1177,7 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
     }
     // key → (dialect, writer)
     let mut acked: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut redis_restarted = false;
+    let mut faults = Vec::new();
     let (mut moves, mut kills) = (0, 0);
     for step in 0..150 {
         let roll = rng.below(100);
@@ -931,19 +1207,12 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
                     clients.insert(i, (victim, client.moved(&hubs[victim]).await));
                 }
             }
-        } else if !redis_restarted {
-            // Redis killed and started again, empty.
-            redis_restarted = true;
-            let port = redis.take().expect("redis").kill();
-            redis = Some(RedisServer::start_on(port));
-            for hub in &hubs {
-                wait_healthy(hub).await;
-            }
+        } else if let Some(fault) = backend.fault(&mut rng, &hubs).await {
+            faults.push(fault);
         }
     }
     eprintln!(
-        "seed {seed}: {} writes acked, {moves} moves, {kills} node kills, redis restarted: \
-         {redis_restarted}",
+        "seed {seed}: {} writes acked, {moves} moves, {kills} node kills, redis: {faults:?}",
         acked.len()
     );
     // A node holds a room while a client uses it: one per room on each node, then every copy

@@ -53,7 +53,7 @@ pub mod synckit;
 mod proptests;
 
 pub use clock::{now_ms, unix_now};
-pub use cluster::ClusterSettings;
+pub use cluster::{ClusterSettings, Target as RedisTarget};
 pub use directory::ConnectionLimits;
 pub use hub::{CommonSettings, DialectRooms, Hub, HubError, HubSettings, SessionSettings};
 pub use identity::{AuthError, Identity, Permissions, TokenVerifier};

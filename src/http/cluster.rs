@@ -81,6 +81,7 @@ pub(super) async fn stats(hub: &Hub, statuses: Vec<RoomStatus>) -> Value {
     json!({
         "node_id": hub.node_id(),
         "redis": bridge.as_ref().map_or("unknown", |b| b.redis),
+        "primary": cluster.handle.primary_address(),
         "epoch": cluster.handle.epoch(),
         "healthy": cluster.handle.healthy(),
         "last_echo_ms_ago": bridge.and_then(|b| b.last_echo_ms_ago),

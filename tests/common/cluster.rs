@@ -13,6 +13,9 @@ use super::{ChildHub, TIMEOUT, free_port, get};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// Its working directory: a replica writes the primary's snapshot there, which a Redis
+    /// started later in the same directory would load.
+    _dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -22,24 +25,36 @@ impl RedisServer {
 
     /// Starts (or starts again, empty) on `port`.
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, &[])
+    }
+
+    /// A replica of the Redis listening on `primary` (or of what a [`Stallable`] link there
+    /// forwards to).
+    ///
+    /// [`Stallable`]: super::sentinel::Stallable
+    pub fn replica_of(primary: u16) -> RedisServer {
+        let primary = primary.to_string();
+        RedisServer::start_with(free_port(), &["--replicaof", "127.0.0.1", &primary])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().expect("a directory for redis-server");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(dir.path())
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (install it: apt-get install redis-server)");
-        let deadline = Instant::now() + TIMEOUT;
-        // A probe connected to itself (the port is in the ephemeral range) is not Redis.
-        let listening = || {
-            TcpStream::connect(("127.0.0.1", port))
-                .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
-        };
-        while !listening() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+        wait_listening(port, "redis-server");
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
         }
-        RedisServer { child, port }
     }
 
     pub fn url(&self) -> String {
@@ -48,9 +63,28 @@ impl RedisServer {
 
     /// SIGKILL: Redis and everything it held are gone.
     pub fn kill(mut self) -> u16 {
+        self.sigkill();
+        self.port
+    }
+
+    /// [`RedisServer::kill`] for a server that is kept (in a struct, to be dropped later).
+    pub fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.port
+    }
+}
+
+/// Waits until something listens on `port`.
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    // A probe connected to itself (the port is in the ephemeral range) is not the server.
+    let listening = || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_ok_and(|s| s.local_addr().ok() != s.peer_addr().ok())
+    };
+    while !listening() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

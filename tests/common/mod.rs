@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod pocket;
 pub mod raw_ws;
+pub mod sentinel;
 pub mod synckit;
 pub mod tls;
 pub mod tokens;

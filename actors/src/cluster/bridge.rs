@@ -3,7 +3,10 @@
 //! published on its channel, beats a heartbeat that tells the other nodes about this one and
 //! this one whether pub/sub still delivers, and watches the epoch: when Redis comes back
 //! without its data, the nodes raise every counter past the numbers they hold, wait for each
-//! other, and only then order again.
+//! other, and only then order again. Behind Sentinel, every beat asks the sentinels where the
+//! primary is now (a failed one is tried again sooner), and a primary other than the one the
+//! epoch was made on counts as a Redis that lost its data (it may be a replica that missed the
+//! last writes).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -23,6 +26,9 @@ use crate::store::Store;
 
 /// How often a node beats.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Behind Sentinel, how soon a failed beat is tried again, looking the primary up first: a
+/// failover's new primary is found this fast once the sentinels name it.
+const FAILOVER_RETRY: Duration = Duration::from_millis(250);
 /// A node not heard for this long is gone.
 const PEER_ALIVE_MS: i64 = 5_000;
 /// Pub/sub counts as stuck when a node has not heard its own heartbeat for this long.
@@ -168,7 +174,10 @@ impl Cluster {
     }
 
     fn resubscribe_all(&self, ctx: &mut Context<Self>) {
-        let mut conn = self.handle.conn();
+        let Ok(mut conn) = self.handle.conn() else {
+            // No primary yet: the beat that finds one subscribes.
+            return;
+        };
         let mut channels: Vec<String> = self
             .rooms
             .keys()
@@ -239,28 +248,68 @@ impl Cluster {
             nonce: self.nonce.clone(),
         };
         let beat = serde_json::to_string(&beat).unwrap_or_default();
-        let mut conn = handle.conn();
+        let moves = handle.primary_moves();
         let run = async move {
-            let reply: (Option<String>, HashMap<String, String>) = redis::pipe()
-                .hset(keys.nodes(), &node, beat)
+            // Behind Sentinel every beat asks where the primary is: after a failover the old
+            // one may still answer (a split brain) until the sentinels make it a replica.
+            let switched = if moves {
+                match handle.follow_primary().await {
+                    Ok(switched) => switched,
+                    // Sentinels away do not stop a primary that answers.
+                    Err(e) if handle.conn().is_ok() => {
+                        log::debug!("cluster: asking the sentinels: {e}");
+                        false
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else {
+                false
+            };
+            let mut conn = handle.conn()?;
+            let mut pipe = redis::pipe();
+            pipe.hset(keys.nodes(), &node, beat)
                 .ignore()
                 .get(keys.epoch())
                 .hgetall(keys.nodes())
                 .publish(keys.heartbeat_channel(), &node)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-            Ok::<_, ClusterError>(reply)
+                .ignore();
+            if moves {
+                pipe.cmd("INFO").arg("replication");
+            }
+            let reply: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+            let mut reply = reply.into_iter();
+            let mut next = || reply.next().unwrap_or(redis::Value::Nil);
+            let epoch: Option<String> =
+                redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
+            let nodes: HashMap<String, String> =
+                redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
+            let replid = if moves {
+                let info: String =
+                    redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
+                master_replid(&info)
+            } else {
+                None
+            };
+            Ok::<_, ClusterError>((switched, epoch, nodes, replid))
         };
-        ctx.spawn(run.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {
             act.beating = false;
             match result {
-                Ok((epoch, nodes)) => act.beat_answered(epoch, nodes, ctx),
+                Ok((switched, epoch, nodes, replid)) => {
+                    if switched {
+                        // The new primary has none of this node's subscriptions.
+                        act.resubscribe_all(ctx);
+                    }
+                    act.beat_answered(epoch, nodes, replid, ctx)
+                }
                 Err(e) => {
                     if act.link != Link::Down {
                         log::warn!("cluster: redis unreachable: {e}");
                     }
                     act.link = Link::Down;
+                    if moves {
+                        ctx.run_later(FAILOVER_RETRY, |act, ctx| act.beat(ctx));
+                    }
                 }
             }
             act.update_health();
@@ -271,6 +320,7 @@ impl Cluster {
         &mut self,
         epoch: Option<String>,
         nodes: HashMap<String, String>,
+        replid: Option<String>,
         ctx: &mut Context<Self>,
     ) {
         let me = self.handle.node().to_string();
@@ -304,8 +354,15 @@ impl Cluster {
         }
         let was_down = self.link == Link::Down;
         self.link = Link::Up;
+        // Behind Sentinel an epoch holds only on the primary it was made on.
+        let same_primary = |epoch: &str| {
+            !self.handle.primary_moves()
+                || replid
+                    .as_deref()
+                    .is_some_and(|r| super::replid_of(epoch) == Some(r))
+        };
         match (self.handle.epoch(), epoch) {
-            (Some(known), Some(current)) if known == current => {
+            (Some(known), Some(current)) if known == current && same_primary(&current) => {
                 if was_down {
                     // Pub/sub dropped what was published while the link was down.
                     log::info!("cluster: redis reachable again");
@@ -334,17 +391,13 @@ impl Cluster {
         let began = Instant::now();
         let run = async move {
             let keys = handle.keys().clone();
-            let mut conn = handle.conn();
+            let mut conn = handle.conn()?;
             let candidate = fresh_id(handle.node().as_str());
-            let (epoch,): (String,) = redis::pipe()
-                .set_options(
-                    keys.epoch(),
-                    &candidate,
-                    redis::SetOptions::default().conditional_set(redis::ExistenceCheck::NX),
-                )
-                .ignore()
-                .get(keys.epoch())
-                .query_async(&mut conn)
+            let epoch: String = scripts::settle_epoch()
+                .key(keys.epoch())
+                .arg(candidate)
+                .arg(if handle.primary_moves() { "1" } else { "0" })
+                .invoke_async(&mut conn)
                 .await?;
             if current.is_some() && remembered.as_deref() == Some(epoch.as_str()) {
                 // Redis kept its data since this node last ordered: nothing to restore.
@@ -356,6 +409,8 @@ impl Cluster {
                 "cluster: redis epoch is {epoch} (this node last knew {}): restoring counters",
                 remembered.as_deref().unwrap_or("none")
             );
+            // A number an order on a primary this node left brings back is one to restore.
+            handle.wait_retired_orders().await;
             // Rooms running here know their last number, written or not.
             for result in join_all(restorers.iter().map(|r| r.send(RestoreCounter))).await {
                 match result {
@@ -529,9 +584,9 @@ impl Handler<Follow> for Cluster {
                 position: msg.position,
             },
         );
-        let mut conn = self.handle.conn();
+        let conn = self.handle.conn();
         Box::pin(async move {
-            conn.subscribe(&channel).await?;
+            conn?.subscribe(&channel).await?;
             Ok(())
         })
     }
@@ -545,7 +600,9 @@ impl Handler<Unfollow> for Cluster {
             return;
         }
         let channel = self.handle.keys().channel(&msg.room);
-        let mut conn = self.handle.conn();
+        let Ok(mut conn) = self.handle.conn() else {
+            return;
+        };
         ctx.spawn(
             async move {
                 if let Err(e) = conn.unsubscribe(&channel).await {
@@ -572,5 +629,26 @@ impl Handler<GetBridgeStatus> for Cluster {
             rooms_followed: self.rooms.len(),
             last_echo_ms_ago: self.last_echo.map(|at| at.elapsed().as_millis() as u64),
         })
+    }
+}
+
+/// The primary's replication id in an `INFO replication` answer: a replica promoted by a
+/// failover starts a new one.
+fn master_replid(info: &str) -> Option<String> {
+    info.lines()
+        .find_map(|line| line.trim().strip_prefix("master_replid:"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replication_id_is_read_from_info() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\
+                    master_replid:8e24fe88bc7b\r\nmaster_replid2:0000\r\n";
+        assert_eq!(master_replid(info).as_deref(), Some("8e24fe88bc7b"));
+        assert_eq!(master_replid("role:master"), None);
     }
 }

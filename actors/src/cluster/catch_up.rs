@@ -132,7 +132,7 @@ async fn read_stream(
     target: u64,
 ) -> Result<Vec<OrderedBatch>, ClusterError> {
     let key = cluster.keys().log(room);
-    let mut conn = cluster.conn();
+    let mut conn = cluster.conn()?;
     let counters = cluster.counters();
     // A batch is filed under its first number: the one holding `after + 1` may start before.
     counters.round_trips.inc_by(2);

@@ -8,38 +8,40 @@
 //! that sees a gap, or starts a room, reads what it lacks from the stream, or from a peer's log
 //! once the stream no longer holds it ([`catch_up`]). An epoch key tells when Redis lost its
 //! data; the nodes then raise the counters back past every number they hold before anyone
-//! orders again ([`bridge`]).
+//! orders again ([`bridge`]). Behind Sentinel the primary may move to a replica that missed the
+//! last writes: there the epoch is bound to the primary's replication id, so such a failover
+//! looks like a Redis that lost its data, and is recovered from the same way ([`primary`]).
 
 pub mod bridge;
 pub mod catch_up;
 pub mod keys;
 pub mod peers;
+mod primary;
 pub mod scripts;
+pub mod target;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 pub use bridge::{Cluster, Follow, Position, Replicated, Resync, Unfollow};
 pub use keys::Keys;
 pub use peers::Peer;
+pub use target::{Target, TargetError};
 pub use wire::{BatchBody, OrderedBatch};
 
 use crate::metrics::ClusterMetrics;
 use crate::origin::NodeId;
 use crate::room_key::RoomKey;
-
-/// How long a Redis command may take before it counts as failed.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+use primary::Primary;
 
 /// What a node needs to join a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// `redis://…`; the hub asks for RESP3 itself.
+    /// `redis://…` or `redis+sentinel://…` ([`Target`]); the hub asks for RESP3 itself.
     pub redis_url: String,
     /// Where the other nodes reach this node's HTTP API, to read a room's history from it.
     pub advertise_url: String,
@@ -66,6 +68,10 @@ pub enum ClusterError {
     Epoch,
     #[error("the cluster is not ordering changes right now")]
     Unavailable,
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("no sentinel names a primary for {master}: {tried}")]
+    NoPrimary { master: String, tried: String },
     #[error("no node holds the history of {room} after {after}")]
     HistoryUnavailable { room: String, after: u64 },
     #[error("peer {peer}: {source}")]
@@ -87,11 +93,12 @@ impl From<redis::RedisError> for ClusterError {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    primary: Primary,
     keys: Keys,
     node: NodeId,
     settings: ClusterSettings,
-    /// The epoch this node orders under; `None` while it is unknown or being restored.
+    /// The epoch this node orders under; `None` while it is unknown or being restored. Behind
+    /// Sentinel it ends with `/<replication id>` of the primary it was made on.
     epoch: RwLock<Option<String>>,
     /// False while Redis is unreachable or stops delivering what is published.
     healthy: AtomicBool,
@@ -107,25 +114,18 @@ pub struct ClusterHandle {
 }
 
 impl ClusterHandle {
-    /// Connects lazily: a node starts while Redis is down, and reports itself degraded.
+    /// With one Redis, connects lazily: a node starts while Redis is down, and reports itself
+    /// degraded. Behind Sentinel the bridge looks the primary up at its first beat.
     pub fn connect(
         settings: ClusterSettings,
         node: NodeId,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
         counters: ClusterMetrics,
     ) -> Result<ClusterHandle, ClusterError> {
-        let url = with_resp3(&settings.redis_url);
-        let client = redis::Client::open(url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_push_sender(pushes)
-            .set_automatic_resubscription()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let primary = Primary::new(Target::parse(&settings.redis_url)?, pushes)?;
         Ok(ClusterHandle {
             inner: Arc::new(Inner {
-                conn,
+                primary,
                 keys: Keys::new(&settings.key_prefix),
                 node,
                 settings,
@@ -154,8 +154,33 @@ impl ClusterHandle {
         &self.inner.counters
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.inner.conn.clone()
+    /// The connection to the primary; `Unavailable` while Sentinel has named none yet.
+    pub(crate) fn conn(&self) -> Result<ConnectionManager, ClusterError> {
+        self.inner.primary.conn()
+    }
+
+    /// Whether the primary can move (Sentinel): the epoch is then bound to its replication id.
+    pub fn primary_moves(&self) -> bool {
+        self.inner.primary.target().moves()
+    }
+
+    /// Behind Sentinel, the primary's `host:port` as this node last found it. (With one Redis
+    /// there is nothing to find, and the URL may carry a password.)
+    pub fn primary_address(&self) -> Option<String> {
+        if !self.primary_moves() {
+            return None;
+        }
+        self.inner.primary.address()
+    }
+
+    /// Looks the primary up again (Sentinel); true when this node moved to another one.
+    pub(crate) async fn follow_primary(&self) -> Result<bool, ClusterError> {
+        self.inner.primary.follow().await
+    }
+
+    /// Waits for the orders still out on primaries this node has left (see [`primary`]).
+    pub(crate) async fn wait_retired_orders(&self) {
+        self.inner.primary.wait_retired_orders().await
     }
 
     pub fn epoch(&self) -> Option<String> {
@@ -201,7 +226,14 @@ impl ClusterHandle {
         };
         let n = body.changes.len();
         let keys = &self.inner.keys;
-        let mut conn = self.conn();
+        // Behind Sentinel the script also checks that the primary is the one the epoch was
+        // made on: a replica promoted since may lack numbers the old one gave out.
+        let replid = if self.primary_moves() {
+            replid_of(&epoch).unwrap_or_default().to_owned()
+        } else {
+            String::new()
+        };
+        let (mut conn, _in_flight) = self.inner.primary.conn_for_order()?;
         self.inner.counters.round_trips.inc();
         let first: u64 = self
             .inner
@@ -214,6 +246,7 @@ impl ClusterHandle {
             .arg(body.encode())
             .arg(self.inner.settings.stream_max_len)
             .arg(keys.channel(room))
+            .arg(replid)
             .invoke_async(&mut conn)
             .await?;
         self.inner.counters.orders.inc();
@@ -227,27 +260,23 @@ impl ClusterHandle {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = rooms.iter().map(|r| self.inner.keys.counter(r)).collect();
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let values: Vec<Option<u64>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
         Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
     }
 
     /// The last number Redis gave out for a room.
     pub async fn counter(&self, room: &RoomKey) -> Result<u64, ClusterError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         self.inner.counters.round_trips.inc();
         let n: Option<u64> = conn.get(self.inner.keys.counter(room)).await?;
         Ok(n.unwrap_or(0))
     }
 }
 
-/// The URL with RESP3 asked for: pub/sub pushes share the command connection.
-fn with_resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}protocol=resp3")
+/// The replication id an epoch made behind Sentinel is bound to.
+pub(crate) fn replid_of(epoch: &str) -> Option<&str> {
+    epoch.rsplit_once('/').map(|(_, replid)| replid)
 }
 
 /// A fresh random-looking id (an epoch's name, a node's generated id).
@@ -261,22 +290,4 @@ pub(crate) fn fresh_id(seed: &str) -> String {
     h.update(&now.to_le_bytes());
     h.update(&std::process::id().to_le_bytes());
     h.finalize().to_hex()[..16].to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resp3_is_asked_for_once() {
-        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
-        assert_eq!(
-            with_resp3("redis://h:1/?db=2"),
-            "redis://h:1/?db=2&protocol=resp3"
-        );
-        assert_eq!(
-            with_resp3("redis://h:1?protocol=resp3"),
-            "redis://h:1?protocol=resp3"
-        );
-    }
 }

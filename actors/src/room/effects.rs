@@ -258,7 +258,7 @@ impl Handler<RestoreCounter> for Room {
         let handle = link.handle.clone();
         let counter = handle.keys().counter(&self.key);
         Box::pin(async move {
-            let mut conn = handle.conn();
+            let mut conn = handle.conn()?;
             let _: i64 = scripts::restore_counters()
                 .key(counter)
                 .arg(upto)

@@ -6,7 +6,9 @@
 //! each message takes (so messages overtake each other), which published batches are lost or
 //! arrive twice, when a node crashes (losing what it merged but had not written) and comes back,
 //! and when the sequencer loses all it had (the nodes then restore its counter, as they do
-//! after a Redis restart). Clients write all along and count a write as acked only once the
+//! after a Redis restart) or fails over to a replica that missed its last batches (a Sentinel
+//! failover to a lagging replica, which the nodes tell by the primary's replication id and
+//! recover from the same way). Clients write all along and count a write as acked only once the
 //! node wrote it durably.
 //!
 //! After the faults stop and the cluster settles, every run checks the protocol's promise:
@@ -71,6 +73,9 @@ struct Faults {
     max_delay_ms: u64,
     crashes: u32,
     sequencer_losses: u32,
+    /// Failovers to a replica missing up to this many of the last batches.
+    failovers: u32,
+    replica_lag: u64,
     stream_len: usize,
 }
 
@@ -113,6 +118,8 @@ enum Event {
     },
     /// The sequencer loses everything (Redis restarted empty).
     LoseSequencer,
+    /// The sequencer is replaced by a replica that lacks its last batches.
+    FailOver,
     /// Every node has raised the counter past what it holds; ordering resumes.
     Restored,
 }
@@ -196,6 +203,7 @@ fn describe(event: &Event) -> String {
         Event::Crash { node } => format!("n{node} crash"),
         Event::Restart { node } => format!("n{node} restart"),
         Event::LoseSequencer => "sequencer lost".to_owned(),
+        Event::FailOver => "sequencer failed over".to_owned(),
         Event::Restored => "sequencer restored".to_owned(),
     }
 }
@@ -243,6 +251,8 @@ impl Sim {
             crashes: rng.below(4) as u32,
             sequencer_losses: rng.below(2) as u32,
             stream_len: [2, 8, 1000][rng.below(3) as usize],
+            failovers: rng.below(3) as u32,
+            replica_lag: 1 + rng.below(4),
         };
         let room = RoomKey::new(crate::relay::NAMESPACE, "sim").expect("a valid room key");
         let model: Arc<dyn Model> = Arc::new(RelayModel);
@@ -287,6 +297,10 @@ impl Sim {
         for _ in 0..sim.faults.sequencer_losses {
             let at = sim.rng.below(span);
             sim.at(at, Event::LoseSequencer);
+        }
+        for _ in 0..sim.faults.failovers {
+            let at = sim.rng.below(span);
+            sim.at(at, Event::FailOver);
         }
         for node in 0..NODES {
             for beat in (0..span + 200).step_by(100) {
@@ -440,6 +454,23 @@ impl Sim {
                     };
                     self.ordering.store(false, Ordering::SeqCst);
                     // The nodes notice at their next beat and settle before ordering again.
+                    let settle = 100 + self.rng.below(100);
+                    self.at(settle, Event::Restored);
+                }
+            }
+            Event::FailOver => {
+                if self.nodes.iter().all(|n| n.up) && self.ordering.load(Ordering::SeqCst) {
+                    // The replica kept everything but the last few batches (its stream has
+                    // them trimmed alike); its counter is where the first missing one began.
+                    let lag = self.rng.below(self.faults.replica_lag + 1) as usize;
+                    let keep = self.sequencer.stream.len().saturating_sub(lag);
+                    if let Some(first_lost) = self.sequencer.stream.get(keep) {
+                        self.sequencer.counter = first_lost.first - 1;
+                    }
+                    self.sequencer.stream.truncate(keep);
+                    // A new primary has a new replication id, which the epoch is bound to.
+                    self.sequencer.epoch += 1;
+                    self.ordering.store(false, Ordering::SeqCst);
                     let settle = 100 + self.rng.below(100);
                     self.at(settle, Event::Restored);
                 }
