@@ -248,8 +248,7 @@ impl Hub {
                     metrics.cluster.clone(),
                 )?;
                 let bridge =
-                    Cluster::new(handle.clone(), store.clone(), pushed, metrics.room)
-                        .start();
+                    Cluster::new(handle.clone(), store.clone(), pushed, metrics.room).start();
                 Some(ClusterLink { handle, bridge })
             }
         };

@@ -43,6 +43,10 @@ pub struct RelayDialect {
     ack_tail: String,
     /// `,"siteId":…,"channel":…}`: how every `update` the hub sends ends.
     update_tail: String,
+    /// The highest version the client said it has (in a pull): changes at or below it are not
+    /// sent to it again. A node behind the client refuses its pull until it has caught up, and
+    /// then broadcasts what it caught up with, which the client had from another node.
+    has: u64,
 }
 
 impl RelayDialect {
@@ -65,6 +69,7 @@ impl RelayDialect {
             ack_head,
             ack_tail,
             update_tail,
+            has: 0,
         }
     }
 
@@ -222,6 +227,7 @@ impl Dialect for RelayDialect {
                         }
                     },
                 };
+                self.has = self.has.max(after);
                 vec![self.fetch(after)]
             }
             // A fresh token, so the session outlives the one it connected with.
@@ -293,8 +299,10 @@ impl Dialect for RelayDialect {
     /// Every other socket of the channel gets the changes; a socket never gets its own back.
     fn on_event(&mut self, env: &Env, event: &RoomEvent) -> Vec<Action<Tag>> {
         let version = event.entries.last().map_or(0, |e| e.seq);
-        let mine = |e: &&crate::store::LogEntry| e.origin.as_ref() == Some(env.origin);
-        if !event.entries.iter().any(|e| mine(&e)) {
+        let has = self.has;
+        let wanted =
+            |e: &&crate::store::LogEntry| e.origin.as_ref() != Some(env.origin) && e.seq > has;
+        if event.entries.iter().all(|e| wanted(&e)) {
             // The common case: the same message for every member that sent none of it.
             let frames = event.shared_frames(0, || {
                 vec![OutFrame::text(
@@ -303,11 +311,11 @@ impl Dialect for RelayDialect {
             });
             return frames.iter().cloned().map(Action::Frame).collect();
         }
-        let mut others = event.entries.iter().filter(|e| !mine(e)).peekable();
-        if others.peek().is_none() {
+        let mut rest = event.entries.iter().filter(wanted).peekable();
+        if rest.peek().is_none() {
             return Vec::new();
         }
-        vec![Action::Text(self.update(others.map(|e| &e.body), version))]
+        vec![Action::Text(self.update(rest.map(|e| &e.body), version))]
     }
 
     /// Success is silent (the protocol has no message for it); failure keeps the old token.
@@ -321,5 +329,95 @@ impl Dialect for RelayDialect {
             Ok(()) => Vec::new(),
             Err(_) => self.error("FORBIDDEN", "Authentication failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::identity::Identity;
+    use crate::origin::{NodeId, Origin, SessionId};
+    use crate::room::Broadcast;
+    use crate::store::LogEntry;
+
+    fn origin(session: u64) -> Origin {
+        Origin {
+            node: NodeId::new("n1"),
+            session: SessionId(session),
+        }
+    }
+
+    fn entry(seq: u64, from: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            stream: String::new(),
+            key: format!("k{seq}"),
+            body: RawJson::from_value(&json!([
+                "t",
+                format!("k{seq}"),
+                "v",
+                seq,
+                1,
+                seq,
+                "s",
+                1,
+                0
+            ])),
+            origin: Some(origin(from)),
+        }
+    }
+
+    fn versions(actions: &[Action<Tag>]) -> Vec<u64> {
+        let mut out = Vec::new();
+        for a in actions {
+            let text = match a {
+                Action::Text(t) => t.as_str(),
+                Action::Frame(OutFrame::Text(t)) => &**t,
+                other => panic!("a text frame expected, got {other:?}"),
+            };
+            let v: Value = serde_json::from_str(text).expect("json");
+            for c in v["changes"].as_array().expect("changes") {
+                out.push(c[5].as_u64().expect("db_version"));
+            }
+        }
+        out
+    }
+
+    /// A client that pulled from a version is not sent again what it said it has: a node
+    /// that was behind it broadcasts what it caught up with.
+    #[test]
+    fn broadcasts_skip_what_the_client_said_it_has() {
+        let room = RoomKey::new(NAMESPACE, "r").expect("key");
+        let limits = RelayLimits {
+            max_per_message: 100,
+            max_json_depth: 32,
+            max_value_bytes: 1 << 20,
+        };
+        let mut d = RelayDialect::new(room.clone(), "site".into(), limits);
+        let (me, identity) = (origin(1), Identity::anonymous());
+        let env = Env {
+            origin: &me,
+            identity: &identity,
+        };
+        let event = |entries| {
+            RoomEvent(Arc::new(Broadcast::new(
+                room.clone(),
+                entries,
+                HashMap::new(),
+            )))
+        };
+        let caught_up = event((10..=12).map(|s| entry(s, 2)).collect());
+        // Before any pull it has nothing the hub knows of.
+        assert_eq!(versions(&d.on_event(&env, &caught_up)), vec![10, 11, 12]);
+        let pull = d.on_frame(&env, Frame::Text(r#"{"type":"pull","version":11}"#));
+        assert!(matches!(pull.as_slice(), [Action::Request { .. }]));
+        assert_eq!(versions(&d.on_event(&env, &caught_up)), vec![12]);
+        assert!(d.on_event(&env, &event(vec![entry(9, 2)])).is_empty());
+        // Its own changes are acked, not sent back.
+        let mixed = event(vec![entry(13, 1), entry(14, 2)]);
+        assert_eq!(versions(&d.on_event(&env, &mixed)), vec![14]);
     }
 }

@@ -55,6 +55,33 @@ impl Room {
         self.perform(out, ctx);
     }
 
+    /// Whether a read from these positions must be refused (as retryable) for now. A read is
+    /// answered from what is durable here, with this node's durable number as the reader's new
+    /// position, so a reader that holds more (a number another node of the cluster made
+    /// durable) would be moved back. It is refused until this node has made that much durable:
+    /// at once when the room has merged it, after a catch-up otherwise. On a single node every
+    /// number a client holds is one this node made durable.
+    pub(super) fn reader_ahead(
+        &mut self,
+        positions: &[(String, u64)],
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let Some(position) = positions.iter().map(|(_, at)| *at).max() else {
+            return false;
+        };
+        if position <= self.durable_seq || self.order.status().is_none() {
+            return false;
+        }
+        let Some(applied) = self.state.as_ref().map(|s| s.meta().seq) else {
+            return false;
+        };
+        let mut out = Vec::new();
+        let behind = self.order.reader_ahead(position, applied, &mut out);
+        self.perform(out, ctx);
+        // Merged but not durable yet: the next commit makes it so.
+        behind || position <= applied
+    }
+
     /// The room's state is loaded: the order may have to catch up before the room serves.
     pub(super) fn start_order(&mut self, ctx: &mut Context<Self>) {
         let mut out = Vec::new();
@@ -118,7 +145,7 @@ impl Room {
         };
         let counters = link.handle.counters();
         match why {
-            CatchUpWhy::Start | CatchUpWhy::Resync => counters.catch_ups.inc(),
+            CatchUpWhy::Start | CatchUpWhy::Resync | CatchUpWhy::Reader => counters.catch_ups.inc(),
             CatchUpWhy::Gap => counters.gaps_repaired.inc(),
             CatchUpWhy::Retry => {}
         }

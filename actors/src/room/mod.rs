@@ -708,7 +708,12 @@ impl Room {
                 limit,
                 subscribe,
                 latest_only,
-            } => self.fetch(origin.as_ref(), streams, limit, subscribe, latest_only),
+            } => {
+                if self.reader_ahead(&streams, ctx) {
+                    return reply.send(Err(RoomError::Unavailable));
+                }
+                self.fetch(origin.as_ref(), streams, limit, subscribe, latest_only)
+            }
             RoomRequest::Snapshot => {
                 let Some(state) = self.state.as_ref() else {
                     return reply.send(Err(RoomError::Gone));

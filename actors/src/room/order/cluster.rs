@@ -397,6 +397,18 @@ impl<R: Send> Order<R> for ClusterOrder<R> {
         })
     }
 
+    /// Refused while the room catches up to the counter: a catch-up under way may have read
+    /// the counter before the reader's position was given, so each retry of the read starts
+    /// another once it has ended. A position past anything the cluster numbered (a client of
+    /// another cluster) is refused for as long as it is past.
+    fn reader_ahead(&mut self, position: u64, applied: u64, out: &mut Vec<Effect<R>>) -> bool {
+        if position <= applied {
+            return false;
+        }
+        self.fill(None, CatchUpWhy::Reader, out);
+        true
+    }
+
     fn start(&mut self, out: &mut Vec<Effect<R>>) {
         self.fill(None, CatchUpWhy::Start, out);
     }

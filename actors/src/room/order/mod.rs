@@ -96,6 +96,9 @@ pub enum CatchUpWhy {
     Gap,
     /// An earlier catch-up failed.
     Retry,
+    /// A client read from a position past what the room has applied: a number the cluster
+    /// gave out that this node has not merged yet.
+    Reader,
 }
 
 /// The room's state as an order merges into it.
@@ -140,6 +143,15 @@ pub trait Order<R>: Send {
     /// merged would let a batch waiting behind a gap be given its numbers again.
     fn numbered_upto(&self, applied: u64) -> u64 {
         applied
+    }
+
+    /// A client reads from `position`, past `applied`: whether its read must be refused (as
+    /// retryable) while the room catches up. A client has what it asked for, never merely what
+    /// this node happened to hold: answering from here would hand it a checkpoint below its
+    /// own. A single node gave every number it holds, so a position past them is not one of its
+    /// own and is answered from what there is.
+    fn reader_ahead(&mut self, _position: u64, _applied: u64, _out: &mut Vec<Effect<R>>) -> bool {
+        false
     }
 }
 

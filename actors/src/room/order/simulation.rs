@@ -9,11 +9,13 @@
 //! after a Redis restart) or fails over to a replica that missed its last batches (a Sentinel
 //! failover to a lagging replica, which the nodes tell by the primary's replication id and
 //! recover from the same way). Clients write all along and count a write as acked only once the
-//! node wrote it durably.
+//! node wrote it durably. Readers read through any node from the position they hold, as a
+//! Pocket pull does: a node refuses a reader past what it made durable (and catches up), and one
+//! that answers moves the reader to its own durable number.
 //!
 //! After the faults stop and the cluster settles, every run checks the protocol's promise:
 //! every node holds the same log (each number once, the same change under it), the same state
-//! digest, and every acked change. A failing seed is printed and replays exactly:
+//! digest, every acked change, and every number a reader was given. A failing seed is printed and replays exactly:
 //! `SIM_SEED=<n> cargo test -p synchub-actors cluster_simulation`; `SIM_SEEDS=<n>` runs more.
 //!
 //! What it stands in for is the protocol, not the actors: delivery, timers and storage are the
@@ -88,6 +90,11 @@ enum Event {
         node: usize,
         write: u64,
     },
+    /// A reader reads through a node from the position it holds.
+    Read {
+        node: usize,
+        reader: usize,
+    },
     /// An input reaches a node's order (dropped if the node restarted since it was sent).
     Input {
         node: usize,
@@ -134,6 +141,8 @@ struct Node {
     open: OpenBatch,
     /// Answers waiting for the next durable write.
     held: Vec<(Ticket, Submitted)>,
+    /// The number up to which what the node merged is written.
+    durable: u64,
     commit_scheduled: bool,
 }
 
@@ -158,6 +167,8 @@ struct Sim {
     ordering: Arc<AtomicBool>,
     /// The writes acked to their clients (those with a key of their own), with their numbers.
     acked: BTreeMap<u64, u64>,
+    /// Each reader's position: the durable number of the node that last answered it.
+    readers: Vec<u64>,
     /// Faults stop after this time; then the cluster settles.
     calm_after: u64,
     /// Print every event (`SIM_TRACE=1`), to follow a failing seed.
@@ -168,6 +179,7 @@ struct Sim {
 fn describe(event: &Event) -> String {
     match event {
         Event::Write { node, write } => format!("n{node} write {write}"),
+        Event::Read { node, reader } => format!("n{node} read by {reader}"),
         Event::Input { node, life, input } => {
             let what = match input {
                 Input::Submit { .. } => "submit".to_owned(),
@@ -214,6 +226,8 @@ const NODES: usize = 3;
 /// as stalled. Faults stop at 400.
 const HORIZON: u64 = 10_000;
 const WRITES: u64 = 60;
+const READERS: usize = 2;
+const READS: u64 = 40;
 
 fn change(write: u64) -> IncomingChange {
     // Most writes touch a key of their own (an acked one must be found on every node); some
@@ -274,6 +288,7 @@ impl Sim {
             },
             ordering,
             acked: BTreeMap::new(),
+            readers: vec![0; READERS],
             calm_after: 0,
             trace: std::env::var_os("SIM_TRACE").is_some(),
             seed,
@@ -288,6 +303,12 @@ impl Sim {
             let at = sim.rng.below(span);
             let node = sim.rng.below(NODES as u64) as usize;
             sim.at(at, Event::Write { node, write });
+        }
+        for _ in 0..READS {
+            let at = sim.rng.below(span);
+            let node = sim.rng.below(NODES as u64) as usize;
+            let reader = sim.rng.below(READERS as u64) as usize;
+            sim.at(at, Event::Read { node, reader });
         }
         for _ in 0..sim.faults.crashes {
             let at = sim.rng.below(span);
@@ -316,6 +337,7 @@ impl Sim {
         let image = store.load_room(&layout).expect("the memory store reads");
         let state = RoomState::load(self.room.clone(), layout, image, self.model.as_ref())
             .expect("the room replays");
+        let durable = state.meta().seq;
         let ordering = self.ordering.clone();
         Node {
             up: true,
@@ -328,6 +350,7 @@ impl Sim {
             ),
             open: OpenBatch::default(),
             held: Vec::new(),
+            durable,
             commit_scheduled: false,
         }
     }
@@ -391,6 +414,7 @@ impl Sim {
                     },
                 );
             }
+            Event::Read { node, reader } => self.read(node, reader),
             Event::Input { node, life, input } => {
                 if self.nodes[node].up && self.nodes[node].life == life {
                     self.input(node, input);
@@ -521,6 +545,40 @@ impl Sim {
         self.schedule_commit(i);
     }
 
+    /// As a room serves a fetch: refused while the node has not made the reader's position
+    /// durable (the order catches up when the node has not merged it either), else answered up
+    /// to the node's durable number.
+    fn read(&mut self, i: usize, reader: usize) {
+        let position = self.readers[reader];
+        let node = &mut self.nodes[i];
+        let Some(applied) = node.state.as_ref().map(|s| s.meta().seq) else {
+            return;
+        };
+        if !node.up {
+            return;
+        }
+        if position > node.durable {
+            let mut out = Vec::new();
+            let behind = node.order.reader_ahead(position, applied, &mut out);
+            assert!(
+                behind || position <= applied,
+                "seed {}: node {i} would move a reader back from {position} to {}",
+                self.seed,
+                node.durable
+            );
+            self.perform(i, out);
+            self.schedule_commit(i);
+            return;
+        }
+        if self.trace {
+            eprintln!(
+                "      n{i} answers reader {reader}: {position} -> {}",
+                node.durable
+            );
+        }
+        self.readers[reader] = node.durable;
+    }
+
     fn schedule_commit(&mut self, i: usize) {
         let node = &self.nodes[i];
         let waiting = !node.open.is_empty() || !node.held.is_empty();
@@ -546,6 +604,7 @@ impl Sim {
                 .expect("the memory store writes");
             state.release(&commit.entries);
         }
+        node.durable = state.meta().seq;
         for ((_, write), done) in node.held.drain(..) {
             if self.trace {
                 eprintln!(
@@ -761,6 +820,13 @@ impl Sim {
             }
         }
         let (log0, seq0, digest0) = &nodes[0];
+        // Node 0's number is every node's once settled, and so it is at a stall.
+        for (reader, position) in self.readers.iter().enumerate() {
+            assert!(
+                position <= seq0,
+                "seed {seed}: reader {reader} was given {position}, past the end ({seq0})"
+            );
+        }
         if settled {
             for (i, (log, seq, digest)) in nodes.iter().enumerate() {
                 assert_eq!(
