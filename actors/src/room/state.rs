@@ -105,9 +105,11 @@ pub struct RoomState {
     state_bytes: u64,
 }
 
-/// While a room is busy, a log this large is compacted once half of it is superseded, however
-/// few entries that is: large changes must not make the disk hold many times the live state.
-const BUSY_LOG_BYTES: u64 = 8 << 20;
+/// While a room is busy, a log larger than twice the room's state by this much is compacted
+/// once half of it is superseded, however few entries that is: large changes must not make the
+/// disk hold many times the live state (sled's own log holds each byte written several times
+/// over until it reclaims its segments, so what the log holds is multiplied on disk).
+const BUSY_LOG_BYTES_SLACK: u64 = 1 << 20;
 
 /// While a room is busy, superseded entries beyond twice the records that make a compaction
 /// worth its cost: it reads the log once and drops at least half of it.
@@ -604,7 +606,8 @@ impl RoomState {
             // While the room is busy: only once superseded entries clearly outnumber the
             // records, so the cost of a compaction is spread over as many changes as it reads.
             m.log_len > 2 * m.records + BUSY_LOG_SLACK
-                || (m.log_len > 2 * m.records && self.log_bytes > BUSY_LOG_BYTES)
+                || (m.log_len > 2 * m.records
+                    && self.log_bytes > 2 * self.state_bytes + BUSY_LOG_BYTES_SLACK)
         }
     }
 
