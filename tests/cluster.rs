@@ -505,16 +505,24 @@ async fn timed_writer(
     (acked, refused, false)
 }
 
-#[actix_rt::test]
-async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
-    let redis = RedisServer::start();
-    let env = node_env(&redis.url());
+/// Two nodes on `env`, each on a data directory of its own (kept as long as the node runs).
+async fn two_nodes(
+    env: &[(String, String)],
+) -> (tempfile::TempDir, tempfile::TempDir, ChildHub, ChildHub) {
     let (da, db) = (
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     );
-    let mut a = start_node(da.path(), &env).await;
-    let b = start_node(db.path(), &env).await;
+    let a = start_node(da.path(), env).await;
+    let b = start_node(db.path(), env).await;
+    (da, db, a, b)
+}
+
+#[actix_rt::test]
+async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
+    let redis = RedisServer::start();
+    let env = node_env(&redis.url());
+    let (da, _db, mut a, b) = two_nodes(&env).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let on_a = actix_rt::spawn(writer(
         Relay::connect(&a, "crash").await,
@@ -617,12 +625,7 @@ async fn a_node_started_late_serves_the_whole_history_from_its_peer() {
 async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves() {
     let redis = RedisServer::start();
     let env = node_env(&redis.url());
-    let (da, db) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    let a = start_node(da.path(), &env).await;
-    let b = start_node(db.path(), &env).await;
+    let (_da, _db, a, b) = two_nodes(&env).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let on_a = actix_rt::spawn(writer(
         Relay::connect(&a, "outage").await,
@@ -694,12 +697,7 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
     let sentinels = Sentinels::watch(primary.port);
     sentinels.wait_ready(1);
     let env = node_env(&sentinels.url());
-    let (da, db) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    let a = start_node(da.path(), &env).await;
-    let b = start_node(db.path(), &env).await;
+    let (_da, _db, a, b) = two_nodes(&env).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut writers = Vec::new();
     for (i, hub) in [&a, &b, &a, &b].into_iter().enumerate() {
