@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
-use common::sentinel::{MASTER, Sentinels, Stallable, redis_cli};
+use common::sentinel::{MASTER, Sentinels, Stallable, redis_cli, wait_lagging};
 use common::{ChildHub, Lcg, TIMEOUT, Ws, synckit};
 use serde_json::{Value, json};
 
@@ -694,7 +694,7 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
     let primary = RedisServer::start();
     let link = Stallable::to(primary.port);
     let replica = RedisServer::replica_of(link.port);
-    let sentinels = Sentinels::watch(primary.port);
+    let sentinels = Sentinels::watch(link.port);
     sentinels.wait_ready(1);
     let env = node_env(&sentinels.url());
     let (_da, _db, a, b) = two_nodes(&env).await;
@@ -713,6 +713,10 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
     let stalled = Instant::now();
     // What is acked from now on is on the primary only.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let (p, r) = (primary.port, replica.port);
+    actix_rt::task::spawn_blocking(move || wait_lagging(p, r))
+        .await
+        .expect("redis-cli");
     let failed = Instant::now();
     let mut old_primary = Some(primary);
     match how {
@@ -1064,8 +1068,8 @@ const ROOMS: [&str; 3] = ["relay/chaos", "pocket/chaos", "synckit/chaos"];
 enum Backend {
     /// One Redis; the fault: killed and started again, empty (once: `true` then).
     Single(Option<RedisServer>, bool),
-    /// A primary, a replica behind a stallable link, three sentinels; the fault comes in two
-    /// steps: the link stalls (the replica misses what is acked from then on), later the
+    /// A primary behind a stallable link, a replica of it, three sentinels; the fault comes in
+    /// two steps: the link stalls (the replica misses what is acked from then on), later the
     /// sentinels fail over to the replica.
     Sentinel {
         /// Kept after the failover: `SENTINEL failover` leaves it running, as a replica.
@@ -1083,7 +1087,7 @@ impl Backend {
         let primary = RedisServer::start();
         let link = Stallable::to(primary.port);
         let replica = RedisServer::replica_of(link.port);
-        let sentinels = Sentinels::watch(primary.port);
+        let sentinels = Sentinels::watch(link.port);
         sentinels.wait_ready(1);
         Backend::Sentinel {
             primary,
@@ -1131,6 +1135,10 @@ impl Backend {
                     return None;
                 }
                 *failed_over = true;
+                let (p, r) = (primary.port, replica.port);
+                actix_rt::task::spawn_blocking(move || wait_lagging(p, r))
+                    .await
+                    .expect("redis-cli");
                 let how = if rng.below(2) == 0 {
                     primary.sigkill();
                     "failover after SIGKILL of the primary"
@@ -1144,6 +1152,12 @@ impl Backend {
                     assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
                     "SENTINEL failover"
                 };
+                // The nodes follow the sentinels: they are only expected to once the sentinels
+                // have promoted the replica.
+                let (ports, port) = (sentinels.ports.clone(), replica.port);
+                actix_rt::task::spawn_blocking(move || Sentinels::wait_promoted(&ports, port))
+                    .await
+                    .expect("redis-cli");
                 let address = format!("127.0.0.1:{}", replica.port);
                 for hub in hubs {
                     wait_ordering_on(hub, &address).await;

@@ -15,9 +15,15 @@ use super::{TIMEOUT, free_port};
 /// The master name the sentinels of these tests watch.
 pub const MASTER: &str = "hub";
 
-/// A TCP relay to a port that can stop forwarding while keeping both connections open: put
-/// between a replica and its primary, it makes the replica miss every write made after
-/// [`Stallable::stall`] without either side seeing the link drop.
+/// A TCP relay in front of the primary that everyone reaches it through (the sentinels, the
+/// nodes, the replica), and that can stop forwarding the replica's replication stream while
+/// keeping its connection open: after [`Stallable::stall`] the replica misses every write
+/// without either side seeing the link drop, while everyone else still reaches the primary.
+///
+/// The replica has to name the primary by the address the sentinels watch: a replica of
+/// another address is one Sentinel re-points at the primary (`+fix-slave-config`, once
+/// `failover-timeout` has passed since it was found), which ends the stall behind the test's
+/// back and, during a failover, leaves no replica good enough to promote.
 pub struct Stallable {
     pub port: u16,
     stalled: Arc<AtomicBool>,
@@ -51,8 +57,14 @@ impl Stallable {
                     down.try_clone().expect("clone"),
                     up.try_clone().expect("clone"),
                 );
-                pumps.push(pump(down, up, s.clone(), c.clone()));
-                pumps.push(pump(up2, down2, s.clone(), c.clone()));
+                let replication = Arc::new(AtomicBool::new(false));
+                let link = Link {
+                    stalled: s.clone(),
+                    replication,
+                    closed: c.clone(),
+                };
+                pumps.push(pump(down, up, link.clone(), true));
+                pumps.push(pump(up2, down2, link, false));
             }
             for p in pumps {
                 let _ = p.join();
@@ -67,24 +79,37 @@ impl Stallable {
         }
     }
 
-    /// From now on nothing passes; bytes already read are held.
+    /// From now on nothing passes on replication connections; bytes already read are held.
     pub fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
     }
 }
 
-/// Copies `from` to `to` until either closes; holds what it read while stalled. Either side
-/// closing closes the other, as a real link going down would.
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
+/// One relayed connection's state, shared by its two directions.
+#[derive(Clone)]
+struct Link {
     stalled: Arc<AtomicBool>,
+    /// Set once the client sent `REPLCONF`: only a replica does.
+    replication: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
-) -> JoinHandle<()> {
+}
+
+impl Link {
+    fn held(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+            && self.replication.load(Ordering::SeqCst)
+            && !self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Copies `from` to `to` until either closes; on a replication connection, holds what it read
+/// while stalled. Either side closing closes the other, as a real link going down would.
+/// `upstream`: `from` is the client, whose commands tell a replica apart.
+fn pump(mut from: TcpStream, mut to: TcpStream, link: Link, upstream: bool) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
         let mut buf = vec![0u8; 64 * 1024];
-        while !closed.load(Ordering::SeqCst) {
+        while !link.closed.load(Ordering::SeqCst) {
             let n = match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
@@ -93,7 +118,10 @@ fn pump(
                 }
                 Err(_) => break,
             };
-            while stalled.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst) {
+            if upstream && buf[..n].windows(8).any(|w| w == b"REPLCONF") {
+                link.replication.store(true, Ordering::SeqCst);
+            }
+            while link.held() {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if to.write_all(&buf[..n]).is_err() {
@@ -192,6 +220,26 @@ impl Sentinels {
         named.iter().all(|n| *n == first).then_some(first).flatten()
     }
 
+    /// Waits until every sentinel names the replica on `port` as the primary: a failover that
+    /// Sentinel aborts (`-failover-abort-*` in its log) fails here, not in what follows.
+    pub fn wait_promoted(ports: &[u16], port: u16) {
+        let deadline = Instant::now() + 3 * TIMEOUT;
+        while Sentinels::primary_of(ports) != Some(port) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels never promoted the replica on {port}: they name {:?}",
+                ports
+                    .iter()
+                    .map(|&p| {
+                        let named = redis_cli(p, &["SENTINEL", "get-master-addr-by-name", MASTER]);
+                        named.split_whitespace().collect::<Vec<_>>().join(":")
+                    })
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until every sentinel knows `replicas` replicas and the two other sentinels: only
     /// then can they agree on a failover and pick the replica.
     pub fn wait_ready(&self, replicas: usize) {
@@ -215,6 +263,34 @@ impl Sentinels {
             assert!(Instant::now() < deadline, "the sentinels never got ready");
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// Waits until the replica on `replica` lacks part of what the primary on `primary` holds (the
+/// nodes beat every second, so a stalled replica soon does): the failover that follows then
+/// promotes a replica that missed writes.
+pub fn wait_lagging(primary: u16, replica: u16) {
+    let offset = |port: u16, field: &str| {
+        redis_cli(port, &["INFO", "replication"])
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(field)?.parse::<u64>().ok())
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (ahead, behind) = (
+            offset(primary, "master_repl_offset:"),
+            offset(replica, "slave_repl_offset:"),
+        );
+        if let (Some(ahead), Some(behind)) = (ahead, behind)
+            && ahead > behind
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica does not lag: primary at {ahead:?}, replica at {behind:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
