@@ -723,15 +723,7 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
         Failover::Kill => {
             old_primary.take().map(RedisServer::kill);
         }
-        Failover::Command => {
-            let port = sentinels.ports[0];
-            let said = actix_rt::task::spawn_blocking(move || {
-                redis_cli(port, &["SENTINEL", "failover", MASTER])
-            })
-            .await
-            .expect("redis-cli");
-            assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
-        }
+        Failover::Command => ask_for_failover(&sentinels).await,
     }
     let deadline = Instant::now() + 3 * TIMEOUT;
     let promoted = loop {
@@ -800,6 +792,16 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
         assert!(stats["cluster"]["epoch_changes"].as_u64().expect("n") >= 1);
     }
     drop(old_primary);
+}
+
+/// Asks a sentinel to fail the primary over to its replica now (the old primary keeps running).
+async fn ask_for_failover(sentinels: &Sentinels) {
+    let port = sentinels.ports[0];
+    let said =
+        actix_rt::task::spawn_blocking(move || redis_cli(port, &["SENTINEL", "failover", MASTER]))
+            .await
+            .expect("redis-cli");
+    assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
 }
 
 /// Waits until a node orders on the primary at `address` (its bridge is up there, healthy).
@@ -1143,13 +1145,7 @@ impl Backend {
                     primary.sigkill();
                     "failover after SIGKILL of the primary"
                 } else {
-                    let port = sentinels.ports[0];
-                    let said = actix_rt::task::spawn_blocking(move || {
-                        redis_cli(port, &["SENTINEL", "failover", MASTER])
-                    })
-                    .await
-                    .expect("redis-cli");
-                    assert_eq!(said.trim(), "OK", "SENTINEL failover: {said}");
+                    ask_for_failover(sentinels).await;
                     "SENTINEL failover"
                 };
                 // The nodes follow the sentinels: they are only expected to once the sentinels
