@@ -72,6 +72,10 @@ impl Room {
         if position <= self.durable_seq || self.order.status().is_none() {
             return false;
         }
+        if self.recovering {
+            // The order that starts after the reload catches up; it takes no input before.
+            return true;
+        }
         let Some(applied) = self.state.as_ref().map(|s| s.meta().seq) else {
             return false;
         };
