@@ -128,10 +128,6 @@ impl Dialect {
         self.spec.name()
     }
 
-    pub fn about(self) -> &'static str {
-        self.client.about()
-    }
-
     /// The path of the dialect's socket when `--url` names none.
     pub fn default_path(self) -> &'static str {
         self.spec.websocket.paths.first().copied().unwrap_or("/")
@@ -150,67 +146,6 @@ impl Dialect {
             .join("&")
     }
 
-    pub fn server_speaks_first(self) -> bool {
-        self.client.server_speaks_first()
-    }
-
-    pub fn shapes_writes(self) -> bool {
-        self.client.shapes_writes()
-    }
-
-    pub fn acks_in_order(self) -> bool {
-        self.client.acks_in_order()
-    }
-
-    pub fn batch_size(self) -> u64 {
-        self.client.batch_size()
-    }
-
-    pub fn write(
-        self,
-        room: &str,
-        client: &str,
-        site: &str,
-        n: u64,
-        val_us: u64,
-        shape: &Shape,
-    ) -> Message {
-        self.client.write(room, client, site, n, val_us, shape)
-    }
-
-    pub fn write_batch(
-        self,
-        room: &str,
-        client: &str,
-        site: &str,
-        batch: u64,
-        first: u64,
-        count: u64,
-    ) -> Message {
-        self.client
-            .write_batch(room, client, site, batch, first, count)
-    }
-
-    pub fn subscribe(self, room: &str) -> Option<Message> {
-        self.client.subscribe(room)
-    }
-
-    pub fn ping(self) -> Option<Message> {
-        self.client.ping()
-    }
-
-    pub fn catch_up(self, room: &str, page: u64, checkpoint: Option<&str>) -> Message {
-        self.client.catch_up(room, page, checkpoint)
-    }
-
-    pub fn catch_up_page<'m>(self, reply: &Decoded<'m>, target: u64) -> Page<'m> {
-        self.client.catch_up_page(reply, target)
-    }
-
-    pub fn latency_note(self) -> &'static str {
-        self.client.latency_note()
-    }
-
     /// Reads one message from the server; see [`Client::decode`].
     pub fn decode<'m>(
         self,
@@ -222,6 +157,15 @@ impl Dialect {
             Message::Binary(b) => self.client.decode(b, false, on_change),
             _ => Ok(Decoded::of(Kind::Other)),
         }
+    }
+}
+
+/// The bench's client side of the dialect: how it writes, subscribes and reads catch-ups.
+impl std::ops::Deref for Dialect {
+    type Target = dyn Client;
+
+    fn deref(&self) -> &(dyn Client + 'static) {
+        self.client
     }
 }
 
