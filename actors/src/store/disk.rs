@@ -24,11 +24,34 @@ pub struct SledKv {
 /// background thread a moment after the handle is dropped.
 const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
+/// sled's log segment size for a new data directory: 2 MiB, four times sled's default. sled
+/// cleans a segment once at most half of it is live, and frees it only when every page that was
+/// still live in it has been moved on; in the rooms flood (10 rooms, 1 000 writes/s of 4 KB, about
+/// 30 MB live) the data directory held 218 MB at 512 KiB segments, 199 MB at 1 MiB and 177 MB at
+/// 2 MiB, over the same three minutes. What it costs: one IO buffer of this size per segment
+/// written, and a database that never holds less than a few segments.
+const SEGMENT_SIZE: usize = 2 << 20;
+
 fn open(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
     Ok(sled::Config::new()
         .path(path)
         .cache_capacity(cache_bytes)
+        .segment_size(segment_size_of(path))
         .open()?)
+}
+
+/// The segment size a data directory was made with, which sled refuses to change: directories
+/// of earlier versions keep sled's default (512 KiB). sled records it in its `conf` file as a
+/// `segment_size: N` line (followed by a binary checksum); a directory without one is new.
+fn segment_size_of(path: &Path) -> usize {
+    std::fs::read(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            String::from_utf8_lossy(&conf)
+                .lines()
+                .find_map(|line| line.strip_prefix("segment_size:")?.trim().parse().ok())
+        })
+        .unwrap_or(SEGMENT_SIZE)
 }
 
 impl SledKv {
@@ -173,7 +196,7 @@ impl Kv for SledKv {
     }
 }
 
-/// Free bytes a reopen wants on the disk: sled writes a new log segment (512 KiB) and its
+/// Free bytes a reopen wants on the disk: sled writes a new log segment (up to 2 MiB) and its
 /// configuration when it opens, and the probe that follows writes again.
 const MIN_FREE_TO_REOPEN: u64 = 8 << 20;
 
@@ -214,4 +237,32 @@ fn open_when_free(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageErro
 /// says so only in its message).
 fn is_lock_held(e: &StorageError) -> bool {
     matches!(e, StorageError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::kv::KvBatch;
+
+    #[test]
+    fn a_new_directory_gets_the_larger_segments_and_an_older_one_keeps_its_own() {
+        let fresh = tempfile::tempdir().expect("tempdir");
+        drop(SledKv::open(fresh.path(), 1 << 20).expect("open a new directory"));
+        assert_eq!(segment_size_of(fresh.path()), SEGMENT_SIZE);
+
+        // A directory an earlier version made, with sled's default segment size.
+        let older = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::Config::new().path(older.path()).open().expect("sled");
+            db.insert(b"k", b"v".as_slice()).expect("insert");
+            db.flush().expect("flush");
+        }
+        assert_eq!(segment_size_of(older.path()), 512 << 10);
+        let kv = SledKv::open(older.path(), 1 << 20).expect("an older directory opens");
+        assert_eq!(kv.get(b"k").expect("get"), Some(b"v".to_vec()));
+        let mut b = KvBatch::default();
+        b.insert(b"k2".to_vec(), b"w".to_vec());
+        kv.apply(b).expect("writes");
+        kv.flush().expect("flush");
+    }
 }

@@ -59,7 +59,8 @@ const FORMAT: &str = "2";
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// How large a log segment grows before the next entry starts another. sled stores a value
-/// over a quarter of its 512 KiB log segment as a file of its own in `blobs/`, and reclaims
+/// over a quarter of its own log segment (512 KiB in directories of earlier versions, 2 MiB
+/// now: see `disk.rs`) as a file of its own in `blobs/`, and reclaims
 /// such a file only when the log segment that points to it is cleaned, which under a steady
 /// rewrite load lags behind for ever: a commit of hundreds of changes written as one value was
 /// what made the data directory grow without bound. Values this small stay in sled's log, where
