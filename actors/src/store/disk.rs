@@ -27,8 +27,10 @@ const LOCK_RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// sled's log segment size for a new data directory: 2 MiB, four times sled's default. sled
 /// cleans a segment once at most half of it is live, and frees it only when every page that was
 /// still live in it has been moved on; in the rooms flood (10 rooms, 1 000 writes/s of 4 KB, about
-/// 30 MB live) the data directory held 218 MB at 512 KiB segments, 199 MB at 1 MiB and 177 MB at
-/// 2 MiB, over the same three minutes. What it costs: one IO buffer of this size per segment
+/// 30 MB live) the data directory held at most 218 MB at 512 KiB segments, 199 MB at 1 MiB and
+/// 177 MB at 2 MiB over three minutes (271 MB and 388 MB at 128 and 256 KiB; 4 and 8 MiB
+/// gained little more and wrote two to four times as much), and 246 MB against 215 MB at 512 KiB
+/// and 2 MiB over 13 minutes side by side. What it costs: one IO buffer of this size per segment
 /// written, and a database that never holds less than a few segments.
 const SEGMENT_SIZE: usize = 2 << 20;
 
