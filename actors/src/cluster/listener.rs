@@ -149,8 +149,14 @@ fn parse_cluster_nodes(text: &str) -> Vec<String> {
                 .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"));
             let address = address.split(['@', ',']).next()?;
             let (host, port) = address.rsplit_once(':')?;
-            (!unusable && !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
-                .then(|| address.to_owned())
+            let usable = !unusable && !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0);
+            // An IPv6 address is listed bare; a URL wants it in brackets.
+            let host = if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]")
+            } else {
+                host.to_owned()
+            };
+            usable.then(|| format!("{host}:{port}"))
         })
         .collect()
 }
@@ -167,10 +173,16 @@ mod tests {
 292f 127.0.0.1:30003@31003 master,fail - 1426238318243 1426238316232 3 disconnected
 e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
 a1b2 :0@0 master,noaddr - 0 0 0 disconnected
+c3d4 ::1:30005@31005 slave 67ed 0 1426238316232 2 connected
 ";
         assert_eq!(
             parse_cluster_nodes(text),
-            ["127.0.0.1:30004", "127.0.0.1:30002", "127.0.0.1:30001"]
+            [
+                "127.0.0.1:30004",
+                "127.0.0.1:30002",
+                "127.0.0.1:30001",
+                "[::1]:30005"
+            ]
         );
     }
 }
