@@ -2,7 +2,6 @@
 //! (three primaries and a replica of each), joined by `redis-cli --cluster create`, killed when
 //! dropped; and what the tests ask the cluster about its topology (blocking: `redis-cli`).
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -275,16 +274,6 @@ impl RedisCluster {
                 })
             })
             .collect()
-    }
-
-    /// How many of `keys` each primary serving slots now holds, by its port.
-    pub fn spread(&self, keys: &[String]) -> BTreeMap<u16, usize> {
-        let mut spread: BTreeMap<u16, usize> =
-            self.primaries().into_iter().map(|p| (p, 0)).collect();
-        for key in keys {
-            *spread.entry(self.primary_of_key(key)).or_default() += 1;
-        }
-        spread
     }
 }
 
