@@ -288,7 +288,7 @@ impl Cluster {
         }
         self.renewed = Some(Instant::now());
         match self.handle.renew_client() {
-            Ok(()) => log::info!("cluster: the Redis Cluster client was renewed"),
+            Ok(()) => log::debug!("cluster: the Redis Cluster client was renewed"),
             Err(e) => log::warn!("cluster: renewing the Redis Cluster client: {e}"),
         }
     }
