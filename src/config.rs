@@ -545,8 +545,18 @@ impl Config {
             );
         }
         if let Some(url) = &self.cluster.redis_url {
-            if let Err(e) = RedisTarget::parse(url) {
-                errors.push(format!("cluster.redis_url: {e}"));
+            match RedisTarget::parse(url) {
+                Err(e) => errors.push(format!("cluster.redis_url: {e}")),
+                // The keys' hash tags are made of the prefix: a brace in it would end the tag
+                // early and put every room in one slot, or split a room's keys over two.
+                Ok(target) if target.bucketed() && self.cluster.key_prefix.contains(['{', '}']) => {
+                    errors.push(
+                        "cluster.key_prefix must not hold { or } on a Redis Cluster \
+                         (redis+cluster://): the keys' hash tags are made of it"
+                            .into(),
+                    );
+                }
+                Ok(_) => {}
             }
             let bind_unspecified = self
                 .server
@@ -921,16 +931,39 @@ mod tests {
         };
         assert!(with("redis://127.0.0.1:6379").is_ok());
         assert!(with("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main").is_ok());
+        assert!(with("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").is_ok());
         for bad in [
             "rediss://h:1",
             "redis+sentinel://h:1",
             "redis+sentinel://h/main",
+            "redis+cluster://h",
+            "redis+cluster://h:7000/1",
+            "redis+cluster://u:p@h:7000",
         ] {
             let Err(ConfigError::Invalid(errors)) = with(bad) else {
                 panic!("{bad} passes");
             };
             assert!(errors[0].contains("cluster.redis_url"), "{errors:?}");
         }
+    }
+
+    #[test]
+    fn a_redis_cluster_key_prefix_holds_no_braces() {
+        let with = |url: &str| {
+            let file = format!(
+                "[auth]\nrequired = false\n[cluster]\nredis_url = \"{url}\"\n\
+                 key_prefix = \"a{{b}}\"\n"
+            );
+            Config::from_toml(&file, env(&[]))
+                .expect("parses")
+                .validate()
+        };
+        let Err(ConfigError::Invalid(errors)) = with("redis+cluster://h:7000") else {
+            panic!("a prefix with braces passes on a Redis Cluster");
+        };
+        assert!(errors[0].contains("cluster.key_prefix"), "{errors:?}");
+        // One Redis has no slots: its keys were always named so.
+        assert!(with("redis://h:6379").is_ok());
     }
 
     #[test]

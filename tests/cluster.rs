@@ -1,7 +1,8 @@
 //! Several hub processes sharing one real `redis-server`, all started by the tests on free
 //! ports: live changes across nodes in every dialect, one order, convergence, moving between
 //! nodes with a checkpoint, a node killed and restarted, a node that starts late, Redis
-//! restarted empty, and a seeded random mix of all of it.
+//! restarted empty, and a seeded random mix of all of it; the same behind Sentinel and on a
+//! Redis Cluster, through failovers.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::cluster::{RedisServer, converged, node_env, start_node, wait_healthy};
+use common::redis_cluster::{RedisCluster, serving};
 use common::sentinel::{MASTER, Sentinels, Stallable, redis_cli, wait_lagging};
 use common::{ChildHub, Lcg, TIMEOUT, Ws, synckit};
 use serde_json::{Value, json};
@@ -217,13 +219,17 @@ async fn everything(hub: &ChildHub, channel: &str) -> BTreeMap<String, u64> {
 }
 
 async fn nodes(redis: &RedisServer, n: usize) -> (Vec<tempfile::TempDir>, Vec<ChildHub>) {
-    let env = node_env(&redis.url());
+    nodes_on(&node_env(&redis.url()), n).await
+}
+
+/// `n` nodes on `env`, each on a data directory of its own.
+async fn nodes_on(env: &[(String, String)], n: usize) -> (Vec<tempfile::TempDir>, Vec<ChildHub>) {
     let dirs: Vec<tempfile::TempDir> = (0..n)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
     let mut hubs = Vec::new();
     for d in &dirs {
-        hubs.push(start_node(d.path(), &env).await);
+        hubs.push(start_node(d.path(), env).await);
     }
     (dirs, hubs)
 }
@@ -342,7 +348,11 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
 async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
     let redis = RedisServer::start();
     let (_dirs, hubs) = nodes(&redis, 2).await;
-    let (a, b) = (&hubs[0], &hubs[1]);
+    pocket_and_synckit_across(&hubs[0], &hubs[1]).await;
+}
+
+/// A Pocket client and a SyncKit client on each of `a` and `b` see each other's changes.
+async fn pocket_and_synckit_across(a: &ChildHub, b: &ChildHub) {
     // Pocket: pushing and pulling subscribe; each side sees the other's push with its number.
     let mut pa = Ws::connect(&a.ws_url("/sync?room=shared")).await;
     let mut pb = Ws::connect(&b.ws_url("/sync?room=shared")).await;
@@ -407,7 +417,11 @@ async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
 async fn a_client_moving_to_another_node_resumes_from_its_checkpoint() {
     let redis = RedisServer::start();
     let (_dirs, hubs) = nodes(&redis, 2).await;
-    let (a, b) = (&hubs[0], &hubs[1]);
+    moving_clients_resume(&hubs[0], &hubs[1]).await;
+}
+
+/// A Pocket and a relay client that read part of a room on `a` read the rest from `b`.
+async fn moving_clients_resume(a: &ChildHub, b: &ChildHub) {
     // Pocket: 30 documents written on A; half read there, the rest from B.
     let mut pa = Ws::connect(&a.ws_url("/sync?room=move")).await;
     for i in 0..30 {
@@ -521,8 +535,23 @@ async fn two_nodes(
 #[actix_rt::test]
 async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     let redis = RedisServer::start();
-    let env = node_env(&redis.url());
-    let (da, _db, mut a, b) = two_nodes(&env).await;
+    node_killed_during_writes(&node_env(&redis.url()), Publish::BeforeTheAnswer).await;
+}
+
+/// When a node that has a room hears of a batch another node ordered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    /// One Redis hands what the script publishes to its subscribers before the script's answer
+    /// goes out: before the ordering node can have made the batch durable.
+    BeforeTheAnswer,
+    /// A Redis Cluster relays it over its bus to the node the subscriber listens on, which may
+    /// take longer than the ordering node takes to make it durable.
+    OverTheBus,
+}
+
+/// Two nodes on `env`; one is SIGKILLed while both take writes, and started again.
+async fn node_killed_during_writes(env: &[(String, String)], publish: Publish) {
+    let (da, _db, mut a, b) = two_nodes(env).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let on_a = actix_rt::spawn(writer(
         Relay::connect(&a, "crash").await,
@@ -540,7 +569,7 @@ async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     let (acked_a, _, lost) = on_a.await.expect("writer a");
     assert!(lost, "the writer on the killed node lost its connection");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let a = start_node(da.path(), &env).await;
+    let a = start_node(da.path(), env).await;
     // A catches up by itself: with no client asking, it loads the room it holds that is behind.
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
@@ -564,11 +593,19 @@ async fn a_node_killed_during_writes_keeps_what_it_acked_and_catches_up() {
     // A's client comes back: A catches up before it answers, then takes writes again. What it
     // has covers what was durable on B (B's `seq` may count a commit still in flight there).
     let (_, on_b_then) = common::get(&b.http_url("/stats/rooms/relay/crash")).await;
+    let durable_on_b = on_b_then["durable_seq"].as_u64().expect("durable seq");
     let back = Relay::connect(&a, "crash").await;
-    assert!(
-        back.version >= on_b_then["durable_seq"].as_u64().expect("durable seq"),
-        "{on_b_then}"
-    );
+    if publish == Publish::BeforeTheAnswer {
+        assert!(back.version >= durable_on_b, "{on_b_then}");
+    } else {
+        let deadline = Instant::now() + TIMEOUT;
+        while common::get(&a.http_url("/stats/rooms/relay/crash")).await.1["seq"].as_u64()
+            < Some(durable_on_b)
+        {
+            assert!(Instant::now() < deadline, "A stays behind {on_b_then}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let on_a = actix_rt::spawn(writer(back, "a2".into(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = stop_tx.send(true);
@@ -1082,6 +1119,15 @@ enum Backend {
         stalled: bool,
         failed_over: bool,
     },
+    /// Three primaries and their replicas; the fault comes in two steps: the primary of a room
+    /// of the run is reached through a link that stalls (its replica misses what is acked from
+    /// then on), later it is SIGKILLed and the cluster promotes its replica.
+    RedisCluster {
+        cluster: RedisCluster,
+        /// The primary the fault takes down, and the link in front of it, once stalled.
+        victim: Option<(u16, Stallable)>,
+        failed_over: bool,
+    },
 }
 
 impl Backend {
@@ -1105,6 +1151,7 @@ impl Backend {
         match self {
             Backend::Single(redis, _) => redis.as_ref().expect("redis").url(),
             Backend::Sentinel { sentinels, .. } => sentinels.url(),
+            Backend::RedisCluster { cluster, .. } => cluster.url_from(cluster.primaries()[0]),
         }
     }
 
@@ -1160,7 +1207,73 @@ impl Backend {
                 }
                 Some(how)
             }
+            Backend::RedisCluster {
+                cluster, victim, ..
+            } if victim.is_none() => {
+                // The primary of one of the run's rooms, if any was numbered yet.
+                let primaries = cluster.primaries();
+                let port = primaries
+                    .iter()
+                    .copied()
+                    .find(|&p| !cluster.keys_on(p, "*:room:*/chaos:seq").is_empty())
+                    .unwrap_or(primaries[0]);
+                let link = Stallable::to(port);
+                cluster.announce(port, link.port);
+                link.stall();
+                *victim = Some((port, link));
+                Some("replica cut off")
+            }
+            Backend::RedisCluster {
+                cluster,
+                victim: Some((port, _)),
+                failed_over,
+            } => {
+                if *failed_over {
+                    return None;
+                }
+                *failed_over = true;
+                let (primary, replica) = (*port, cluster.replica_of(*port));
+                // A write the replica misses, whatever the run wrote since the stall.
+                let probe = (0..)
+                    .map(|i| format!("probe-{i}"))
+                    .find(|key| cluster.primary_of_key(key) == primary)
+                    .expect("a key on the primary");
+                redis_cli(primary, &["SET", &probe, "1"]);
+                actix_rt::task::spawn_blocking(move || wait_lagging(primary, replica))
+                    .await
+                    .expect("redis-cli");
+                let (_, stats) = common::get(&hubs[0].http_url("/stats")).await;
+                let before = stats["cluster"]["epoch"].clone();
+                cluster.sigkill(primary);
+                let deadline = Instant::now() + 3 * TIMEOUT;
+                while !actix_rt::task::spawn_blocking(move || serving(replica))
+                    .await
+                    .expect("redis-cli")
+                {
+                    assert!(Instant::now() < deadline, "the replica was never promoted");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for hub in hubs {
+                    wait_ordering_after(hub, &before).await;
+                }
+                Some("primary SIGKILLed, its replica promoted")
+            }
+            Backend::RedisCluster { .. } => None,
         }
+    }
+}
+
+/// Waits until a node orders under another epoch than `before`, its bridge up and healthy.
+async fn wait_ordering_after(hub: &ChildHub, before: &Value) {
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    loop {
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        let c = &stats["cluster"];
+        if &c["epoch"] != before && c["redis"] == "up" && c["healthy"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ordered again: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -1177,6 +1290,16 @@ async fn a_seeded_random_run_delivers_everything_once_in_order_and_converges() {
 #[actix_rt::test]
 async fn a_seeded_random_run_behind_sentinel_survives_a_failover_to_a_lagging_replica() {
     seeded_run(Backend::sentinel()).await;
+}
+
+#[actix_rt::test]
+async fn a_seeded_random_run_on_a_redis_cluster_survives_a_primary_failover() {
+    seeded_run(Backend::RedisCluster {
+        cluster: RedisCluster::start(),
+        victim: None,
+        failed_over: false,
+    })
+    .await;
 }
 
 /// Three nodes, two clients per dialect; 150 random steps of writes, clients moving between
@@ -1252,17 +1375,33 @@ async fn seeded_run(mut backend: Backend) {
         }
     }
     let live: Vec<&ChildHub> = hubs.iter().collect();
-    for room in ROOMS {
-        converged(&live, room, 1).await;
-    }
-    let mut held = Vec::new();
-    for dialect in 0..3 {
-        let on_first = contents(&hubs[0], dialect).await;
-        for hub in &hubs[1..] {
-            assert_eq!(contents(hub, dialect).await, on_first, "seed {seed}");
+    // A batch whose node gave up waiting for it (a timeout while Redis failed over) may still be
+    // numbered moments later by the client's retries, and then reaches every node: what the
+    // nodes hold is compared once they agree, not at one instant.
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    let held = loop {
+        for room in ROOMS {
+            converged(&live, room, 1).await;
         }
-        held.push(on_first);
-    }
+        let mut held = Vec::new();
+        let mut agree = true;
+        for dialect in 0..3 {
+            let on_first = contents(&hubs[0], dialect).await;
+            for hub in &hubs[1..] {
+                let there = contents(hub, dialect).await;
+                assert!(
+                    there == on_first || Instant::now() < deadline,
+                    "seed {seed}: {there:?} and {on_first:?}"
+                );
+                agree &= there == on_first;
+            }
+            held.push(on_first);
+        }
+        if agree {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     for (key, (dialect, _)) in &acked {
         assert!(
             held[*dialect].contains_key(key),
@@ -1293,5 +1432,276 @@ async fn seeded_run(mut backend: Backend) {
                 );
             }
         }
+    }
+}
+
+/// The relay rooms whose counters a Redis Cluster node holds, by the name of their channel.
+fn relay_rooms_on(cluster: &RedisCluster, port: u16, prefix: &str) -> Vec<(String, String)> {
+    cluster
+        .keys_on(port, &format!("*:room:relay/{prefix}*:seq"))
+        .into_iter()
+        .filter_map(|key| {
+            let channel = key.split_once(":room:relay/")?.1.strip_suffix(":seq")?;
+            Some((channel.to_owned(), key))
+        })
+        .collect()
+}
+
+/// The hash tag of a key: what Redis Cluster hashes to find its slot.
+fn hash_tag(key: &str) -> &str {
+    key.split_once('{')
+        .and_then(|(_, rest)| rest.split_once('}'))
+        .map_or(key, |(tag, _)| tag)
+}
+
+#[actix_rt::test]
+async fn on_a_redis_cluster_three_nodes_share_rooms_spread_over_every_primary() {
+    let cluster = RedisCluster::start();
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    let env = node_env(&cluster.url_from(primaries[0]));
+    let (_dirs, hubs) = nodes_on(&env, 3).await;
+    // Relay: a dozen rooms, a client of each on every node; each writes twice in turn.
+    let channels: Vec<String> = (0..12).map(|i| format!("spread-{i}")).collect();
+    for channel in &channels {
+        let mut clients = Vec::new();
+        for (n, hub) in hubs.iter().enumerate() {
+            let mut c = Relay::connect(hub, channel).await;
+            c.got.mine = format!("n{n}-");
+            clients.push(c);
+        }
+        let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+        for i in 0..2 {
+            for (n, c) in clients.iter_mut().enumerate() {
+                let pk = format!("n{n}-{i}");
+                acked.insert(
+                    pk.clone(),
+                    c.update(vec![cell(&pk, i)]).await.expect("acked"),
+                );
+            }
+        }
+        for (n, c) in clients.iter_mut().enumerate() {
+            c.drain(200).await;
+            assert_eq!((c.got.duplicates, c.got.out_of_order), (0, 0), "{channel}");
+            let others: BTreeMap<String, u64> = acked
+                .iter()
+                .filter(|(pk, _)| !pk.starts_with(&format!("n{n}-")))
+                .map(|(pk, v)| (pk.clone(), *v))
+                .collect();
+            assert_eq!(c.got.seen, others, "{channel}: client on node {n}");
+        }
+        let numbers: BTreeSet<u64> = acked.values().copied().collect();
+        assert_eq!(numbers, (1..=6).collect(), "{channel}");
+        let refs: Vec<&ChildHub> = hubs.iter().collect();
+        converged(&refs, &format!("relay/{channel}"), 6).await;
+    }
+    // Each room's counter lives on the primary its tag's slot belongs to, and every primary
+    // holds some of them.
+    let mut found = BTreeSet::new();
+    for &primary in &primaries {
+        let rooms = relay_rooms_on(&cluster, primary, "spread-");
+        assert!(!rooms.is_empty(), "no room on the primary {primary}");
+        for (channel, key) in rooms {
+            assert_eq!(cluster.primary_of_key(hash_tag(&key)), primary, "{key}");
+            assert!(found.insert(channel.clone()), "{channel} on two primaries");
+        }
+    }
+    assert_eq!(found, channels.iter().cloned().collect());
+    // Pocket and SyncKit across two of the nodes.
+    pocket_and_synckit_across(&hubs[1], &hubs[2]).await;
+    // What /stats shows on a Redis Cluster: no one primary, the node pub/sub comes from.
+    let deadline = Instant::now() + TIMEOUT;
+    let stats = loop {
+        let (_, stats) = common::get(&hubs[0].http_url("/stats")).await;
+        if stats["cluster"]["peers"].as_array().map_or(0, Vec::len) == 2 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let c = &stats["cluster"];
+    assert_eq!(
+        (&c["redis"], &c["healthy"], &c["primary"]),
+        (&json!("up"), &json!(true), &Value::Null),
+        "{c}"
+    );
+    assert_eq!(
+        c["pubsub_node"],
+        format!("127.0.0.1:{}", primaries[0]),
+        "{c}"
+    );
+    let room = c["rooms"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["room"] == "relay/spread-0"))
+        .expect("the room");
+    assert_eq!((&room["redis_seq"], &room["lag"]), (&json!(6), &json!(0)));
+}
+
+#[actix_rt::test]
+async fn on_a_redis_cluster_clients_move_between_nodes_and_a_killed_node_catches_up() {
+    let cluster = RedisCluster::start();
+    let primaries = cluster.primaries();
+    let env = node_env(&cluster.url_from(primaries[1]));
+    let (_dirs, hubs) = nodes_on(&env, 2).await;
+    moving_clients_resume(&hubs[0], &hubs[1]).await;
+    drop(hubs);
+    node_killed_during_writes(&env, Publish::OverTheBus).await;
+}
+
+/// Writes a change into `probe-<i>` rooms on `hub` until one has its counter on each of the
+/// primaries on `on`; returns those rooms' channels, in that order, and what was acked.
+async fn rooms_on(
+    cluster: &RedisCluster,
+    hub: &ChildHub,
+    on: &[u16],
+) -> (Vec<String>, BTreeMap<String, BTreeMap<String, u64>>) {
+    let mut acked = BTreeMap::new();
+    for i in 0..64 {
+        let channel = format!("probe-{i}");
+        let mut c = Relay::connect(hub, &channel).await;
+        let v = c.update(vec![cell("probe", 0)]).await.expect("acked");
+        acked.insert(channel, BTreeMap::from([("probe".to_owned(), v)]));
+        let found: Vec<Option<String>> = on
+            .iter()
+            .map(|&p| {
+                relay_rooms_on(cluster, p, "probe-")
+                    .first()
+                    .map(|r| r.0.clone())
+            })
+            .collect();
+        if found.iter().all(Option::is_some) {
+            return (found.into_iter().flatten().collect(), acked);
+        }
+    }
+    panic!("no probe room on each of {on:?}");
+}
+
+/// Two nodes on a Redis Cluster, writers on both into a room served by one primary and a room
+/// served by another; the first primary's replica is cut off from it (so it lacks the last
+/// acked writes), then the primary is SIGKILLed and the cluster promotes the replica. Both
+/// nodes hear pub/sub from that primary, and move. Nothing acked may be lost, no number given
+/// twice, both nodes converge; prints how long writes paused.
+#[actix_rt::test]
+async fn a_redis_cluster_primary_killed_mid_writes_fails_over_and_gives_no_number_twice() {
+    let mut cluster = RedisCluster::start();
+    let primaries = cluster.primaries();
+    let (victim, other) = (primaries[0], primaries[1]);
+    let replica = cluster.replica_of(victim);
+    let link = Stallable::to(victim);
+    cluster.announce(victim, link.port);
+    let env = node_env(&cluster.url_from(victim));
+    let (_da, _db, a, b) = two_nodes(&env).await;
+    let (rooms, probes) = rooms_on(&cluster, &a, &[victim, other]).await;
+    let mut acked: BTreeMap<String, BTreeMap<String, u64>> = probes
+        .into_iter()
+        .filter(|(room, _)| rooms.contains(room))
+        .collect();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for (i, hub) in [&a, &b, &a, &b, &a, &b].into_iter().enumerate() {
+        // Four writers on the failing primary's room, two on the other's.
+        let room = if i < 4 { &rooms[0] } else { &rooms[1] };
+        let c = Relay::connect(hub, room).await;
+        let w = actix_rt::spawn(timed_writer(c, format!("w{i}"), stop.clone()));
+        writers.push((room.clone(), w));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    link.stall();
+    let stalled = Instant::now();
+    // What is acked from now on is on the primary only.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    actix_rt::task::spawn_blocking(move || wait_lagging(victim, replica))
+        .await
+        .expect("redis-cli");
+    let failed = Instant::now();
+    cluster.sigkill(victim);
+    let deadline = Instant::now() + 3 * TIMEOUT;
+    let promoted = loop {
+        let serving = actix_rt::task::spawn_blocking(move || serving(replica))
+            .await
+            .expect("redis-cli");
+        if serving {
+            break Instant::now();
+        }
+        assert!(Instant::now() < deadline, "the replica was never promoted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for hub in [&a, &b] {
+        wait_restored(hub).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = stop_tx.send(true);
+    // The acks in the failing primary's room, when they came.
+    let mut times = Vec::new();
+    let mut in_stall = 0;
+    for (room, w) in writers {
+        let (got, _, lost) = w.await.expect("writer");
+        assert!(!lost, "sessions stay connected through a failover");
+        for (pk, (v, at)) in got {
+            if room == rooms[0] {
+                in_stall += usize::from(at > stalled && at < failed);
+                times.push(at);
+            }
+            acked.entry(room.clone()).or_default().insert(pk, v);
+        }
+    }
+    assert!(
+        in_stall > 0,
+        "writes acked while the replica lagged (what the failover loses from Redis)"
+    );
+    times.sort();
+    let first_after = times
+        .iter()
+        .find(|at| **at > promoted)
+        .expect("writes acked after the failover");
+    let longest_pause = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let gap = first_after.saturating_duration_since(promoted);
+    eprintln!(
+        "redis cluster failover: the replica served {:?} after the primary's SIGKILL; first \
+         ack in its room {gap:?} after that; longest stretch without an ack there \
+         {longest_pause:?}",
+        promoted - failed,
+    );
+    assert!(gap < Duration::from_secs(3), "writes resumed {gap:?} after");
+    for (room, acked) in &acked {
+        let numbers: BTreeSet<u64> = acked.values().copied().collect();
+        assert_eq!(
+            numbers.len(),
+            acked.len(),
+            "{room}: a number was given twice"
+        );
+        let last = numbers.last().copied().unwrap_or(0);
+        converged(&[&a, &b], &format!("relay/{room}"), last).await;
+        for hub in [&a, &b] {
+            let all = everything(hub, room).await;
+            for (pk, v) in acked {
+                assert_eq!(all.get(pk), Some(v), "{room}: acked {pk} lost");
+            }
+        }
+    }
+    for hub in [&a, &b] {
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        let c = &stats["cluster"];
+        assert!(c["epoch_changes"].as_u64().expect("n") >= 1, "{c}");
+        assert_ne!(c["pubsub_node"], format!("127.0.0.1:{victim}"), "{c}");
+    }
+    drop(link);
+}
+
+/// Waits until a node orders again after an epoch change: its bridge is up and healthy.
+async fn wait_restored(hub: &ChildHub) {
+    let deadline = Instant::now() + 2 * TIMEOUT;
+    loop {
+        let (_, stats) = common::get(&hub.http_url("/stats")).await;
+        let c = &stats["cluster"];
+        if c["redis"] == "up" && c["healthy"] == true && c["epoch_changes"].as_u64() >= Some(1) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ordered again: {c}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

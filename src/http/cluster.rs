@@ -82,6 +82,7 @@ pub(super) async fn stats(hub: &Hub, statuses: Vec<RoomStatus>) -> Value {
         "node_id": hub.node_id(),
         "redis": bridge.as_ref().map_or("unknown", |b| b.redis),
         "primary": cluster.handle.primary_address(),
+        "pubsub_node": cluster.handle.listening_to(),
         "epoch": cluster.handle.epoch(),
         "healthy": cluster.handle.healthy(),
         "last_echo_ms_ago": bridge.and_then(|b| b.last_echo_ms_ago),

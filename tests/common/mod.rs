@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod pocket;
 pub mod raw_ws;
+pub mod redis_cluster;
 pub mod sentinel;
 pub mod synckit;
 pub mod tls;

@@ -1,23 +1,26 @@
 //! The Cluster actor: one per node. It owns the node's Redis connection (commands and pub/sub
-//! pushes share one reconnecting RESP3 connection), hands each followed room the batches
-//! published on its channel, beats a heartbeat that tells the other nodes about this one and
-//! this one whether pub/sub still delivers, and watches the epoch: when Redis comes back
-//! without its data, the nodes raise every counter past the numbers they hold, wait for each
-//! other, and only then order again. Behind Sentinel, every beat asks the sentinels where the
-//! primary is now (a failed one is tried again sooner), and a primary other than the one the
-//! epoch was made on counts as a Redis that lost its data (it may be a replica that missed the
-//! last writes).
+//! pushes share one reconnecting RESP3 connection; on a Redis Cluster pub/sub comes from one
+//! node of it), hands each followed room the batches published on its channel, beats a
+//! heartbeat that tells the other nodes about this one and this one whether pub/sub still
+//! delivers, and watches the epoch: when Redis comes back without its data, the nodes raise
+//! every counter past the numbers they hold, wait for each other, and only then order again
+//! ([`super::restore`]). Behind Sentinel, every beat asks the sentinels where the primary is
+//! now (a failed one is tried again sooner), and a primary other than the one the epoch was
+//! made on counts as a Redis that lost its data (it may be a replica that missed the last
+//! writes). On a Redis Cluster the same holds for each bucket of rooms and the primary serving
+//! it, and every beat makes sure the node pub/sub comes from still answers.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use futures_util::future::join_all;
 use redis::{PushInfo, PushKind};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::beat::{self, Answer, Beat};
+use super::restore::{Restore, restore};
 use super::wire::{OrderedBatch, parse_message};
-use super::{ClusterError, ClusterHandle, Peer, fresh_id, scripts};
+use super::{ClusterError, ClusterHandle, Peer, fresh_id};
 use crate::clock::now_ms;
 use crate::mailbox::{CountedRecipient, Queued};
 use crate::metrics::ActorMetrics;
@@ -26,20 +29,14 @@ use crate::store::Store;
 
 /// How often a node beats.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Behind Sentinel, how soon a failed beat is tried again, looking the primary up first: a
-/// failover's new primary is found this fast once the sentinels name it.
+/// Behind Sentinel and on a Redis Cluster, how soon a failed beat is tried again, looking the
+/// primary (or a node to hear pub/sub from) up first: a failover's new primary is found this
+/// fast once the sentinels name it, or the cluster promoted it.
 const FAILOVER_RETRY: Duration = Duration::from_millis(250);
-/// A node not heard for this long is gone.
-const PEER_ALIVE_MS: i64 = 5_000;
 /// Pub/sub counts as stuck when a node has not heard its own heartbeat for this long.
 const ECHO_STALE: Duration = Duration::from_secs(3);
-/// After Redis lost its data, how long a node waits for the others to restore their counters.
-const RESTORE_WAIT: Duration = Duration::from_secs(10);
-/// How long after a restore starts every live node has written a heartbeat again (they were
-/// lost with Redis): only then does the list of nodes to wait for mean anything.
-const RESTORE_SETTLE: Duration = Duration::from_millis(1_500);
-/// Counters restored per Redis call.
-const RESTORE_CHUNK: usize = 200;
+/// On a Redis Cluster, how long a cluster client renewed after a failed beat is given at least.
+const RENEW_CLIENT: Duration = Duration::from_millis(250);
 /// Room counters read per call of the position check.
 const POSITION_CHUNK: usize = 1_000;
 /// The node value that remembers the epoch this node last ordered under.
@@ -101,15 +98,6 @@ pub struct BridgeStatus {
 #[rtype(result = "BridgeStatus")]
 pub struct GetBridgeStatus;
 
-/// What a node writes into the nodes hash every beat.
-#[derive(Debug, Serialize, Deserialize)]
-struct Beat {
-    url: String,
-    at: i64,
-    /// Tells two processes that claim the same node id apart.
-    nonce: String,
-}
-
 struct Followed {
     batches: CountedRecipient<Replicated>,
     resync: CountedRecipient<Resync>,
@@ -139,6 +127,10 @@ pub struct Cluster {
     last_echo: Option<Instant>,
     nonce: String,
     started: Instant,
+    /// When the cluster client was last renewed after a failed beat.
+    renewed: Option<Instant>,
+    /// When this node last moved to another primary or pub/sub node.
+    switched: Option<Instant>,
 }
 
 impl Cluster {
@@ -160,22 +152,29 @@ impl Cluster {
             checking: false,
             last_echo: None,
             started: Instant::now(),
+            renewed: None,
+            switched: None,
+        }
+    }
+
+    /// Whether this node's own heartbeat came back over pub/sub lately; the first one is given
+    /// a moment.
+    fn echo_fresh(&self) -> bool {
+        match self.last_echo {
+            Some(at) => at.elapsed() < ECHO_STALE,
+            None => self.started.elapsed() < ECHO_STALE,
         }
     }
 
     fn update_health(&self) {
-        // Give the first echo a moment before calling pub/sub stuck.
-        let echo_fresh = match self.last_echo {
-            Some(at) => at.elapsed() < ECHO_STALE,
-            None => self.started.elapsed() < ECHO_STALE,
-        };
-        self.handle
-            .set_healthy(self.link == Link::Up && echo_fresh && self.handle.epoch().is_some());
+        self.handle.set_healthy(
+            self.link == Link::Up && self.echo_fresh() && self.handle.epoch().is_some(),
+        );
     }
 
     fn resubscribe_all(&self, ctx: &mut Context<Self>) {
-        let Ok(mut conn) = self.handle.conn() else {
-            // No primary yet: the beat that finds one subscribes.
+        let Ok(mut conn) = self.handle.subscriber() else {
+            // No primary (or pub/sub node) yet: the beat that finds one subscribes.
             return;
         };
         let mut channels: Vec<String> = self
@@ -202,7 +201,8 @@ impl Cluster {
         }
     }
 
-    /// Reads every followed room's counter (one MGET per chunk) and shows each room its own.
+    /// Reads every followed room's counter (one MGET per chunk, per bucket on a Redis Cluster)
+    /// and shows each room its own.
     fn check_positions(&mut self, ctx: &mut Context<Self>) {
         if self.checking || self.rooms.is_empty() {
             return;
@@ -240,93 +240,66 @@ impl Cluster {
         }
         self.beating = true;
         let handle = self.handle.clone();
-        let keys = handle.keys().clone();
-        let node = handle.node().to_string();
         let beat = Beat {
             url: handle.settings().advertise_url.clone(),
             at: now_ms(),
             nonce: self.nonce.clone(),
         };
-        let beat = serde_json::to_string(&beat).unwrap_or_default();
+        // Heartbeats that were published yet did not come back: the pub/sub node hears nothing.
+        // A node moved to lately gets as long as the first one to deliver.
+        let settled = self.switched.is_none_or(|at| at.elapsed() >= ECHO_STALE);
+        let deaf = self.link == Link::Up && !self.echo_fresh() && settled;
+        let failing = self.link == Link::Down;
         let moves = handle.primary_moves();
-        let run = async move {
-            // Behind Sentinel every beat asks where the primary is: after a failover the old
-            // one may still answer (a split brain) until the sentinels make it a replica.
-            let switched = if moves {
-                match handle.follow_primary().await {
-                    Ok(switched) => switched,
-                    // Sentinels away do not stop a primary that answers.
-                    Err(e) if handle.conn().is_ok() => {
-                        log::debug!("cluster: asking the sentinels: {e}");
-                        false
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                false
-            };
-            let mut conn = handle.conn()?;
-            let mut pipe = redis::pipe();
-            pipe.hset(keys.nodes(), &node, beat)
-                .ignore()
-                .get(keys.epoch())
-                .hgetall(keys.nodes())
-                .publish(keys.heartbeat_channel(), &node)
-                .ignore();
-            if moves {
-                pipe.cmd("INFO").arg("replication");
-            }
-            let reply: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-            let mut reply = reply.into_iter();
-            let mut next = || reply.next().unwrap_or(redis::Value::Nil);
-            let epoch: Option<String> =
-                redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
-            let nodes: HashMap<String, String> =
-                redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
-            let replid = if moves {
-                let info: String =
-                    redis::from_redis_value(next()).map_err(redis::RedisError::from)?;
-                master_replid(&info)
-            } else {
-                None
-            };
-            Ok::<_, ClusterError>((switched, epoch, nodes, replid))
-        };
-        ctx.spawn(run.into_actor(self).map(move |result, act, ctx| {
-            act.beating = false;
-            match result {
-                Ok((switched, epoch, nodes, replid)) => {
+        let run = async move { beat::beat(&handle, &beat, deaf, failing).await };
+        ctx.spawn(
+            run.into_actor(self)
+                .map(move |(switched, result), act, ctx| {
+                    act.beating = false;
                     if switched {
-                        // The new primary has none of this node's subscriptions.
+                        // The new primary, or pub/sub node, has none of this node's subscriptions.
+                        act.switched = Some(Instant::now());
                         act.resubscribe_all(ctx);
                     }
-                    act.beat_answered(epoch, nodes, replid, ctx)
-                }
-                Err(e) => {
-                    if act.link != Link::Down {
-                        log::warn!("cluster: redis unreachable: {e}");
+                    match result {
+                        Ok(answer) => act.beat_answered(answer, ctx),
+                        Err(e) => {
+                            if act.link != Link::Down {
+                                log::warn!("cluster: redis unreachable: {e}");
+                            }
+                            act.link = Link::Down;
+                            act.renew_client_if_due();
+                            if moves {
+                                ctx.run_later(FAILOVER_RETRY, |act, ctx| act.beat(ctx));
+                            }
+                        }
                     }
-                    act.link = Link::Down;
-                    if moves {
-                        ctx.run_later(FAILOVER_RETRY, |act, ctx| act.beat(ctx));
-                    }
-                }
-            }
-            act.update_health();
-        }));
+                    act.update_health();
+                }),
+        );
     }
 
-    fn beat_answered(
-        &mut self,
-        epoch: Option<String>,
-        nodes: HashMap<String, String>,
-        replid: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// On a Redis Cluster, a failed beat renews the cluster client (at most once a
+    /// [`RENEW_CLIENT`]): it may be wedged (see `Primary::renew`), and a new one costs a few
+    /// connections and learns the topology afresh.
+    fn renew_client_if_due(&mut self) {
+        if !self.handle.bucketed() || self.renewed.is_some_and(|at| at.elapsed() < RENEW_CLIENT) {
+            return;
+        }
+        self.renewed = Some(Instant::now());
+        match self.handle.renew_client() {
+            Ok(()) => log::debug!("cluster: the Redis Cluster client was renewed"),
+            Err(e) => log::warn!("cluster: renewing the Redis Cluster client: {e}"),
+        }
+    }
+
+    fn beat_answered(&mut self, answer: Answer, ctx: &mut Context<Self>) {
+        // Heard of before this beat: a Redis that lost data may have lost their heartbeats.
+        let mut known: Vec<String> = self.handle.peers().into_iter().map(|p| p.node).collect();
         let me = self.handle.node().to_string();
         let now = now_ms();
         let mut peers = Vec::new();
-        for (node, beat) in nodes {
+        for (node, beat) in answer.nodes {
             let Ok(beat) = serde_json::from_str::<Beat>(&beat) else {
                 continue;
             };
@@ -339,7 +312,7 @@ impl Cluster {
                 }
                 continue;
             }
-            if now - beat.at <= PEER_ALIVE_MS {
+            if beat.alive(now) {
                 peers.push(Peer {
                     node,
                     url: beat.url,
@@ -348,21 +321,22 @@ impl Cluster {
             }
         }
         peers.sort_by(|a, b| a.node.cmp(&b.node));
+        for peer in &peers {
+            if !known.contains(&peer.node) {
+                known.push(peer.node.clone());
+            }
+        }
         self.handle.set_peers(peers);
         if self.link == Link::Restoring {
             return;
         }
         let was_down = self.link == Link::Down;
         self.link = Link::Up;
-        // Behind Sentinel an epoch holds only on the primary it was made on.
-        let same_primary = |epoch: &str| {
-            !self.handle.primary_moves()
-                || replid
-                    .as_deref()
-                    .is_some_and(|r| super::replid_of(epoch) == Some(r))
-        };
-        match (self.handle.epoch(), epoch) {
-            (Some(known), Some(current)) if known == current && same_primary(&current) => {
+        let seen = answer.seen;
+        match (self.handle.epoch(), seen.epoch) {
+            // Behind Sentinel and on a Redis Cluster an epoch holds only on the primary it was
+            // made on.
+            (Some(known), Some(current)) if known == current && seen.current => {
                 if was_down {
                     // Pub/sub dropped what was published while the link was down.
                     log::info!("cluster: redis reachable again");
@@ -372,14 +346,14 @@ impl Cluster {
                     self.check_positions(ctx);
                 }
             }
-            (_, current) => self.restore(current, ctx),
+            (_, current) => self.restore(current, known, ctx),
         }
     }
 
     /// Settles the epoch: adopts Redis's when it is the one this node last ordered under;
     /// otherwise Redis lost data (or this node never knew it), and every counter this node
     /// could have numbers beyond is raised before ordering resumes.
-    fn restore(&mut self, current: Option<String>, ctx: &mut Context<Self>) {
+    fn restore(&mut self, current: Option<String>, peers: Vec<String>, ctx: &mut Context<Self>) {
         self.link = Link::Restoring;
         self.handle.set_epoch(None);
         let handle = self.handle.clone();
@@ -388,100 +362,26 @@ impl Cluster {
         let restorers: Vec<CountedRecipient<RestoreCounter>> =
             self.rooms.values().map(|r| r.restore.clone()).collect();
         let followed: HashSet<RoomKey> = self.rooms.keys().cloned().collect();
-        let began = Instant::now();
-        let run = async move {
-            let keys = handle.keys().clone();
-            let mut conn = handle.conn()?;
-            let candidate = fresh_id(handle.node().as_str());
-            let epoch: String = scripts::settle_epoch()
-                .key(keys.epoch())
-                .arg(candidate)
-                .arg(if handle.primary_moves() { "1" } else { "0" })
-                .invoke_async(&mut conn)
-                .await?;
-            if current.is_some() && remembered.as_deref() == Some(epoch.as_str()) {
-                // Redis kept its data since this node last ordered: nothing to restore.
-                return Ok((epoch, false));
-            }
-            // Redis lost data when this node had ordered under another epoch before.
-            let lost = remembered.is_some();
-            log::warn!(
-                "cluster: redis epoch is {epoch} (this node last knew {}): restoring counters",
-                remembered.as_deref().unwrap_or("none")
-            );
-            // A number an order on a primary this node left brings back is one to restore.
-            handle.wait_retired_orders().await;
-            // Rooms running here know their last number, written or not.
-            for result in join_all(restorers.iter().map(|r| r.send(RestoreCounter))).await {
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => log::warn!("cluster: a room did not restore its counter: {e}"),
-                }
-            }
-            // Rooms at rest, from storage.
-            let stored = store
-                .rooms()
-                .map_err(|e| ClusterError::Storage(std::sync::Arc::new(e)))?;
-            let at_rest: Vec<(RoomKey, u64)> = stored
-                .into_iter()
-                .filter(|(room, seq)| *seq > 0 && !followed.contains(room))
-                .collect();
-            let script = scripts::restore_counters();
-            for chunk in at_rest.chunks(RESTORE_CHUNK) {
-                let mut call = script.prepare_invoke();
-                for (room, seq) in chunk {
-                    call.key(keys.counter(room)).arg(*seq);
-                }
-                let _: i64 = call.invoke_async(&mut conn).await?;
-            }
-            let restored = keys.restored(&epoch);
-            let _: () = redis::pipe()
-                .sadd(&restored, handle.node().as_str())
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
-            // No node orders again before every live node has raised its counters.
-            tokio::time::sleep((began + RESTORE_SETTLE).saturating_duration_since(Instant::now()))
-                .await;
-            let deadline = Instant::now() + RESTORE_WAIT;
-            loop {
-                let (members, nodes): (HashSet<String>, HashMap<String, String>) = redis::pipe()
-                    .smembers(&restored)
-                    .hgetall(keys.nodes())
-                    .query_async(&mut conn)
-                    .await?;
-                let now = now_ms();
-                let missing: Vec<String> = nodes
-                    .into_iter()
-                    .filter(|(_, beat)| {
-                        serde_json::from_str::<Beat>(beat)
-                            .is_ok_and(|b| now - b.at <= PEER_ALIVE_MS)
-                    })
-                    .map(|(node, _)| node)
-                    .filter(|node| !members.contains(node))
-                    .collect();
-                if missing.is_empty() {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    log::warn!("cluster: going on without restores from {missing:?}");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Ok((epoch, lost))
-        };
+        let run = restore(Restore {
+            handle,
+            store,
+            remembered,
+            current,
+            restorers,
+            followed,
+            peers,
+            began: Instant::now(),
+        });
         ctx.spawn(run.into_actor(self).map(|result, act, ctx| {
             match result {
                 Ok((epoch, lost)) => {
                     if lost {
                         act.handle.counters().epoch_changes.inc();
                     }
-                    if let Err(e) = act.store.set_node_value(EPOCH_VALUE, &epoch) {
+                    if let Err(e) = act.store.set_node_value(EPOCH_VALUE, &epoch.name) {
                         log::error!("cluster: cannot remember the epoch: {e}");
                     }
-                    log::info!("cluster: ordering under epoch {epoch}");
+                    log::info!("cluster: ordering under epoch {}", epoch.name);
                     act.handle.set_epoch(Some(epoch));
                     act.link = Link::Up;
                     act.resubscribe_all(ctx);
@@ -584,7 +484,7 @@ impl Handler<Follow> for Cluster {
                 position: msg.position,
             },
         );
-        let conn = self.handle.conn();
+        let conn = self.handle.subscriber();
         Box::pin(async move {
             conn?.subscribe(&channel).await?;
             Ok(())
@@ -600,7 +500,7 @@ impl Handler<Unfollow> for Cluster {
             return;
         }
         let channel = self.handle.keys().channel(&msg.room);
-        let Ok(mut conn) = self.handle.conn() else {
+        let Ok(mut conn) = self.handle.subscriber() else {
             return;
         };
         ctx.spawn(
@@ -629,26 +529,5 @@ impl Handler<GetBridgeStatus> for Cluster {
             rooms_followed: self.rooms.len(),
             last_echo_ms_ago: self.last_echo.map(|at| at.elapsed().as_millis() as u64),
         })
-    }
-}
-
-/// The primary's replication id in an `INFO replication` answer: a replica promoted by a
-/// failover starts a new one.
-fn master_replid(info: &str) -> Option<String> {
-    info.lines()
-        .find_map(|line| line.trim().strip_prefix("master_replid:"))
-        .map(str::to_owned)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_replication_id_is_read_from_info() {
-        let info = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\
-                    master_replid:8e24fe88bc7b\r\nmaster_replid2:0000\r\n";
-        assert_eq!(master_replid(info).as_deref(), Some("8e24fe88bc7b"));
-        assert_eq!(master_replid("role:master"), None);
     }
 }

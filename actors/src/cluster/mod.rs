@@ -11,23 +11,35 @@
 //! orders again ([`bridge`]). Behind Sentinel the primary may move to a replica that missed the
 //! last writes: there the epoch is bound to the primary's replication id, so such a failover
 //! looks like a Redis that lost its data, and is recovered from the same way ([`primary`]).
+//! On a Redis Cluster the rooms are spread over the primaries in buckets, each with an epoch of
+//! its own bound to the replication id of the primary serving it ([`keys`], [`epochs`]): a
+//! primary that fails over is recovered from like a Sentinel failover, by every node.
 
+mod beat;
 pub mod bridge;
 pub mod catch_up;
+mod conn;
+mod epochs;
 pub mod keys;
+mod listener;
 pub mod peers;
 mod primary;
+mod restore;
 pub mod scripts;
 pub mod target;
 pub mod wire;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use futures_util::future::join_all;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 
 pub use bridge::{Cluster, Follow, Position, Replicated, Resync, Unfollow};
+pub use conn::Conn;
+pub use epochs::Epoch;
 pub use keys::Keys;
 pub use peers::Peer;
 pub use target::{Target, TargetError};
@@ -41,7 +53,8 @@ use primary::Primary;
 /// What a node needs to join a cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// `redis://…` or `redis+sentinel://…` ([`Target`]); the hub asks for RESP3 itself.
+    /// `redis://…`, `redis+sentinel://…` or `redis+cluster://…` ([`Target`]); the hub asks for
+    /// RESP3 itself.
     pub redis_url: String,
     /// Where the other nodes reach this node's HTTP API, to read a room's history from it.
     pub advertise_url: String,
@@ -72,6 +85,8 @@ pub enum ClusterError {
     Target(#[from] TargetError),
     #[error("no sentinel names a primary for {master}: {tried}")]
     NoPrimary { master: String, tried: String },
+    #[error("no node of the Redis Cluster answers: {tried}")]
+    NoClusterNode { tried: String },
     #[error("no node holds the history of {room} after {after}")]
     HistoryUnavailable { room: String, after: u64 },
     #[error("peer {peer}: {source}")]
@@ -97,13 +112,12 @@ struct Inner {
     keys: Keys,
     node: NodeId,
     settings: ClusterSettings,
-    /// The epoch this node orders under; `None` while it is unknown or being restored. Behind
-    /// Sentinel it ends with `/<replication id>` of the primary it was made on.
-    epoch: RwLock<Option<String>>,
+    /// The epoch this node orders under; `None` while it is unknown or being restored.
+    epoch: RwLock<Option<Arc<Epoch>>>,
     /// False while Redis is unreachable or stops delivering what is published.
     healthy: AtomicBool,
     peers: RwLock<Vec<Peer>>,
-    order: Script,
+    order: scripts::Lua,
     counters: ClusterMetrics,
 }
 
@@ -114,19 +128,26 @@ pub struct ClusterHandle {
 }
 
 impl ClusterHandle {
-    /// With one Redis, connects lazily: a node starts while Redis is down, and reports itself
-    /// degraded. Behind Sentinel the bridge looks the primary up at its first beat.
+    /// With one Redis, and on a Redis Cluster, connects lazily: a node starts while Redis is
+    /// down, and reports itself degraded. Behind Sentinel the bridge looks the primary up at its
+    /// first beat, and on a Redis Cluster the node to hear pub/sub from.
     pub fn connect(
         settings: ClusterSettings,
         node: NodeId,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
         counters: ClusterMetrics,
     ) -> Result<ClusterHandle, ClusterError> {
-        let primary = Primary::new(Target::parse(&settings.redis_url)?, pushes)?;
+        let target = Target::parse(&settings.redis_url)?;
+        let keys = if target.bucketed() {
+            Keys::bucketed(&settings.key_prefix)
+        } else {
+            Keys::new(&settings.key_prefix)
+        };
+        let primary = Primary::new(target, pushes)?;
         Ok(ClusterHandle {
             inner: Arc::new(Inner {
                 primary,
-                keys: Keys::new(&settings.key_prefix),
+                keys,
                 node,
                 settings,
                 epoch: RwLock::new(None),
@@ -154,28 +175,52 @@ impl ClusterHandle {
         &self.inner.counters
     }
 
-    /// The connection to the primary; `Unavailable` while Sentinel has named none yet.
-    pub(crate) fn conn(&self) -> Result<ConnectionManager, ClusterError> {
+    /// The connection commands go to; `Unavailable` while Sentinel has named no primary yet.
+    pub(crate) fn conn(&self) -> Result<Conn, ClusterError> {
         self.inner.primary.conn()
     }
 
-    /// Whether the primary can move (Sentinel): the epoch is then bound to its replication id.
+    /// The connection pub/sub commands go to, whose pushes reach the bridge.
+    pub(crate) fn subscriber(&self) -> Result<ConnectionManager, ClusterError> {
+        self.inner.primary.subscriber()
+    }
+
+    /// Whether the primary can move (Sentinel, Redis Cluster): an epoch is then bound to the
+    /// replication id of the primary it was made on.
     pub fn primary_moves(&self) -> bool {
         self.inner.primary.target().moves()
     }
 
+    /// Whether this is a Redis Cluster, whose rooms have an epoch per bucket.
+    pub fn bucketed(&self) -> bool {
+        self.inner.keys.is_bucketed()
+    }
+
     /// Behind Sentinel, the primary's `host:port` as this node last found it. (With one Redis
-    /// there is nothing to find, and the URL may carry a password.)
+    /// there is nothing to find, and the URL may carry a password; a Redis Cluster has one
+    /// primary per shard, which its client finds by itself.)
     pub fn primary_address(&self) -> Option<String> {
-        if !self.primary_moves() {
+        if !matches!(self.inner.primary.target(), Target::Sentinel { .. }) {
             return None;
         }
         self.inner.primary.address()
     }
 
-    /// Looks the primary up again (Sentinel); true when this node moved to another one.
-    pub(crate) async fn follow_primary(&self) -> Result<bool, ClusterError> {
-        self.inner.primary.follow().await
+    /// On a Redis Cluster, the `host:port` of the node this node hears pub/sub from.
+    pub fn listening_to(&self) -> Option<String> {
+        self.inner.primary.listening_to()
+    }
+
+    /// Looks the primary up again (Sentinel), or keeps pub/sub on a node that answers (Redis
+    /// Cluster; `deaf`: the node listened to delivers nothing); true when this node moved to
+    /// another one.
+    pub(crate) async fn follow_primary(&self, deaf: bool) -> Result<bool, ClusterError> {
+        self.inner.primary.follow(deaf).await
+    }
+
+    /// On a Redis Cluster, replaces the cluster client with a new one (see [`primary`]).
+    pub(crate) fn renew_client(&self) -> Result<(), ClusterError> {
+        self.inner.primary.renew()
     }
 
     /// Waits for the orders still out on primaries this node has left (see [`primary`]).
@@ -183,7 +228,12 @@ impl ClusterHandle {
         self.inner.primary.wait_retired_orders().await
     }
 
+    /// The epoch's name, as `/stats` shows it and the node remembers it.
     pub fn epoch(&self) -> Option<String> {
+        self.ordering_epoch().map(|e| e.name.clone())
+    }
+
+    fn ordering_epoch(&self) -> Option<Arc<Epoch>> {
         self.inner
             .epoch
             .read()
@@ -191,8 +241,8 @@ impl ClusterHandle {
             .clone()
     }
 
-    pub(crate) fn set_epoch(&self, epoch: Option<String>) {
-        *self.inner.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch;
+    pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
+        *self.inner.epoch.write().unwrap_or_else(|p| p.into_inner()) = epoch.map(Arc::new);
     }
 
     /// Whether the bridge works: Redis answers, and what is published comes back.
@@ -221,13 +271,18 @@ impl ClusterHandle {
 
     /// Orders one batch of a room's changes; answers its first number.
     pub async fn order(&self, room: &RoomKey, body: &BatchBody) -> Result<u64, ClusterError> {
-        let Some(epoch) = self.epoch() else {
+        let Some(ordering) = self.ordering_epoch() else {
             return Err(ClusterError::Unavailable);
         };
         let n = body.changes.len();
         let keys = &self.inner.keys;
-        // Behind Sentinel the script also checks that the primary is the one the epoch was
-        // made on: a replica promoted since may lack numbers the old one gave out.
+        let epoch = ordering
+            .guarding(keys.bucket_of(room))
+            .ok_or(ClusterError::Unavailable)?
+            .to_owned();
+        // Behind Sentinel and on a Redis Cluster the script also checks that the primary is the
+        // one the epoch was made on: a replica promoted since may lack numbers the old one gave
+        // out.
         let replid = if self.primary_moves() {
             replid_of(&epoch).unwrap_or_default().to_owned()
         } else {
@@ -238,7 +293,7 @@ impl ClusterHandle {
         let first: u64 = self
             .inner
             .order
-            .key(keys.epoch())
+            .key(keys.epoch_of(room))
             .key(keys.counter(room))
             .key(keys.log(room))
             .arg(epoch)
@@ -254,15 +309,32 @@ impl ClusterHandle {
         Ok(first)
     }
 
-    /// The counters of several rooms, in order (0 for a room Redis does not know).
+    /// The counters of several rooms, in order (0 for a room Redis does not know). One `MGET`,
+    /// or on a Redis Cluster one per bucket (the keys of one `MGET` share a slot), sent at once.
     pub async fn counters_of(&self, rooms: &[RoomKey]) -> Result<Vec<u64>, ClusterError> {
-        if rooms.is_empty() {
-            return Ok(Vec::new());
+        let keys = &self.inner.keys;
+        let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        for (i, room) in rooms.iter().enumerate() {
+            groups.entry(keys.bucket_of(room)).or_default().push(i);
         }
-        let keys: Vec<String> = rooms.iter().map(|r| self.inner.keys.counter(r)).collect();
-        let mut conn = self.conn()?;
-        let values: Vec<Option<u64>> = redis::cmd("MGET").arg(keys).query_async(&mut conn).await?;
-        Ok(values.into_iter().map(|v| v.unwrap_or(0)).collect())
+        let conn = self.conn()?;
+        let reads = groups.into_values().map(|members| {
+            let names: Vec<String> = members.iter().map(|&i| keys.counter(&rooms[i])).collect();
+            let mut conn = conn.clone();
+            async move {
+                let values: Vec<Option<u64>> =
+                    redis::cmd("MGET").arg(names).query_async(&mut conn).await?;
+                Ok::<_, ClusterError>((members, values))
+            }
+        });
+        let mut counters = vec![0; rooms.len()];
+        for read in join_all(reads).await {
+            let (members, values) = read?;
+            for (i, value) in members.into_iter().zip(values) {
+                counters[i] = value.unwrap_or(0);
+            }
+        }
+        Ok(counters)
     }
 
     /// The last number Redis gave out for a room.
@@ -274,7 +346,8 @@ impl ClusterHandle {
     }
 }
 
-/// The replication id an epoch made behind Sentinel is bound to.
+/// The replication id an epoch made behind Sentinel, or a bucket's epoch on a Redis Cluster, is
+/// bound to.
 pub(crate) fn replid_of(epoch: &str) -> Option<&str> {
     epoch.rsplit_once('/').map(|(_, replid)| replid)
 }

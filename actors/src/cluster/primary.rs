@@ -1,7 +1,9 @@
 //! The node's connection to the cluster's Redis primary. With one Redis it is one reconnecting
 //! RESP3 connection for good. Behind Sentinel the primary moves at a failover: the bridge asks
 //! the sentinels where it is at every beat, and the node connects there, carrying pub/sub
-//! pushes into the same channel as before.
+//! pushes into the same channel as before. On a Redis Cluster commands go through a cluster
+//! client, which sends each to the primary of its key's slot and follows the topology itself,
+//! and pub/sub comes from one node the [`Listener`] keeps answering.
 //!
 //! In a split brain (`SENTINEL failover`, a partition) the old primary may still answer after
 //! the sentinels named a new one, so a node moving on first lets the orders it sent the old one
@@ -13,10 +15,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::{AsyncConnectionConfig, PushInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::ClusterError;
+use super::conn::Conn;
+use super::listener::Listener;
 use super::target::Target;
 
 /// How long a Redis command may take before it counts as failed.
@@ -24,6 +29,20 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A sentinel that does not answer this fast is skipped for the next one: the lookup runs
 /// while writes wait for the new primary.
 const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the Redis Cluster client tries a command again (after a MOVED, a lost connection,
+/// a cluster that is failing over), and how long it waits in between: a command that cannot
+/// be served soon fails, and its sender retries, rather than waiting out the client's defaults
+/// (16 tries, seconds apart).
+const CLUSTER_RETRIES: u32 = 3;
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (50, 400);
+/// A Redis Cluster node that does not take a connection this fast is taken for down: the
+/// client then tries the others.
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a command on a Redis Cluster may take, retries included. Shorter than with one
+/// Redis: a restore after a failover first waits for the orders still out (they may bring
+/// numbers to restore), and orders stuck in a client that wedged come back only when they
+/// time out.
+const CLUSTER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Primary {
     target: Target,
@@ -33,13 +52,15 @@ pub(crate) struct Primary {
     retired: Mutex<Vec<Arc<AtomicUsize>>>,
     /// The sentinel that answered last, kept connected: it is asked at every beat.
     sentinel: Mutex<Option<MultiplexedConnection>>,
+    /// On a Redis Cluster, the node pub/sub comes from.
+    listener: Option<Listener>,
 }
 
 #[derive(Clone)]
 struct Connected {
-    /// `host:port` behind Sentinel; the URL with one Redis.
+    /// `host:port` behind Sentinel; the URL with one Redis; the seeds on a Redis Cluster.
     address: String,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Orders sent on this connection and not answered yet.
     in_flight: Arc<AtomicUsize>,
 }
@@ -54,16 +75,30 @@ impl Drop for InFlight {
 }
 
 impl Primary {
-    /// With one Redis, connects lazily: a node starts while Redis is down, and reports itself
-    /// degraded. Behind Sentinel nothing is connected until the first lookup.
+    /// With one Redis, and on a Redis Cluster, connects lazily: a node starts while Redis is
+    /// down, and reports itself degraded. Behind Sentinel nothing is connected until the first
+    /// lookup.
     pub fn new(target: Target, pushes: UnboundedSender<PushInfo>) -> Result<Primary, ClusterError> {
-        let current = match &target {
-            Target::Single(url) => Some(Connected {
-                address: url.clone(),
-                conn: manager(&with_resp3(url), pushes.clone(), false)?,
-                in_flight: Arc::default(),
-            }),
-            Target::Sentinel { .. } => None,
+        let (current, listener) = match &target {
+            Target::Single(url) => {
+                let conn = manager(&with_resp3(url), pushes.clone(), false, RESPONSE_TIMEOUT)?;
+                let connected = Connected {
+                    address: url.clone(),
+                    conn: Conn::One(conn),
+                    in_flight: Arc::default(),
+                };
+                (Some(connected), None)
+            }
+            Target::Sentinel { .. } => (None, None),
+            Target::Cluster { seeds } => {
+                let connected = Connected {
+                    address: seeds.join(","),
+                    conn: Conn::Cluster(cluster_client(seeds)?),
+                    in_flight: Arc::default(),
+                };
+                let listener = Listener::new(seeds.clone(), pushes.clone());
+                (Some(connected), Some(listener))
+            }
         };
         Ok(Primary {
             target,
@@ -71,6 +106,7 @@ impl Primary {
             current: RwLock::new(current),
             retired: Mutex::new(Vec::new()),
             sentinel: Mutex::new(None),
+            listener,
         })
     }
 
@@ -78,8 +114,8 @@ impl Primary {
         &self.target
     }
 
-    /// The connection to the primary; `Unavailable` while no sentinel has named one.
-    pub fn conn(&self) -> Result<ConnectionManager, ClusterError> {
+    /// The connection commands go to; `Unavailable` while no sentinel has named a primary.
+    pub fn conn(&self) -> Result<Conn, ClusterError> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -88,8 +124,25 @@ impl Primary {
             .ok_or(ClusterError::Unavailable)
     }
 
+    /// The connection pub/sub commands go to: the command connection, which carries the
+    /// pushes, except on a Redis Cluster.
+    pub fn subscriber(&self) -> Result<ConnectionManager, ClusterError> {
+        if let Some(listener) = &self.listener {
+            return listener.conn();
+        }
+        match self.conn()? {
+            Conn::One(conn) => Ok(conn),
+            Conn::Cluster(_) => Err(ClusterError::Unavailable),
+        }
+    }
+
+    /// On a Redis Cluster, the `host:port` of the node pub/sub comes from.
+    pub fn listening_to(&self) -> Option<String> {
+        self.listener.as_ref().and_then(Listener::address)
+    }
+
     /// The connection for one order, counted as out on it until the guard drops.
-    pub fn conn_for_order(&self) -> Result<(ConnectionManager, InFlight), ClusterError> {
+    pub fn conn_for_order(&self) -> Result<(Conn, InFlight), ClusterError> {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         let c = current.as_ref().ok_or(ClusterError::Unavailable)?;
         c.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -97,14 +150,29 @@ impl Primary {
     }
 
     /// Waits until every order sent to a primary this node has left is answered or failed
-    /// (each is bounded by the response timeout), so the room holds the number it brings.
+    /// (each is bounded by the response timeout), so the room holds the number it brings. On a
+    /// Redis Cluster the client moves between primaries by itself, out of sight: there every
+    /// order still out is waited for (no new one starts while the node restores).
     pub async fn wait_retired_orders(&self) {
-        let deadline = Instant::now() + RESPONSE_TIMEOUT + Duration::from_millis(500);
+        let timeout = match self.target {
+            Target::Cluster { .. } => CLUSTER_RESPONSE_TIMEOUT,
+            _ => RESPONSE_TIMEOUT,
+        };
+        let deadline = Instant::now() + timeout + Duration::from_millis(500);
+        let current = self.listener.as_ref().and_then(|_| {
+            let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+            current.as_ref().map(|c| c.in_flight.clone())
+        });
         loop {
             let out: usize = {
                 let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
                 retired.retain(|n| n.load(Ordering::SeqCst) > 0);
-                retired.iter().map(|n| n.load(Ordering::SeqCst)).sum()
+                let current = current.as_ref().map_or(0, |n| n.load(Ordering::SeqCst));
+                current
+                    + retired
+                        .iter()
+                        .map(|n| n.load(Ordering::SeqCst))
+                        .sum::<usize>()
             };
             if out == 0 || Instant::now() >= deadline {
                 return;
@@ -123,9 +191,15 @@ impl Primary {
     }
 
     /// Behind Sentinel: asks the sentinels for the primary and connects to it when it is not the
-    /// one this node talks to. True when the node switched to another primary (its pub/sub
-    /// subscriptions are then to be made again). With one Redis there is nothing to look up.
-    pub async fn follow(&self) -> Result<bool, ClusterError> {
+    /// one this node talks to. On a Redis Cluster: keeps pub/sub on a node that answers (`deaf`:
+    /// the one listened to delivers nothing). True when the node switched to another primary
+    /// or node (its pub/sub subscriptions are then to be made again). With one Redis there is
+    /// nothing to look up.
+    pub async fn follow(&self, deaf: bool) -> Result<bool, ClusterError> {
+        if let Some(listener) = &self.listener {
+            let mut commands = self.conn()?;
+            return listener.follow(&mut commands, deaf).await;
+        }
         let Target::Sentinel { sentinels, master } = &self.target else {
             return Ok(false);
         };
@@ -134,11 +208,11 @@ impl Primary {
             return Ok(false);
         }
         let url = with_resp3(&format!("redis://{address}"));
-        let conn = manager(&url, self.pushes.clone(), true)?;
+        let conn = manager(&url, self.pushes.clone(), true, RESPONSE_TIMEOUT)?;
         log::warn!("cluster: sentinel names {address} as the primary of {master}");
         let connected = Connected {
             address,
-            conn,
+            conn: Conn::One(conn),
             in_flight: Arc::default(),
         };
         let left = self
@@ -153,6 +227,41 @@ impl Primary {
                 .push(left.in_flight);
         }
         Ok(true)
+    }
+
+    /// On a Redis Cluster, replaces the cluster client with a new one, made from the seeds and
+    /// the nodes the cluster listed last. The client can wedge for good while it recovers from
+    /// a failover (its slot refresh waits on a lock that a request it stops polling meanwhile
+    /// holds; every command then times out, which the failover tests saw): the bridge renews it
+    /// when a beat fails. Orders still out on the old one are waited for like those on a
+    /// primary left behind.
+    pub fn renew(&self) -> Result<(), ClusterError> {
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
+        let mut nodes = listener.seeds().to_vec();
+        for node in listener.known() {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        let connected = Connected {
+            address: listener.seeds().join(","),
+            conn: Conn::Cluster(cluster_client(&nodes)?),
+            in_flight: Arc::default(),
+        };
+        let left = self
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(connected);
+        if let Some(left) = left {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(left.in_flight);
+        }
+        Ok(())
     }
 
     /// The primary's `host:port`: from the sentinel that answered last, else from the first
@@ -196,24 +305,49 @@ impl Primary {
     }
 }
 
-/// Behind Sentinel (`fail_fast`) a lost connection is tried again once, not for seconds: the
-/// primary may have moved, and the bridge looks it up again at once.
-fn manager(
+/// Behind Sentinel and on a Redis Cluster (`fail_fast`) a lost connection is tried again once,
+/// not for seconds: the primary may have moved, or the node died, and the bridge looks for
+/// another at once.
+pub(super) fn manager(
     url: &str,
     pushes: UnboundedSender<PushInfo>,
     fail_fast: bool,
+    timeout: Duration,
 ) -> Result<ConnectionManager, ClusterError> {
     let client = redis::Client::open(url)?;
     let mut config = ConnectionManagerConfig::new()
         .set_push_sender(pushes)
         .set_automatic_resubscription()
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
         .set_max_delay(Duration::from_secs(1));
     if fail_fast {
         config = config.set_number_of_retries(1);
     }
     Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// The Redis Cluster client of the seeds, connecting lazily. It speaks RESP2: pub/sub does not
+/// go through it.
+fn cluster_client(
+    seeds: &[String],
+) -> Result<redis::cluster_async::ClusterConnection, ClusterError> {
+    let nodes: Vec<String> = seeds.iter().map(|s| format!("redis://{s}")).collect();
+    let (min_wait, max_wait) = CLUSTER_RETRY_WAIT_MS;
+    // The builder's response timeout also bounds a command with all its retries (without one
+    // a command waits for as long as the cluster takes to recover); the config's is the one each
+    // attempt gets, and must be given again.
+    let client = ClusterClientBuilder::new(nodes)
+        .retries(CLUSTER_RETRIES)
+        .min_retry_wait(min_wait)
+        .max_retry_wait(max_wait)
+        .connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+        .response_timeout(CLUSTER_RESPONSE_TIMEOUT)
+        .build()?;
+    let config = ClusterConfig::new()
+        .set_connection_timeout(CLUSTER_CONNECT_TIMEOUT)
+        .set_response_timeout(CLUSTER_RESPONSE_TIMEOUT);
+    Ok(client.get_pending_async_connection_with_config(config))
 }
 
 async fn connect_sentinel(sentinel: &str) -> Result<MultiplexedConnection, redis::RedisError> {
