@@ -18,7 +18,7 @@ use redis::{PushInfo, PushKind};
 use serde::Serialize;
 
 use super::beat::{self, Answer, Beat};
-use super::restore::{Restore, restore};
+use super::restore::{Restore, RestoreCounter, restore};
 use super::wire::{OrderedBatch, parse_message};
 use super::{ClusterError, ClusterHandle, Peer, fresh_id};
 use crate::clock::now_ms;
@@ -59,11 +59,6 @@ pub struct Resync;
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Position(pub u64);
-
-/// Asks a room to raise its counter in Redis to the last number it applied.
-#[derive(Message, Debug, Clone, Copy)]
-#[rtype(result = "Result<(), ClusterError>")]
-pub struct RestoreCounter;
 
 /// A room starts following its channel; answers once Redis confirmed the subscription.
 #[derive(Message)]

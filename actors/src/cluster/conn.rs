@@ -2,9 +2,15 @@
 //! Redis, or the primary Sentinel names), or a Redis Cluster client that sends each command to
 //! the primary serving its key's slot and follows MOVED, ASK and failovers by itself.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use std::time::Duration;
+
+use redis::PushInfo;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::ClusterError;
 
 #[derive(Clone)]
 pub enum Conn {
@@ -40,4 +46,26 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// Behind Sentinel and on a Redis Cluster (`fail_fast`) a lost connection is tried again once,
+/// not for seconds: the primary may have moved, or the node died, and the bridge looks for
+/// another at once.
+pub(super) fn manager(
+    url: &str,
+    pushes: UnboundedSender<PushInfo>,
+    fail_fast: bool,
+    timeout: Duration,
+) -> Result<ConnectionManager, ClusterError> {
+    let client = redis::Client::open(url)?;
+    let mut config = ConnectionManagerConfig::new()
+        .set_push_sender(pushes)
+        .set_automatic_resubscription()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_max_delay(Duration::from_secs(1));
+    if fail_fast {
+        config = config.set_number_of_retries(1);
+    }
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::ClusterError;
 use super::conn::Conn;
-use super::primary::manager;
+use super::conn::manager;
 
 /// How long a cluster node may take to answer the listener (a dead one is left this fast), and
 /// the cluster to list its nodes.

@@ -24,7 +24,7 @@ pub mod keys;
 mod listener;
 pub mod peers;
 mod primary;
-mod restore;
+pub mod restore;
 pub mod scripts;
 pub mod target;
 pub mod wire;

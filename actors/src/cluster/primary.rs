@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::{AsyncConnectionConfig, PushInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::ClusterError;
-use super::conn::Conn;
+use super::conn::{Conn, manager};
 use super::listener::Listener;
 use super::target::Target;
 
@@ -303,28 +303,6 @@ impl Primary {
             tried: failures.join("; "),
         })
     }
-}
-
-/// Behind Sentinel and on a Redis Cluster (`fail_fast`) a lost connection is tried again once,
-/// not for seconds: the primary may have moved, or the node died, and the bridge looks for
-/// another at once.
-pub(super) fn manager(
-    url: &str,
-    pushes: UnboundedSender<PushInfo>,
-    fail_fast: bool,
-    timeout: Duration,
-) -> Result<ConnectionManager, ClusterError> {
-    let client = redis::Client::open(url)?;
-    let mut config = ConnectionManagerConfig::new()
-        .set_push_sender(pushes)
-        .set_automatic_resubscription()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        .set_max_delay(Duration::from_secs(1));
-    if fail_fast {
-        config = config.set_number_of_retries(1);
-    }
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }
 
 /// The Redis Cluster client of the seeds, connecting lazily. It speaks RESP2: pub/sub does not

@@ -9,13 +9,17 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use super::beat::{Beat, PEER_ALIVE};
-use super::bridge::RestoreCounter;
 use super::epochs::{Epoch, settle_buckets};
 use super::{ClusterError, ClusterHandle, fresh_id, scripts};
 use crate::clock::now_ms;
 use crate::mailbox::CountedRecipient;
 use crate::room_key::RoomKey;
 use crate::store::Store;
+
+/// Asks a room to raise its counter in Redis to the last number it applied.
+#[derive(actix::Message, Debug, Clone, Copy)]
+#[rtype(result = "Result<(), ClusterError>")]
+pub struct RestoreCounter;
 
 /// After Redis lost its data, how long a node waits for the others to restore their counters.
 const RESTORE_WAIT: Duration = Duration::from_secs(10);

@@ -7,8 +7,8 @@ use actix::prelude::*;
 
 use super::order::{CatchUpWhy, Effect, Input, Merging};
 use super::{Held, Room, RoomError, RoomReply};
-use crate::cluster::bridge::RestoreCounter;
 use crate::cluster::catch_up::catch_up;
+use crate::cluster::restore::RestoreCounter;
 use crate::cluster::{
     BatchBody, ClusterError, Follow, Position, Replicated, Resync, Unfollow, scripts,
 };
