@@ -800,16 +800,7 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
         "writes acked while the replica lagged (what the failover loses from Redis)"
     );
     let mut times: Vec<Instant> = acked.values().map(|(_, at)| *at).collect();
-    times.sort();
-    let first_after = times
-        .iter()
-        .find(|at| **at > promoted)
-        .expect("writes acked after the failover");
-    let longest_pause = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let (first_after, longest_pause) = ack_timing(&mut times, promoted);
     eprintln!(
         "failover ({how:?}): first ack {:?} after the sentinels named the new primary; \
          longest stretch without an ack {longest_pause:?}",
@@ -832,6 +823,21 @@ async fn sentinel_failover_to_a_lagging_replica(how: Failover) {
 }
 
 /// Asks a sentinel to fail the primary over to its replica now (the old primary keeps running).
+/// When the first write after `promoted` was acked, and the longest stretch without an ack.
+fn ack_timing(times: &mut [Instant], promoted: Instant) -> (Instant, Duration) {
+    times.sort();
+    let first_after = *times
+        .iter()
+        .find(|at| **at > promoted)
+        .expect("writes acked after the failover");
+    let longest_pause = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    (first_after, longest_pause)
+}
+
 async fn ask_for_failover(sentinels: &Sentinels) {
     let port = sentinels.ports[0];
     let said =
@@ -1649,16 +1655,7 @@ async fn a_redis_cluster_primary_killed_mid_writes_fails_over_and_gives_no_numbe
         in_stall > 0,
         "writes acked while the replica lagged (what the failover loses from Redis)"
     );
-    times.sort();
-    let first_after = times
-        .iter()
-        .find(|at| **at > promoted)
-        .expect("writes acked after the failover");
-    let longest_pause = times
-        .windows(2)
-        .map(|w| w[1] - w[0])
-        .max()
-        .unwrap_or_default();
+    let (first_after, longest_pause) = ack_timing(&mut times, promoted);
     let gap = first_after.saturating_duration_since(promoted);
     eprintln!(
         "redis cluster failover: the replica served {:?} after the primary's SIGKILL; first \

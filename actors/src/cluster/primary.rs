@@ -215,6 +215,13 @@ impl Primary {
             conn: Conn::One(conn),
             in_flight: Arc::default(),
         };
+        self.install(connected);
+        Ok(true)
+    }
+
+    /// Makes `connected` the connection orders go over; the orders still out on the one it
+    /// replaces are waited for before a restore (see `wait_retired_orders`).
+    fn install(&self, connected: Connected) {
         let left = self
             .current
             .write()
@@ -226,7 +233,6 @@ impl Primary {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(left.in_flight);
         }
-        Ok(true)
     }
 
     /// On a Redis Cluster, replaces the cluster client with a new one, made from the seeds and
@@ -250,17 +256,7 @@ impl Primary {
             conn: Conn::Cluster(cluster_client(&nodes)?),
             in_flight: Arc::default(),
         };
-        let left = self
-            .current
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(connected);
-        if let Some(left) = left {
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(left.in_flight);
-        }
+        self.install(connected);
         Ok(())
     }
 
