@@ -664,12 +664,12 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     let env = node_env(&redis.url());
     let (_da, _db, a, b) = two_nodes(&env).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let on_a = actix_rt::spawn(writer(
+    let on_a = actix_rt::spawn(timed_writer(
         Relay::connect(&a, "outage").await,
         "a".into(),
         stop.clone(),
     ));
-    let on_b = actix_rt::spawn(writer(
+    let on_b = actix_rt::spawn(timed_writer(
         Relay::connect(&b, "outage").await,
         "b".into(),
         stop.clone(),
@@ -681,6 +681,7 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
     let (status, health) = common::get(&a.http_url("/health")).await;
     assert_eq!((status, health["status"].clone()), (503, json!("degraded")));
     let _redis = RedisServer::start_on(port);
+    let back = Instant::now();
     wait_healthy(&a).await;
     wait_healthy(&b).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -695,8 +696,16 @@ async fn redis_restarted_empty_loses_nothing_and_the_nodes_recover_by_themselves
         refused_a + refused_b > 0,
         "writes were refused during the outage"
     );
-    let mut acked = acked_a;
-    acked.extend(acked_b);
+    let mut timed = acked_a;
+    timed.extend(acked_b);
+    // The same address answering again, empty: how long until writes are acked again.
+    let mut times: Vec<Instant> = timed.values().map(|(_, at)| *at).collect();
+    let (first_after, _) = ack_timing(&mut times, back);
+    eprintln!(
+        "redis back at the same address, empty: first ack {:?} after it listened",
+        first_after.saturating_duration_since(back)
+    );
+    let acked: BTreeMap<String, u64> = timed.into_iter().map(|(pk, (v, _))| (pk, v)).collect();
     let last = acked.values().copied().max().unwrap_or(0);
     converged(&[&a, &b], "relay/outage", last).await;
     for hub in [&a, &b] {
