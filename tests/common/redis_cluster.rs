@@ -185,50 +185,48 @@ impl RedisCluster {
 
     /// Waits until every node says `cluster_state:ok`.
     fn wait_ok(&self) {
-        let deadline = Instant::now() + 3 * TIMEOUT;
-        for node in &self.nodes {
-            loop {
-                let info = redis_cli(node.port, &["CLUSTER", "INFO"]);
-                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the cluster is not ok on {}: {info}",
-                    node.port
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        self.wait_each(&["CLUSTER", "INFO"], "the cluster is not ok", |info| {
+            info.lines().any(|l| l.trim() == "cluster_state:ok")
+        });
     }
 
     /// Waits until each replica's link to its primary is up and has caught up with it.
     fn wait_replicas_in_sync(&self) {
-        let deadline = Instant::now() + 3 * TIMEOUT;
-        for node in &self.nodes {
-            loop {
-                let info = redis_cli(node.port, &["INFO", "replication"]);
+        self.wait_each(
+            &["INFO", "replication"],
+            "the replica never synced",
+            |info| {
                 let field = |name: &str| {
                     info.lines()
                         .find_map(|l| l.trim().strip_prefix(name).map(str::to_owned))
                 };
-                let synced = match field("role:").as_deref() {
+                match field("role:").as_deref() {
                     Some("master") => true,
                     Some("slave") => {
                         field("master_link_status:").as_deref() == Some("up")
                             && field("master_sync_in_progress:").as_deref() == Some("0")
                     }
                     _ => false,
-                };
-                if synced {
+                }
+            },
+        );
+    }
+
+    /// Asks every node `command` until `ready` holds for its answer, one node after the other.
+    fn wait_each(&self, command: &[&str], what: &str, ready: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + 3 * TIMEOUT;
+        for node in &self.nodes {
+            loop {
+                let answer = redis_cli(node.port, command);
+                if ready(&answer) {
                     break;
                 }
                 assert!(
                     Instant::now() < deadline,
-                    "the replica on {} never synced: {info}",
+                    "{what} on {}: {answer}",
                     node.port
                 );
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }

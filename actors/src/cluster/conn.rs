@@ -48,16 +48,17 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Behind Sentinel and on a Redis Cluster (`fail_fast`) a lost connection is tried again once,
-/// not for seconds: the primary may have moved, or the node died, and the bridge looks for
-/// another at once.
+/// A reconnecting connection that carries pub/sub pushes, so it always speaks RESP3. Behind
+/// Sentinel and on a Redis Cluster (`fail_fast`) a lost connection is tried again once, not for
+/// seconds: the primary may have moved, or the node died, and the bridge looks for another at
+/// once.
 pub(super) fn manager(
     url: &str,
     pushes: UnboundedSender<PushInfo>,
     fail_fast: bool,
     timeout: Duration,
 ) -> Result<ConnectionManager, ClusterError> {
-    let client = redis::Client::open(url)?;
+    let client = redis::Client::open(with_resp3(url))?;
     let mut config = ConnectionManagerConfig::new()
         .set_push_sender(pushes)
         .set_automatic_resubscription()
@@ -68,4 +69,31 @@ pub(super) fn manager(
         config = config.set_number_of_retries(1);
     }
     Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+}
+
+/// The URL with RESP3 asked for: pub/sub pushes share the command connection.
+fn with_resp3(url: &str) -> String {
+    if url.contains("protocol=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}protocol=resp3")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp3_is_asked_for_once() {
+        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
+        assert_eq!(
+            with_resp3("redis://h:1/?db=2"),
+            "redis://h:1/?db=2&protocol=resp3"
+        );
+        assert_eq!(
+            with_resp3("redis://h:1?protocol=resp3"),
+            "redis://h:1?protocol=resp3"
+        );
+    }
 }

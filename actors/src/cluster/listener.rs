@@ -12,8 +12,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::ClusterError;
-use super::conn::Conn;
-use super::conn::manager;
+use super::conn::{Conn, manager};
 
 /// How long a cluster node may take to answer the listener (a dead one is left this fast), and
 /// the cluster to list its nodes.
@@ -57,9 +56,15 @@ impl Listener {
         &self.seeds
     }
 
-    /// The nodes the cluster listed when last asked.
-    pub fn known(&self) -> Vec<String> {
-        self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The nodes to try: the seeds, then those the cluster listed when last asked.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes = self.seeds.clone();
+        for node in self.known.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        nodes
     }
 
     /// The `host:port` of the node listened to.
@@ -97,18 +102,15 @@ impl Listener {
             Err(_) => log::debug!("cluster: listing the cluster's nodes timed out"),
         }
         let left = current.map(|l| l.address);
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut candidates: Vec<String> = Vec::new();
-        for node in self.seeds.iter().chain(known.iter()) {
-            if !candidates.contains(node) && left.as_ref() != Some(node) {
-                candidates.push(node.clone());
-            }
+        let mut candidates = self.nodes();
+        // The node left last goes last: it may be the only one that answers.
+        if let Some(left) = left {
+            candidates.retain(|node| *node != left);
+            candidates.push(left);
         }
-        // The node left last: it may be the only one that answers.
-        candidates.extend(left);
         let mut failures = Vec::new();
         for address in candidates {
-            let url = format!("redis://{address}?protocol=resp3");
+            let url = format!("redis://{address}");
             let mut conn = manager(&url, self.pushes.clone(), true, LISTENER_TIMEOUT)?;
             match ping(&mut conn).await {
                 Ok(()) => {

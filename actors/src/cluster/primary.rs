@@ -81,7 +81,7 @@ impl Primary {
     pub fn new(target: Target, pushes: UnboundedSender<PushInfo>) -> Result<Primary, ClusterError> {
         let (current, listener) = match &target {
             Target::Single(url) => {
-                let conn = manager(&with_resp3(url), pushes.clone(), false, RESPONSE_TIMEOUT)?;
+                let conn = manager(url, pushes.clone(), false, RESPONSE_TIMEOUT)?;
                 let connected = Connected {
                     address: url.clone(),
                     conn: Conn::One(conn),
@@ -207,7 +207,7 @@ impl Primary {
         if self.address().as_deref() == Some(address.as_str()) {
             return Ok(false);
         }
-        let url = with_resp3(&format!("redis://{address}"));
+        let url = format!("redis://{address}");
         let conn = manager(&url, self.pushes.clone(), true, RESPONSE_TIMEOUT)?;
         log::warn!("cluster: sentinel names {address} as the primary of {master}");
         let connected = Connected {
@@ -245,15 +245,9 @@ impl Primary {
         let Some(listener) = &self.listener else {
             return Ok(());
         };
-        let mut nodes = listener.seeds().to_vec();
-        for node in listener.known() {
-            if !nodes.contains(&node) {
-                nodes.push(node);
-            }
-        }
         let connected = Connected {
             address: listener.seeds().join(","),
-            conn: Conn::Cluster(cluster_client(&nodes)?),
+            conn: Conn::Cluster(cluster_client(&listener.nodes())?),
             in_flight: Arc::default(),
         };
         self.install(connected);
@@ -345,31 +339,4 @@ async fn ask(
         .query_async(conn)
         .await?;
     Ok(named.map(|(host, port)| format!("{host}:{port}")))
-}
-
-/// The URL with RESP3 asked for: pub/sub pushes share the command connection.
-fn with_resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}protocol=resp3")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resp3_is_asked_for_once() {
-        assert_eq!(with_resp3("redis://h:1"), "redis://h:1?protocol=resp3");
-        assert_eq!(
-            with_resp3("redis://h:1/?db=2"),
-            "redis://h:1/?db=2&protocol=resp3"
-        );
-        assert_eq!(
-            with_resp3("redis://h:1?protocol=resp3"),
-            "redis://h:1?protocol=resp3"
-        );
-    }
 }
