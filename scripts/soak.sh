@@ -41,8 +41,8 @@ for _ in $(seq 100); do
 done
 rss_mb() { awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$hub/status"; }
 rss_cold=$(rss_mb)
-# A hub that has never written holds little of its store's working set (sled's page table,
-# cache shards and IO buffers are allocated at open but touched by the first writes), so the
+# A hub that has never written holds little of its store's working set (caches and buffers
+# are allocated at open but touched by the first writes), so the
 # level the flood is compared with is that of a hub which has served a short burst of the same
 # load and gone idle again (its rooms stopped, its store reopened); the cold figure is printed
 # too.

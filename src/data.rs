@@ -218,7 +218,7 @@ pub fn migrate(dir: &Path) -> std::process::ExitCode {
 
 /// Refuses (exit 2) what is not a data directory, before anything would create one there.
 fn data_dir(dir: &Path) -> Result<(), std::process::ExitCode> {
-    if dir.join("db").exists() {
+    if storage::FjallKv::is_at(dir) || storage::SledKv::is_at(dir) {
         return Ok(());
     }
     eprintln!("synchub: {} is not a data directory", dir.display());

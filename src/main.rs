@@ -159,7 +159,8 @@ fn serve(config: Config) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,actix_server=warn,sled=warn"),
+        env_logger::Env::default()
+            .default_filter_or("info,actix_server=warn,fjall=warn,lsm_tree=warn"),
     )
     .init();
     let cli = Cli::parse();

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{ChildHub, Ws};
 use serde_json::json;
-use synchub_actors::storage::{DEFAULT_CACHE_BYTES, Kv, KvBatch, SledKv};
+use synchub_actors::storage::{DEFAULT_CACHE_BYTES, FjallKv, Kv, KvBatch};
 
 fn check_data(dir: &Path) -> (bool, String) {
     common::run_synchub(&["check-data".as_ref(), dir.as_os_str()])
@@ -16,7 +16,7 @@ fn check_data(dir: &Path) -> (bool, String) {
 
 /// Replaces the first `from` inside a stored log segment of the relay channel with `to`.
 fn alter_log(dir: &Path, from: &[u8], to: &[u8]) {
-    let kv = SledKv::open(dir, DEFAULT_CACHE_BYTES).expect("open the copy");
+    let kv = FjallKv::open(dir, DEFAULT_CACHE_BYTES).expect("open the copy");
     let prefix = b"lrelay/chk\0".to_vec();
     let mut end = prefix.clone();
     if let Some(last) = end.last_mut() {

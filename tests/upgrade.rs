@@ -1,6 +1,7 @@
-//! Upgrades: a data directory synchub 0.1 wrote (storage format 1, kept in
-//! `tests/fixtures/format1/`) is upgraded when a hub starts on it, or by `synchub migrate`, and
-//! every room comes back with the sequence number, records and digest that version reported.
+//! Upgrades: data directories earlier versions wrote (storage format 1 of synchub 0.1, kept in
+//! `tests/fixtures/format1/`, and format 2 in sled, in `tests/fixtures/format2/`) are upgraded
+//! when a hub starts on them, or by `synchub migrate`, and every room comes back with the
+//! sequence number, records and digest the version that wrote it reported.
 
 mod common;
 
@@ -9,26 +10,27 @@ use std::path::{Path, PathBuf};
 use common::{ChildHub, Ws, get};
 use serde_json::{Value, json};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1")
+fn fixture(format: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/format{format}"))
 }
 
-/// What synchub 0.1 reported for each room before it stopped: `{room: {seq, digest, records}}`.
-fn expected() -> serde_json::Map<String, Value> {
-    let raw = std::fs::read(fixture().join("expected.json")).expect("expected.json");
+/// What the version that wrote the fixture reported for each room before it stopped:
+/// `{room: {seq, digest, records}}`.
+fn expected(format: u32) -> serde_json::Map<String, Value> {
+    let raw = std::fs::read(fixture(format).join("expected.json")).expect("expected.json");
     let v: Value = serde_json::from_slice(&raw).expect("json");
     v.as_object().expect("rooms").clone()
 }
 
 /// A copy of the fixture's data directory, as `<tmp>/db`.
-fn copy_fixture() -> tempfile::TempDir {
+fn copy_fixture(format: u32) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    common::copy_dir(&fixture().join("data"), &dir.path().join("db"));
+    common::copy_dir(&fixture(format).join("data"), &dir.path().join("db"));
     dir
 }
 
-async fn assert_rooms_as_they_were(hub: &ChildHub) {
-    for (room, want) in expected() {
+async fn assert_rooms_as_they_were(hub: &ChildHub, format: u32) {
+    for (room, want) in expected(format) {
         let (status, got) = get(&hub.http_url(&format!("/stats/rooms/{room}"))).await;
         assert_eq!(status, 200, "{room}: {got}");
         for field in ["seq", "digest", "records"] {
@@ -58,9 +60,9 @@ async fn pocket_docs(hub: &ChildHub) -> Vec<(String, u64, Value)> {
 
 #[actix_rt::test]
 async fn a_format_1_directory_is_upgraded_at_start_and_loses_nothing() {
-    let dir = copy_fixture();
+    let dir = copy_fixture(1);
     let hub = ChildHub::spawn(dir.path(), &[]).await;
-    assert_rooms_as_they_were(&hub).await;
+    assert_rooms_as_they_were(&hub, 1).await;
     let docs = pocket_docs(&hub).await;
     let ids: Vec<&str> = docs.iter().map(|(id, _, _)| id.as_str()).collect();
     // d2's delete had left the log in 0.1 (its tombstone lives on in the state, counted in
@@ -87,19 +89,55 @@ async fn a_format_1_directory_is_upgraded_at_start_and_loses_nothing() {
     assert_eq!(relay_room["seq"], 21);
 }
 
+#[actix_rt::test]
+async fn a_format_2_directory_is_upgraded_at_start_and_loses_nothing() {
+    let dir = copy_fixture(2);
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    assert_rooms_as_they_were(&hub, 2).await;
+    let docs = pocket_docs(&hub).await;
+    let ids: Vec<&str> = docs.iter().map(|(id, _, _)| id.as_str()).collect();
+    // What the format-2 hub served from this directory, with the same numbers.
+    assert_eq!(ids, ["d3", "d4", "d5", "d1", "n1", "n2"]);
+    let seqs: Vec<u64> = docs.iter().map(|(_, s, _)| *s).collect();
+    assert_eq!(seqs, [3, 4, 5, 6, 8, 9]);
+    assert!(dir.path().join("db.format2").exists());
+    let mut relay = Ws::connect(&hub.ws_url("/relay?channel=fx")).await;
+    let change = json!(["todo", "r9", "title", "new", 1, 1, "site-b", 1, 0]);
+    let ack = relay
+        .request_typed(
+            &json!({"type": "update", "changes": [change], "version": 0, "siteId": "site-b"}),
+            "ack",
+        )
+        .await;
+    assert_eq!(ack["version"], 21);
+    drop(hub);
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let (_, relay_room) = get(&hub.http_url("/stats/rooms/relay/fx")).await;
+    assert_eq!(relay_room["seq"], 21);
+}
+
 #[test]
 fn synchub_migrate_upgrades_a_stopped_directory_and_check_data_passes_it() {
-    let dir = copy_fixture();
+    for format in [1, 2] {
+        migrate_and_check(format);
+    }
+}
+
+fn migrate_and_check(format: u32) {
+    let dir = copy_fixture(format);
     let db = dir.path().join("db");
     let run = |args: &[&std::ffi::OsStr]| common::run_synchub(args);
     let (ok, text) = run(&["migrate".as_ref(), db.as_os_str()]);
     assert!(ok, "{text}");
-    assert!(text.contains("upgraded from storage format 1"), "{text}");
+    assert!(
+        text.contains(&format!("upgraded from storage format {format}")),
+        "{text}"
+    );
     let (ok, text) = run(&["migrate".as_ref(), db.as_os_str()]);
     assert!(ok && text.contains("already"), "{text}");
     let (ok, text) = run(&["check-data".as_ref(), db.as_os_str()]);
     assert!(ok, "{text}");
-    for (room, want) in expected() {
+    for (room, want) in expected(format) {
         let line = format!(
             "ok       {room}: seq {}, {} records, digest {}",
             want["seq"],

@@ -6,8 +6,9 @@
 //! ([`Committed`]). While it flushes, new commits queue in its mailbox and make up the next
 //! group, so the group grows with the load.
 //!
-//! With `relaxed` durability the flush is left to sled's background flusher: rooms are told as
-//! soon as their writes are applied (readers see them), before they are on disk.
+//! With `relaxed` durability the flush is left to the store's background sync (every 500 ms):
+//! rooms are told as soon as their writes are applied (readers see them), before they are on
+//! disk.
 //!
 //! A failed write or flush (a full disk, an IO error) fails its whole group: no room is told a
 //! commit is durable unless it is. The store is then marked failing (with the cause, for the
@@ -27,7 +28,7 @@ use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use crate::store::{KvBatch, StorageError, Store};
 
 /// The least time between the starts of two flushes. A flush costs about the same whatever it
-/// carries (sled wakes every thread of its pool for each one), so under a steady trickle of
+/// carries (an fsync), so under a steady trickle of
 /// commits from many rooms, waiting this long lets them share flushes; a flush after a quiet
 /// spell starts at once.
 const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);

@@ -177,13 +177,13 @@ impl Hub {
             source,
         };
         std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|e| storage_error(StorageError::Sled(sled::Error::Io(e))))?;
+            .map_err(|e| storage_error(StorageError::Io(e)))?;
         let models = settings.models();
         let open = || Store::open_with_cache(&settings.data_dir, settings.storage_cache_bytes);
         let store = match open() {
             // Opened once more only when there was something to upgrade.
             // An older data directory is upgraded before anything reads it, never refused.
-            Err(StorageError::Format { found }) if found == "1" => {
+            Err(StorageError::Format { found }) if found == "1" || found == "2" => {
                 let stamp = crate::data_check::stamp_with(&models);
                 let migrated =
                     crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;

@@ -1,6 +1,6 @@
 //! The actor system of synchub: a Session actor per WebSocket speaking its dialect, a Room
 //! actor per room ordering, storing and relaying its changes, the directory that starts rooms,
-//! group commit over sled, and the cluster bridge over Redis.
+//! group commit over the disk store, and the cluster bridge over Redis.
 //!
 //! What it offers outside:
 //! - at the root, the hub ([`Hub::start`]) and its settings, who a caller is ([`Identity`],
@@ -107,8 +107,8 @@ pub mod admin {
 pub mod storage {
     pub use crate::data_check::{RoomCheck, check_rooms, stamp_with};
     pub use crate::store::{
-        BackupError, BackupReport, DEFAULT_CACHE_BYTES, Kv, KvBatch, LogEntry, MigrateReport,
-        RoomImage, RoomLayout, SledKv, StorageError, Store, check_backup, migrate,
+        BackupError, BackupReport, DEFAULT_CACHE_BYTES, FjallKv, Kv, KvBatch, LogEntry,
+        MigrateReport, RoomImage, RoomLayout, SledKv, StorageError, Store, check_backup, migrate,
     };
 }
 

@@ -571,8 +571,8 @@ impl Room {
         }
     }
 
-    /// A read the store could not serve. While storage is failing (a full disk) sled may not
-    /// read back a page whose write failed, and the answer is a retryable refusal; otherwise it
+    /// A read the store could not serve. While storage is failing (a full disk) the store may
+    /// not read back what it failed to write, and the answer is a retryable refusal; otherwise it
     /// is the storage error itself. Logged here with its cause either way: the client only
     /// hears the code.
     fn read_failed(&self, e: StorageError) -> RoomError {

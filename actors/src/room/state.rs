@@ -107,8 +107,8 @@ pub struct RoomState {
 
 /// While a room is busy, a log larger than twice the room's state by this much is compacted
 /// once half of it is superseded, however few entries that is: large changes must not make the
-/// disk hold many times the live state (sled's own log holds each byte written several times
-/// over until it reclaims its segments, so what the log holds is multiplied on disk).
+/// disk hold many times the live state (the store keeps what the log held until it merges it
+/// away, so what the log holds is multiplied on disk).
 const BUSY_LOG_BYTES_SLACK: u64 = 1 << 20;
 
 /// While a room is busy, superseded entries beyond twice the records that make a compaction

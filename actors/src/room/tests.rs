@@ -55,7 +55,7 @@ impl Handler<RoomAnswer> for Member {
 }
 
 /// A store that fails writes on cue, as a full disk does: the n-th apply or flush fails, and
-/// every write after it, until `clear`. Like sled, it keeps writes applied since the last
+/// every write after it, until `clear`. It keeps writes applied since the last
 /// successful flush only until a recovery, which goes back to what that flush covered.
 #[derive(Default)]
 struct Faulty {
@@ -90,7 +90,7 @@ impl Faulty {
     }
 
     fn full() -> StorageError {
-        StorageError::Sled(sled::Error::Io(std::io::Error::from_raw_os_error(28)))
+        StorageError::Io(std::io::Error::from_raw_os_error(28))
     }
 
     fn everything(kv: &MemoryKv) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -147,7 +147,7 @@ impl Kv for Faulty {
         0
     }
     fn recover(&self) -> Result<(), StorageError> {
-        // Back to what the last flush covered, as a reopened sled database is; reopening reads
+        // Back to what the last flush covered, the worst a reopened store can be; reopening reads
         // only, so it works on a full disk too.
         let mut back = KvBatch::default();
         for (k, _) in Faulty::everything(&self.live) {

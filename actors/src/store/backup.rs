@@ -4,7 +4,7 @@
 //! A backup file is a header line, then records, then a trailer:
 //!
 //! ```text
-//! {"synchub_backup":1,"format":"2","created_ms":…,"node_id":…}\n
+//! {"synchub_backup":1,"format":"3","created_ms":…,"node_id":…}\n
 //! 'K' len(u32 be) key len(u32 be) value      one stored pair, as the store holds it
 //! 'E' count(u64 be) blake3(32 bytes)          pairs written, hash of every byte before it
 //! ```

@@ -1,6 +1,7 @@
 //! The key-value seam under the store. The store's layout and encoding are written once, on top
-//! of [`Kv`]; sled implements it on disk, [`crate::store::MemoryKv`] in memory for tests and for
-//! benchmarks that separate the hub's own work from the disk's.
+//! of [`Kv`]; [`crate::store::FjallKv`] implements it on disk, [`crate::store::MemoryKv`] in
+//! memory for tests and for benchmarks that separate the hub's own work from the disk's, and
+//! [`crate::store::SledKv`] reads the directories of earlier formats.
 
 use std::ops::ControlFlow;
 
@@ -10,7 +11,7 @@ use super::StorageError;
 pub type Visit = Result<ControlFlow<()>, StorageError>;
 
 /// Writes applied together: after a crash, all of them or none.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct KvBatch {
     pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }

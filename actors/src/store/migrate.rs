@@ -1,14 +1,17 @@
 //! Upgrading a data directory written by an earlier synchub to the layout this one reads.
 //!
+//! Formats 1 and 2 were stored in sled; format 3 is format 2's layout in fjall (see `lsm.rs`).
 //! Format 1 (synchub 0.1) kept one log key per change (`l` room NUL seq → `{"s": stream,
 //! "k": record key, "b": change}`), a per-stream index (`i` room NUL stream NUL seq), and every
 //! record's state (`s` room NUL stream NUL key → seq, then the state as JSON), with no format
 //! marker. Format 2 keeps the log in segments per stream, and state records where the log
-//! alone does not make the state; a migrated room keeps every format-1 state as one.
+//! alone does not make the state; a migrated room keeps every format-1 state as one. A format-2
+//! directory is copied pair by pair.
 //!
-//! The migration writes the new layout into a directory beside the old one and swaps them only
-//! once it is complete and flushed: the old directory is kept as `<dir>.format1`, and a crash at
-//! any point leaves a directory that opens as one format or the other.
+//! The migration writes the new store into a directory beside the old one and swaps them only
+//! once it is complete and flushed: the old directory is kept as `<dir>.format1` (or
+//! `.format2`), and a crash at any point leaves a directory that opens as one format or the
+//! other.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -18,8 +21,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    DEFAULT_CACHE_BYTES, FORMAT, Kv, KvBatch, LogEntry, RoomLayout, RoomMeta, SledKv, StateWrite,
-    StorageError, encode_state, node_key, prefix_end, segments, state_hash,
+    DEFAULT_CACHE_BYTES, FORMAT, FjallKv, Kv, KvBatch, LogEntry, RoomLayout, RoomMeta, SledKv,
+    StateWrite, StorageError, encode_state, node_key, prefix_end, read_segment, segments,
+    state_hash,
 };
 use crate::raw_json::RawJson;
 use crate::room_key::RoomKey;
@@ -62,18 +66,24 @@ pub fn migrate(
     dir: &Path,
     stamp: &dyn Fn(&RoomKey, &mut Value, u64),
 ) -> Result<MigrateReport, StorageError> {
-    let old = SledKv::open(dir, DEFAULT_CACHE_BYTES)?;
-    let from = match format_of(&old)? {
-        None => return Ok(MigrateReport::default()),
-        Some(f) if f == FORMAT => {
-            return Ok(MigrateReport {
+    if !SledKv::is_at(dir) {
+        // This version's store (or nothing yet): there is nothing to upgrade, only to check.
+        let current = FjallKv::open(dir, DEFAULT_CACHE_BYTES)?;
+        return match format_of(&current)? {
+            None => Ok(MigrateReport::default()),
+            Some(f) if f == FORMAT => Ok(MigrateReport {
                 from: f,
                 ..MigrateReport::default()
-            });
-        }
-        Some(f) if f == "1" => f,
-        Some(found) => return Err(StorageError::Format { found }),
-    };
+            }),
+            Some(found) => Err(StorageError::Format { found }),
+        };
+    }
+    let old = SledKv::open(dir, DEFAULT_CACHE_BYTES)?;
+    // A sled directory nothing was written to counts as format 2, the last one sled held.
+    let from = format_of(&old)?.unwrap_or_else(|| "2".to_owned());
+    if from != "1" && from != "2" {
+        return Err(StorageError::Format { found: from });
+    }
     let mut report = MigrateReport {
         from,
         ..MigrateReport::default()
@@ -81,9 +91,66 @@ pub fn migrate(
     let staging = sibling(dir, "migrating");
     if staging.exists() {
         // What an interrupted migration left: started again from the old directory.
-        std::fs::remove_dir_all(&staging).map_err(io)?;
+        std::fs::remove_dir_all(&staging)?;
     }
-    let new = SledKv::open(&staging, DEFAULT_CACHE_BYTES)?;
+    let new = FjallKv::open(&staging, DEFAULT_CACHE_BYTES)?;
+    if report.from == "1" {
+        from_format1(&old, &new, stamp, &mut report)?;
+    } else {
+        copy(&old, &new, &mut report)?;
+    }
+    let mut done = KvBatch::default();
+    done.insert(node_key("format"), FORMAT.as_bytes().to_vec());
+    new.apply(done)?;
+    new.flush()?;
+    drop(new);
+    drop(old);
+    let kept = sibling(dir, &format!("format{}", report.from));
+    std::fs::rename(dir, &kept)?;
+    std::fs::rename(&staging, dir)?;
+    report.kept_as = Some(kept);
+    Ok(report)
+}
+
+/// How many bytes of pairs one batch of a copy carries.
+const COPY_BATCH_BYTES: usize = 4 << 20;
+
+/// A format-2 directory, pair by pair: the layout is the same.
+fn copy(old: &SledKv, new: &FjallKv, report: &mut MigrateReport) -> Result<(), StorageError> {
+    let mut batch = KvBatch::default();
+    let mut bytes = 0;
+    old.scan(&[], &[u8::MAX], &mut |k, v| {
+        match k.first() {
+            Some(b'm') => report.rooms += 1,
+            Some(b'l') => {
+                let _ = read_segment(k, v, &mut |_, _, _| {
+                    report.entries += 1;
+                    Ok(ControlFlow::Continue(()))
+                })?;
+            }
+            _ => {}
+        }
+        // The format marker is written last, once everything else is in.
+        if k != node_key("format").as_slice() {
+            bytes += k.len() + v.len();
+            batch.insert(k.to_vec(), v.to_vec());
+        }
+        if bytes >= COPY_BATCH_BYTES {
+            bytes = 0;
+            new.apply(std::mem::take(&mut batch))?;
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    new.apply(batch)
+}
+
+/// A format-1 directory, room by room, into format 2's layout.
+fn from_format1(
+    old: &SledKv,
+    new: &FjallKv,
+    stamp: &dyn Fn(&RoomKey, &mut Value, u64),
+    report: &mut MigrateReport,
+) -> Result<(), StorageError> {
     let mut batch = KvBatch::default();
     old.scan(b"n", b"o", &mut |k, v| {
         batch.insert(k.to_vec(), v.to_vec());
@@ -104,7 +171,7 @@ pub fn migrate(
         let mut meta: RoomMeta =
             serde_json::from_slice(&raw_meta).map_err(|e| corrupt(&name, e))?;
         let layout = RoomLayout::new(&room);
-        let entries = log_v1(&old, &name, &room, stamp)?;
+        let entries = log_v1(old, &name, &room, stamp)?;
         let mut heads = BTreeMap::new();
         for e in &entries {
             heads.insert(e.stream.clone(), e.seq);
@@ -164,17 +231,7 @@ pub fn migrate(
         report.rooms += 1;
         report.entries += entries.len() as u64;
     }
-    let mut done = KvBatch::default();
-    done.insert(node_key("format"), FORMAT.as_bytes().to_vec());
-    new.apply(done)?;
-    new.flush()?;
-    drop(new);
-    drop(old);
-    let kept = sibling(dir, "format1");
-    std::fs::rename(dir, &kept).map_err(io)?;
-    std::fs::rename(&staging, dir).map_err(io)?;
-    report.kept_as = Some(kept);
-    Ok(report)
+    Ok(())
 }
 
 /// A room's format-1 log, in sequence order, its changes stamped with their numbers.
@@ -225,8 +282,4 @@ fn corrupt(room: &str, why: impl ToString) -> StorageError {
         key: room.to_owned(),
         why: why.to_string(),
     }
-}
-
-fn io(e: std::io::Error) -> StorageError {
-    StorageError::Sled(sled::Error::Io(e))
 }

@@ -1,7 +1,8 @@
 //! The node's storage: every room's change log and materialised state, over a [`Kv`].
 //!
-//! All rooms share one keyspace, keyed by prefix, because sled copes badly with many trees
-//! (space amplification when trees are created and dropped). Layout (format 2):
+//! All rooms share one keyspace, keyed by prefix (one fjall partition: see `lsm.rs` for why
+//! fjall). Layout (format 3; format 2 was the same layout in sled, format 1 an older one in
+//! sled, and both are upgraded by [`migrate`]):
 //!
 //! | key | value |
 //! |---|---|
@@ -26,11 +27,14 @@
 
 mod backup;
 mod digest;
-mod disk;
+mod free_space;
 mod health;
+mod idle;
 mod kv;
+mod lsm;
 mod memory;
 mod migrate;
+mod sled_dir;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -42,29 +46,27 @@ use serde_json::Value;
 
 pub use backup::{BackupError, BackupReport, check_backup};
 pub use digest::{Digest, state_hash};
-pub use disk::SledKv;
 pub use health::StorageHealth;
 pub use kv::{Kv, KvBatch, Visit, prefix_end};
+pub use lsm::FjallKv;
 pub use memory::MemoryKv;
 pub use migrate::{MigrateReport, format_of, migrate};
+pub use sled_dir::SledKv;
 
 use crate::origin::Origin;
 use crate::raw_json::RawJson;
 use crate::room_key::RoomKey;
 
 /// The layout this version writes and reads.
-const FORMAT: &str = "2";
+const FORMAT: &str = "3";
 
 /// The page cache a store opened without a size gets: `storage.cache_bytes`'s default.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
-/// How large a log segment grows before the next entry starts another. sled stores a value
-/// over a quarter of its own log segment (512 KiB in directories of earlier versions, 2 MiB
-/// now: see `disk.rs`) as a file of its own in `blobs/`, and reclaims
-/// such a file only when the log segment that points to it is cleaned, which under a steady
-/// rewrite load lags behind for ever: a commit of hundreds of changes written as one value was
-/// what made the data directory grow without bound. Values this small stay in sled's log, where
-/// its segment cleaner bounds the space they take.
+/// How large a log segment grows before the next entry starts another. Small values keep what a
+/// compaction step rewrites small; the bound was chosen for sled, which stored a value over a
+/// quarter of its own log segment as a file of its own that it reclaimed late, and keeps
+/// fjall's blocks (4 KiB) to one or two per value.
 pub const SEGMENT_BYTES: usize = 6 << 10;
 
 /// How many bytes of log one compaction step reads and rewrites in one atomic batch: what a
@@ -74,14 +76,24 @@ const COMPACT_STEP_BYTES: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage: {0}")]
+    Lsm(#[from] fjall::Error),
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+    /// Only from reading a data directory of format 1 or 2.
+    #[error("storage: {0}")]
     Sled(#[from] sled::Error),
     #[error("storage holds a corrupt record at {key}: {why}")]
     Corrupt { key: String, why: String },
     #[error(
         "the data directory holds storage format {found}, this synchub reads format {FORMAT} \
-         (format 1 is upgraded by `synchub migrate` or when the hub starts)"
+         (formats 1 and 2 are upgraded by `synchub migrate` or when the hub starts)"
     )]
     Format { found: String },
+    #[error("{path} is in use by another process ({why}): one hub per data directory")]
+    InUse {
+        path: std::path::PathBuf,
+        why: std::io::Error,
+    },
     #[error("storage is being reopened after a failure")]
     Reopening,
 }
@@ -89,13 +101,16 @@ pub enum StorageError {
 impl StorageError {
     /// What an operator is told: "disk full" when the disk has no room left, else the error.
     pub fn cause(&self) -> String {
+        let is_full = |io: &std::io::Error| {
+            io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+        };
         let full = match self {
-            StorageError::Sled(sled::Error::Io(io)) => {
-                io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
-            }
+            StorageError::Io(io)
+            | StorageError::Lsm(fjall::Error::Io(io))
+            | StorageError::Sled(sled::Error::Io(io)) => is_full(io),
             _ => false,
         };
-        // sled wraps some IO errors in its own text: look at the words too.
+        // The stores wrap some IO errors in their own types or text: look at the words too.
         if full || self.to_string().contains("No space left on device") {
             "disk full".into()
         } else {
@@ -418,14 +433,19 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the sled database in `path`; refuses one written in another format.
+    /// Opens (or creates) the store in `path`; refuses a directory of another format.
     pub fn open(path: &Path) -> Result<Store> {
         Store::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
     /// Opens the store with a page cache of at most `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store> {
-        let store = Store::over(Arc::new(SledKv::open(path, cache_bytes)?));
+        if SledKv::is_at(path) {
+            // Opened only to tell format 1 from 2, never written to.
+            let found = format_of(&SledKv::open(path, cache_bytes)?)?.unwrap_or_else(|| "2".into());
+            return Err(StorageError::Format { found });
+        }
+        let store = Store::over(Arc::new(FjallKv::open(path, cache_bytes)?));
         store.check_format()?;
         Ok(store)
     }
@@ -1131,28 +1151,13 @@ mod tests {
             kv.apply(b).expect("apply");
             kv.flush().expect("flush");
         }
-        // sled lets go of a database's file lock from its background thread a moment after the
-        // handle is dropped: reopening may have to wait for it.
-        let reopen = |path: &Path| {
-            let mut tries = 0;
-            loop {
-                match Store::open(path) {
-                    Err(StorageError::Sled(e)) if tries < 100 => {
-                        tries += 1;
-                        log::debug!("not yet free: {e}");
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    other => return other,
-                }
-            }
-        };
         assert!(matches!(
-            reopen(dir.path()),
+            Store::open(dir.path()),
             Err(StorageError::Format { found }) if found == "1"
         ));
         let fresh = tempfile::tempdir().expect("tempdir");
         drop(Store::open(fresh.path()).expect("new directory"));
-        let store = reopen(fresh.path()).expect("reopens its own format");
+        let store = Store::open(fresh.path()).expect("reopens its own format");
         assert_eq!(
             store.node_value("format").expect("read").as_deref(),
             Some(FORMAT)
