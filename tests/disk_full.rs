@@ -293,30 +293,67 @@ async fn a_cluster_node_on_a_full_disk_keeps_its_sessions_and_catches_up_when_sp
     assert!(extra.is_subset(&refused), "{extra:?} was never written");
 }
 
+/// Runs `synchub serve` on `data`, which must fail at start: the lines it printed.
+fn serve_fails_at_start(cwd: &Path, data: &Path) -> Vec<String> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
+        .arg("serve")
+        .current_dir(cwd)
+        .env(
+            "SYNCHUB_SERVER_BIND",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .env("SYNCHUB_STORAGE_PATH", data)
+        .env("SYNCHUB_AUTH_REQUIRED", "false")
+        .env("RUST_LOG", "off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run synchub");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("synchub started on {}", data.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("its output");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 #[actix_rt::test]
 async fn a_hub_that_cannot_open_its_store_exits_with_one_clear_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A file where the data directory should be.
     let blocked = dir.path().join("db");
     std::fs::write(&blocked, b"not a directory").expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env(
-            "SYNCHUB_SERVER_BIND",
-            format!("127.0.0.1:{}", common::free_port()),
-        )
-        .env("SYNCHUB_STORAGE_PATH", &blocked)
-        .env("SYNCHUB_AUTH_REQUIRED", "false")
-        .env("RUST_LOG", "off")
-        .output()
-        .expect("run synchub");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let lines = serve_fails_at_start(dir.path(), &blocked);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].starts_with("synchub: cannot open storage in"),
-        "{stderr}"
+        "{lines:?}"
     );
+}
+
+#[actix_rt::test]
+async fn a_second_hub_on_a_data_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = ChildHub::spawn(dir.path(), &[]).await;
+    let lines = serve_fails_at_start(dir.path(), &dir.path().join("db"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("synchub: cannot open storage in") && lines[0].contains("in use"),
+        "{lines:?}"
+    );
+    // The first hub goes on undisturbed.
+    let mut writer = Ws::connect(&hub.ws_url("/relay?channel=one")).await;
+    write(&mut writer, "still-mine")
+        .await
+        .expect("the first hub writes");
 }
