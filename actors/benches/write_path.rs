@@ -1,6 +1,6 @@
 //! The write path without actors: merge → number → persist for batches of relay changes, into
-//! memory (the hub's own work), into sled without a flush (sled's own work) and into sled with a
-//! flush per batch (what making it durable adds).
+//! memory (the hub's own work), into the disk store without a flush (the store's own work) and
+//! into it with a flush per batch (what making it durable adds).
 //!
 //! `cargo bench -p synchub-actors --bench write_path`
 
@@ -81,13 +81,13 @@ fn write_path(c: &mut Criterion) {
 
     for flush in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let sled = Store::open(dir.path()).expect("open");
+        let disk = Store::open(dir.path()).expect("open");
         let mut state = empty();
         let mut round = 0;
         let name = if flush {
-            "merge + encode into sled, one flush"
+            "merge + encode into the disk store, one flush"
         } else {
-            "merge + encode into sled, no flush"
+            "merge + encode into the disk store, no flush"
         };
         group.bench_function(name, |b| {
             b.iter_batched(
@@ -95,7 +95,7 @@ fn write_path(c: &mut Criterion) {
                     round += 1;
                     changes(round)
                 },
-                |submits| run_batch(&mut state, &sled, submits, flush),
+                |submits| run_batch(&mut state, &disk, submits, flush),
                 BatchSize::SmallInput,
             )
         });

@@ -9,9 +9,11 @@
 //! flush and the files a merge has not dropped yet, each bounded by a setting here. The README's
 //! "Storage layout" has the numbers.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use super::StorageError;
 use super::idle::IdleClock;
@@ -31,25 +33,43 @@ pub struct FjallKv {
     since_flush: Mutex<SinceFlush>,
     /// An undo a recovery could not write yet (the disk was still full): the next one writes it.
     undo_owed: Mutex<Option<KvBatch>>,
+    merge_all: Mutex<MergeAll>,
 }
 
 /// What a recovery undoes. fjall replays on reopen every batch its journal holds, synced or
 /// not, so a batch whose flush failed (its group was refused, nobody was acked) could come back;
-/// the [`Kv`] contract is that such writes are gone. So the keys written since the last
-/// successful flush are kept, with a snapshot of the store as that flush left it, and a
-/// recovery writes their values back as of the snapshot.
+/// the [`Kv`] contract is that such writes are gone. So every key written since the last
+/// successful flush is kept with the value it had then (read before the first write to it), and
+/// a recovery writes those values back.
 #[derive(Default)]
 struct SinceFlush {
-    keys: Vec<Vec<u8>>,
+    before: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// More keys than [`MAX_UNDO_KEYS`] were written without a flush (relaxed durability
     /// flushes only in the background): a recovery keeps what the journal holds.
     overflowed: bool,
-    durable: Option<fjall::Snapshot>,
 }
 
 /// How many keys written since the last flush a recovery can undo: far more than one group
 /// commit writes.
 const MAX_UNDO_KEYS: usize = 100_000;
+
+/// Merges never meet what a steady flood of new keys leaves behind (the log's keys only grow,
+/// and a removed entry's tombstone reaches the older levels only with the files around it), so
+/// now and then everything is merged into the last level at once, which keeps only what is
+/// live. It runs on a thread of its own once the directory has grown past half as much again
+/// as the last such merge left, plus this.
+const MERGE_ALL_SLACK_BYTES: u64 = 16 << 20;
+
+/// How often the directory's size is looked at for that.
+const MERGE_ALL_CHECK: Duration = Duration::from_secs(1);
+
+/// The whole-store merge running in the background, if any, and what the last one left.
+#[derive(Default)]
+struct MergeAll {
+    running: Option<std::thread::JoinHandle<()>>,
+    left_bytes: Arc<AtomicU64>,
+    checked: Option<Instant>,
+}
 
 struct Open {
     keyspace: fjall::Keyspace,
@@ -60,20 +80,24 @@ struct Open {
 const PARTITION: &str = "kv";
 
 /// Journals kept before the oldest memtable must be written out as a sorted file: what the
-/// directory holds beyond its sorted files. fjall's floor is 24 MiB (one journal alone may take
-/// 16), its default 512 MiB, which would be most of a small disk.
-const MAX_JOURNALS_BYTES: u64 = 32 << 20;
+/// directory holds beyond its sorted files. This is fjall's floor; its default, 512 MiB, would
+/// be most of a small disk. A journal is dropped once the memtables it covers are written out,
+/// so under a flood it holds about one memtable.
+const MAX_JOURNALS_BYTES: u64 = 24 << 20;
 
 /// Memtables held before the largest is written out: a bound on the memory writes take.
-const MAX_MEMTABLES_BYTES: u64 = 16 << 20;
+const MAX_MEMTABLES_BYTES: u64 = 8 << 20;
+
+/// The partition's memtable, written out as a sorted file of the first level once full.
+const MEMTABLE_BYTES: u32 = 4 << 20;
 
 /// The size of the sorted files merges write, which also sets how much the first level holds
-/// (four files) before a merge moves data down to the next. fjall's default, 64 MiB, lets the
-/// first level grow to 256 MiB while the level below keeps what was overwritten or removed since
-/// it was last merged: in the rooms flood (50–90 MB live) the directory grew by about 4.5 MB a
-/// minute for 20 minutes. At 8 MiB data reaches the last level at 32 MiB and merges into it
-/// continually, dropping what is dead.
-const SORTED_FILE_BYTES: u32 = 8 << 20;
+/// (four files) before a merge moves data down to the next. What was overwritten or removed
+/// stays on disk until a merge meets it, so the levels above the last one are what the
+/// directory holds beyond the live data. fjall's default, 64 MiB, lets the first level grow to
+/// 256 MiB: in the rooms flood (50–90 MB live) the directory grew by about 4.5 MB a minute for
+/// 20 minutes. At 8 MiB the writes flood (a few MB live) held 69 MB after two minutes.
+const SORTED_FILE_BYTES: u32 = 4 << 20;
 
 /// How often the journal is synced when nobody flushes (relaxed durability).
 const RELAXED_SYNC_MS: u16 = 500;
@@ -96,6 +120,7 @@ fn open(path: &Path, cache_bytes: u64) -> Result<Open, StorageError> {
     let kv = keyspace.open_partition(
         PARTITION,
         fjall::PartitionCreateOptions::default()
+            .max_memtable_size(MEMTABLE_BYTES)
             .compression(COMPRESSION)
             .compaction_strategy(fjall::compaction::Strategy::Leveled(
                 fjall::compaction::Leveled {
@@ -123,6 +148,7 @@ impl FjallKv {
             poisoned_by: Mutex::new(None),
             since_flush: Mutex::default(),
             undo_owed: Mutex::default(),
+            merge_all: Mutex::default(),
         })
     }
 
@@ -150,43 +176,93 @@ impl FjallKv {
         self.since_flush.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Everything written from now on is on disk: forget what was written before.
-    fn flushed(&self, open: &Open) {
-        let mut since = self.since_flush();
-        since.keys.clear();
-        since.overflowed = false;
-        since.durable = Some(open.kv.snapshot());
-    }
-
-    /// The values the keys written since the last successful flush had then; `None` when that
-    /// is not known (nothing was flushed yet, or too much was written since).
-    fn undo(&self) -> Result<Option<KvBatch>, StorageError> {
-        let mut since = self.since_flush();
-        let since = &mut *since;
-        let Some(durable) = since.durable.as_ref().filter(|_| !since.overflowed) else {
-            return Ok(None);
-        };
-        since.keys.sort_unstable();
-        since.keys.dedup();
+    /// The values of the keys written since the last successful flush as they were then; `None`
+    /// when that is not known (too much was written since).
+    fn undo(&self) -> Option<KvBatch> {
+        let since = self.since_flush();
+        if since.overflowed {
+            return None;
+        }
         let mut undo = KvBatch::default();
-        for k in &since.keys {
-            match durable.get(k).map_err(fjall::Error::from)? {
-                Some(v) => undo.insert(k.clone(), v.to_vec()),
+        for (k, v) in &since.before {
+            match v {
+                Some(v) => undo.insert(k.clone(), v.clone()),
                 None => undo.remove(k.clone()),
             }
         }
-        Ok(Some(undo))
+        Some(undo)
+    }
+
+    /// Keeps what the keys of `batch` hold before it is written, for [`FjallKv::undo`].
+    fn remember_before(&self, open: &Open, batch: &KvBatch) -> Result<(), StorageError> {
+        let mut since = self.since_flush();
+        if since.overflowed {
+            return Ok(());
+        }
+        if since.before.len() + batch.ops.len() > MAX_UNDO_KEYS {
+            *since = SinceFlush {
+                overflowed: true,
+                ..SinceFlush::default()
+            };
+            return Ok(());
+        }
+        for (k, _) in &batch.ops {
+            if !since.before.contains_key(k) {
+                let then = open.kv.get(k)?.map(|v| v.to_vec());
+                since.before.insert(k.clone(), then);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a merge of the whole store on a thread of its own when the directory has grown
+    /// enough since the last one (see [`MERGE_ALL_SLACK_BYTES`]) and none is running.
+    fn merge_all_if_grown(&self, open: &Open) {
+        let mut merge = self.merge_all.lock().unwrap_or_else(|p| p.into_inner());
+        if merge
+            .checked
+            .is_some_and(|at| at.elapsed() < MERGE_ALL_CHECK)
+        {
+            return;
+        }
+        merge.checked = Some(Instant::now());
+        if merge.running.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let left = merge.left_bytes.load(Ordering::Relaxed);
+        if open.keyspace.disk_space() <= left + left / 2 + MERGE_ALL_SLACK_BYTES {
+            return;
+        }
+        let (keyspace, kv) = (open.keyspace.clone(), open.kv.clone());
+        let left_bytes = merge.left_bytes.clone();
+        let started = std::thread::Builder::new()
+            .name("store-merge".into())
+            .spawn(move || match kv.major_compact() {
+                Ok(()) => left_bytes.store(keyspace.disk_space(), Ordering::Relaxed),
+                Err(e) => log::warn!("storage: merging the whole store failed: {e}"),
+            });
+        match started {
+            Ok(handle) => merge.running = Some(handle),
+            Err(e) => log::warn!("storage: cannot start a merge of the whole store: {e}"),
+        }
     }
 
     /// Drops the handle (fjall waits for its flush and merge threads) and opens a new one.
     fn reopen(&self) -> Result<(), StorageError> {
         let mut slot = self.open.write().unwrap_or_else(|p| p.into_inner());
-        // The snapshot reads through the old handle.
         *self.since_flush() = SinceFlush::default();
+        // A merge holds the old handle: it must be done before a new one opens the directory.
+        let running = self
+            .merge_all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running
+            .take();
+        if let Some(merge) = running {
+            let _ = merge.join();
+        }
         drop(slot.take());
-        let fresh = open(&self.path, self.cache_bytes)?;
-        self.flushed(&fresh);
-        *slot = Some(fresh);
+        *slot = Some(open(&self.path, self.cache_bytes)?);
         *self.poisoned_by.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
@@ -310,21 +386,7 @@ impl Kv for FjallKv {
     /// none.
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
         let db = self.db()?;
-        {
-            let mut since = self.since_flush();
-            if !since.overflowed {
-                if since.keys.len() + batch.ops.len() > MAX_UNDO_KEYS {
-                    // The snapshot goes too: held for long, it would keep every value it sees
-                    // from being merged away.
-                    *since = SinceFlush {
-                        overflowed: true,
-                        ..SinceFlush::default()
-                    };
-                } else {
-                    since.keys.extend(batch.ops.iter().map(|(k, _)| k.clone()));
-                }
-            }
-        }
+        self.remember_before(&db, &batch)?;
         let mut b = db.keyspace.batch();
         for (k, v) in batch.ops {
             match v {
@@ -332,7 +394,9 @@ impl Kv for FjallKv {
                 None => b.remove(&db.kv, k),
             }
         }
-        b.commit().map_err(|e| self.write_error(e))
+        b.commit().map_err(|e| self.write_error(e))?;
+        self.merge_all_if_grown(&db);
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {
@@ -340,7 +404,9 @@ impl Kv for FjallKv {
         db.keyspace
             .persist(fjall::PersistMode::SyncAll)
             .map_err(|e| self.write_error(e))?;
-        self.flushed(&db);
+        let mut since = self.since_flush();
+        since.before.clear();
+        since.overflowed = false;
         Ok(())
     }
 
@@ -364,11 +430,7 @@ impl Kv for FjallKv {
             )));
         }
         let mut owed = self.undo_owed.lock().unwrap_or_else(|p| p.into_inner());
-        // Read through the old handle, which still reads once it refuses writes.
-        let undo = match owed.take() {
-            Some(undo) => Some(undo),
-            None => self.undo()?,
-        };
+        let undo = owed.take().or_else(|| self.undo());
         self.reopen()?;
         if let Some(undo) = undo.filter(|u| !u.is_empty())
             && let Err(e) = self.apply(undo.clone()).and_then(|()| self.flush())
