@@ -60,7 +60,8 @@ while kill -0 "$bench" 2>/dev/null; do
   sleep 5
   kill -0 "$hub" 2>/dev/null || { echo "the hub exited" >&2; exit 1; }
   t=$(($(date +%s) - start))
-  data_kb=$(du -sk "$data" 2>/dev/null | cut -f1)
+  # The store deletes files while du walks the directory, which du reports as an error.
+  data_kb=$(du -sk "$data" 2>/dev/null | cut -f1 || true)
   rss_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$hub/status")
   # The progress line is rewritten with carriage returns: its latest state is the last one.
   last=$(tr '\r' '\n' <"$out/$name.bench.log" | grep ' acks ' | tail -1 || true)

@@ -95,8 +95,8 @@ const MEMTABLE_BYTES: u32 = 4 << 20;
 /// (four files) before a merge moves data down to the next. What was overwritten or removed
 /// stays on disk until a merge meets it, so the levels above the last one are what the
 /// directory holds beyond the live data. fjall's default, 64 MiB, lets the first level grow to
-/// 256 MiB: in the rooms flood (50–90 MB live) the directory grew by about 4.5 MB a minute for
-/// 20 minutes. At 8 MiB the writes flood (a few MB live) held 69 MB after two minutes.
+/// 256 MiB; small files keep the levels above the last one small, and the whole-store merge
+/// (see [`MERGE_ALL_SLACK_BYTES`]) cleans the last one.
 const SORTED_FILE_BYTES: u32 = 4 << 20;
 
 /// How often the journal is synced when nobody flushes (relaxed durability).
