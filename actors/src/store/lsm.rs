@@ -56,9 +56,12 @@ const MAX_UNDO_KEYS: usize = 100_000;
 /// Merges never meet what a steady flood of new keys leaves behind (the log's keys only grow,
 /// and a removed entry's tombstone reaches the older levels only with the files around it), so
 /// now and then everything is merged into the last level at once, which keeps only what is
-/// live. It runs on a thread of its own once the directory has grown past half as much again
-/// as the last such merge left, plus this.
-const MERGE_ALL_SLACK_BYTES: u64 = 16 << 20;
+/// live. It runs on a thread of its own once the directory has grown by half of what the last
+/// such merge left, or by this if that is more. While it runs the directory holds the old files
+/// and the new ones, so the bound is what keeps the largest directory near twice the live data
+/// (1.5 times plus 16 MiB let the writes flood's directory reach 77 MB with about 15 MB left
+/// after each merge).
+const MERGE_ALL_SLACK_BYTES: u64 = 8 << 20;
 
 /// How often the directory's size is looked at for that.
 const MERGE_ALL_CHECK: Duration = Duration::from_secs(1);
@@ -230,7 +233,7 @@ impl FjallKv {
             return;
         }
         let left = merge.left_bytes.load(Ordering::Relaxed);
-        if open.keyspace.disk_space() <= left + left / 2 + MERGE_ALL_SLACK_BYTES {
+        if open.keyspace.disk_space() <= left + (left / 2).max(MERGE_ALL_SLACK_BYTES) {
             return;
         }
         let (keyspace, kv) = (open.keyspace.clone(), open.kv.clone());
