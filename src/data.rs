@@ -125,8 +125,15 @@ pub fn restore(file: &Path, data: &Path) -> Result<Done, DataError> {
         Ok(r) => r,
         Err(e) => {
             drop(store);
-            // Leave no half-made directory behind.
-            let _ = std::fs::remove_dir_all(data);
+            // Leave no half-made directory behind. The store's background threads may still
+            // be letting go of their files for a moment after it is dropped.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while std::fs::remove_dir_all(data).is_err()
+                && data.exists()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return Err(e.into());
         }
     };
