@@ -82,6 +82,25 @@ pub trait Kv: Send + Sync + 'static {
     }
 }
 
+/// Hands the pairs an engine's range iterator yields to a scan's visitor until it stops.
+pub(super) fn visit_pairs<K, V, E>(
+    pairs: impl Iterator<Item = Result<(K, V), E>>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+) -> Result<(), StorageError>
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+    StorageError: From<E>,
+{
+    for pair in pairs {
+        let (k, v) = pair?;
+        if visit(k.as_ref(), v.as_ref())?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The first key after every key that starts with `prefix`. The store's prefixes start with a
 /// tag letter, so one of their bytes is always below 0xFF.
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::StorageError;
 use super::idle::IdleClock;
-use super::kv::{Kv, KvBatch, Visit};
+use super::kv::{Kv, KvBatch, Visit, visit_pairs};
 
 pub struct FjallKv {
     /// `None` only while [`Kv::recover`] or an idle release reopens it.
@@ -368,14 +368,7 @@ impl Kv for FjallKv {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), StorageError> {
-        let db = self.db()?;
-        for item in db.kv.range(start..end) {
-            let (k, v) = item?;
-            if visit(&k, &v)?.is_break() {
-                break;
-            }
-        }
-        Ok(())
+        visit_pairs(self.db()?.kv.range(start..end), visit)
     }
 
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {

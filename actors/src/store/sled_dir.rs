@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::StorageError;
-use super::kv::{Kv, KvBatch, Visit};
+use super::kv::{Kv, KvBatch, Visit, visit_pairs};
 
 pub struct SledKv {
     db: sled::Db,
@@ -65,13 +65,7 @@ impl Kv for SledKv {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), StorageError> {
-        for item in self.db.range(start..end) {
-            let (k, v) = item?;
-            if visit(&k, &v)?.is_break() {
-                break;
-            }
-        }
-        Ok(())
+        visit_pairs(self.db.range(start..end), visit)
     }
 
     fn last_key(&self, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
