@@ -196,7 +196,7 @@ pub struct StorageConfig {
     pub durability: Durability,
     /// How long a delete stays in the log after compaction; 0 keeps it forever.
     pub tombstone_retention_s: u64,
-    /// The most memory the storage's page cache may use.
+    /// The most memory the store's block cache may use.
     pub cache_bytes: u64,
 }
 
