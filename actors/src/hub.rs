@@ -183,7 +183,7 @@ impl Hub {
         let store = match open() {
             // Opened once more only when there was something to upgrade.
             // An older data directory is upgraded before anything reads it, never refused.
-            Err(StorageError::Format { found }) if found == "1" || found == "2" => {
+            Err(StorageError::Format { found }) if crate::store::is_upgradable(&found) => {
                 let stamp = crate::data_check::stamp_with(&models);
                 let migrated =
                     crate::store::migrate(&settings.data_dir, &stamp).map_err(storage_error)?;

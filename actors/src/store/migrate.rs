@@ -59,6 +59,17 @@ pub fn format_of(kv: &dyn Kv) -> Result<Option<String>, StorageError> {
     Ok((!empty).then(|| "1".to_owned()))
 }
 
+/// The format of a sled directory: one nothing was written to counts as format 2, the last one
+/// sled held.
+pub(super) fn format_of_sled(old: &SledKv) -> Result<String, StorageError> {
+    Ok(format_of(old)?.unwrap_or_else(|| "2".to_owned()))
+}
+
+/// Whether [`migrate`] upgrades a directory of `format` (formats 1 and 2, stored in sled).
+pub fn is_upgradable(format: &str) -> bool {
+    format == "1" || format == "2"
+}
+
 /// Brings the data directory `dir` to the format this synchub reads, if it holds an older one;
 /// `stamp` gives each change of the log its sequence number as the room's model writes it (a
 /// format-1 log may hold the client's numbers). Refuses a directory of an unknown format.
@@ -79,9 +90,8 @@ pub fn migrate(
         };
     }
     let old = SledKv::open(dir, DEFAULT_CACHE_BYTES)?;
-    // A sled directory nothing was written to counts as format 2, the last one sled held.
-    let from = format_of(&old)?.unwrap_or_else(|| "2".to_owned());
-    if from != "1" && from != "2" {
+    let from = format_of_sled(&old)?;
+    if !is_upgradable(&from) {
         return Err(StorageError::Format { found: from });
     }
     let mut report = MigrateReport {

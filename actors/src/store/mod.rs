@@ -50,7 +50,7 @@ pub use health::StorageHealth;
 pub use kv::{Kv, KvBatch, Visit, prefix_end};
 pub use lsm::FjallKv;
 pub use memory::MemoryKv;
-pub use migrate::{MigrateReport, format_of, migrate};
+pub use migrate::{MigrateReport, format_of, is_upgradable, migrate};
 pub use sled_dir::SledKv;
 
 use crate::origin::Origin;
@@ -442,7 +442,7 @@ impl Store {
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Store> {
         if SledKv::is_at(path) {
             // Opened only to tell format 1 from 2, never written to.
-            let found = format_of(&SledKv::open(path, cache_bytes)?)?.unwrap_or_else(|| "2".into());
+            let found = migrate::format_of_sled(&SledKv::open(path, cache_bytes)?)?;
             return Err(StorageError::Format { found });
         }
         let store = Store::over(Arc::new(FjallKv::open(path, cache_bytes)?));
