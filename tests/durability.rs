@@ -70,6 +70,22 @@ async fn acked_changes_survive_sigkill() {
     assert_eq!(all.last().map(|c| c["sequence"].clone()), Some(json!(301)));
 }
 
+/// Relaxed durability acks before the flush, and promises that a crash loses at most the last
+/// half second: the hub must flush on its own.
+#[actix_rt::test]
+async fn relaxed_durability_keeps_what_was_acked_a_second_before_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let relaxed = [("SYNCHUB_STORAGE_DURABILITY", "relaxed")];
+    let hub = ChildHub::spawn(dir.path(), &relaxed).await;
+    let mut ws = Ws::connect(&hub.ws_url("/sync?room=relaxed")).await;
+    push_all(&mut ws, 0..300).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    hub.kill();
+
+    let hub = ChildHub::spawn(dir.path(), &relaxed).await;
+    assert_complete(&pull_all(&hub.ws_url("/sync?room=relaxed")).await, 300);
+}
+
 #[actix_rt::test]
 async fn a_room_stopped_when_idle_keeps_its_data_and_numbering() {
     let dir = tempfile::tempdir().expect("tempdir");

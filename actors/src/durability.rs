@@ -6,9 +6,9 @@
 //! ([`Committed`]). While it flushes, new commits queue in its mailbox and make up the next
 //! group, so the group grows with the load.
 //!
-//! With `relaxed` durability the flush is left to the store's background sync (every 500 ms):
-//! rooms are told as soon as their writes are applied (readers see them), before they are on
-//! disk.
+//! With `relaxed` durability rooms are told as soon as their writes are applied (readers see
+//! them), before they are on disk, and the actor flushes every [`RELAXED_FLUSH_INTERVAL`]: a
+//! crash, or a recovery from a failed write, loses at most what was applied since.
 //!
 //! A failed write or flush (a full disk, an IO error) fails its whole group: no room is told a
 //! commit is durable unless it is. The store is then marked failing (with the cause, for the
@@ -32,6 +32,9 @@ use crate::store::{KvBatch, StorageError, Store};
 /// commits from many rooms, waiting this long lets them share flushes; a flush after a quiet
 /// spell starts at once.
 const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// How often relaxed durability flushes what was applied.
+const RELAXED_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often a failed store is tried again.
 pub const RECOVERY_INTERVAL: Duration = Duration::from_millis(500);
@@ -98,6 +101,8 @@ pub struct Durability {
     changes: usize,
     scheduled: bool,
     last_flush: Option<Instant>,
+    /// Relaxed durability applied writes that no flush has covered yet.
+    unflushed: bool,
 }
 
 impl Durability {
@@ -113,6 +118,7 @@ impl Durability {
             changes: 0,
             scheduled: false,
             last_flush: None,
+            unflushed: false,
         }
     }
 
@@ -135,7 +141,9 @@ impl Durability {
         let started = Instant::now();
         self.last_flush = Some(started);
         let mut result = self.store.apply(group);
-        if result.is_ok() && !self.relaxed {
+        if result.is_ok() && self.relaxed {
+            self.unflushed = true;
+        } else if result.is_ok() {
             result = self.store.flush();
             self.metrics
                 .flush_seconds
@@ -149,16 +157,7 @@ impl Durability {
                 true
             }
             Err(e) => {
-                let cause = e.cause();
-                log::error!(
-                    "storage write failed ({cause}): {e}; writes are refused until it recovers"
-                );
-                self.metrics.flush_errors.inc();
-                self.metrics.storage_failing.set(1);
-                // Before any room hears of it: a room reloads only once the store is healthy.
-                self.store.health().failed(cause);
-                self.failing = true;
-                ctx.notify_later(Recover, RECOVERY_INTERVAL);
+                self.failed(e, ctx);
                 false
             }
         };
@@ -167,6 +166,29 @@ impl Durability {
             let _ = room.try_send(Committed { token, ok });
         }
         Ok(result?)
+    }
+
+    /// Marks the store failing until [`Recover`] gets it back.
+    fn failed(&mut self, e: &StorageError, ctx: &mut Context<Self>) {
+        let cause = e.cause();
+        log::error!("storage write failed ({cause}): {e}; writes are refused until it recovers");
+        self.metrics.flush_errors.inc();
+        self.metrics.storage_failing.set(1);
+        // Before any room hears of it: a room reloads only once the store is healthy.
+        self.store.health().failed(cause);
+        self.failing = true;
+        ctx.notify_later(Recover, RECOVERY_INTERVAL);
+    }
+
+    /// Relaxed durability's periodic flush.
+    fn flush_relaxed(&mut self, ctx: &mut Context<Self>) {
+        if self.failing || !self.unflushed {
+            return;
+        }
+        self.unflushed = false;
+        if let Err(e) = self.store.flush() {
+            self.failed(&e, ctx);
+        }
     }
 }
 
@@ -177,6 +199,9 @@ impl Actor for Durability {
         // Rooms hand over one commit per group at most; never make them wait on this mailbox.
         ctx.set_mailbox_capacity(1 << 16);
         self.actor.count.inc();
+        if self.relaxed {
+            ctx.run_interval(RELAXED_FLUSH_INTERVAL, |act, ctx| act.flush_relaxed(ctx));
+        }
         // On this actor's thread: nothing is written while the store is reopened.
         ctx.run_interval(IDLE_CHECK, |act, _| {
             if act.failing || !act.waiting.is_empty() {

@@ -9,7 +9,7 @@
 //! flush and the files a merge has not dropped yet, each bounded by a setting here. The README's
 //! "Storage layout" has the numbers.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -38,29 +38,43 @@ pub struct FjallKv {
 
 /// What a recovery undoes. fjall replays on reopen every batch its journal holds, synced or
 /// not, so a batch whose flush failed (its group was refused, nobody was acked) could come back;
-/// the [`Kv`] contract is that such writes are gone. So every key written since the last
-/// successful flush is kept with the value it had then (read before the first write to it), and
-/// a recovery writes those values back.
+/// the [`Kv`] contract is that such writes are gone. So a snapshot is taken at each successful
+/// flush and the keys written since are noted; a recovery reads what those keys held in the
+/// snapshot and writes it back. The snapshot only keeps fjall's merges from dropping versions
+/// newer than it, and it moves on at every flush. (Reading each key's value before its first
+/// write instead cost the writer a point read per key: 10 to 50 ms a group under the rooms
+/// flood, waiting on the tree's locks while memtables were written out.)
 #[derive(Default)]
 struct SinceFlush {
-    before: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// More keys than [`MAX_UNDO_KEYS`] were written without a flush (relaxed durability
-    /// flushes only in the background): a recovery keeps what the journal holds.
-    overflowed: bool,
+    /// The store as of the last successful flush; `None` when there is nothing a recovery can
+    /// go back to (too much was written since).
+    at: Option<fjall::Snapshot>,
+    keys: HashSet<Vec<u8>>,
+}
+
+impl SinceFlush {
+    fn flushed(open: &Open) -> SinceFlush {
+        SinceFlush {
+            at: Some(open.kv.snapshot()),
+            keys: HashSet::new(),
+        }
+    }
 }
 
 /// How many keys written since the last flush a recovery can undo: far more than one group
-/// commit writes.
+/// commit writes. Relaxed durability flushes only in the background, so a recovery then keeps
+/// what the journal holds.
 const MAX_UNDO_KEYS: usize = 100_000;
 
 /// Merges never meet what a steady flood of new keys leaves behind (the log's keys only grow,
 /// and a removed entry's tombstone reaches the older levels only with the files around it), so
 /// now and then everything is merged into the last level at once, which keeps only what is
-/// live. It runs on a thread of its own once the directory has grown by half of what the last
-/// such merge left, or by this if that is more. While it runs the directory holds the old files
-/// and the new ones, so the bound is what keeps the largest directory near twice the live data
-/// (1.5 times plus 16 MiB let the writes flood's directory reach 77 MB with about 15 MB left
-/// after each merge).
+/// live. It runs on a thread of its own once the sorted files have grown by half of what the
+/// last such merge left, or by this if that is more. While it runs the directory holds the old
+/// files and the new ones, so the bound is what keeps the largest directory near twice the live
+/// data (1.5 times plus 16 MiB let the writes flood's directory reach 77 MB with about 15 MB
+/// left after each merge). The journals are left out of the count: fjall counts each at its
+/// preallocated 32 MiB.
 const MERGE_ALL_SLACK_BYTES: u64 = 8 << 20;
 
 /// How often the directory's size is looked at for that.
@@ -82,11 +96,19 @@ struct Open {
 /// The one partition every key lives in (the store's layout keeps rooms apart by prefix).
 const PARTITION: &str = "kv";
 
-/// Journals kept before the oldest memtable must be written out as a sorted file: what the
-/// directory holds beyond its sorted files. This is fjall's floor; its default, 512 MiB, would
-/// be most of a small disk. A journal is dropped once the memtables it covers are written out,
-/// so under a flood it holds about one memtable.
-const MAX_JOURNALS_BYTES: u64 = 24 << 20;
+/// How much journal fjall lets build up before it stops writers until the oldest memtables are
+/// written out. fjall counts each journal at its preallocated length, 32 MiB, although the file
+/// is sparse and takes only what was written (about one memtable), and it puts writers to sleep
+/// for 100 ms at a time while the count is over this, or for 500 ms when a rotation finds it
+/// over 90% of it. At its floor, 24 MiB, every memtable rotation under a flood (one every second
+/// or two) stopped every write for 100 ms or more: a third of the one-room flood's acks and
+/// most of its slowest. Three journals' worth keeps two sealed journals, what a flush that
+/// lags behind leaves, clear of both sleeps; a journal is dropped once the memtable it covers
+/// is written out.
+const MAX_JOURNALS_BYTES: u64 = 3 * JOURNAL_PREALLOCATED_BYTES;
+
+/// The length fjall gives each new journal file (sparse: the disk holds what was written).
+const JOURNAL_PREALLOCATED_BYTES: u64 = 32 << 20;
 
 /// Memtables held before the largest is written out: a bound on the memory writes take.
 const MAX_MEMTABLES_BYTES: u64 = 8 << 20;
@@ -102,9 +124,6 @@ const MEMTABLE_BYTES: u32 = 4 << 20;
 /// (see [`MERGE_ALL_SLACK_BYTES`]) cleans the last one.
 const SORTED_FILE_BYTES: u32 = 4 << 20;
 
-/// How often the journal is synced when nobody flushes (relaxed durability).
-const RELAXED_SYNC_MS: u16 = 500;
-
 /// Sorted files are written as they are: a change's body is JSON, which compresses, but
 /// compression would make the directory's size depend on what clients send, and the size bound
 /// measured with the load generator's padding would mean nothing.
@@ -115,10 +134,8 @@ fn open(path: &Path, cache_bytes: u64) -> Result<Open, StorageError> {
         .cache_size(cache_bytes)
         .max_journaling_size(MAX_JOURNALS_BYTES)
         .max_write_buffer_size(MAX_MEMTABLES_BYTES)
-        // [`Kv::flush`] syncs for the durability actor's acks; under relaxed durability, which
-        // does not flush, a background sync bounds what a power cut loses to half a second.
+        // Nothing is synced but by [`Kv::flush`]: what a recovery undoes is what came after it.
         .manual_journal_persist(true)
-        .fsync_ms(Some(RELAXED_SYNC_MS))
         .open()?;
     let kv = keyspace.open_partition(
         PARTITION,
@@ -142,14 +159,15 @@ impl FjallKv {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<FjallKv, StorageError> {
         std::fs::create_dir_all(path)?;
         let only_user = DirLock::take(path)?;
+        let opened = open(path, cache_bytes)?;
         Ok(FjallKv {
-            open: RwLock::new(Some(open(path, cache_bytes)?)),
+            since_flush: Mutex::new(SinceFlush::flushed(&opened)),
+            open: RwLock::new(Some(opened)),
             path: path.to_owned(),
             cache_bytes,
             idle: IdleClock::default(),
             _only_user: only_user,
             poisoned_by: Mutex::new(None),
-            since_flush: Mutex::default(),
             undo_owed: Mutex::default(),
             merge_all: Mutex::default(),
         })
@@ -179,43 +197,39 @@ impl FjallKv {
         self.since_flush.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The values of the keys written since the last successful flush as they were then; `None`
-    /// when that is not known (too much was written since).
-    fn undo(&self) -> Option<KvBatch> {
+    /// The values of the keys written since the last successful flush as they were then;
+    /// `None` when that is not known (too much was written since).
+    fn undo(&self) -> Result<Option<KvBatch>, StorageError> {
         let since = self.since_flush();
-        if since.overflowed {
-            return None;
-        }
+        let Some(at) = &since.at else {
+            return Ok(None);
+        };
         let mut undo = KvBatch::default();
-        for (k, v) in &since.before {
-            match v {
-                Some(v) => undo.insert(k.clone(), v.clone()),
+        for k in &since.keys {
+            match at.get(k).map_err(fjall::Error::from)? {
+                Some(v) => undo.insert(k.clone(), v.to_vec()),
                 None => undo.remove(k.clone()),
             }
         }
-        Some(undo)
+        Ok(Some(undo))
     }
 
-    /// Keeps what the keys of `batch` hold before it is written, for [`FjallKv::undo`].
-    fn remember_before(&self, open: &Open, batch: &KvBatch) -> Result<(), StorageError> {
+    /// Notes the keys of `batch` for [`FjallKv::undo`].
+    fn note_written(&self, batch: &KvBatch) {
         let mut since = self.since_flush();
-        if since.overflowed {
-            return Ok(());
+        if since.at.is_none() {
+            return;
         }
-        if since.before.len() + batch.ops.len() > MAX_UNDO_KEYS {
-            *since = SinceFlush {
-                overflowed: true,
-                ..SinceFlush::default()
-            };
-            return Ok(());
+        if since.keys.len() + batch.ops.len() > MAX_UNDO_KEYS {
+            // Lets fjall's merges drop what the snapshot kept.
+            *since = SinceFlush::default();
+            return;
         }
         for (k, _) in &batch.ops {
-            if !since.before.contains_key(k) {
-                let then = open.kv.get(k)?.map(|v| v.to_vec());
-                since.before.insert(k.clone(), then);
+            if !since.keys.contains(k) {
+                since.keys.insert(k.clone());
             }
         }
-        Ok(())
     }
 
     /// Starts a merge of the whole store on a thread of its own when the directory has grown
@@ -233,15 +247,15 @@ impl FjallKv {
             return;
         }
         let left = merge.left_bytes.load(Ordering::Relaxed);
-        if open.keyspace.disk_space() <= left + (left / 2).max(MERGE_ALL_SLACK_BYTES) {
+        if open.kv.disk_space() <= left + (left / 2).max(MERGE_ALL_SLACK_BYTES) {
             return;
         }
-        let (keyspace, kv) = (open.keyspace.clone(), open.kv.clone());
+        let kv = open.kv.clone();
         let left_bytes = merge.left_bytes.clone();
         let started = std::thread::Builder::new()
             .name("store-merge".into())
             .spawn(move || match kv.major_compact() {
-                Ok(()) => left_bytes.store(keyspace.disk_space(), Ordering::Relaxed),
+                Ok(()) => left_bytes.store(kv.disk_space(), Ordering::Relaxed),
                 Err(e) => log::warn!("storage: merging the whole store failed: {e}"),
             });
         match started {
@@ -265,7 +279,9 @@ impl FjallKv {
             let _ = merge.join();
         }
         drop(slot.take());
-        *slot = Some(open(&self.path, self.cache_bytes)?);
+        let opened = open(&self.path, self.cache_bytes)?;
+        *self.since_flush() = SinceFlush::flushed(&opened);
+        *slot = Some(opened);
         *self.poisoned_by.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
@@ -292,6 +308,18 @@ impl FjallKv {
             }
         }
     }
+}
+
+/// What the files directly in `dir` take on disk (sparse files count what they hold).
+fn allocated_bytes_in(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
 }
 
 /// Whether the disk under `path` has less room than a reopen wants.
@@ -382,7 +410,7 @@ impl Kv for FjallKv {
     /// none.
     fn apply(&self, batch: KvBatch) -> Result<(), StorageError> {
         let db = self.db()?;
-        self.remember_before(&db, &batch)?;
+        self.note_written(&batch);
         let mut b = db.keyspace.batch();
         for (k, v) in batch.ops {
             match v {
@@ -400,14 +428,15 @@ impl Kv for FjallKv {
         db.keyspace
             .persist(fjall::PersistMode::SyncAll)
             .map_err(|e| self.write_error(e))?;
-        let mut since = self.since_flush();
-        since.before.clear();
-        since.overflowed = false;
+        *self.since_flush() = SinceFlush::flushed(&db);
         Ok(())
     }
 
+    /// The sorted files, and what the journals take on disk: fjall's own figure counts each
+    /// journal at its preallocated length.
     fn size_on_disk(&self) -> u64 {
-        self.db_untouched().map_or(0, |db| db.keyspace.disk_space())
+        let files = self.db_untouched().map_or(0, |db| db.kv.disk_space());
+        files + allocated_bytes_in(&self.path.join("journals"))
     }
 
     fn probe(&self) -> Result<(), StorageError> {
@@ -426,7 +455,10 @@ impl Kv for FjallKv {
             )));
         }
         let mut owed = self.undo_owed.lock().unwrap_or_else(|p| p.into_inner());
-        let undo = owed.take().or_else(|| self.undo());
+        let undo = match owed.take() {
+            Some(undo) => Some(undo),
+            None => self.undo()?,
+        };
         self.reopen()?;
         if let Some(undo) = undo.filter(|u| !u.is_empty())
             && let Err(e) = self.apply(undo.clone()).and_then(|()| self.flush())
@@ -509,6 +541,12 @@ mod tests {
             (b"gone", None),
             (b"new", Some(b"2")),
         ]);
+        // The old values must survive the memtable being written out and everything merged.
+        {
+            let db = kv.db().expect("open");
+            db.kv.rotate_memtable_and_wait().expect("rotate");
+            db.kv.major_compact().expect("merge");
+        }
         kv.recover().expect("recover");
         for (k, v) in [
             (&b"kept"[..], Some(b"1".to_vec())),
