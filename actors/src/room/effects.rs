@@ -59,8 +59,9 @@ impl Room {
     /// answered from what is durable here, with this node's durable number as the reader's new
     /// position, so a reader that holds more (a number another node of the cluster made
     /// durable) would be moved back. It is refused until this node has made that much durable:
-    /// at once when the room has merged it, after a catch-up otherwise. On a single node every
-    /// number a client holds is one this node made durable.
+    /// at once when the room has merged it, after a catch-up otherwise; the order decides
+    /// whether a catch-up can bring it (a single node's cannot, see
+    /// [`Order::reader_ahead`](super::order::Order::reader_ahead)).
     pub(super) fn reader_ahead(
         &mut self,
         positions: &[(String, u64)],
@@ -69,7 +70,7 @@ impl Room {
         let Some(position) = positions.iter().map(|(_, at)| *at).max() else {
             return false;
         };
-        if position <= self.durable_seq || self.order.status().is_none() {
+        if position <= self.durable_seq {
             return false;
         }
         if self.recovering {
