@@ -141,13 +141,15 @@ impl Durability {
         let started = Instant::now();
         self.last_flush = Some(started);
         let mut result = self.store.apply(group);
-        if result.is_ok() && self.relaxed {
-            self.unflushed = true;
-        } else if result.is_ok() {
-            result = self.store.flush();
-            self.metrics
-                .flush_seconds
-                .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            if self.relaxed {
+                self.unflushed = true;
+            } else {
+                result = self.store.flush();
+                self.metrics
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
         }
         self.metrics.flush_batch.observe(waiting.len() as f64);
         self.metrics.flush_changes.observe(changes as f64);

@@ -62,8 +62,8 @@ impl SinceFlush {
 }
 
 /// How many keys written since the last flush a recovery can undo: far more than one group
-/// commit writes. Relaxed durability flushes only in the background, so a recovery then keeps
-/// what the journal holds.
+/// commit writes. Past it (a store whose writers never flush), a recovery keeps what the
+/// journal holds.
 const MAX_UNDO_KEYS: usize = 100_000;
 
 /// Merges never meet what a steady flood of new keys leaves behind (the log's keys only grow,
@@ -264,11 +264,9 @@ impl FjallKv {
         }
     }
 
-    /// Drops the handle (fjall waits for its flush and merge threads) and opens a new one.
-    fn reopen(&self) -> Result<(), StorageError> {
-        let mut slot = self.open.write().unwrap_or_else(|p| p.into_inner());
-        *self.since_flush() = SinceFlush::default();
-        // A merge holds the old handle: it must be done before a new one opens the directory.
+    /// Waits for a whole-store merge under way: it holds a handle of its own, so the directory
+    /// is in use until it is done.
+    fn wait_for_merge(&self) {
         let running = self
             .merge_all
             .lock()
@@ -278,6 +276,13 @@ impl FjallKv {
         if let Some(merge) = running {
             let _ = merge.join();
         }
+    }
+
+    /// Drops the handle (fjall waits for its flush and merge threads) and opens a new one.
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut slot = self.open.write().unwrap_or_else(|p| p.into_inner());
+        *self.since_flush() = SinceFlush::default();
+        self.wait_for_merge();
         drop(slot.take());
         let opened = open(&self.path, self.cache_bytes)?;
         *self.since_flush() = SinceFlush::flushed(&opened);
@@ -307,6 +312,14 @@ impl FjallKv {
                 StorageError::Lsm(e)
             }
         }
+    }
+}
+
+/// The directory's lock is let go only once nothing writes to it any more: another store may
+/// open it next (a restart in the same process, a restore's clean-up).
+impl Drop for FjallKv {
+    fn drop(&mut self) {
+        self.wait_for_merge();
     }
 }
 
@@ -561,5 +574,49 @@ mod tests {
         let kv = FjallKv::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(kv.get(b"changed").expect("get"), Some(b"1".to_vec()));
         assert_eq!(kv.get(b"new").expect("get"), None);
+    }
+
+    /// The threads of this process with `name`.
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn a_dropped_store_has_finished_its_whole_store_merge() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = FjallKv::open(dir.path(), 1 << 20).expect("open");
+        // The same keys twice, so the merge has overlapping files to rewrite.
+        for round in 0..2u8 {
+            let mut big = KvBatch::default();
+            for i in 0..5_000u32 {
+                big.insert(format!("k{i:05}").into_bytes(), vec![round; 4_000]);
+            }
+            kv.apply(big).expect("apply");
+            kv.db()
+                .expect("open")
+                .kv
+                .rotate_memtable_and_wait()
+                .expect("rotate");
+        }
+        // The next write after the check interval finds 40 MB of sorted files and starts a
+        // merge, which takes a while longer than the few steps to the drop.
+        std::thread::sleep(MERGE_ALL_CHECK + Duration::from_millis(100));
+        let mut small = KvBatch::default();
+        small.insert(b"k".to_vec(), b"1".to_vec());
+        kv.apply(small).expect("apply");
+        // A new thread takes its name once it runs.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while threads_named("store-merge") == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(threads_named("store-merge"), 1, "a merge is under way");
+        drop(kv);
+        assert_eq!(threads_named("store-merge"), 0);
+        let kv = FjallKv::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(kv.get(b"k00042").expect("get"), Some(vec![1; 4_000]));
     }
 }
