@@ -344,6 +344,66 @@ async fn three_nodes_relay_each_others_changes_under_one_numbering() {
     }
 }
 
+/// Redis round trips and changes ordered so far, from a node's `/stats`.
+async fn redis_trips(hub: &ChildHub) -> (u64, u64) {
+    let (_, stats) = common::get(&hub.http_url("/stats")).await;
+    let c = &stats["cluster"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k} in {stats}"));
+    (n("redis_round_trips"), n("ordered_changes"))
+}
+
+#[actix_rt::test]
+async fn busy_rooms_on_a_node_share_their_calls_to_redis() {
+    let redis = RedisServer::start();
+    let (_dirs, hubs) = nodes(&redis, 2).await;
+    const ROOMS: usize = 24;
+    const WRITES: i64 = 15;
+    let mut clients = Vec::new();
+    for i in 0..ROOMS {
+        clients.push(Relay::connect(&hubs[i % 2], &format!("busy{i}")).await);
+    }
+    let before = [redis_trips(&hubs[0]).await, redis_trips(&hubs[1]).await];
+    // Every room writes at once, one change at a time: a node has many rooms waiting for Redis
+    // together, which it sends in shared calls.
+    let runs = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| async move {
+            let mut acked = BTreeMap::new();
+            for w in 0..WRITES {
+                let pk = format!("r{i}w{w}");
+                let v = c.update(vec![cell(&pk, w)]).await.expect("acked");
+                acked.insert(pk, v);
+            }
+            (i, acked)
+        });
+    let acked = futures_util::future::join_all(runs).await;
+    for (i, hub) in hubs.iter().enumerate() {
+        let (trips, changes) = redis_trips(hub).await;
+        let (trips, changes) = (trips - before[i].0, changes - before[i].1);
+        assert_eq!(changes, (ROOMS / 2) as u64 * WRITES as u64, "node {i}");
+        // One call per change would be 1.0 (plus beats); rooms waiting together share calls.
+        assert!(
+            trips * 2 <= changes,
+            "node {i}: {trips} Redis round trips for {changes} changes"
+        );
+    }
+    // Each room's changes have the numbers 1..=WRITES, as acked, on both nodes (the node without
+    // a client of the room catches it up when asked).
+    for (i, acked) in acked {
+        let mut numbers: Vec<u64> = acked.values().copied().collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (1..=WRITES as u64).collect::<Vec<_>>(), "room {i}");
+        for hub in &hubs {
+            assert_eq!(
+                everything(hub, &format!("busy{i}")).await,
+                acked,
+                "room {i}"
+            );
+        }
+    }
+}
+
 #[actix_rt::test]
 async fn pocket_and_synckit_clients_on_different_nodes_see_each_other() {
     let redis = RedisServer::start();
@@ -1684,6 +1744,86 @@ async fn a_redis_cluster_primary_killed_mid_writes_fails_over_and_gives_no_numbe
         assert_ne!(c["pubsub_node"], format!("127.0.0.1:{victim}"), "{c}");
     }
     drop(link);
+}
+
+/// Two nodes on a Redis Cluster, writers on both into one room, whose slot is moved to another
+/// primary mid-writes (a resharding): its keys, the bucket's epoch with them, land on a primary
+/// the epoch was not made on, which the nodes recover from as from a failover. Nothing acked is
+/// lost, no number is given twice, and the room is written on its new primary.
+#[actix_rt::test]
+async fn a_room_whose_slot_moves_to_another_primary_keeps_one_order() {
+    let cluster = RedisCluster::start();
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    let env = node_env(&cluster.url_from(primaries[2]));
+    let (_da, _db, a, b) = two_nodes(&env).await;
+    let (rooms, probes) = rooms_on(&cluster, &a, &[from]).await;
+    let room = rooms[0].clone();
+    let mut acked: BTreeMap<String, u64> = probes.get(&room).cloned().unwrap_or_default();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut writers = Vec::new();
+    for (i, hub) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let c = Relay::connect(hub, &room).await;
+        writers.push(actix_rt::spawn(timed_writer(
+            c,
+            format!("w{i}"),
+            stop.clone(),
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let key = relay_rooms_on(&cluster, from, &room)
+        .into_iter()
+        .find(|(channel, _)| *channel == room)
+        .map(|(_, key)| key)
+        .expect("the room's counter on its primary");
+    let moved_key = key.clone();
+    let moving = Instant::now();
+    let (cluster, slot) = actix_rt::task::spawn_blocking(move || {
+        let slot = cluster.move_slot_of(&moved_key, to);
+        (cluster, slot)
+    })
+    .await
+    .expect("redis-cli");
+    let moved = Instant::now();
+    assert_eq!(cluster.primary_of_key(&key), to, "slot {slot} moved");
+    for hub in [&a, &b] {
+        wait_restored(hub).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = stop_tx.send(true);
+    let mut first_after: Option<Instant> = None;
+    for w in writers {
+        let (got, _, lost) = w.await.expect("writer");
+        assert!(!lost, "sessions stay connected through a resharding");
+        for (pk, (v, at)) in got {
+            if at > moved {
+                first_after = Some(first_after.map_or(at, |f| f.min(at)));
+            }
+            acked.insert(pk, v);
+        }
+    }
+    let first_after = first_after.expect("nothing was acked after the slot moved");
+    eprintln!(
+        "resharding: the slot took {:?} to move; first ack {:?} after",
+        moved - moving,
+        first_after - moved
+    );
+    let numbers: BTreeSet<u64> = acked.values().copied().collect();
+    assert_eq!(numbers.len(), acked.len(), "a number was given twice");
+    let last = numbers.last().copied().unwrap_or(0);
+    converged(&[&a, &b], &format!("relay/{room}"), last).await;
+    for hub in [&a, &b] {
+        let all = everything(hub, &room).await;
+        for (pk, v) in &acked {
+            assert_eq!(all.get(pk), Some(v), "acked {pk} lost");
+        }
+    }
+    // The counter is on its new primary, past every number acked.
+    let counter: u64 = redis_cli(to, &["GET", &key])
+        .trim()
+        .parse()
+        .expect("a counter");
+    assert!(counter >= last, "{key} = {counter} on {to}, {last} acked");
 }
 
 /// Waits until a node orders again after an epoch change: its bridge is up and healthy.

@@ -183,6 +183,42 @@ impl RedisCluster {
         self.wait_replicas_in_sync();
     }
 
+    /// Moves the slot of `key` from the primary serving it to the primary on `to`, as
+    /// `redis-cli --cluster reshard` moves slots: the slot importing on `to` and migrating on
+    /// its owner, its keys `MIGRATE`d over in small groups, then every primary told its new
+    /// owner. Commands meanwhile meet `ASK` and `TRYAGAIN`, then `MOVED`. Returns the slot.
+    pub fn move_slot_of(&self, key: &str, to: u16) -> u16 {
+        let slot = redis_cli(self.live_port(), &["CLUSTER", "KEYSLOT", key]);
+        let slot = slot.trim();
+        let from = self.primary_of_key(key);
+        assert_ne!(from, to, "{key} is on {to} already");
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
+        let ok = |port: u16, args: &[&str]| {
+            let said = redis_cli(port, args);
+            assert_eq!(said.trim(), "OK", "{args:?} on {port}: {said}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = redis_cli(from, &["CLUSTER", "GETKEYSINSLOT", slot, "3"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let to = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        for node in self.listed().iter().filter(|l| !l.slots.is_empty()) {
+            if let Some(port) = self.port_of(&node.id) {
+                ok(port, &["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+            }
+        }
+        self.wait_ok();
+        slot.parse().expect("a slot")
+    }
+
     /// Waits until every node says `cluster_state:ok`.
     fn wait_ok(&self) {
         self.wait_each(&["CLUSTER", "INFO"], "the cluster is not ok", |info| {

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::beat::{self, Answer, Beat};
 use super::restore::{Restore, RestoreCounter, restore};
-use super::wire::{OrderedBatch, parse_message};
+use super::wire::{OrderedBatch, body_prefix, ordered_by, parse_message};
 use super::{ClusterError, ClusterHandle, Peer, fresh_id};
 use crate::clock::now_ms;
 use crate::mailbox::{CountedRecipient, Queued};
@@ -111,6 +111,8 @@ enum Link {
 
 pub struct Cluster {
     handle: ClusterHandle,
+    /// How the bodies of the batches this node orders begin ([`body_prefix`]).
+    own_batches: String,
     store: Store,
     pushes: Option<tokio::sync::mpsc::UnboundedReceiver<PushInfo>>,
     rooms: HashMap<RoomKey, Followed>,
@@ -137,6 +139,7 @@ impl Cluster {
     ) -> Cluster {
         Cluster {
             nonce: fresh_id(handle.node().as_str()),
+            own_batches: body_prefix(handle.node().as_str()),
             handle,
             store,
             pushes: Some(pushes),
@@ -417,9 +420,11 @@ impl Cluster {
                 let Some(followed) = self.rooms.get(&room) else {
                     return;
                 };
+                // A room learns its own batches from the sequencer's answer.
+                if ordered_by(&payload, &self.own_batches) {
+                    return;
+                }
                 match parse_message(&payload) {
-                    // A room learns its own batches from the sequencer's answer.
-                    Some(batch) if batch.body.node == self.handle.node().as_str() => {}
                     Some(batch) => followed.batches.do_send(Replicated(batch)),
                     None => log::warn!("cluster: an unreadable batch on {channel}"),
                 }

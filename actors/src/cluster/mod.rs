@@ -22,6 +22,7 @@ mod conn;
 mod epochs;
 pub mod keys;
 mod listener;
+mod orderer;
 pub mod peers;
 mod primary;
 pub mod restore;
@@ -81,6 +82,9 @@ pub enum ClusterError {
     Epoch,
     #[error("the cluster is not ordering changes right now")]
     Unavailable,
+    /// A node joins a cluster from within the async runtime its tasks run on.
+    #[error("the cluster was joined outside an async runtime")]
+    NoRuntime,
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error("no sentinel names a primary for {master}: {tried}")]
@@ -118,6 +122,8 @@ struct Inner {
     healthy: AtomicBool,
     peers: RwLock<Vec<Peer>>,
     order: scripts::Lua,
+    /// Where rooms' batches queue to be ordered ([`orderer`]).
+    orderer: tokio::sync::mpsc::UnboundedSender<orderer::Request>,
     counters: ClusterMetrics,
 }
 
@@ -144,19 +150,23 @@ impl ClusterHandle {
             Keys::new(&settings.key_prefix)
         };
         let primary = Primary::new(target, pushes)?;
-        Ok(ClusterHandle {
-            inner: Arc::new(Inner {
-                primary,
-                keys,
-                node,
-                settings,
-                epoch: RwLock::new(None),
-                healthy: AtomicBool::new(false),
-                peers: RwLock::new(Vec::new()),
-                order: scripts::order(),
-                counters,
-            }),
-        })
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ClusterError::NoRuntime)?;
+        let (orderer, requests) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            primary,
+            keys,
+            node,
+            settings,
+            epoch: RwLock::new(None),
+            healthy: AtomicBool::new(false),
+            peers: RwLock::new(Vec::new()),
+            order: scripts::order(),
+            orderer,
+            counters,
+        });
+        // The task holds the node's cluster weakly: it ends once the last handle is gone.
+        runtime.spawn(orderer::run(Arc::downgrade(&inner), requests));
+        Ok(ClusterHandle { inner })
     }
 
     pub fn node(&self) -> &NodeId {
@@ -269,44 +279,21 @@ impl ClusterHandle {
         *self.inner.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
     }
 
-    /// Orders one batch of a room's changes; answers its first number.
+    /// Orders one batch of a room's changes; answers its first number. The batch goes to Redis
+    /// with the others waiting on this node ([`orderer`]).
     pub async fn order(&self, room: &RoomKey, body: &BatchBody) -> Result<u64, ClusterError> {
-        let Some(ordering) = self.ordering_epoch() else {
-            return Err(ClusterError::Unavailable);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = orderer::Request {
+            room: room.clone(),
+            changes: body.changes.len(),
+            body: body.encode(),
+            reply,
         };
-        let n = body.changes.len();
-        let keys = &self.inner.keys;
-        let epoch = ordering
-            .guarding(keys.bucket_of(room))
-            .ok_or(ClusterError::Unavailable)?
-            .to_owned();
-        // Behind Sentinel and on a Redis Cluster the script also checks that the primary is the
-        // one the epoch was made on: a replica promoted since may lack numbers the old one gave
-        // out.
-        let replid = if self.primary_moves() {
-            replid_of(&epoch).unwrap_or_default().to_owned()
-        } else {
-            String::new()
-        };
-        let (mut conn, _in_flight) = self.inner.primary.conn_for_order()?;
-        self.inner.counters.round_trips.inc();
-        let first: u64 = self
-            .inner
-            .order
-            .key(keys.epoch_of(room))
-            .key(keys.counter(room))
-            .key(keys.log(room))
-            .arg(epoch)
-            .arg(n)
-            .arg(body.encode())
-            .arg(self.inner.settings.stream_max_len)
-            .arg(keys.channel(room))
-            .arg(replid)
-            .invoke_async(&mut conn)
-            .await?;
-        self.inner.counters.orders.inc();
-        self.inner.counters.ordered_changes.inc_by(n as u64);
-        Ok(first)
+        self.inner
+            .orderer
+            .send(request)
+            .map_err(|_| ClusterError::BridgeGone)?;
+        answer.await.map_err(|_| ClusterError::BridgeGone)?
     }
 
     /// The counters of several rooms, in order (0 for a room Redis does not know). One `MGET`,

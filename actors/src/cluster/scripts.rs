@@ -81,11 +81,13 @@ impl Call<'_> {
     }
 }
 
-/// Orders one batch of a room: checks the epoch, takes the next numbers from the room's counter,
-/// appends the batch to the room's capped stream under its first number, and publishes it.
-/// KEYS: epoch (the room's bucket's on a Redis Cluster), counter, stream. ARGV: expected epoch,
-/// number of changes, batch body, stream length, channel, and the primary's expected replication
-/// id (empty with one Redis). Returns the first number, or an `EPOCH …` error.
+/// Orders batches of rooms whose numbers one epoch key guards: checks the epoch once, then for
+/// each batch takes the room's next numbers from its counter, appends the batch to the room's
+/// capped stream under its first number, and publishes it.
+/// KEYS: the epoch (the bucket's on a Redis Cluster), then each room's counter and stream.
+/// ARGV: expected epoch, the primary's expected replication id (empty with one Redis), stream
+/// length, then each batch's number of changes, body and channel. Returns the batches' first
+/// numbers, in order, or an `EPOCH …` error.
 ///
 /// The replication id is checked here, in the same atomic call that numbers, because a node
 /// may reach a newly promoted primary before it has noticed the failover; that primary kept the
@@ -98,18 +100,23 @@ local epoch = redis.call('GET', KEYS[1])
 if epoch ~= ARGV[1] then
   return redis.error_reply('EPOCH ' .. tostring(epoch))
 end
-if ARGV[6] ~= '' then
+if ARGV[2] ~= '' then
   local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
-  if replid ~= ARGV[6] then
+  if replid ~= ARGV[2] then
     return redis.error_reply('EPOCH the primary changed to ' .. tostring(replid))
   end
 end
-local n = tonumber(ARGV[2])
-local last = redis.call('INCRBY', KEYS[2], n)
-local first = last - n + 1
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], first .. '-0', 'e', ARGV[3])
-redis.call('PUBLISH', ARGV[5], first .. ' ' .. ARGV[3])
-return first
+local firsts = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local n = tonumber(ARGV[3 * i + 1])
+  local body = ARGV[3 * i + 2]
+  local last = redis.call('INCRBY', KEYS[2 * i], n)
+  local first = last - n + 1
+  redis.call('XADD', KEYS[2 * i + 1], 'MAXLEN', '~', ARGV[3], first .. '-0', 'e', body)
+  redis.call('PUBLISH', ARGV[3 * i + 3], first .. ' ' .. body)
+  firsts[i] = first
+end
+return firsts
 "#,
     )
 }

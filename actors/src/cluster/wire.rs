@@ -64,6 +64,25 @@ impl BatchBody {
     }
 }
 
+/// How every batch body a node orders begins: its fields are written in the order
+/// [`BatchBody`] declares them, the node first.
+pub fn body_prefix(node: &str) -> String {
+    // A string always serialises.
+    format!(
+        "{{\"node\":{},",
+        serde_json::to_string(node).unwrap_or_default()
+    )
+}
+
+/// Whether a pub/sub message carries a batch that `prefix` ([`body_prefix`]) says its node
+/// ordered, read without decoding it: a node gets its own batches back from Redis, and learns
+/// them from the sequencer's answer instead.
+pub fn ordered_by(message: &str, prefix: &str) -> bool {
+    message
+        .split_once(' ')
+        .is_some_and(|(_, body)| body.starts_with(prefix))
+}
+
 /// Parses a pub/sub message: `<first> <body>`.
 pub fn parse_message(text: &str) -> Option<OrderedBatch> {
     let (first, body) = text.split_once(' ')?;
@@ -99,6 +118,16 @@ mod tests {
         );
         assert_eq!((submits[1].0, submits[1].1.session.0), (12, 4));
         assert_eq!(submits[1].1.node.as_str(), "n1");
+        let message = format!("10 {}", body.encode());
+        assert!(ordered_by(&message, &body_prefix("n1")));
+        assert!(!ordered_by(&message, &body_prefix("n")));
+        let quoted = BatchBody {
+            node: "n\" 1".into(),
+            changes: vec![],
+        };
+        let message = format!("1 {}", quoted.encode());
+        assert!(ordered_by(&message, &body_prefix("n\" 1")));
+        assert!(!ordered_by(&message, &body_prefix("n1")));
         assert!(parse_message("x {}").is_none());
         assert!(parse_message("5").is_none());
     }
