@@ -127,6 +127,18 @@ struct Inner {
     counters: ClusterMetrics,
 }
 
+impl Inner {
+    /// The epoch this node orders under; `None` while it is unknown or being restored.
+    fn ordering_epoch(&self) -> Option<Arc<Epoch>> {
+        self.epoch.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether the primary can move (Sentinel, Redis Cluster).
+    fn primary_moves(&self) -> bool {
+        self.primary.target().moves()
+    }
+}
+
 /// What rooms use of the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct ClusterHandle {
@@ -198,7 +210,7 @@ impl ClusterHandle {
     /// Whether the primary can move (Sentinel, Redis Cluster): an epoch is then bound to the
     /// replication id of the primary it was made on.
     pub fn primary_moves(&self) -> bool {
-        self.inner.primary.target().moves()
+        self.inner.primary_moves()
     }
 
     /// Whether this is a Redis Cluster, whose rooms have an epoch per bucket.
@@ -240,15 +252,7 @@ impl ClusterHandle {
 
     /// The epoch's name, as `/stats` shows it and the node remembers it.
     pub fn epoch(&self) -> Option<String> {
-        self.ordering_epoch().map(|e| e.name.clone())
-    }
-
-    fn ordering_epoch(&self) -> Option<Arc<Epoch>> {
-        self.inner
-            .epoch
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.ordering_epoch().map(|e| e.name.clone())
     }
 
     pub(crate) fn set_epoch(&self, epoch: Option<Epoch>) {
@@ -284,6 +288,7 @@ impl ClusterHandle {
     pub async fn order(&self, room: &RoomKey, body: &BatchBody) -> Result<u64, ClusterError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = orderer::Request {
+            group: self.inner.keys.bucket_of(room),
             room: room.clone(),
             changes: body.changes.len(),
             body: body.encode(),

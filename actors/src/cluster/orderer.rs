@@ -26,7 +26,7 @@ use crate::room_key::RoomKey;
 
 /// The least time between two calls of one group: at 2 500 changes a second on a node, about
 /// five changes share a call.
-pub(crate) const SPACING: Duration = Duration::from_millis(2);
+const SPACING: Duration = Duration::from_millis(2);
 /// A group with this many changes waiting calls as soon as its last call is back, without
 /// waiting the spacing: a busy room gathers its own submits into large batches, and holding
 /// them back would only slow it down.
@@ -39,9 +39,11 @@ const MAX_BYTES_PER_CALL: usize = 1 << 20;
 
 /// Which epoch key a batch's numbers are checked against: `None` with one Redis or behind
 /// Sentinel, the bucket on a Redis Cluster.
-type Group = Option<usize>;
+pub(crate) type Group = Option<usize>;
 
 pub(crate) struct Request {
+    /// The room's bucket ([`Keys::bucket_of`](super::Keys::bucket_of)).
+    pub group: Group,
     pub room: RoomKey,
     pub changes: usize,
     pub body: String,
@@ -59,19 +61,17 @@ pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceive
         let mut wake: Option<Instant> = None;
         let ready: Vec<Group> = waiting.keys().copied().collect();
         for group in ready {
+            let Some(queue) = waiting.get_mut(&group) else {
+                continue;
+            };
             match pace.get(&group) {
                 Some(Pace::Out) => continue,
-                Some(Pace::From(at))
-                    if *at > now && !waiting.get(&group).is_some_and(|q| worth_a_call(q)) =>
-                {
+                Some(Pace::From(at)) if *at > now && !worth_a_call(queue) => {
                     wake = Some(wake.map_or(*at, |w| w.min(*at)));
                     continue;
                 }
                 _ => {}
             }
-            let Some(queue) = waiting.get_mut(&group) else {
-                continue;
-            };
             let batches = take_call(queue);
             if queue.is_empty() {
                 waiting.remove(&group);
@@ -93,9 +93,9 @@ pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceive
         tokio::select! {
             request = requests.recv(), if open => match request {
                 Some(request) => {
-                    queue(&inner, &mut waiting, request);
+                    waiting.entry(request.group).or_default().push(request);
                     while let Ok(request) = requests.try_recv() {
-                        queue(&inner, &mut waiting, request);
+                        waiting.entry(request.group).or_default().push(request);
                     }
                 }
                 None => open = false,
@@ -114,14 +114,6 @@ enum Pace {
     Out,
     /// Not before then.
     From(Instant),
-}
-
-fn queue(inner: &Weak<Inner>, waiting: &mut BTreeMap<Group, Vec<Request>>, request: Request) {
-    let group = match inner.upgrade() {
-        Some(inner) => inner.keys.bucket_of(&request.room),
-        None => None,
-    };
-    waiting.entry(group).or_default().push(request);
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -185,21 +177,14 @@ async fn call(inner: &Inner, group: Group, batches: Vec<Request>) {
 }
 
 async fn order(inner: &Inner, group: Group, batches: &[Request]) -> Result<Vec<u64>, ClusterError> {
-    let Some(ordering) = inner
-        .epoch
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    else {
-        return Err(ClusterError::Unavailable);
-    };
+    let ordering = inner.ordering_epoch().ok_or(ClusterError::Unavailable)?;
     let epoch = ordering.guarding(group).ok_or(ClusterError::Unavailable)?;
     let Some(first) = batches.first() else {
         return Ok(Vec::new());
     };
     // Behind Sentinel and on a Redis Cluster the script also checks that the primary is the one
     // the epoch was made on: a replica promoted since may lack numbers the old one gave out.
-    let replid = if inner.primary.target().moves() {
+    let replid = if inner.primary_moves() {
         replid_of(epoch).unwrap_or_default()
     } else {
         ""
@@ -230,6 +215,7 @@ mod tests {
 
     fn request(bytes: usize) -> Request {
         Request {
+            group: None,
             room: RoomKey::new(Namespace::new("relay"), "r").expect("a valid room"),
             changes: 1,
             body: "x".repeat(bytes),
