@@ -7,7 +7,6 @@ pub mod auth;
 pub mod config;
 pub mod data;
 pub mod http;
-pub mod memory;
 pub mod open_files;
 pub mod tls;
 

@@ -7,6 +7,15 @@ use synchub::auth::{self, Claims};
 use synchub::config::Config;
 use synchub_actors::Permissions;
 
+/// jemalloc, with its background threads: they hand freed pages back to the system some
+/// seconds after a flood, while the hub sits idle. glibc's malloc cost a sixth of the server's
+/// CPU under `rooms` (buffers allocated on one thread are freed on another) and kept what a flood
+/// freed in per-thread arenas until trimmed; mimalloc was as fast but held half as much again
+/// per idle connection. The A/B is in the README's benchmark section.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "synchub",
@@ -135,7 +144,6 @@ fn serve(config: Config) -> ExitCode {
         log::warn!("==============================================================");
     }
 
-    synchub::memory::trim_periodically();
     match synchub::open_files::raise_to_hard_limit() {
         Ok(n) => log::debug!("open files limit: {n}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
