@@ -127,3 +127,16 @@ fn catchup_returns_every_change() {
         assert!(count(r, "pages") >= 1, "{d}: {r}");
     });
 }
+
+/// A SyncKit room is one document, and the bench's loads pass the hub's default document limit
+/// (256 KiB); the hub the bench starts must take them, or `writes` acks nothing and `catchup`
+/// cannot even load its room.
+#[test]
+fn synckit_runs_past_the_default_document_limit() {
+    let report = bench(
+        "synckit",
+        &["catchup", "--changes", "20000", "--repeat", "1"],
+    );
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["runs"][0]["received"], 20000, "{report}");
+}

@@ -89,13 +89,16 @@ impl Endpoint {
 }
 
 /// Settings the bench gives a hub it starts, unless the user's environment already sets them.
-/// The limits are raised so the bench's own connections and message rates are never refused.
-const HUB_DEFAULTS: [(&str, &str); 5] = [
+/// The limits are raised so the bench's own connections, message rates and documents are never
+/// refused: SyncKit's scenarios write one document, which passes the default 256 KiB within a
+/// second of `writes`.
+const HUB_DEFAULTS: [(&str, &str); 6] = [
     ("SYNCHUB_AUTH_REQUIRED", "false"),
     ("SYNCHUB_LIMITS_MAX_CONNECTIONS", "1000000"),
     ("SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_USER", "1000000"),
     ("SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_IP", "1000000"),
     ("SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND", "1000000"),
+    ("SYNCHUB_LIMITS_MAX_DOCUMENT_BYTES", "268435456"),
 ];
 
 /// How long a started hub gets to accept connections, and to exit after SIGTERM.
