@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v cc >/dev/null || need_apt+=(gcc)
+# jemalloc, the hub's allocator, is built from source with make.
+command -v make >/dev/null || need_apt+=(make)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The TLS test of tests/interop makes its certificate with it.
