@@ -15,7 +15,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::dev::AppConfig;
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
 use synchub_actors::admin::GetCensus;
 use synchub_actors::connection::ConnSocket;
 use synchub_actors::{Hub, HubError, TokenVerifier};
@@ -37,6 +42,10 @@ pub enum RunError {
     Tls(#[from] TlsError),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn tcp_under_tls(tls: &TlsStream<TcpStream>) -> &TcpStream {
+    tls.get_ref().0
 }
 
 /// How long shutdown waits for sessions to finish closing before it stops the server.
@@ -76,41 +85,59 @@ pub async fn run(
     let payload_limit = hub.session_settings().codec_max_bytes();
     let state = web::Data::new(AppState::new(hub.clone(), Arc::new(config), verifier));
     let recording = http::start_recording(&state);
-    let server = HttpServer::new(move || {
+    let make_app = move || {
         App::new()
             .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(http::json_errors))
             .wrap(actix_web::middleware::from_fn(http::check_request))
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(payload_limit))
             .configure(http::routes)
-    })
-    .workers(workers)
-    // Each connection's socket, so that a session whose client stopped reading can be cut off
-    // (see `synchub_actors::connection::ConnSocket`).
-    .on_connect(|conn, ext| {
-        use actix_web::rt::net::TcpStream;
-        let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {
-            conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
-                .map(|tls| tls.get_ref().0)
-        });
-        if let Some(tcp) = tcp
-            && let Ok(peer) = tcp.peer_addr()
-        {
-            use std::os::fd::AsRawFd;
-            ext.insert(ConnSocket {
-                fd: tcp.as_raw_fd(),
-                peer,
-            });
-        }
-    })
-    // Sessions write small frames that must leave at once; the session already gathers what it
-    // has into one write per wake-up, so Nagle's delay would only add latency.
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(5);
+    };
+    let builder = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5);
+    let closing = builder.graceful_shutdown_signal();
+    // What HttpServer would build, plus the upgrade service that hands WebSocket connections
+    // over to their sessions (see `http::upgrade`).
+    macro_rules! service {
+        ($io:ty, $tcp:expr) => {{
+            let closing = closing.clone();
+            HttpService::<$io, _, _>::build()
+                .graceful_shutdown_signal(move || {
+                    let closing = closing.clone();
+                    async move { closing.notified().await }
+                })
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // Sessions write small frames that must leave at once; they already gather what
+                // they have into one write per wake-up, so Nagle's delay would only add latency.
+                .tcp_nodelay(true)
+                // Each connection's socket, so that a session whose client stopped reading can
+                // be cut off (see `synchub_actors::connection::ConnSocket`).
+                .on_connect_ext(|io: &$io, ext| {
+                    use std::os::fd::AsRawFd;
+                    let tcp: &TcpStream = $tcp(io);
+                    if let Ok(peer) = tcp.peer_addr() {
+                        ext.insert(ConnSocket {
+                            fd: tcp.as_raw_fd(),
+                            peer,
+                        });
+                    }
+                })
+                .upgrade(http::upgrade::factory(make_app.clone()))
+                .finish(map_config(make_app(), |_| AppConfig::default()))
+        }};
+    }
     let server = match &tls {
-        Some(cert) => server.listen_rustls_0_23(listener, cert.server_config()?)?,
-        None => server.listen(listener)?,
+        Some(cert) => {
+            let config = cert.server_config()?;
+            builder.listen("synchub", listener, move || {
+                service!(TlsStream<TcpStream>, tcp_under_tls).rustls_0_23(config.clone())
+            })?
+        }
+        None => builder.listen("synchub", listener, move || {
+            service!(TcpStream, std::convert::identity).tcp()
+        })?,
     }
     .run();
     let reloading = tls.map(tls::watch);

@@ -403,3 +403,54 @@ async fn an_expiring_token_closes_with_4009_unless_refreshed_in_band() {
         .await;
     assert_eq!(refreshed.recv_json().await["type"], "ack");
 }
+
+/// A client that sends its first frame in the same write as its handshake, before the answer:
+/// the frame arrives with the handshake and is handled once the session has the connection.
+#[actix_rt::test]
+async fn a_frame_sent_with_the_handshake_is_answered() {
+    use common::raw_ws::{RawFrame, RawWs, masked_frame};
+    let hub = TestHub::start();
+    let pull = json!({"type": "pull", "version": 0}).to_string();
+    let mut ws = RawWs::connect_sending(
+        hub.addr,
+        "/relay?channel=early",
+        &masked_frame(0x1, pull.as_bytes()),
+    )
+    .await;
+    let mut types = Vec::new();
+    while types.len() < 2 {
+        let Some(RawFrame::Text(t)) = ws.next_frame(common::TIMEOUT).await else {
+            panic!("the connection ended after {types:?}");
+        };
+        let v: Value = serde_json::from_str(&t).expect("json");
+        types.push(v["type"].as_str().expect("type").to_owned());
+    }
+    assert_eq!(types, ["connected", "update"]);
+}
+
+/// An upgrade asked of a route that has no socket gets that route's own answer, and the
+/// connection closes after it.
+#[actix_rt::test]
+async fn an_upgrade_of_a_route_without_a_socket_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = TestHub::start();
+    let mut tcp = tokio::net::TcpStream::connect(hub.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        hub.addr
+    );
+    tcp.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    common::within("the answer and the end", tcp.read_to_end(&mut answer))
+        .await
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").expect("head") + 4..];
+    let health: Value = serde_json::from_str(body).expect("json");
+    assert_eq!(health["status"], "healthy", "{health}");
+}

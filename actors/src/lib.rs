@@ -48,6 +48,7 @@ mod session;
 mod store;
 mod sweep;
 pub mod synckit;
+mod websocket;
 
 #[cfg(test)]
 mod proptests;
@@ -85,8 +86,9 @@ pub mod dialects {
 pub mod connection {
     pub use crate::disconnect::close_code;
     pub use crate::limits::{IpSlot, IpSlots, Limit, TokenBucket};
-    pub use crate::outbound::{ConnSocket, Counted, Outbound};
+    pub use crate::outbound::{ConnSocket, Outbound};
     pub use crate::session::Upgrade;
+    pub use crate::websocket::{Connection, Io};
 }
 
 /// What the operator's endpoints ask the hub: the census, the sessions (and closing one), the

@@ -1,24 +1,21 @@
 //! What a session has queued for its socket, counted where it waits: broadcasts in the
 //! session's mailbox (added by the room that sends them) and frames the session wrote that the
-//! HTTP layer has not taken yet (taken off by [`Counted`] as the connection pulls them). A
-//! client that stops reading stops the connection pulling, so these are what grow; past
+//! socket has not taken yet (taken off by the session's [`Writer`] as it writes them). A client
+//! that stops reading stops the socket taking them, so these are what grow; past
 //! `limits.max_outbound_bytes` the room evicts the session.
 //!
 //! It also counts the connection's traffic both ways and notes when its queue drains, for the
 //! admin session listing. Nothing here reads a clock: a read costs about 35 ns here, a
 //! noticeable share of the ~1 µs a fan-out delivery costs, so how long a queue has waited is
 //! measured by [`Backlog`], which looks once a second.
+//!
+//! [`Writer`]: crate::websocket::Writer
 
 use std::net::SocketAddr;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use futures_util::Stream;
 
 /// How long an evicted session has to take its close frame before its connection is cut: a
 /// client that reads nothing at all would otherwise hold the socket, and the bytes queued for
@@ -39,14 +36,6 @@ impl ConnSocket {
     /// Shuts the socket down if it is still the connection it was noted for.
     fn shut_down(self) {
         self.shutdown(std::net::Shutdown::Both);
-    }
-
-    /// Ends what the connection reads, so the HTTP server sees the end of the client's input at
-    /// once. After a WebSocket's last frame the server otherwise waits (up to its client
-    /// disconnect timeout, 0.5-1 s as its clock is cached) for the client to close first, while
-    /// the client, as RFC 6455 7.1.1 has it, waits for the server to close the TCP connection.
-    pub fn end_reads(self) {
-        self.shutdown(std::net::Shutdown::Read);
     }
 
     fn shutdown(self, how: std::net::Shutdown) {
@@ -106,6 +95,15 @@ impl Outbound {
     #[inline]
     pub fn add(&self, n: usize) {
         self.queued.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// The connection wrote `n` bytes of what was queued. Only the connection counts these: no
+    /// locked instruction for the total.
+    #[inline]
+    pub fn sent(&self, n: usize) {
+        self.sub(n);
+        let before = self.bytes_out.load(Ordering::Relaxed);
+        self.bytes_out.store(before + n as u64, Ordering::Relaxed);
     }
 
     #[inline]
@@ -209,59 +207,6 @@ pub fn frame_bytes(len: usize) -> usize {
         _ => 10,
     };
     header + len
-}
-
-/// The session's outgoing byte stream, taking off the queue what the connection pulls.
-pub struct Counted<S> {
-    inner: S,
-    out: Arc<Outbound>,
-    /// Whose reads end with the stream (see [`ConnSocket::end_reads`]).
-    socket: Option<ConnSocket>,
-}
-
-impl<S> Counted<S> {
-    pub fn new(inner: S, out: Arc<Outbound>) -> Counted<S> {
-        Counted {
-            inner,
-            out,
-            socket: None,
-        }
-    }
-
-    /// Ends the connection's reads when the stream ends: its last frame (the close frame) is
-    /// then the last thing on the connection, and the server closes it as soon as that is sent.
-    pub fn ending_reads_of(mut self, socket: Option<ConnSocket>) -> Counted<S> {
-        self.socket = socket;
-        self
-    }
-}
-
-impl<S, E> Stream for Counted<S>
-where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
-{
-    type Item = Result<Bytes, E>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        let next = Pin::new(&mut this.inner).poll_next(cx);
-        if let Poll::Ready(Some(Ok(bytes))) = &next {
-            this.out.sub(bytes.len());
-            // Only the connection's stream counts these: no locked instruction needed.
-            let sent = this.out.bytes_out.load(Ordering::Relaxed);
-            this.out
-                .bytes_out
-                .store(sent + bytes.len() as u64, Ordering::Relaxed);
-        }
-        // The connection is still open while it pulls from this stream, so the socket is the
-        // one it was noted for.
-        if let Poll::Ready(None) = next
-            && let Some(socket) = this.socket.take()
-        {
-            socket.end_reads();
-        }
-        next
-    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! into frames.
 
 use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws;
+use actix_http::ws::{self, Message, ProtocolError};
 
 use crate::clock::unix_now;
 pub use crate::dialect::{Action, Dialect, Env, Frame};
@@ -23,11 +24,12 @@ use crate::mailbox::{CountedAddr, CountedRecipient, counted_actor};
 use crate::metrics::{ActorKind, ActorMetrics, DialectMetrics};
 use crate::origin::{Origin, SessionId};
 use crate::out_frame::OutFrame;
-use crate::outbound::{ConnSocket, Counted, Outbound, frame_bytes};
+use crate::outbound::{Outbound, frame_bytes};
 use crate::room::{
     Join, Leave, Reply, Request, Room, RoomAnswer, RoomError, RoomEvent, RoomReply, RoomRequest,
 };
 use crate::room_key::RoomKey;
+use crate::websocket::{self, Connection, Writer};
 
 /// How often a session tries to enter a room that keeps stopping under it (idle shutdown racing
 /// the join) before it gives up.
@@ -45,38 +47,66 @@ struct Fragments {
 /// How much of an oversized fragmented message is kept to find its request id in.
 const OVERSIZED_HEAD: usize = 4096;
 
-/// A session not yet on its socket, whatever its dialect: what the HTTP layer upgrades a
-/// connection to.
+/// A session not yet on its socket, whatever its dialect: what the HTTP layer hands a
+/// connection to once it has answered the handshake.
 pub trait Upgrade {
-    /// Answers the handshake of `req` with this session on its WebSocket. The session keeps
-    /// the connection's socket and `slot`, the client address's connection slot; its outgoing
-    /// bytes are counted off its queue as the connection takes them.
-    fn upgrade(
-        self: Box<Self>,
-        req: &HttpRequest,
-        stream: web::Payload,
-        slot: Option<IpSlot>,
-    ) -> Result<HttpResponse, actix_web::Error>;
+    /// Starts this session on `conn`, on the calling thread's arbiter. The session keeps the
+    /// connection and `slot`, the client address's connection slot; its outgoing bytes are
+    /// counted off its queue as the socket takes them.
+    fn start(self: Box<Self>, conn: Connection, slot: Option<IpSlot>);
 }
 
 impl<D: Dialect> Upgrade for Session<D> {
-    fn upgrade(
-        self: Box<Self>,
-        req: &HttpRequest,
-        stream: web::Payload,
-        slot: Option<IpSlot>,
-    ) -> Result<HttpResponse, actix_web::Error> {
-        let socket = req.conn_data::<ConnSocket>().cloned();
-        let max = self.hub.session_settings().codec_max_bytes();
-        let session = self.with_connection(socket, slot);
-        let outbound = session.outbound();
-        let mut response = ws::handshake(req)?;
-        let body = ws::WebsocketContext::with_codec(
-            session,
-            stream,
-            actix_http::ws::Codec::new().max_size(max),
-        );
-        Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
+    fn start(self: Box<Self>, conn: Connection, slot: Option<IpSlot>) {
+        let settings = self.hub.session_settings();
+        let mut session = *self;
+        session.outbound = Outbound::new(settings.max_outbound_bytes, conn.socket);
+        session._ip_slot = slot;
+        let (reader, writer) =
+            websocket::split(conn, settings.codec_max_bytes(), session.outbound());
+        session.writer = Some(writer);
+        Session::create(move |ctx| {
+            ctx.add_stream(reader);
+            session
+        });
+    }
+}
+
+/// How many written bytes the socket may leave waiting before the session stops handling
+/// anything else until it took them all. A client that reads slowly so slows down what it gets
+/// (the pages of a pull are asked for as it takes the previous ones), and broadcasts wait in the
+/// session's mailbox, counted against its outbound bound, instead of piling up here.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+
+/// Writes what the session has queued for its socket. Spawned when the queue stops being empty,
+/// so the frames of everything the session handled in one wake-up leave in one write; waited on
+/// (holding the session's other work) past [`WRITE_HIGH_WATER`].
+struct Flush;
+
+impl<D: Dialect> ActorFuture<Session<D>> for Flush {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut Session<D>,
+        ctx: &mut Context<Session<D>>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let Some(writer) = act.writer.as_mut() else {
+            return Poll::Ready(());
+        };
+        match writer.poll_flush(task) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => {
+                act.draining = false;
+                Poll::Ready(())
+            }
+            Poll::Ready(Err(e)) => {
+                log::debug!("session {:?}: the connection failed: {e}", act.id);
+                ctx.stop();
+                Poll::Ready(())
+            }
+        }
     }
 }
 
@@ -91,6 +121,10 @@ pub struct Session<D: Dialect> {
     memberships: Arc<Memberships>,
     last_seen: Instant,
     outbound: Arc<Outbound>,
+    /// The connection's writing side; none until the session is started on one.
+    writer: Option<Writer>,
+    /// Waiting for the socket to take what was written (see [`WRITE_HIGH_WATER`]).
+    draining: bool,
     bucket: TokenBucket,
     /// The client address's connection slot, given back when the session is dropped.
     _ip_slot: Option<IpSlot>,
@@ -134,6 +168,8 @@ impl<D: Dialect> Session<D> {
             memberships: Arc::default(),
             last_seen: Instant::now(),
             outbound: Outbound::new(settings.max_outbound_bytes, None),
+            writer: None,
+            draining: false,
             bucket: TokenBucket::new(settings.max_messages_per_second),
             _ip_slot: None,
             fragments: None,
@@ -147,47 +183,62 @@ impl<D: Dialect> Session<D> {
         }
     }
 
-    /// Ties the session to its connection: the socket a slow consumer is cut off by, and the
-    /// address slot it holds.
-    fn with_connection(mut self, socket: Option<ConnSocket>, ip_slot: Option<IpSlot>) -> Self {
-        self.outbound = Outbound::new(self.hub.session_settings().max_outbound_bytes, socket);
-        self._ip_slot = ip_slot;
-        self
-    }
-
     /// What the session has queued for its socket; the connection takes off what it sends.
     fn outbound(&self) -> Arc<Outbound> {
         self.outbound.clone()
     }
 
-    fn text(
-        &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        text: impl Into<bytestring::ByteString>,
-    ) {
+    /// Queues `msg` for the socket, counted as `bytes` on the wire.
+    fn write(&mut self, ctx: &mut Context<Self>, msg: Message, bytes: usize) {
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        self.outbound.add(bytes);
+        if writer.send(msg) {
+            ctx.spawn(Flush);
+        }
+        if writer.pending() > WRITE_HIGH_WATER && !self.draining {
+            self.draining = true;
+            ctx.wait(Flush);
+        }
+    }
+
+    fn text(&mut self, ctx: &mut Context<Self>, text: impl Into<bytestring::ByteString>) {
         let text = text.into();
         self.traffic.frames_out.inc();
-        self.outbound.add(frame_bytes(text.len()));
-        ctx.text(text);
+        let bytes = frame_bytes(text.len());
+        self.write(ctx, Message::Text(text), bytes);
     }
 
-    fn binary(&mut self, ctx: &mut ws::WebsocketContext<Self>, bytes: impl Into<bytes::Bytes>) {
-        let bytes = bytes.into();
+    fn binary(&mut self, ctx: &mut Context<Self>, bytes: impl Into<bytes::Bytes>) {
+        let payload = bytes.into();
         self.traffic.frames_out.inc();
-        self.outbound.add(frame_bytes(bytes.len()));
-        ctx.binary(bytes);
+        let bytes = frame_bytes(payload.len());
+        self.write(ctx, Message::Binary(payload), bytes);
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
-        self.outbound.add(frame_bytes(2 + reason.len()));
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
+    /// Sends a close frame and stops; what is queued still leaves (see [`Writer::close`]).
+    fn close(&mut self, ctx: &mut Context<Self>, code: u16, reason: &str) {
+        self.send_close(
+            ctx,
+            Some(ws::CloseReason {
+                code: ws::CloseCode::from(code),
+                description: Some(reason.to_owned()),
+            }),
+        );
         ctx.stop();
     }
 
-    fn run(&mut self, actions: Vec<Action<D::Tag>>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_close(&mut self, ctx: &mut Context<Self>, reason: Option<ws::CloseReason>) {
+        let bytes = frame_bytes(
+            reason
+                .as_ref()
+                .map_or(0, |r| 2 + r.description.as_ref().map_or(0, String::len)),
+        );
+        self.write(ctx, Message::Close(reason), bytes);
+    }
+
+    fn run(&mut self, actions: Vec<Action<D::Tag>>, ctx: &mut Context<Self>) {
         for action in actions {
             match action {
                 Action::Text(text) => self.text(ctx, text),
@@ -230,13 +281,7 @@ impl<D: Dialect> Session<D> {
         }
     }
 
-    fn request(
-        &mut self,
-        room: RoomKey,
-        body: RoomRequest,
-        tag: D::Tag,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn request(&mut self, room: RoomKey, body: RoomRequest, tag: D::Tag, ctx: &mut Context<Self>) {
         let charge = std::mem::take(&mut self.charge);
         self.send_request(room, body, tag, charge, ctx);
     }
@@ -249,7 +294,7 @@ impl<D: Dialect> Session<D> {
         body: RoomRequest,
         tag: D::Tag,
         charge: usize,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let Some(addr) = self.rooms.get(&room).cloned() else {
             // Join first; `wait` holds the session's other input until the room is there, so
@@ -297,7 +342,7 @@ impl<D: Dialect> Session<D> {
         n: u64,
         tag: D::Tag,
         reply: Result<RoomReply, RoomError>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         self.ready.insert(n, (tag, reply));
         while let Some((tag, reply)) = self.ready.remove(&self.delivered) {
@@ -312,12 +357,7 @@ impl<D: Dialect> Session<D> {
     }
 
     /// Finds a room's actor (starting it if needed) and enters it.
-    fn checkout_and_join(
-        &mut self,
-        key: RoomKey,
-        attempts: u8,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn checkout_and_join(&mut self, key: RoomKey, attempts: u8, ctx: &mut Context<Self>) {
         let checkout = self.hub.directory().send(Checkout { key: key.clone() });
         ctx.wait(
             checkout
@@ -337,7 +377,7 @@ impl<D: Dialect> Session<D> {
         key: RoomKey,
         addr: CountedAddr<Room>,
         attempts: u8,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let streams = self.dialect.streams_for(&key);
         let me = self.counted(ctx);
@@ -367,7 +407,7 @@ impl<D: Dialect> Session<D> {
         }));
     }
 
-    fn deliver(&mut self, frame: Frame<'_>, ctx: &mut ws::WebsocketContext<Self>) {
+    fn deliver(&mut self, frame: Frame<'_>, ctx: &mut Context<Self>) {
         self.traffic.frames_in.inc();
         let len = match frame {
             Frame::Text(t) => t.len(),
@@ -401,13 +441,13 @@ impl<D: Dialect> Session<D> {
     }
 
     /// This session's address, counting what is sent through it.
-    fn counted(&self, ctx: &ws::WebsocketContext<Self>) -> CountedAddr<Self> {
+    fn counted(&self, ctx: &Context<Self>) -> CountedAddr<Self> {
         CountedAddr::new(ctx.address(), self.hub.metrics())
     }
 
     /// A session that authenticated in-band counts against its user's connections from then on;
     /// past the per-user limit it is closed like a connection refused at the upgrade.
-    fn count_as_user(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn count_as_user(&mut self, ctx: &mut Context<Self>) {
         let set = self.hub.directory().send(SetUser {
             id: self.id,
             user: self.identity.user_id.clone(),
@@ -420,7 +460,7 @@ impl<D: Dialect> Session<D> {
         }));
     }
 
-    fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
         let Some(expires_at) = self.identity.expires_at else {
             return;
         };
@@ -435,7 +475,7 @@ impl<D: Dialect> Session<D> {
 }
 
 impl<D: Dialect> Actor for Session<D> {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
@@ -470,8 +510,7 @@ impl<D: Dialect> Actor for Session<D> {
                 log::debug!("session {:?} timed out", act.id);
                 ctx.stop();
             } else {
-                act.outbound.add(frame_bytes(0));
-                ctx.ping(b"");
+                act.write(ctx, Message::Ping(bytes::Bytes::new()), frame_bytes(0));
             }
         });
         self.schedule_expiry(ctx);
@@ -479,6 +518,9 @@ impl<D: Dialect> Actor for Session<D> {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.actor.count.dec();
+        if let Some(writer) = self.writer.take() {
+            writer.close();
+        }
         self.outbound.mark_closed();
         // Always, even when the answer to `Register` never came back (a connection reset during
         // the upgrade): the directory ignores sessions it does not know, and a registration it
@@ -490,8 +532,8 @@ impl<D: Dialect> Actor for Session<D> {
     }
 }
 
-impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session<D> {
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl<D: Dialect> StreamHandler<Result<Message, ProtocolError>> for Session<D> {
+    fn handle(&mut self, msg: Result<Message, ProtocolError>, ctx: &mut Self::Context) {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -503,9 +545,9 @@ impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Sessi
         };
         self.last_seen = Instant::now();
         let size = match &msg {
-            ws::Message::Text(t) => t.len(),
-            ws::Message::Binary(b) => b.len(),
-            ws::Message::Continuation(
+            Message::Text(t) => t.len(),
+            Message::Binary(b) => b.len(),
+            Message::Continuation(
                 actix_http::ws::Item::FirstText(b)
                 | actix_http::ws::Item::FirstBinary(b)
                 | actix_http::ws::Item::Continue(b)
@@ -515,16 +557,16 @@ impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Sessi
         };
         self.outbound.received(size);
         match msg {
-            ws::Message::Ping(b) => {
-                self.outbound.add(frame_bytes(b.len()));
-                ctx.pong(&b);
+            Message::Ping(b) => {
+                let bytes = frame_bytes(b.len());
+                self.write(ctx, Message::Pong(b), bytes);
             }
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Text(t) => self.deliver(Frame::Text(&t), ctx),
-            ws::Message::Binary(b) => self.deliver(Frame::Binary(&b), ctx),
-            ws::Message::Continuation(item) => self.continuation(item, ctx),
-            ws::Message::Close(reason) => {
-                ctx.close(reason);
+            Message::Pong(_) | Message::Nop => {}
+            Message::Text(t) => self.deliver(Frame::Text(&t), ctx),
+            Message::Binary(b) => self.deliver(Frame::Binary(&b), ctx),
+            Message::Continuation(item) => self.continuation(item, ctx),
+            Message::Close(reason) => {
+                self.send_close(ctx, reason);
                 ctx.stop();
             }
         }
@@ -532,7 +574,7 @@ impl<D: Dialect> StreamHandler<Result<ws::Message, ws::ProtocolError>> for Sessi
 }
 
 impl<D: Dialect> Session<D> {
-    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut Context<Self>) {
         let max = self.hub.session_settings().max_frame_bytes;
         let (first, last, chunk, text) = match item {
             actix_http::ws::Item::FirstText(b) => (true, false, b, true),
@@ -642,17 +684,13 @@ impl<D: Dialect> Handler<CloseSession> for Session<D> {
 
 /// The close code RFC 6455 gives a broken frame: 1007 for a text message that is not UTF-8,
 /// 1009 for one over the size the hub accepts at all, 1002 for the rest.
-fn protocol_close(e: &ws::ProtocolError) -> (u16, &'static str) {
+fn protocol_close(e: &ProtocolError) -> (u16, &'static str) {
     match e {
-        // The WebSocket layer reports a text frame that fails UTF-8 decoding as an I/O error
-        // of kind `Other` carrying the decoder's message.
-        ws::ProtocolError::Io(io)
-            if io.kind() == std::io::ErrorKind::Other
-                && io.to_string().to_ascii_lowercase().contains("utf-8") =>
-        {
+        // How the connection's reader reports a text frame that is not UTF-8.
+        ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
             (1007, "Invalid UTF-8")
         }
-        ws::ProtocolError::Overflow => (1009, "Message too big"),
+        ProtocolError::Overflow => (1009, "Message too big"),
         _ => (1002, "Protocol error"),
     }
 }
@@ -663,14 +701,12 @@ mod tests {
 
     #[test]
     fn broken_frames_get_the_rfc_close_codes() {
-        let utf8 = String::from_utf8(vec![0xff]).expect_err("not UTF-8");
-        let io = std::io::Error::other(utf8.to_string());
-        assert_eq!(protocol_close(&ws::ProtocolError::Io(io)).0, 1007);
-        assert_eq!(
-            protocol_close(&ws::ProtocolError::InvalidLength(126)).0,
-            1002
-        );
-        assert_eq!(protocol_close(&ws::ProtocolError::Overflow).0, 1009);
-        assert_eq!(protocol_close(&ws::ProtocolError::UnmaskedFrame).0, 1002);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8");
+        assert_eq!(protocol_close(&ProtocolError::Io(io)).0, 1007);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(protocol_close(&ProtocolError::Io(reset)).0, 1002);
+        assert_eq!(protocol_close(&ProtocolError::InvalidLength(126)).0, 1002);
+        assert_eq!(protocol_close(&ProtocolError::Overflow).0, 1009);
+        assert_eq!(protocol_close(&ProtocolError::UnmaskedFrame).0, 1002);
     }
 }

@@ -11,6 +11,7 @@ pub(crate) mod recorder;
 mod request_checks;
 mod stats;
 mod tokens;
+pub mod upgrade;
 mod websocket;
 
 use std::collections::HashMap;

@@ -2,15 +2,14 @@
 //! names, the token and the permission checks, then a session of the dialect. And `/`, which is
 //! the socket of the dialect served there for an upgrade and the hub's description otherwise.
 
-use actix::{Actor, ActorContext, StreamHandler};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_web_actors::ws;
 use serde_json::{Map, Value, json};
-use synchub_actors::connection::{ConnSocket, Counted, Limit, Outbound, Upgrade};
+use synchub_actors::connection::{Limit, Upgrade};
 use synchub_actors::dialects::{AuthRefusal, DEFAULT_ROOM, DIALECTS, DialectSpec};
 use synchub_actors::{AuthError, Identity, RoomKey};
 
+use super::upgrade::HandOver;
 use super::{AppState, Query, origin_refused, token};
 
 /// Serves every dialect's upgrade on its paths, and `/`.
@@ -20,11 +19,8 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             cfg.route(
                 path,
                 web::get().to(
-                    move |req: HttpRequest,
-                          stream: web::Payload,
-                          query: Query,
-                          state: web::Data<AppState>| {
-                        upgrade(dialect, req, stream, query, state)
+                    move |req: HttpRequest, query: Query, state: web::Data<AppState>| {
+                        upgrade(dialect, req, query, state)
                     },
                 ),
             );
@@ -39,7 +35,6 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
 async fn upgrade(
     dialect: &'static DialectSpec,
     req: HttpRequest,
-    stream: web::Payload,
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
@@ -60,7 +55,7 @@ async fn upgrade(
     } else {
         match state.authenticate(token) {
             Ok(identity) => identity,
-            Err(e) => return refuse(dialect, e, &req, stream, &state),
+            Err(e) => return refuse(dialect, e, &req, &state),
         }
     };
     let allowed = match &room {
@@ -71,14 +66,13 @@ async fn upgrade(
         return Ok(HttpResponse::Forbidden().json(json!({"error": "Permission denied"})));
     }
     let session = (dialect.open)(&state.hub, room, identity);
-    start_session(session, &req, stream, &state)
+    start_session(session, &req, &state)
 }
 
 fn refuse(
     dialect: &DialectSpec,
     e: AuthError,
     req: &HttpRequest,
-    stream: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, actix_web::Error> {
     log::debug!("{} connection refused: {e}", dialect.name());
@@ -92,9 +86,7 @@ fn refuse(
         AuthRefusal::Unauthorized => {
             Ok(HttpResponse::Unauthorized().json(json!({"error": "Authentication failed"})))
         }
-        AuthRefusal::Close { code, reason } => {
-            start_ws(Refused { code, reason }, req, stream, state)
-        }
+        AuthRefusal::Close { code, reason } => hand_over(req, HandOver::Refuse { code, reason }),
     }
 }
 
@@ -109,7 +101,6 @@ fn is_upgrade(req: &HttpRequest) -> bool {
 /// description of the hub.
 async fn root(
     req: HttpRequest,
-    stream: web::Payload,
     query: Query,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
@@ -117,7 +108,7 @@ async fn root(
     if let Some(&dialect) = at_root
         && is_upgrade(&req)
     {
-        return upgrade(dialect, req, stream, query, state).await;
+        return upgrade(dialect, req, query, state).await;
     }
     let mut endpoints = Map::new();
     endpoints.insert("health".into(), Value::from("/health"));
@@ -135,36 +126,12 @@ async fn root(
     })))
 }
 
-/// A WebSocket that is accepted only to be closed with a code, as clients of some dialects
-/// expect (Pocket's 4001) rather than an HTTP error.
-struct Refused {
-    code: u16,
-    reason: &'static str,
-}
-
-impl Actor for Refused {
-    type Context = ws::WebsocketContext<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(self.code),
-            description: Some(self.reason.into()),
-        }));
-        ctx.stop();
-    }
-}
-
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refused {
-    fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, _: &mut Self::Context) {}
-}
-
 /// Upgrades to `session`, unless the page's origin is not allowed (403) or the client's address
 /// already holds `limits.max_connections_per_ip` connections (429), both before the upgrade.
 /// The session keeps the address's slot.
 fn start_session(
     session: Box<dyn Upgrade>,
     req: &HttpRequest,
-    stream: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, actix_web::Error> {
     if let Some(refused) = origin_refused(req, state) {
@@ -181,26 +148,14 @@ fn start_session(
         },
         None => None,
     };
-    session.upgrade(req, stream, slot)
+    hand_over(req, HandOver::Session { session, slot })
 }
 
-/// Upgrades to a plain WebSocket actor (one that refuses the client with a close code).
-fn start_ws<A>(
-    actor: A,
-    req: &HttpRequest,
-    stream: web::Payload,
-    state: &AppState,
-) -> Result<HttpResponse, actix_web::Error>
-where
-    A: Actor<Context = ws::WebsocketContext<A>>
-        + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
-{
-    let max = state.hub.session_settings().codec_max_bytes();
-    let mut response = ws::handshake(req)?;
-    let body =
-        ws::WebsocketContext::with_codec(actor, stream, actix_http::ws::Codec::new().max_size(max));
-    // Nothing waits on this connection's queue: no limit to count against.
-    let outbound = Outbound::new(usize::MAX, None);
-    let socket = req.conn_data::<ConnSocket>().cloned();
-    Ok(response.streaming(Counted::new(body, outbound).ending_reads_of(socket)))
+/// Accepts the handshake of `req`; the connection then goes to `what` (see [`HandOver`]). A
+/// malformed handshake is answered 400, and `what` dropped.
+fn hand_over(req: &HttpRequest, what: HandOver) -> Result<HttpResponse, actix_web::Error> {
+    let mut accepted =
+        HttpResponse::from(actix_http::ws::handshake(req.head())?.finish()).map_into_boxed_body();
+    accepted.extensions_mut().insert(what);
+    Ok(accepted)
 }

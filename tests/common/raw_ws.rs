@@ -38,6 +38,16 @@ impl RawWs {
         path: &str,
         recv_buffer: Option<u32>,
     ) -> RawWs {
+        RawWs::open(addr, path, recv_buffer, &[]).await
+    }
+
+    /// As [`RawWs::connect`], with `frames` written in the same write as the handshake, before
+    /// the server answered it (as a client that does not wait for the answer sends them).
+    pub async fn connect_sending(addr: SocketAddr, path: &str, frames: &[u8]) -> RawWs {
+        RawWs::open(addr, path, None, frames).await
+    }
+
+    async fn open(addr: SocketAddr, path: &str, recv_buffer: Option<u32>, frames: &[u8]) -> RawWs {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         if let Some(size) = recv_buffer {
             socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -49,7 +59,9 @@ impl RawWs {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        within("send the upgrade", tcp.write_all(request.as_bytes()))
+        let mut request = request.into_bytes();
+        request.extend_from_slice(frames);
+        within("send the upgrade", tcp.write_all(&request))
             .await
             .expect("send upgrade");
         let mut buf = Vec::new();
@@ -73,24 +85,9 @@ impl RawWs {
         }
     }
 
-    /// Sends one masked frame (the mask is fixed: it is there because clients must mask, not
-    /// for secrecy).
+    /// Sends one masked frame ([`masked_frame`]).
     pub async fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mask = [0x11u8, 0x22, 0x33, 0x44];
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = masked_frame(opcode, payload);
         within("send a frame", self.tcp.write_all(&frame))
             .await
             .expect("send frame");
@@ -131,6 +128,27 @@ impl RawWs {
             }
         }
     }
+}
+
+/// A client's frame: final, masked (the mask is fixed: it is there because clients must mask,
+/// not for secrecy).
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
 }
 
 /// One unmasked server frame from the start of `buf`, and the bytes it took.
