@@ -28,10 +28,11 @@ use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use crate::store::{KvBatch, StorageError, Store};
 
 /// The least time between the starts of two flushes. A flush costs about the same whatever it
-/// carries (an fsync), so under a steady trickle of
-/// commits from many rooms, waiting this long lets them share flushes; a flush after a quiet
-/// spell starts at once.
-const MIN_FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+/// carries (an fsync), so under a steady trickle of commits from many rooms, waiting this long
+/// lets them share flushes; a flush after a quiet spell starts at once. Measured under `rooms`
+/// (200 × 5 clients at 5/s): 300 µs costs the same CPU per ack as 1 ms with a lower ack
+/// latency, no wait at all costs 14 % more CPU (more flushes, each carrying less).
+const MIN_FLUSH_INTERVAL: Duration = Duration::from_micros(300);
 
 /// How often relaxed durability flushes what was applied.
 const RELAXED_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
