@@ -88,7 +88,7 @@ pub mod connection {
     pub use crate::limits::{IpSlot, IpSlots, Limit, TokenBucket};
     pub use crate::outbound::{ConnSocket, Outbound};
     pub use crate::session::Upgrade;
-    pub use crate::websocket::{Connection, Io};
+    pub use crate::websocket::{Connection, Io, refuse};
 }
 
 /// What the operator's endpoints ask the hub: the census, the sessions (and closing one), the

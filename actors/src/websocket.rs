@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_http::ws::{Codec, Frame, Message, ProtocolError};
+use actix_http::ws::{CloseReason, Codec, Frame, Message, ProtocolError};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use futures_util::Stream;
@@ -96,6 +96,17 @@ pub fn split(conn: Connection, max: usize, out: Arc<Outbound>) -> (Reader, Write
         closed: false,
     };
     (reader, writer)
+}
+
+/// Closes a connection just handed over with `code`: a socket opened only to be refused, as
+/// clients of some dialects expect (Pocket's 4001) rather than an HTTP error.
+pub fn refuse(conn: Connection, code: u16, reason: &str) {
+    let (_, mut writer) = split(conn, 0, Outbound::new(usize::MAX, None));
+    writer.send(Message::Close(Some(CloseReason {
+        code: code.into(),
+        description: Some(reason.to_owned()),
+    })));
+    writer.close();
 }
 
 impl Reader {

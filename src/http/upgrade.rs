@@ -7,17 +7,16 @@
 
 use std::rc::Rc;
 
-use actix_codec::{Encoder, Framed};
+use actix_codec::Framed;
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1;
 use actix_http::{ConnectionType, Request, Response};
 use actix_service::{IntoServiceFactory, Service, ServiceFactory, fn_factory, fn_service};
 use actix_web::HttpResponse;
 use actix_web::dev::{AppConfig, ServiceResponse};
-use bytes::BytesMut;
 use futures_util::SinkExt;
-use synchub_actors::connection::{ConnSocket, Connection, IpSlot, Upgrade};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use synchub_actors::connection::{ConnSocket, Connection, IpSlot, Upgrade, refuse};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What a route that accepted a WebSocket leaves in its `101` answer for the connection.
 pub(crate) enum HandOver {
@@ -128,23 +127,7 @@ where
     };
     match hand_over {
         HandOver::Session { session, slot } => session.start(conn, slot),
-        HandOver::Refuse { code, reason } => refuse(conn, code, reason).await?,
+        HandOver::Refuse { code, reason } => refuse(conn, code, reason),
     }
-    Ok(())
-}
-
-/// Closes a socket just opened, with `code`.
-async fn refuse(conn: Connection, code: u16, reason: &str) -> Result<(), UpgradeError> {
-    let mut frame = BytesMut::new();
-    let close = actix_http::ws::CloseReason {
-        code: code.into(),
-        description: Some(reason.to_owned()),
-    };
-    actix_http::ws::Codec::new()
-        .encode(actix_http::ws::Message::Close(Some(close)), &mut frame)
-        .map_err(|e| UpgradeError::Body(e.to_string()))?;
-    let mut io = conn.io;
-    io.write_all(&frame).await?;
-    io.shutdown().await?;
     Ok(())
 }
