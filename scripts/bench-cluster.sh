@@ -19,6 +19,7 @@
 # nodes' data and logs go to a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 runs=3
 dialect=relay
@@ -103,13 +104,12 @@ start() {
     (
       cd "$work/n$i"
       export SYNCHUB_SERVER_BIND=127.0.0.1:$port SYNCHUB_STORAGE_PATH=$work/n$i/db
-      export SYNCHUB_AUTH_REQUIRED=false RUST_LOG=error
-      # The bench's clients all come from 127.0.0.1 and write as fast as they can: lift the
-      # per-client limits, as `synchub bench` does for a hub it starts itself.
-      export SYNCHUB_LIMITS_MAX_CONNECTIONS=1000000 SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_USER=1000000
-      export SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_IP=1000000
-      export SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND=1000000
-      export SYNCHUB_LIMITS_MAX_DOCUMENT_BYTES=268435456
+      export RUST_LOG=error
+      # What `synchub bench` gives a hub it starts itself: the per-client limits lifted.
+      set -a
+      # shellcheck source=../bench/hub.env
+      . "$root/bench/hub.env"
+      set +a
       if [[ -n $url ]]; then export SYNCHUB_CLUSTER_REDIS_URL=$url; fi
       exec "$bin" serve >"$work/n$i.log" 2>&1
     ) &

@@ -64,15 +64,23 @@ const ask = (ws, msg, type) =>
     ws.send(JSON.stringify(msg));
   });
 
+// What `synchub bench` gives a hub it starts itself: the per-client limits lifted.
+const benchEnv = Object.fromEntries(
+  readFileSync(new URL("../bench/hub.env", import.meta.url), "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith("#"))
+    .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+);
+
 const port = await freePort();
 const data = mkdtempSync(join(tmpdir(), "synchub-readers-"));
 const hub = spawn(bin, ["serve"], {
   env: {
     ...process.env,
-    SYNCHUB_AUTH_REQUIRED: "false",
+    ...benchEnv,
     SYNCHUB_STORAGE_PATH: data,
     SYNCHUB_SERVER_BIND: `127.0.0.1:${port}`,
-    SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND: "1000000",
     RUST_LOG: "warn",
   },
   stdio: ["ignore", "ignore", "inherit"],

@@ -26,11 +26,11 @@ mkdir -p "$out"
 data=$(mktemp -d "${TMPDIR:-/tmp}/synchub-soak-$name.XXXXXX")
 trap 'kill "$hub" 2>/dev/null || true; rm -rf "$data"' EXIT
 
-SYNCHUB_AUTH_REQUIRED=false \
-SYNCHUB_LIMITS_MAX_CONNECTIONS=1000000 \
-SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_USER=1000000 \
-SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_IP=1000000 \
-SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND=1000000 \
+# What `synchub bench` gives a hub it starts itself: the per-client limits lifted.
+set -a
+# shellcheck source=../bench/hub.env
+. bench/hub.env
+set +a
 SYNCHUB_STORAGE_PATH="$data" \
 SYNCHUB_SERVER_BIND="127.0.0.1:$port" \
 RUST_LOG=warn "$bin" serve >"$out/$name.hub.log" 2>&1 &

@@ -336,8 +336,10 @@ async fn synchub_bench_drives_a_tls_hub_over_wss() {
     // A hub given by --url, its certificate trusted through --ca.
     let env = paths.env();
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // As the bench raises it for a hub it starts.
-    env.push(("SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND", "1000000"));
+    // What the bench gives a hub it starts itself.
+    for setting in synchub_bench::target::hub_env() {
+        env.push(setting);
+    }
     let data = tempfile::tempdir().expect("tempdir");
     let hub = ChildHub::spawn(data.path(), &env).await;
     let url = format!("wss://localhost:{}", hub.addr.port());

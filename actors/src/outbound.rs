@@ -87,6 +87,12 @@ impl Outbound {
         })
     }
 
+    /// Notes the connection's socket once the session has one (it is made before the handshake
+    /// is answered).
+    pub fn attach(&self, socket: Option<ConnSocket>) {
+        *self.socket.lock().unwrap_or_else(|p| p.into_inner()) = socket;
+    }
+
     /// Bytes queued for the socket now.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed).max(0) as usize

@@ -60,7 +60,7 @@ impl<D: Dialect> Upgrade for Session<D> {
     fn start(self: Box<Self>, conn: Connection, slot: Option<IpSlot>) {
         let settings = self.hub.session_settings();
         let mut session = *self;
-        session.outbound = Outbound::new(settings.max_outbound_bytes, conn.socket);
+        session.outbound.attach(conn.socket);
         session._ip_slot = slot;
         let (reader, writer) =
             websocket::split(conn, settings.codec_max_bytes(), session.outbound());

@@ -88,18 +88,18 @@ impl Endpoint {
     }
 }
 
-/// Settings the bench gives a hub it starts, unless the user's environment already sets them.
-/// The limits are raised so the bench's own connections, message rates and documents are never
-/// refused: SyncKit's scenarios write one document, which passes the default 256 KiB within a
-/// second of `writes`.
-const HUB_DEFAULTS: [(&str, &str); 6] = [
-    ("SYNCHUB_AUTH_REQUIRED", "false"),
-    ("SYNCHUB_LIMITS_MAX_CONNECTIONS", "1000000"),
-    ("SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_USER", "1000000"),
-    ("SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_IP", "1000000"),
-    ("SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND", "1000000"),
-    ("SYNCHUB_LIMITS_MAX_DOCUMENT_BYTES", "268435456"),
-];
+/// Settings the bench gives a hub it starts, unless the user's environment already sets them:
+/// `bench/hub.env`, which the scripts that start hubs for benchmarks read too.
+const HUB_ENV: &str = include_str!("../hub.env");
+
+/// The `KEY=VALUE` lines of `bench/hub.env`, comments and blank lines skipped.
+pub fn hub_env() -> impl Iterator<Item = (&'static str, &'static str)> {
+    HUB_ENV
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+}
 
 /// How long a started hub gets to accept connections, and to exit after SIGTERM.
 const HUB_START: Duration = Duration::from_secs(15);
@@ -142,7 +142,7 @@ impl SelfHub {
         set_default("SYNCHUB_SERVER_BIND", addr.to_string().as_ref());
         set_default("SYNCHUB_STORAGE_PATH", dir.path().join("db").as_os_str());
         set_default("RUST_LOG", "warn".as_ref());
-        for (key, value) in HUB_DEFAULTS {
+        for (key, value) in hub_env() {
             set_default(key, value.as_ref());
         }
         // The hub runs in its own directory: files named relative to ours are made absolute.
@@ -400,6 +400,33 @@ pub fn raise_nofile_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hub_env_file_lifts_every_per_client_limit() {
+        let env: Vec<_> = hub_env().collect();
+        for (key, value) in &env {
+            assert!(key.starts_with("SYNCHUB_"), "{key}");
+            assert!(!key.contains(char::is_whitespace), "{key:?}");
+            assert!(
+                !value.is_empty() && value.trim() == *value,
+                "{key}={value:?}"
+            );
+        }
+        let keys: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+        for needed in [
+            "SYNCHUB_AUTH_REQUIRED",
+            "SYNCHUB_LIMITS_MAX_CONNECTIONS",
+            "SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_USER",
+            "SYNCHUB_LIMITS_MAX_CONNECTIONS_PER_IP",
+            "SYNCHUB_LIMITS_MAX_MESSAGES_PER_SECOND",
+            "SYNCHUB_LIMITS_MAX_DOCUMENT_BYTES",
+        ] {
+            assert!(
+                keys.contains(&needed),
+                "{needed} missing from bench/hub.env"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn urls_keep_a_named_path_and_default_the_port() {
