@@ -44,6 +44,24 @@ if [ -n "$tls" ]; then
     -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 fi
 
+cpu_ticks() { # pid: its user + system CPU time so far, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+settle() { # pid: waits (up to 2 minutes) until the server is idle
+  # A server that fell behind (relay-node under `rooms --rate 20`) goes on working through its
+  # backlog after the bench has stopped; the next server's run would share the cores with it.
+  local pid=$1 before after
+  for ((t = 0; t < 240; t++)); do
+    before=$(cpu_ticks "$pid")
+    sleep 0.5
+    after=$(cpu_ticks "$pid")
+    # Under 2 ticks (20 ms) in half a second: idle.
+    ((after - before < 2)) && return
+  done
+  echo "  pid $pid still busy after 2 minutes" >&2
+}
+
 run() { # name scenario [bench options]
   local name=$1 scenario=$2
   shift 2
@@ -65,6 +83,7 @@ for scenario in $scenarios; do
       name=${peer%%=*}
       spec=${peer#*=}
       run "$name" "$scenario" --url "${spec%@*}" --server-pid "${spec##*@}"
+      settle "${spec##*@}"
     done
   done
 done
