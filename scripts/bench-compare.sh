@@ -44,8 +44,12 @@ if [ -n "$tls" ]; then
     -addext basicConstraints=critical,CA:FALSE 2>/dev/null
 fi
 
-cpu_ticks() { # pid: its user + system CPU time so far, in clock ticks
-  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+cpu_ticks() { # pid: its user + system CPU time so far, in clock ticks (0 once it is gone)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  # Fields 14 and 15; the command name (field 2) may hold spaces, so count from its end, as
+  # the bench's own probe does.
+  awk '{print $12 + $13}' <<<"${stat##*) }"
 }
 
 settle() { # pid: waits (up to 2 minutes) until the server is idle
