@@ -362,13 +362,14 @@ function closeRoom() {
 
 // ---- sessions (admin actions) ----
 
+// Lists the sessions; answers the list, or nothing when it could not be read.
 async function loadSessions() {
   let body;
   try {
     body = await api('/admin/sessions');
   } catch (e) {
-    if (e instanceof Unauthorized) return showLogin();
-    return;
+    if (e instanceof Unauthorized) showLogin();
+    return undefined;
   }
   $('sessions').hidden = false;
   $('sessions-at').textContent = `(${body.sessions.length} as of ${new Date().toLocaleTimeString()})`;
@@ -377,6 +378,7 @@ async function loadSessions() {
     cell(bytes(s.bytes_in), 'num'), cell(bytes(s.bytes_out), 'num'), cell(bytes(s.bytes_queued), 'num'),
     cell(duration(s.lag_ms), 'num'),
     el('td', {}, el('button', { type: 'button', onclick: () => closeSession(s.id) }, 'close')))));
+  return body.sessions;
 }
 
 async function closeSession(id) {
@@ -386,7 +388,13 @@ async function closeSession(id) {
   } catch (e) {
     if (e instanceof Unauthorized) return showLogin();
   }
-  await loadSessions();
+  // The hub answers once the close is under way; the session leaves the list a moment later,
+  // when its close frame is out. List again until it has, so the page does not show it open.
+  for (let tries = 0; tries < 50; tries++) {
+    const sessions = await loadSessions();
+    if (!sessions || !sessions.some((s) => s.id === id)) return;
+    await new Promise((ok) => setTimeout(ok, 100));
+  }
 }
 
 // ---- the live feed: /stats/stream read with fetch, so the token goes in a header ----
