@@ -164,7 +164,8 @@ pub struct ServerConfig {
     pub client_timeout_s: u64,
     /// A room with no sessions and no traffic for this many seconds is unloaded.
     pub room_idle_timeout_s: u64,
-    /// Threads running room actors; 0 = one per core.
+    /// Threads of their own running room actors; 0 = none: rooms run on the HTTP workers'
+    /// threads, beside the sessions.
     pub room_threads: usize,
     /// Browser origins (`Origin` header) allowed to open WebSockets and to call the endpoints
     /// browser apps use (CORS); empty: any. Clients that send no `Origin` (not browsers) are
@@ -727,6 +728,7 @@ impl Config {
             },
             room_idle_timeout: Duration::from_secs(self.server.room_idle_timeout_s),
             room_threads: self.server.room_threads,
+            rooms_on_workers: self.server.room_threads == 0,
             cluster: self.cluster.redis_url.as_ref().map(|url| ClusterSettings {
                 redis_url: url.clone(),
                 advertise_url: match &self.cluster.advertise_url {

@@ -100,8 +100,11 @@ pub async fn run(
     let closing = builder.graceful_shutdown_signal();
     // What HttpServer would build, plus the upgrade service that hands WebSocket connections
     // over to their sessions (see `http::upgrade`).
+    // Made once on each worker's thread, as it starts (or restarts): where its rooms may run.
+    let rooms_hub = hub.clone();
     macro_rules! service {
         ($io:ty, $tcp:expr) => {{
+            rooms_hub.offer_thread_for_rooms();
             let closing = closing.clone();
             HttpService::<$io, _, _>::build()
                 .graceful_shutdown_signal(move || {
@@ -165,9 +168,9 @@ pub async fn run(
         Ok(result) => result?,
         Err(e) => log::warn!("server task ended abnormally: {e}"),
     }
-    // The HTTP workers drop their copies of the hub (and so their storage handles) on their own
-    // threads, a moment after the server reports them stopped; wait for that, so the caller can
-    // reopen the data directory as soon as this returns.
+    // The HTTP workers drop their copies of the hub, and the rooms running on them (with their
+    // storage handles), on their own threads, a moment after the server reports them stopped;
+    // wait for that, so the caller can reopen the data directory as soon as this returns.
     let deadline = std::time::Instant::now() + CLOSE_GRACE;
     while !hub.is_last_handle() && std::time::Instant::now() < deadline {
         actix_web::rt::time::sleep(Duration::from_millis(5)).await;

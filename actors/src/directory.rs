@@ -1,9 +1,7 @@
-//! The directory: starts Room actors on demand, spreads them over the room arbiters, and keeps
+//! The directory: starts Room actors on demand where [`Placement`] puts them, and keeps
 //! the census of sessions that connection limits and shutdown need.
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +15,7 @@ use crate::mailbox::{CountedAddr, CountedRecipient, counted_actor};
 use crate::metrics::{ActorKind, ActorMetrics, Metrics};
 use crate::model::Model;
 use crate::outbound::{Backlog, Outbound};
+use crate::placement::Placement;
 use crate::room::{
     ClusterLink, Room, RoomContext, RoomError, RoomReply, RoomRequest, RoomStatus, RoomStopped,
     SessionId, ask,
@@ -214,7 +213,7 @@ impl SessionEntry {
 
 pub struct Directory {
     rooms: HashMap<RoomKey, CountedAddr<Room>>,
-    arbiters: Vec<ArbiterHandle>,
+    placement: Arc<Placement>,
     store: Store,
     models: HashMap<Namespace, Arc<dyn Model>>,
     durability: CountedAddr<Durability>,
@@ -229,7 +228,7 @@ pub struct Directory {
 }
 
 pub struct DirectoryParts {
-    pub arbiters: Vec<ArbiterHandle>,
+    pub placement: Arc<Placement>,
     pub store: Store,
     pub models: HashMap<Namespace, Arc<dyn Model>>,
     pub durability: CountedAddr<Durability>,
@@ -253,7 +252,7 @@ impl Directory {
     pub fn new(parts: DirectoryParts) -> Directory {
         Directory {
             rooms: HashMap::new(),
-            arbiters: parts.arbiters,
+            placement: parts.placement,
             store: parts.store,
             models: parts.models,
             durability: parts.durability,
@@ -293,12 +292,9 @@ impl Directory {
             page_bytes: self.bounds.page_bytes,
             max_state_bytes: self.bounds.max_state_bytes.get(&key.namespace).copied(),
         };
-        // Rooms are pinned to an arbiter by their key so that merges use every core.
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        let arbiter = &self.arbiters[(h.finish() as usize) % self.arbiters.len()];
+        let (thread, running) = self.placement.place(&key);
         let room_key = key.clone();
-        let addr = Room::start_in_arbiter(arbiter, move |_| Room::new(room_key, cx));
+        let addr = Room::start_in_arbiter(&thread, move |_| Room::new(room_key, cx, running));
         let addr = CountedAddr::new(addr, &self.metrics);
         self.rooms.insert(key, addr.clone());
         Ok(addr)

@@ -19,6 +19,7 @@ use crate::mailbox::CountedAddr;
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::origin::NodeId;
+use crate::placement::Placement;
 use crate::room::{ClusterLink, RoomError, RoomReply, RoomRequest, SessionId, ask};
 use crate::room_key::{Namespace, RoomKey};
 use crate::section::DialectSections;
@@ -95,8 +96,12 @@ pub struct HubSettings {
     pub connections: ConnectionLimits,
     /// A room with no sessions and no traffic for this long stops (its state stays on disk).
     pub room_idle_timeout: Duration,
-    /// Threads that run room actors; 0 means one per core.
+    /// Threads of their own that run room actors; 0 means one per core.
     pub room_threads: usize,
+    /// Rooms run on the threads offered with [`Hub::offer_thread_for_rooms`] (the HTTP
+    /// workers) once one is; a single room thread of their own holds those started before.
+    /// `room_threads` is then not used.
+    pub rooms_on_workers: bool,
     /// Set when the node is part of a cluster.
     pub cluster: Option<ClusterSettings>,
 }
@@ -127,6 +132,7 @@ struct Inner {
     next_session: AtomicU64,
     /// The room threads and the durability thread; taken and joined at shutdown.
     arbiters: std::sync::Mutex<Vec<Arbiter>>,
+    placement: Arc<Placement>,
 }
 
 /// A cheap handle to the running hub.
@@ -230,11 +236,14 @@ impl Hub {
             CountedAddr::new(addr, &metrics)
         };
         let threads = match settings.room_threads {
+            _ if settings.rooms_on_workers => 1,
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
-        let handles = arbiters.iter().map(|a| a.handle()).collect();
+        let placement = Arc::new(Placement::new(
+            arbiters.iter().map(|a| a.handle()).collect(),
+        ));
         // Stopped last, after the room threads have handed over their final commits.
         arbiters.push(durability_thread);
         let cluster = match &settings.cluster {
@@ -253,7 +262,7 @@ impl Hub {
             }
         };
         let directory = Directory::new(DirectoryParts {
-            arbiters: handles,
+            placement: placement.clone(),
             store: store.clone(),
             models,
             durability: durability.clone(),
@@ -294,14 +303,25 @@ impl Hub {
                 started: Instant::now(),
                 next_session: AtomicU64::new(1),
                 arbiters: std::sync::Mutex::new(arbiters),
+                placement,
             }),
         })
     }
 
     /// Whether this is the last handle to the hub: every session and HTTP worker that shared it
     /// has let go (and with it, of the storage they reached through it).
+    /// Whether this is the last handle to the hub and no room runs any more: the data
+    /// directory is then free once this handle is dropped.
     pub fn is_last_handle(&self) -> bool {
-        Arc::strong_count(&self.inner) == 1
+        Arc::strong_count(&self.inner) == 1 && self.inner.placement.rooms_running() == 0
+    }
+
+    /// Lets rooms run on the calling thread (an actix arbiter: an HTTP worker), beside its
+    /// sessions, when the settings ask for it (`rooms_on_workers`).
+    pub fn offer_thread_for_rooms(&self) {
+        if self.inner.settings.rooms_on_workers {
+            self.inner.placement.offer_current();
+        }
     }
 
     pub fn node_id(&self) -> &str {

@@ -37,6 +37,7 @@ mod model;
 mod origin;
 mod out_frame;
 mod outbound;
+mod placement;
 pub mod pocket;
 mod raw_json;
 mod registry;

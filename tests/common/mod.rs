@@ -71,7 +71,6 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     c.server.bind = "127.0.0.1:0".into();
     c.storage.path = dir.display().to_string();
     c.auth.required = false;
-    c.server.room_threads = 2;
     c.server.workers = 2;
     c
 }

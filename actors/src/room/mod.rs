@@ -38,6 +38,7 @@ use crate::mailbox::{CountedAddr, CountedRecipient, Queued};
 use crate::metrics::{ActorMetrics, DialectMetrics, Metrics};
 use crate::model::{IncomingChange, Model};
 use crate::outbound::Outbound;
+use crate::placement::Running;
 use crate::room_key::RoomKey;
 use crate::store::{LogEntry, PageLimit, RoomLayout, StorageError, Store};
 use order::{ClusterOrder, Input, LocalOrder, Order};
@@ -150,13 +151,15 @@ pub struct Room {
     /// The last commit token the failure took: a later "durable" for one of these means a
     /// commit the room gave up on reached the disk after all, and the room reloads again.
     lost_upto: u64,
+    /// Last, so that it is dropped after everything above that holds storage.
+    _running: Running,
 }
 
 /// How often a room waiting for storage checks whether it can reload.
 const RELOAD_RETRY: Duration = Duration::from_millis(250);
 
 impl Room {
-    pub fn new(key: RoomKey, cx: RoomContext) -> Room {
+    pub fn new(key: RoomKey, cx: RoomContext, running: Running) -> Room {
         let order = new_order(&cx);
         Room {
             actor: cx.metrics.room,
@@ -181,6 +184,7 @@ impl Room {
             order_life: 0,
             recovering: false,
             lost_upto: 0,
+            _running: running,
         }
     }
 

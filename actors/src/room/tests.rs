@@ -8,6 +8,7 @@ use crate::directory::{Checkout, ConnectionLimits, Directory, DirectoryParts, Ro
 use crate::mailbox::counted_actor;
 use crate::metrics::ActorKind;
 use crate::origin::NodeId;
+use crate::placement::Placement;
 use crate::pocket::PocketModel;
 use crate::relay::RelayModel;
 use crate::room::test_changes::{cell, doc};
@@ -189,7 +190,7 @@ async fn start_room_counted(
     models.insert(crate::pocket::NAMESPACE, Arc::new(PocketModel::default()));
     models.insert(crate::relay::NAMESPACE, Arc::new(RelayModel));
     let directory = Directory::new(DirectoryParts {
-        arbiters: vec![actix::Arbiter::current()],
+        placement: Arc::new(Placement::new(vec![actix::Arbiter::current()])),
         store,
         models,
         durability,
