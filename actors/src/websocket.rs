@@ -261,7 +261,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use futures_util::StreamExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     fn client_frame(msg: Message) -> BytesMut {
         let mut buf = BytesMut::new();
@@ -272,16 +272,22 @@ mod tests {
         buf
     }
 
+    /// The server's end of an in-memory pipe as a handed-over connection; `read` is what came
+    /// with the handshake.
+    fn connection(server: DuplexStream, read: BytesMut) -> Connection {
+        Connection {
+            io: Box::new(server),
+            read,
+            socket: None,
+        }
+    }
+
     #[actix_rt::test]
     async fn reads_frames_split_anywhere_and_what_came_with_the_handshake() {
         let (client, server) = tokio::io::duplex(64);
         let mut first = client_frame(Message::Text("hello".into()));
         let rest = first.split_off(3);
-        let conn = Connection {
-            io: Box::new(server),
-            read: first,
-            socket: None,
-        };
+        let conn = connection(server, first);
         let (mut reader, _writer) = split(conn, 1024, Outbound::new(usize::MAX, None));
         let mut client = client;
         client.write_all(&rest).await.expect("writes");
@@ -300,11 +306,7 @@ mod tests {
     #[actix_rt::test]
     async fn an_idle_connection_keeps_no_read_buffer() {
         let (_client, server) = tokio::io::duplex(64);
-        let conn = Connection {
-            io: Box::new(server),
-            read: BytesMut::with_capacity(8192),
-            socket: None,
-        };
+        let conn = connection(server, BytesMut::with_capacity(8192));
         let (reader, _writer) = split(conn, 1024, Outbound::new(usize::MAX, None));
         assert_eq!(reader.buf.capacity(), 0);
     }
@@ -312,11 +314,7 @@ mod tests {
     #[actix_rt::test]
     async fn text_that_is_not_utf8_is_invalid_data() {
         let (mut client, server) = tokio::io::duplex(64);
-        let conn = Connection {
-            io: Box::new(server),
-            read: BytesMut::new(),
-            socket: None,
-        };
+        let conn = connection(server, BytesMut::new());
         let (mut reader, _writer) = split(conn, 1024, Outbound::new(usize::MAX, None));
         // A text frame carrying 0xff, masked as a client must.
         let mut frame = client_frame(Message::Binary(Bytes::from_static(b"\xff")));
@@ -332,11 +330,7 @@ mod tests {
     async fn writes_count_off_the_queue_and_keep_no_buffer() {
         let (mut client, server) = tokio::io::duplex(1024);
         let out = Outbound::new(usize::MAX, None);
-        let conn = Connection {
-            io: Box::new(server),
-            read: BytesMut::new(),
-            socket: None,
-        };
+        let conn = connection(server, BytesMut::new());
         let (_reader, mut writer) = split(conn, 1024, out.clone());
         out.add(7);
         assert!(
