@@ -7,9 +7,9 @@
 //! a session and a room on the same worker never leaves the thread. The room threads of their
 //! own hold only the rooms started before any worker offered its thread.
 //!
-//! Each room holds a [`Running`] token until it is dropped, after every storage handle it had:
-//! shutdown waits for [`Placement::rooms_running`] to reach zero before the data directory may
-//! be opened again.
+//! Each room holds a [`Running`] token until it is dropped, after every storage handle it had,
+//! and so does each load or compaction it runs on the blocking pool: shutdown waits for
+//! [`Placement::rooms_running`] to reach zero before the data directory may be opened again.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -19,7 +19,9 @@ use actix::ArbiterHandle;
 
 use crate::room_key::RoomKey;
 
-/// Held by a running room; dropped last, after the room's storage handles.
+/// Held by a running room, and by its work on the blocking pool; dropped after the storage
+/// handles beside it.
+#[derive(Clone)]
 pub struct Running(#[allow(dead_code)] Arc<()>);
 
 pub struct Placement {
@@ -69,7 +71,8 @@ impl Placement {
         (thread, Running(self.running.clone()))
     }
 
-    /// Rooms whose actor has not been dropped yet, wherever they run.
+    /// Rooms whose actor has not been dropped yet, wherever they run, and their loads and
+    /// compactions still under way.
     pub fn rooms_running(&self) -> usize {
         Arc::strong_count(&self.running) - 1
     }

@@ -151,8 +151,9 @@ pub struct Room {
     /// The last commit token the failure took: a later "durable" for one of these means a
     /// commit the room gave up on reached the disk after all, and the room reloads again.
     lost_upto: u64,
-    /// Last, so that it is dropped after everything above that holds storage.
-    _running: Running,
+    /// Last, so that it is dropped after everything above that holds storage; its loads and
+    /// compactions on the blocking pool hold a copy while they run.
+    running: Running,
 }
 
 /// How often a room waiting for storage checks whether it can reload.
@@ -184,7 +185,7 @@ impl Room {
             order_life: 0,
             recovering: false,
             lost_upto: 0,
-            _running: running,
+            running,
         }
     }
 
@@ -335,7 +336,11 @@ impl Room {
         let store = self.cx.store.clone();
         let model = self.cx.model.clone();
         let key = self.key.clone();
+        let running = self.running.clone();
         tokio::task::spawn_blocking(move || {
+            let _running = running;
+            // Moved in after the token, so that it is dropped first.
+            let store = store;
             let layout = RoomLayout::new(&key);
             let image = store.load_room(&layout)?;
             RoomState::load(key, layout, image, model.as_ref())
@@ -537,7 +542,11 @@ impl Room {
             now_ms(),
             self.durable_seq,
         );
-        let run = tokio::task::spawn_blocking(job);
+        let running = self.running.clone();
+        let run = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            job()
+        });
         ctx.spawn(actix::fut::wrap_future(run).map(
             |result, room: &mut Room, _: &mut Context<Room>| {
                 let result = match result {
