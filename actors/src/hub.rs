@@ -1,4 +1,4 @@
-//! The assembled hub: storage, the durability and directory actors, the room arbiters, and the
+//! The assembled hub: storage, the durability and directory actors, where rooms run, and the
 //! handles the HTTP layer needs. Build one with [`Hub::start`] inside an actix system.
 
 use std::collections::HashMap;
@@ -308,10 +308,8 @@ impl Hub {
         })
     }
 
-    /// Whether this is the last handle to the hub: every session and HTTP worker that shared it
-    /// has let go (and with it, of the storage they reached through it).
-    /// Whether this is the last handle to the hub and no room runs any more: the data
-    /// directory is then free once this handle is dropped.
+    /// Whether this is the last handle to the hub and no room runs any more: every session, HTTP
+    /// worker and room has let go of the storage, which is free once this handle is dropped.
     pub fn is_last_handle(&self) -> bool {
         Arc::strong_count(&self.inner) == 1 && self.inner.placement.rooms_running() == 0
     }
