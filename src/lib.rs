@@ -98,10 +98,10 @@ pub async fn run(
         .disable_signals()
         .shutdown_timeout(5);
     let closing = builder.graceful_shutdown_signal();
-    // What HttpServer would build, plus the upgrade service that hands WebSocket connections
-    // over to their sessions (see `http::upgrade`).
-    // Made once on each worker's thread, as it starts (or restarts): where its rooms may run.
     let rooms_hub = hub.clone();
+    // What HttpServer would build, plus the upgrade service that hands WebSocket connections
+    // over to their sessions (see `http::upgrade`). Made once on each worker's thread, as it
+    // starts (or restarts), which is when the worker offers its thread for rooms.
     macro_rules! service {
         ($io:ty, $tcp:expr) => {{
             rooms_hub.offer_thread_for_rooms();

@@ -55,18 +55,22 @@ impl Placement {
     pub fn place(&self, key: &RoomKey) -> (ArbiterHandle, Running) {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
-        let pick =
-            |threads: &[ArbiterHandle]| threads[(h.finish() as usize) % threads.len()].clone();
+        let hash = h.finish() as usize;
         let mut offered = self
             .offered
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A worker that stopped (the server restarts one that panicked) takes no more rooms.
-        offered.retain(|thread| thread.spawn(async {}));
-        let thread = if offered.is_empty() {
-            pick(&self.own)
-        } else {
-            pick(&offered)
+        let thread = loop {
+            if offered.is_empty() {
+                break self.own[hash % self.own.len()].clone();
+            }
+            let i = hash % offered.len();
+            // A worker that stopped (the server restarts one that panicked) takes no more
+            // rooms; only the one picked is asked, so a room start wakes no other thread.
+            if offered[i].spawn(async {}) {
+                break offered[i].clone();
+            }
+            offered.swap_remove(i);
         };
         (thread, Running(self.running.clone()))
     }
