@@ -10,7 +10,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use synchub_actors::dialects::{self, DialectSections};
 use synchub_actors::{
-    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, RedisTarget, SessionSettings,
+    ClusterSettings, CommonSettings, ConnectionLimits, HubSettings, RedisTarget, RoomThreads,
+    SessionSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -727,8 +728,10 @@ impl Config {
                 max_connections_per_user: self.limits.max_connections_per_user,
             },
             room_idle_timeout: Duration::from_secs(self.server.room_idle_timeout_s),
-            room_threads: self.server.room_threads,
-            rooms_on_workers: self.server.room_threads == 0,
+            room_threads: match self.server.room_threads {
+                0 => RoomThreads::OnWorkers,
+                n => RoomThreads::Own(n),
+            },
             cluster: self.cluster.redis_url.as_ref().map(|url| ClusterSettings {
                 redis_url: url.clone(),
                 advertise_url: match &self.cluster.advertise_url {

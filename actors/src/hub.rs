@@ -77,6 +77,16 @@ pub struct CommonSettings {
     pub tombstone_retention_ms: Option<i64>,
 }
 
+/// Where room actors run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomThreads {
+    /// On the threads offered with [`Hub::offer_thread_for_rooms`] (the HTTP workers) once one
+    /// is; a single room thread of their own holds those started before.
+    OnWorkers,
+    /// On threads of their own; 0 means one per core.
+    Own(usize),
+}
+
 /// Everything the hub needs to start, already validated by the caller.
 #[derive(Clone)]
 pub struct HubSettings {
@@ -96,12 +106,8 @@ pub struct HubSettings {
     pub connections: ConnectionLimits,
     /// A room with no sessions and no traffic for this long stops (its state stays on disk).
     pub room_idle_timeout: Duration,
-    /// Threads of their own that run room actors; 0 means one per core.
-    pub room_threads: usize,
-    /// Rooms run on the threads offered with [`Hub::offer_thread_for_rooms`] (the HTTP
-    /// workers) once one is; a single room thread of their own holds those started before.
-    /// `room_threads` is then not used.
-    pub rooms_on_workers: bool,
+    /// Where room actors run.
+    pub room_threads: RoomThreads,
     /// Set when the node is part of a cluster.
     pub cluster: Option<ClusterSettings>,
 }
@@ -236,9 +242,9 @@ impl Hub {
             CountedAddr::new(addr, &metrics)
         };
         let threads = match settings.room_threads {
-            _ if settings.rooms_on_workers => 1,
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
+            RoomThreads::OnWorkers => 1,
+            RoomThreads::Own(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            RoomThreads::Own(n) => n,
         };
         let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();
         let placement = Arc::new(Placement::new(
@@ -315,9 +321,9 @@ impl Hub {
     }
 
     /// Lets rooms run on the calling thread (an actix arbiter: an HTTP worker), beside its
-    /// sessions, when the settings ask for it (`rooms_on_workers`).
+    /// sessions, when the settings ask for it ([`RoomThreads::OnWorkers`]).
     pub fn offer_thread_for_rooms(&self) {
-        if self.inner.settings.rooms_on_workers {
+        if self.inner.settings.room_threads == RoomThreads::OnWorkers {
             self.inner.placement.offer_current();
         }
     }

@@ -57,7 +57,9 @@ mod proptests;
 pub use clock::{now_ms, unix_now};
 pub use cluster::{ClusterSettings, Target as RedisTarget};
 pub use directory::ConnectionLimits;
-pub use hub::{CommonSettings, DialectRooms, Hub, HubError, HubSettings, SessionSettings};
+pub use hub::{
+    CommonSettings, DialectRooms, Hub, HubError, HubSettings, RoomThreads, SessionSettings,
+};
 pub use identity::{AuthError, Identity, Permissions, TokenVerifier};
 pub use room::{RoomError, RoomReply, RoomRequest, RoomStatus};
 pub use room_key::{Namespace, RoomKey};
