@@ -543,10 +543,16 @@ impl Room {
             self.durable_seq,
         );
         let running = self.running.clone();
-        let run = tokio::task::spawn_blocking(move || {
-            let _running = running;
-            job()
-        });
+        // Commits and reads go on while it waits for its turn.
+        let turn = self.cx.store.compaction_turn();
+        let run = async move {
+            let _turn = turn.await;
+            tokio::task::spawn_blocking(move || {
+                let _running = running;
+                job()
+            })
+            .await
+        };
         ctx.spawn(actix::fut::wrap_future(run).map(
             |result, room: &mut Room, _: &mut Context<Room>| {
                 let result = match result {

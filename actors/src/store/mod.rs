@@ -231,6 +231,9 @@ pub struct CompactReport {
     pub removed_bytes: u64,
 }
 
+/// A room's turn to compact its log ([`Store::compaction_turn`]); dropping it gives the turn on.
+pub struct CompactionTurn(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// The keys of one room, built once per room rather than per change.
 #[derive(Debug, Clone)]
 pub struct RoomLayout {
@@ -430,6 +433,17 @@ pub struct Store {
     /// Compactions hold it shared; a backup holds it alone, so no compaction drops an entry
     /// the backup has yet to read.
     gate: Arc<std::sync::RwLock<()>>,
+    /// Turns to compact a room's log: see [`Store::compaction_turn`].
+    compactions: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many room logs are compacted at once: half the cores, at least one. A compaction reads
+/// its room's whole log and rewrites most of it, on the blocking pool; rooms written at about
+/// the same rate reach their thresholds together, and 200 such rooms once put 68 compactions on
+/// two cores at the same moment, which starved the durability thread and the sockets for over a
+/// second (the README's "Disk, memory and latency under long write floods").
+fn compaction_turns() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 impl Store {
@@ -460,7 +474,18 @@ impl Store {
             kv,
             health: Arc::default(),
             gate: Arc::default(),
+            compactions: Arc::new(tokio::sync::Semaphore::new(compaction_turns())),
         }
+    }
+
+    /// Resolves once a room may compact its log, with the turn to hold until it is done.
+    /// Other work on the blocking pool (loads, backups) does not wait for it.
+    pub fn compaction_turn(
+        &self,
+    ) -> impl std::future::Future<Output = CompactionTurn> + Send + 'static {
+        let turns = self.compactions.clone();
+        // The semaphore is never closed, so the error case is only a type's.
+        async move { CompactionTurn(turns.acquire_owned().await.ok()) }
     }
 
     /// Gives back what the store grew during a flood once nothing has used it for `idle`:
@@ -835,7 +860,34 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use serde_json::json;
+
+    #[test]
+    fn compactions_take_turns_and_a_dropped_turn_is_given_on() {
+        let store = Store::memory();
+        let turns = compaction_turns();
+        assert!(turns >= 1);
+        let held: Vec<CompactionTurn> = (0..turns)
+            .map(|_| store.compaction_turn().now_or_never().expect("a free turn"))
+            .collect();
+        let mut next = Box::pin(store.compaction_turn());
+        assert!(
+            (&mut next).now_or_never().is_none(),
+            "every turn is taken, so the next compaction waits"
+        );
+        drop(held);
+        assert!(
+            next.now_or_never().is_some(),
+            "a finished one gives its turn on"
+        );
+        // A clone of the store shares the turns: it is one node's disk.
+        let other = store.clone();
+        let _only = other.compaction_turn().now_or_never().expect("free again");
+        if turns == 1 {
+            assert!(store.compaction_turn().now_or_never().is_none());
+        }
+    }
 
     fn layout(name: &str) -> RoomLayout {
         RoomLayout::new(&RoomKey::new(crate::pocket::NAMESPACE, name).expect("valid"))
