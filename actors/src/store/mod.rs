@@ -441,7 +441,7 @@ pub struct Store {
 /// its room's whole log and rewrites most of it, on the blocking pool; rooms written at about
 /// the same rate reach their thresholds together, and 200 such rooms once put 68 compactions on
 /// two cores at the same moment, which starved the durability thread and the sockets for over a
-/// second (the README's "Disk, memory and latency under long write floods").
+/// second (the README's "Many rooms compacting at once").
 fn compaction_turns() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
