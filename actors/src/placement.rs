@@ -8,8 +8,9 @@
 //! own hold only the rooms started before any worker offered its thread.
 //!
 //! Each room holds a [`Running`] token until it is dropped, after every storage handle it had,
-//! and so does each load or compaction it runs on the blocking pool: shutdown waits for
-//! [`Placement::rooms_running`] to reach zero before the data directory may be opened again.
+//! and so does each job it runs on the blocking pool ([`Running::spawn_blocking`]): shutdown
+//! waits for [`Placement::rooms_running`] to reach zero before the data directory may be opened
+//! again.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -23,6 +24,21 @@ use crate::room_key::RoomKey;
 /// handles beside it.
 #[derive(Clone)]
 pub struct Running(#[allow(dead_code)] Arc<()>);
+
+impl Running {
+    /// Runs a room's `job` on the blocking pool, holding this token until it is done, so
+    /// shutdown waits for it too. The call consumes `job`, so the storage handles it holds are
+    /// dropped before the token is.
+    pub fn spawn_blocking<T: Send + 'static>(
+        self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        tokio::task::spawn_blocking(move || {
+            let _running = self;
+            job()
+        })
+    }
+}
 
 pub struct Placement {
     /// Threads of the rooms' own (at least one).
@@ -75,8 +91,8 @@ impl Placement {
         (thread, Running(self.running.clone()))
     }
 
-    /// Rooms whose actor has not been dropped yet, wherever they run, and their loads and
-    /// compactions still under way.
+    /// Rooms whose actor has not been dropped yet, wherever they run, and their jobs on the
+    /// blocking pool still under way.
     pub fn rooms_running(&self) -> usize {
         Arc::strong_count(&self.running) - 1
     }

@@ -214,7 +214,7 @@ impl Room {
         };
         let store = self.cx.store.clone();
         let writes = commit.writes;
-        let write = tokio::task::spawn_blocking(move || {
+        let write = self.running.clone().spawn_blocking(move || {
             store.apply(writes)?;
             store.flush()
         });

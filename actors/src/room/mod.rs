@@ -151,8 +151,8 @@ pub struct Room {
     /// The last commit token the failure took: a later "durable" for one of these means a
     /// commit the room gave up on reached the disk after all, and the room reloads again.
     lost_upto: u64,
-    /// Last, so that it is dropped after everything above that holds storage; its loads and
-    /// compactions on the blocking pool hold a copy while they run.
+    /// Last, so that it is dropped after everything above that holds storage; its jobs on the
+    /// blocking pool hold a copy while they run.
     running: Running,
 }
 
@@ -336,11 +336,7 @@ impl Room {
         let store = self.cx.store.clone();
         let model = self.cx.model.clone();
         let key = self.key.clone();
-        let running = self.running.clone();
-        tokio::task::spawn_blocking(move || {
-            let _running = running;
-            // Moved in after the token, so that it is dropped first.
-            let store = store;
+        self.running.clone().spawn_blocking(move || {
             let layout = RoomLayout::new(&key);
             let image = store.load_room(&layout)?;
             RoomState::load(key, layout, image, model.as_ref())
@@ -547,11 +543,7 @@ impl Room {
         let turn = self.cx.store.compaction_turn();
         let run = async move {
             let _turn = turn.await;
-            tokio::task::spawn_blocking(move || {
-                let _running = running;
-                job()
-            })
-            .await
+            running.spawn_blocking(job).await
         };
         ctx.spawn(actix::fut::wrap_future(run).map(
             |result, room: &mut Room, _: &mut Context<Room>| {
