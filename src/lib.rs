@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod data;
 pub mod http;
+pub mod listener;
 pub mod open_files;
 pub mod tls;
 

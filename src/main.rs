@@ -1,4 +1,3 @@
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -148,7 +147,13 @@ fn serve(config: Config) -> ExitCode {
         Ok(n) => log::debug!("open files limit: {n}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
-    let listener = match TcpListener::bind(&config.server.bind) {
+    let bound = config
+        .server
+        .bind
+        .parse()
+        .map_err(|_| std::io::Error::other("not an address like 127.0.0.1:8080"))
+        .and_then(synchub::listener::listen);
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("synchub: cannot bind {}: {e}", config.server.bind);

@@ -82,6 +82,10 @@ pub struct CommonArgs {
     /// Relay only: bytes of padding in each change (in its site id), to write more volume.
     #[arg(long, default_value_t = 0, global = true)]
     pub pad_bytes: usize,
+    /// Use the rooms of an earlier run (the `run_id` of its report) instead of new ones: to
+    /// measure how a restarted server loads rooms that hold data. Site ids stay new.
+    #[arg(long, value_name = "RUN_ID", global = true)]
+    pub rooms_of: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +132,10 @@ pub struct Ctx {
     pub duration: Duration,
     pub timeout: Duration,
     pub concurrency: usize,
-    /// Part of every room name, so runs against a long-lived server never share a room.
+    /// Part of every site id, so runs against a long-lived server never share one.
     pub run_id: String,
+    /// Part of every room name: the run's own id unless `--rooms-of` names an earlier run.
+    rooms_id: String,
     pub shape: Shape,
 }
 
@@ -140,7 +146,7 @@ impl Ctx {
     }
 
     pub fn room(&self, scenario: &str, index: usize) -> String {
-        format!("bench-{scenario}-{}-{index}", self.run_id)
+        format!("bench-{scenario}-{}-{index}", self.rooms_id)
     }
 
     /// A site id for a relay client (any string; unique per run and client).
@@ -369,6 +375,7 @@ async fn run_async(
         duration: Duration::from_secs_f64(c.duration),
         timeout: Duration::from_secs_f64(c.timeout),
         concurrency: c.concurrency.max(1),
+        rooms_id: c.rooms_of.clone().unwrap_or_else(|| run_id.clone()),
         run_id,
         shape: Shape {
             keys: c.keys,

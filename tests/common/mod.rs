@@ -88,7 +88,9 @@ impl TestHub {
     }
 
     pub fn start_in(dir: tempfile::TempDir, config: Config) -> TestHub {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // The listening socket the binary makes, backlog and all.
+        let listener =
+            synchub::listener::listen(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();

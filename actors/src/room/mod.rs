@@ -331,16 +331,28 @@ impl Room {
         }
     }
 
-    /// Loads and replays the room's log off this thread (it serves other rooms).
-    fn load(&self) -> tokio::task::JoinHandle<Result<RoomState, crate::store::StorageError>> {
+    /// Loads and replays the room's log off this thread (it serves other rooms), once it is
+    /// the room's turn: after a restart every room its clients come back to loads at once.
+    fn load(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<Result<RoomState, crate::store::StorageError>, tokio::task::JoinError>,
+    > + 'static {
         let store = self.cx.store.clone();
         let model = self.cx.model.clone();
         let key = self.key.clone();
-        self.running.clone().spawn_blocking(move || {
-            let layout = RoomLayout::new(&key);
-            let image = store.load_room(&layout)?;
-            RoomState::load(key, layout, image, model.as_ref())
-        })
+        let running = self.running.clone();
+        let turn = self.cx.store.load_turn();
+        async move {
+            let _turn = turn.await;
+            running
+                .spawn_blocking(move || {
+                    let layout = RoomLayout::new(&key);
+                    let image = store.load_room(&layout)?;
+                    RoomState::load(key, layout, image, model.as_ref())
+                })
+                .await
+        }
     }
 
     /// Loads the room's durable state again, once storage reads only what is durable (it has

@@ -35,6 +35,7 @@ mod lsm;
 mod memory;
 mod migrate;
 mod sled_dir;
+mod turns;
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::ControlFlow;
@@ -53,6 +54,7 @@ pub use memory::MemoryKv;
 pub use migrate::{MigrateReport, format_of, is_upgradable, migrate};
 pub use sled_dir::SledKv;
 
+use self::turns::Turns;
 use crate::origin::Origin;
 use crate::raw_json::RawJson;
 use crate::room_key::RoomKey;
@@ -231,8 +233,7 @@ pub struct CompactReport {
     pub removed_bytes: u64,
 }
 
-/// A room's turn to compact its log ([`Store::compaction_turn`]); dropping it gives the turn on.
-pub struct CompactionTurn(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+pub use self::turns::Turn;
 
 /// The keys of one room, built once per room rather than per change.
 #[derive(Debug, Clone)]
@@ -434,7 +435,9 @@ pub struct Store {
     /// the backup has yet to read.
     gate: Arc<std::sync::RwLock<()>>,
     /// Turns to compact a room's log: see [`Store::compaction_turn`].
-    compactions: Arc<tokio::sync::Semaphore>,
+    compactions: Turns,
+    /// Turns to load a room: see [`Store::load_turn`].
+    loads: Turns,
 }
 
 /// How many room logs are compacted at once: half the cores, at least one. A compaction reads
@@ -443,7 +446,16 @@ pub struct Store {
 /// two cores at the same moment, which starved the durability thread and the sockets for over a
 /// second (the README's "Many rooms compacting at once").
 fn compaction_turns() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    (turns::cores() / 2).max(1)
+}
+
+/// How many rooms load at once: twice the cores, since a load both reads (the disk, when the
+/// cache is cold) and replays (a core). After a restart every room whose clients come back
+/// loads within the same second; all at once, 200 rooms took the hub from 13 to 187 threads and
+/// their clients waited half as long again for their rooms (the README's "A restart under
+/// load").
+fn load_turns() -> usize {
+    turns::cores() * 2
 }
 
 impl Store {
@@ -474,18 +486,21 @@ impl Store {
             kv,
             health: Arc::default(),
             gate: Arc::default(),
-            compactions: Arc::new(tokio::sync::Semaphore::new(compaction_turns())),
+            compactions: Turns::new(compaction_turns()),
+            loads: Turns::new(load_turns()),
         }
     }
 
     /// Resolves once a room may compact its log, with the turn to hold until it is done.
     /// Other work on the blocking pool (loads, backups) does not wait for it.
-    pub fn compaction_turn(
-        &self,
-    ) -> impl std::future::Future<Output = CompactionTurn> + Send + 'static {
-        let turns = self.compactions.clone();
-        // The semaphore is never closed, so the error case is only a type's.
-        async move { CompactionTurn(turns.acquire_owned().await.ok()) }
+    pub fn compaction_turn(&self) -> impl std::future::Future<Output = Turn> + Send + 'static {
+        self.compactions.take()
+    }
+
+    /// Resolves once a room may load (or reload) its log, with the turn to hold until it is
+    /// done. Compactions and backups do not wait for it, nor it for them.
+    pub fn load_turn(&self) -> impl std::future::Future<Output = Turn> + Send + 'static {
+        self.loads.take()
     }
 
     /// Gives back what the store grew during a flood once nothing has used it for `idle`:
@@ -868,7 +883,7 @@ mod tests {
         let store = Store::memory();
         let turns = compaction_turns();
         assert!(turns >= 1);
-        let held: Vec<CompactionTurn> = (0..turns)
+        let held: Vec<Turn> = (0..turns)
             .map(|_| store.compaction_turn().now_or_never().expect("a free turn"))
             .collect();
         let mut next = Box::pin(store.compaction_turn());
@@ -887,6 +902,29 @@ mod tests {
         if turns == 1 {
             assert!(store.compaction_turn().now_or_never().is_none());
         }
+    }
+
+    #[test]
+    fn loads_take_turns_of_their_own() {
+        let store = Store::memory();
+        let turns = load_turns();
+        assert!(turns >= 2, "twice the cores");
+        let held: Vec<Turn> = (0..turns)
+            .map(|_| store.load_turn().now_or_never().expect("a free turn"))
+            .collect();
+        let mut next = Box::pin(store.load_turn());
+        assert!(
+            (&mut next).now_or_never().is_none(),
+            "every turn is taken, so the next load waits"
+        );
+        // A compaction does not wait behind loads, nor loads behind compactions.
+        let compacting = store.compaction_turn().now_or_never();
+        assert!(compacting.is_some(), "compactions have turns of their own");
+        drop(held.into_iter().next());
+        assert!(
+            next.now_or_never().is_some(),
+            "a finished load gives its turn on"
+        );
     }
 
     fn layout(name: &str) -> RoomLayout {

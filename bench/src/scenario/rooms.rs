@@ -227,11 +227,25 @@ async fn room_reader(
 
 pub async fn run(ctx: &Arc<Ctx>, a: &RoomsArgs) -> Result<Outcome, BenchError> {
     let total = a.rooms * a.clients;
-    let clients = open_many(total, ctx.concurrency, |i| {
+    let setup_started = now_us();
+    // A join waits for the room to be loaded: after a restart (`--rooms-of`) these times are
+    // how long clients wait for their rooms to come back.
+    let joined = open_many(total, ctx.concurrency, |i| {
         let room = ctx.room("rooms", i / a.clients);
-        async move { join(ctx, i, &room, format!("c{}", i % a.clients), true).await }
+        async move {
+            let asked = now_us();
+            let c = join(ctx, i, &room, format!("c{}", i % a.clients), true).await?;
+            Ok((c, now_us().saturating_sub(asked)))
+        }
     })
     .await?;
+    let setup_secs = now_us().saturating_sub(setup_started) as f64 / 1e6;
+    let mut join_latency = Latency::default();
+    let mut clients = Vec::with_capacity(total);
+    for (c, took) in joined {
+        join_latency.record(took);
+        clients.push(c);
+    }
 
     let window = ctx.start_window();
     let interval_us = 1e6 / a.rate;
@@ -318,6 +332,15 @@ pub async fn run(ctx: &Arc<Ctx>, a: &RoomsArgs) -> Result<Outcome, BenchError> {
     o.set("error_sample", sample.clone());
     o.set_cpu(&cpu, "ack", acks);
     o.set("server_rss_kib", rss);
+    o.set("setup_secs", round1(setup_secs));
+    o.set("join_latency_ms", join_latency.to_json());
+    o.summary.push(format!(
+        "  {} clients joined in {:.1} s, {} at once; join latency {}",
+        total,
+        setup_secs,
+        ctx.concurrency,
+        join_latency.describe()
+    ));
     o.summary.push(format!(
         "  {} rooms × {} clients, each writing {}/s open loop; {} s measured after {} s warm-up",
         a.rooms,
