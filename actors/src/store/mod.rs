@@ -878,53 +878,33 @@ mod tests {
     use futures_util::FutureExt;
     use serde_json::json;
 
-    #[test]
-    fn compactions_take_turns_and_a_dropped_turn_is_given_on() {
-        let store = Store::memory();
-        let turns = compaction_turns();
-        assert!(turns >= 1);
-        let held: Vec<Turn> = (0..turns)
-            .map(|_| store.compaction_turn().now_or_never().expect("a free turn"))
-            .collect();
-        let mut next = Box::pin(store.compaction_turn());
-        assert!(
-            (&mut next).now_or_never().is_none(),
-            "every turn is taken, so the next compaction waits"
-        );
-        drop(held);
-        assert!(
-            next.now_or_never().is_some(),
-            "a finished one gives its turn on"
-        );
-        // A clone of the store shares the turns: it is one node's disk.
-        let other = store.clone();
-        let _only = other.compaction_turn().now_or_never().expect("free again");
-        if turns == 1 {
-            assert!(store.compaction_turn().now_or_never().is_none());
+    /// Takes every turn `take` hands out without waiting, and checks the next one waits.
+    fn hold_all<F: std::future::Future<Output = Turn>>(take: impl Fn() -> F) -> Vec<Turn> {
+        let mut held = Vec::new();
+        while let Some(turn) = take().now_or_never() {
+            held.push(turn);
+            assert!(held.len() <= 1024, "turns without end");
         }
+        held
     }
 
     #[test]
-    fn loads_take_turns_of_their_own() {
+    fn compactions_and_loads_take_turns_apart_and_clones_share_them() {
         let store = Store::memory();
-        let turns = load_turns();
-        assert!(turns >= 2, "twice the cores");
-        let held: Vec<Turn> = (0..turns)
-            .map(|_| store.load_turn().now_or_never().expect("a free turn"))
-            .collect();
-        let mut next = Box::pin(store.load_turn());
-        assert!(
-            (&mut next).now_or_never().is_none(),
-            "every turn is taken, so the next load waits"
-        );
-        // A compaction does not wait behind loads, nor loads behind compactions.
-        let compacting = store.compaction_turn().now_or_never();
-        assert!(compacting.is_some(), "compactions have turns of their own");
-        drop(held.into_iter().next());
-        assert!(
-            next.now_or_never().is_some(),
-            "a finished load gives its turn on"
-        );
+        let compacting = hold_all(|| store.compaction_turn());
+        assert_eq!(compacting.len(), compaction_turns());
+        assert!(!compacting.is_empty(), "at least one compaction runs");
+        // A load never waits behind compactions, nor a compaction behind loads.
+        let loading = hold_all(|| store.load_turn());
+        assert_eq!(loading.len(), load_turns());
+        assert_eq!(loading.len(), 2 * turns::cores());
+        // Every clone of the store is the same node's cores and disk.
+        let other = store.clone();
+        assert!(other.compaction_turn().now_or_never().is_none());
+        assert!(other.load_turn().now_or_never().is_none());
+        drop(loading);
+        assert!(other.load_turn().now_or_never().is_some());
+        assert!(other.compaction_turn().now_or_never().is_none());
     }
 
     fn layout(name: &str) -> RoomLayout {

@@ -33,3 +33,33 @@ impl Turns {
 pub(super) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[test]
+    fn the_next_in_line_waits_until_a_turn_is_given_back() {
+        let turns = Turns::new(2);
+        let first = turns.take().now_or_never().expect("a free turn");
+        let _second = turns.take().now_or_never().expect("another free turn");
+        let mut next = Box::pin(turns.take());
+        assert!(
+            (&mut next).now_or_never().is_none(),
+            "both turns are held, so the next waits"
+        );
+        drop(first);
+        assert!(
+            next.now_or_never().is_some(),
+            "a dropped turn goes to the one waiting"
+        );
+    }
+
+    #[test]
+    fn there_is_always_a_turn() {
+        let turns = Turns::new(0);
+        assert!(turns.take().now_or_never().is_some());
+    }
+}
