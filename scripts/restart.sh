@@ -14,7 +14,9 @@
 # Prints one line per run: the bench's join latency (from asking to join to the answer), the
 # time until every client had joined, the most threads and the largest RSS seen, and the ack
 # p99 of the writes after. SYNCHUB is the binary (default target/release/synchub, built when
-# missing); PORT the hub's port (default 18490); FILL the seconds of step 1.
+# missing); PORT the hub's port (default 18490); FILL the seconds of step 1. COLD=1 empties the
+# kernel's page cache before the restart (root only), as after a reboot: the loads then read
+# from the disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,6 +60,10 @@ for ((run = 1; run <= runs; run++)); do
   kill -9 "$hub"
   wait "$hub" 2>/dev/null || true
   size=$(du -sm "$work/data" | cut -f1)
+  if [ -n "${COLD:-}" ]; then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+  fi
 
   start_hub
   (
