@@ -310,6 +310,18 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// `bind` as a socket address, or why it is not one.
+    pub fn bind_addr(&self) -> Result<SocketAddr, String> {
+        self.bind.parse().map_err(|_| {
+            format!(
+                "server.bind {:?} is not an address like 127.0.0.1:8080",
+                self.bind
+            )
+        })
+    }
+}
+
 /// When a change is acked (`storage.durability`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -514,11 +526,8 @@ impl Config {
     pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut errors = Vec::new();
         let mut warnings = Vec::new();
-        if self.server.bind.parse::<SocketAddr>().is_err() {
-            errors.push(format!(
-                "server.bind {:?} is not an address like 127.0.0.1:8080",
-                self.server.bind
-            ));
+        if let Err(why) = self.server.bind_addr() {
+            errors.push(why);
         }
         if self.storage.path.is_empty() {
             errors.push("storage.path is empty".into());
@@ -562,8 +571,7 @@ impl Config {
             }
             let bind_unspecified = self
                 .server
-                .bind
-                .parse::<SocketAddr>()
+                .bind_addr()
                 .is_ok_and(|a| a.ip().is_unspecified());
             if self.cluster.advertise_url.is_none() && bind_unspecified {
                 errors.push(format!(

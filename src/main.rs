@@ -147,16 +147,13 @@ fn serve(config: Config) -> ExitCode {
         Ok(n) => log::debug!("open files limit: {n}"),
         Err(e) => log::warn!("cannot raise the open files limit: {e}"),
     }
-    let bound = config
-        .server
-        .bind
-        .parse()
-        .map_err(|_| std::io::Error::other("not an address like 127.0.0.1:8080"))
-        .and_then(synchub::listener::listen);
+    let bound = config.server.bind_addr().and_then(|addr| {
+        synchub::listener::listen(addr).map_err(|e| format!("cannot bind {addr}: {e}"))
+    });
     let listener = match bound {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("synchub: cannot bind {}: {e}", config.server.bind);
+        Err(why) => {
+            eprintln!("synchub: {why}");
             return ExitCode::from(1);
         }
     };

@@ -243,7 +243,7 @@ impl Hub {
         };
         let threads = match settings.room_threads {
             RoomThreads::OnWorkers => 1,
-            RoomThreads::Own(0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            RoomThreads::Own(0) => crate::placement::cores(),
             RoomThreads::Own(n) => n,
         };
         let mut arbiters: Vec<Arbiter> = (0..threads).map(|_| Arbiter::new()).collect();

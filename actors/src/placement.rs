@@ -20,6 +20,12 @@ use actix::ArbiterHandle;
 
 use crate::room_key::RoomKey;
 
+/// The machine's cores, at least one: what the room threads and the turns at blocking work
+/// are counted in.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Held by a running room, and by its work on the blocking pool; dropped after the storage
 /// handles beside it.
 #[derive(Clone)]

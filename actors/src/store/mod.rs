@@ -56,6 +56,7 @@ pub use sled_dir::SledKv;
 
 use self::turns::Turns;
 use crate::origin::Origin;
+use crate::placement::cores;
 use crate::raw_json::RawJson;
 use crate::room_key::RoomKey;
 
@@ -446,7 +447,7 @@ pub struct Store {
 /// two cores at the same moment, which starved the durability thread and the sockets for over a
 /// second (the README's "Many rooms compacting at once").
 fn compaction_turns() -> usize {
-    (turns::cores() / 2).max(1)
+    (cores() / 2).max(1)
 }
 
 /// How many rooms load at once: twice the cores, since a load both reads (the disk, when the
@@ -455,7 +456,7 @@ fn compaction_turns() -> usize {
 /// their clients waited half as long again for their rooms (the README's "A restart under
 /// load").
 fn load_turns() -> usize {
-    turns::cores() * 2
+    cores() * 2
 }
 
 impl Store {
@@ -897,7 +898,7 @@ mod tests {
         // A load never waits behind compactions, nor a compaction behind loads.
         let loading = hold_all(|| store.load_turn());
         assert_eq!(loading.len(), load_turns());
-        assert_eq!(loading.len(), 2 * turns::cores());
+        assert_eq!(loading.len(), 2 * cores());
         // Every clone of the store is the same node's cores and disk.
         let other = store.clone();
         assert!(other.compaction_turn().now_or_never().is_none());

@@ -29,11 +29,6 @@ impl Turns {
     }
 }
 
-/// The machine's cores, at least one.
-pub(super) fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 #[cfg(test)]
 mod tests {
     use futures_util::FutureExt;
